@@ -1,0 +1,38 @@
+# Needs only python3 (with venv and pip) and make. Everything else is installed into .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-dev
+
+.PHONY: demo test bench install clean browser
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Reinstall whenever the project's dependencies change.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job, a full sync cycle, against the embedded sandbox (no CRM credentials needed).
+demo: $(STAMP)
+	$(BIN)/healthsync run
+
+# Headless Chromium for the report test (Debian package; skipped where apt-get is unavailable).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "chromium not installed: the browser test will be skipped"; }
+
+test: $(STAMP) browser
+	$(BIN)/python -m pytest -q
+
+# Speed and memory targets; not run by CI.
+bench: $(STAMP)
+	$(BIN)/python -m pytest -q -s tests/benchmarks -p no:cacheprovider --override-ini="norecursedirs=" --timeout=3600
+
+clean:
+	rm -rf $(VENV) .healthsync build *.egg-info
