@@ -1,0 +1,176 @@
+"""The contract every CRM connector implements, and the errors it raises.
+
+A connector hides its SDK: nothing above `connectors/` sees `sf.Account` magic
+or HubSpot model classes (shared/reference/style.md). The sync layer talks to
+Salesforce and HubSpot only through `CrmConnector`, and to Slack only through
+`connectors.slack`.
+
+Errors are grouped by what happens next (design.md, "Errors"):
+
+    HealthsyncError
+    ├── ConfigurationError   a setting or credential is wrong: exit 2, nothing sent
+    ├── RetryableError       429, 5xx, timeout, dropped connection: retried (tenacity), bounded
+    ├── RecordError          one record is bad: skipped and reported, the rest go on
+    └── StopRunError         the run cannot go on now (quota, auth, unreachable): stop cleanly,
+        └── QuotaExhaustedError  keep state, report, resume next run (exit 3)
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Iterator, Literal
+
+import pandas as pd
+
+
+class HealthsyncError(Exception):
+    """Base of every error healthsync raises on purpose (messages never carry secrets)."""
+
+
+class ConfigurationError(HealthsyncError):
+    """A configuration key or credential is wrong or missing; names the key."""
+
+
+class RetryableError(HealthsyncError):
+    """A transient failure worth retrying (429, 5xx, timeout, dropped connection)."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RecordError(HealthsyncError):
+    """One record was rejected; the rest of the batch goes on."""
+
+
+class StopRunError(HealthsyncError):
+    """The run must stop now with state kept (auth lost, CRM unreachable after retries)."""
+
+
+class QuotaExhaustedError(StopRunError):
+    """The API quota (or the configured share of it) is spent: stop, keep state, resume next run."""
+
+
+#: Canonical object names the sync layer asks for.
+ObjectName = Literal["accounts", "opportunities", "tickets", "tasks", "owners"]
+
+
+@dataclass
+class Page:
+    """One page of pulled records, already mapped to canonical columns.
+
+    `records` has the canonical columns of config/canonical.py (ids prefixed
+    `sf:` / `hs:`), plus any extra mapped columns. `deleted_ids` lists records
+    deleted or archived in the CRM since the cursor. `cursor` is the value to
+    store once this page is safely stored (the high-water mark, capped at the
+    run's start; None when the pull is not incremental).
+    """
+
+    object: str
+    records: pd.DataFrame
+    cursor: datetime | None = None
+    deleted_ids: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # record-level problems found while mapping
+
+
+Outcome = Literal["ok", "failed", "invalid"]
+
+
+@dataclass
+class Change:
+    """The fields to write on one CRM record. `record_id` is the canonical id (`sf:001...`)."""
+
+    record_id: str
+    fields: dict[str, Any]  # CRM field name -> value
+
+
+@dataclass
+class RecordResult:
+    """What happened to one record of a push or task creation.
+
+    outcome: "ok" (the CRM confirmed), "failed" (the CRM rejected it or it could not be
+    sent; `retryable` says whether trying again may help), "invalid" (caught before sending).
+    """
+
+    record_id: str
+    outcome: Outcome
+    error_code: str | None = None
+    message: str | None = None
+    retryable: bool = False
+    crm_id: str | None = None  # e.g. the id of a created task
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "ok"
+
+
+@dataclass
+class TaskSpec:
+    """A playbook task to create in the CRM, idempotent by `key`.
+
+    `key` is stored in the CRM's idempotency field (`Healthsync_Key__c` /
+    `healthsync_key`): creating a task whose key already exists returns the
+    existing task's id instead of creating a second one.
+    """
+
+    key: str
+    account_id: str  # canonical id
+    owner_email: str | None
+    subject: str
+    description: str
+    due_at: datetime
+    priority: Literal["high", "normal", "low"] = "normal"
+    playbook: str = ""
+
+
+@dataclass
+class CheckResult:
+    """Outcome of `check()`: problems name the missing field, scope or setting and what to do."""
+
+    ok: bool
+    problems: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CallStats:
+    """API calls made by a connector, for the run summary (`writes.<crm>.api_calls`)."""
+
+    calls: int = 0
+    write_calls: int = 0
+    retries: int = 0
+
+
+class CrmConnector(ABC):
+    """Salesforce and HubSpot both implement this; the sync layer uses nothing else."""
+
+    #: "salesforce" or "hubspot"; also the id prefix ("sf", "hs") via `prefix`.
+    name: str
+    prefix: str
+
+    stats: CallStats
+
+    @abstractmethod
+    def pull(self, object: ObjectName, since: datetime | None = None) -> Iterator[Page]:
+        """Yield pages of canonical records changed since `since` (all when None)."""
+
+    @abstractmethod
+    def push(self, object: ObjectName, changes: list[Change]) -> list[RecordResult]:
+        """Write field changes; exactly one result per change, in the same order."""
+
+    @abstractmethod
+    def create_tasks(self, tasks: list[TaskSpec]) -> list[RecordResult]:
+        """Create playbook tasks idempotently (by key); one result per task, same order."""
+
+    @abstractmethod
+    def check(self) -> CheckResult:
+        """Credentials, permissions and healthsync fields present, with actionable messages."""
+
+    @abstractmethod
+    def setup(self) -> list[str]:
+        """Create the healthsync fields/properties; idempotent. Returns what was created."""
+
+    def close(self) -> None:  # pragma: no cover - optional
+        """Release sessions."""
