@@ -287,7 +287,7 @@ def validate_frame(frame: pd.DataFrame, spec: FrameSpec | str) -> tuple[pd.DataF
             values = values.where(present, pd.NA)
             if c.kind == "enum":
                 lowered = values.str.lower()
-                unknown = present & ~lowered.isin(c.choices).fillna(False).astype(bool)
+                unknown = present & ~lowered.isin([v.lower() for v in c.choices]).fillna(False).astype(bool)
                 for rid, v in zip(_ids(out, spec.key, unknown), values[unknown]):
                     report.add(spec.name, rid, c.name, f"unknown value {v!r} (expected one of {', '.join(c.choices)})", False)
                 values = lowered.where(~unknown, pd.NA)
