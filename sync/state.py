@@ -1,0 +1,607 @@
+"""The state store: everything a run must remember to never lose a write nor send one twice.
+
+SQLAlchemy Core over any URL (SQLite file by default, PostgreSQL for teams
+running several workers). The table names and columns are a contract shared
+with the playbooks/escalation/scheduler code (notes/sync_contract.md):
+
+    runs            one row per run, with its JSON summary and exit code
+    cursors         per (crm, object) incremental high-water mark
+    replica         canonical records pulled from the CRMs (deleted = tombstone)
+    score_history   one row per account per run (trends read it back)
+    pushed          the last value each CRM CONFIRMED per (crm, object, record, field)
+    failed_records  the retry queue: records the CRM rejected or never confirmed
+    episodes        playbook episodes and their CRM task
+    escalations     Slack messages per (episode, level, kind), idempotency key
+    locks           named leases for the scheduler and jobs
+    drift/backtests for the validation and report code
+
+Schema changes are migrations (an ordered list of functions recorded in
+`schema_version`), never drop-and-rebuild: a user's state survives upgrades.
+
+Datetimes are stored as naive UTC (SQLite has no time zones) and handed back
+as aware UTC by the helpers here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import pandas as pd
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import IntegrityError
+
+DEFAULT_URL = "sqlite:///.healthsync/state.db"
+#: rows per statement when deleting/inserting by key (stays under SQLite's variable limit)
+CHUNK = 400
+
+metadata = MetaData()
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("applied_at", DateTime, nullable=False),
+    Column("description", String(200)),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("started_at", DateTime, nullable=False),
+    Column("finished_at", DateTime),
+    Column("mode", String(16)),
+    Column("status", String(16), nullable=False),  # running | ok | record_errors | stopped | failed
+    Column("summary_json", Text),
+    Column("exit_code", Integer),
+)
+
+cursors = Table(
+    "cursors",
+    metadata,
+    Column("crm", String(16), primary_key=True),
+    Column("object", String(32), primary_key=True),
+    Column("cursor_value", DateTime),
+    Column("updated_at", DateTime),
+)
+
+replica = Table(
+    "replica",
+    metadata,
+    Column("crm", String(16), primary_key=True),
+    Column("object", String(32), primary_key=True),
+    Column("record_id", String(128), primary_key=True),
+    Column("data_json", Text),
+    Column("modified_at", DateTime),
+    Column("deleted", Boolean, nullable=False, default=False),
+)
+
+score_history = Table(
+    "score_history",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("account_id", String(128), primary_key=True),
+    Column("scored_at", DateTime, nullable=False),
+    Column("score", Float),
+    Column("band", String(64)),
+    Column("confidence", Float),
+    Column("dimension_json", Text),
+    Column("drivers", Text),
+    Column("trend", String(64)),
+)
+
+pushed = Table(
+    "pushed",
+    metadata,
+    Column("crm", String(16), primary_key=True),
+    Column("object", String(32), primary_key=True),
+    Column("record_id", String(128), primary_key=True),
+    Column("field", String(128), primary_key=True),
+    Column("value_json", Text),
+    Column("pushed_at", DateTime),
+    Column("run_id", String(64)),
+)
+
+failed_records = Table(
+    "failed_records",
+    metadata,
+    Column("crm", String(16), primary_key=True),
+    Column("object", String(32), primary_key=True),
+    Column("record_id", String(128), primary_key=True),
+    Column("fields_json", Text),
+    Column("error_code", String(128)),
+    Column("message", Text),
+    Column("retryable", Boolean),
+    Column("attempts", Integer, nullable=False, default=1),
+    Column("first_failed_at", DateTime),
+    Column("last_failed_at", DateTime),
+    Column("run_id", String(64)),
+)
+
+episodes = Table(
+    "episodes",
+    metadata,
+    Column("episode_id", String(255), primary_key=True),
+    Column("crm", String(16)),
+    Column("account_id", String(128)),
+    Column("playbook", String(64)),
+    Column("status", String(16)),  # open | closed
+    Column("opened_at", DateTime),
+    Column("closed_at", DateTime),
+    Column("close_reason", Text),
+    Column("task_key", String(255)),
+    Column("task_id", String(128)),
+    Column("task_due_at", DateTime),
+    Column("task_status", String(32)),
+    Column("owner_email", String(255)),
+    Column("segment", String(64)),
+    Column("last_seen_run", String(64)),
+    UniqueConstraint("task_key", name="uq_episodes_task_key"),
+)
+
+escalations = Table(
+    "escalations",
+    metadata,
+    Column("episode_id", String(255), primary_key=True),
+    Column("level", String(32), primary_key=True),
+    Column("kind", String(16), primary_key=True),  # alert | escalation | recovery
+    Column("recipient", String(255)),
+    Column("channel", String(128)),
+    Column("ts", String(64)),
+    Column("sent_at", DateTime),
+)
+
+locks = Table(
+    "locks",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("holder", String(255)),
+    Column("acquired_at", DateTime),
+    Column("expires_at", DateTime),
+)
+
+drift = Table(
+    "drift",
+    metadata,
+    Column("run_id", String(64)),
+    Column("metric", String(128)),
+    Column("psi", Float),
+    Column("warning", Boolean),
+)
+
+backtests = Table(
+    "backtests",
+    metadata,
+    Column("run_id", String(64)),
+    Column("created_at", DateTime),
+    Column("report_json", Text),
+)
+
+_V1_TABLES = [runs, cursors, replica, score_history, pushed, failed_records, episodes, escalations, locks, drift, backtests]
+
+
+def _migration_1(conn: Connection) -> None:
+    """Every table of the contract (notes/sync_contract.md)."""
+    for table in _V1_TABLES:
+        table.create(conn, checkfirst=True)
+
+
+#: Ordered; entry i brings the schema to version i+1. Append, never edit a released one.
+MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
+    ("initial schema: runs, cursors, replica, score history, pushed, failed records, episodes, escalations, locks", _migration_1),
+]
+
+
+# ----------------------------------------------------------------------------- values
+
+
+def utc_naive(value: datetime | pd.Timestamp | None) -> datetime | None:
+    """A datetime as naive UTC for storage (aware values are converted, naive ones are taken as UTC)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT:
+        return None
+    if isinstance(value, pd.Timestamp):
+        value = value.to_pydatetime()
+    if value.tzinfo is not None:
+        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+    return value
+
+
+def utc_aware(value: datetime | None) -> datetime | None:
+    """A stored (naive UTC) datetime as aware UTC."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def to_json_value(value: Any) -> Any:
+    """A python/numpy/pandas scalar as a JSON-safe value (NaN/NA -> None, timestamps -> ISO)."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        try:
+            value = value.item()
+        except (ValueError, AttributeError):
+            pass
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, pd.Timestamp):
+        value = value.to_pydatetime()
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value.isoformat()
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return to_json_value(value)
+
+
+def dumps(value: Any) -> str:
+    """Canonical JSON (sorted keys, no spaces, NaN -> null): equal values give equal strings, so diffs are string compares."""
+    return json.dumps(_plain(value), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _chunks(items: list, size: int = CHUNK) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# ----------------------------------------------------------------------------- the store
+
+
+class StateStore:
+    """One state database. `migrate()` before first use (idempotent)."""
+
+    def __init__(self, url: str = DEFAULT_URL):
+        self.url = url
+        parsed = make_url(url)
+        kwargs: dict[str, Any] = {"future": True}
+        if parsed.get_backend_name() == "sqlite":
+            database = parsed.database
+            if database and database != ":memory:":
+                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            # several threads (scheduler, progress) may share it; writers wait instead of failing
+            kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+        self.engine: Engine = create_engine(url, **kwargs)
+        if parsed.get_backend_name() == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.metadata = metadata
+        self.tables = metadata.tables
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def migrate(self) -> int:
+        """Apply pending migrations in order, each in its own transaction; returns the schema version."""
+        with self.engine.begin() as conn:
+            schema_version.create(conn, checkfirst=True)
+        current = self.version()
+        for number, (description, migration) in enumerate(MIGRATIONS, start=1):
+            if number <= current:
+                continue
+            with self.engine.begin() as conn:
+                migration(conn)
+                conn.execute(insert(schema_version).values(version=number, applied_at=_now(), description=description))
+            current = number
+        return current
+
+    def version(self) -> int:
+        with self.engine.connect() as conn:
+            value = conn.execute(select(func.max(schema_version.c.version))).scalar()
+        return int(value or 0)
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A transaction: commits when the block ends, rolls back on an exception."""
+        with self.engine.begin() as conn:
+            yield conn
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def reset(self) -> None:
+        """Delete every row of every table (the embedded sandbox is new each time, so is its state)."""
+        with self.begin() as conn:
+            for table in reversed(_V1_TABLES):
+                conn.execute(delete(table))
+
+    # ------------------------------------------------------------------ locks
+
+    def acquire_lock(self, name: str, holder: str, ttl_s: float, now: datetime | None = None) -> bool:
+        """Take the named lease if it is free, expired, or already ours; False when someone else holds it."""
+        now_n = utc_naive(now) if now else _now()
+        expires = now_n + timedelta(seconds=ttl_s)
+        with self.begin() as conn:
+            row = conn.execute(select(locks).where(locks.c.name == name)).first()
+            if row is None:
+                try:
+                    conn.execute(insert(locks).values(name=name, holder=holder, acquired_at=now_n, expires_at=expires))
+                    return True
+                except IntegrityError:
+                    return False
+            if row.holder != holder and row.expires_at is not None and row.expires_at > now_n:
+                return False
+            result = conn.execute(
+                update(locks)
+                .where(locks.c.name == name, locks.c.holder == row.holder, locks.c.expires_at == row.expires_at)
+                .values(holder=holder, acquired_at=now_n, expires_at=expires)
+            )
+            return result.rowcount == 1
+
+    def release_lock(self, name: str, holder: str) -> None:
+        with self.begin() as conn:
+            conn.execute(delete(locks).where(locks.c.name == name, locks.c.holder == holder))
+
+    # ------------------------------------------------------------------ runs
+
+    def start_run(self, run_id: str, mode: str, started_at: datetime) -> None:
+        with self.begin() as conn:
+            conn.execute(insert(runs).values(run_id=run_id, started_at=utc_naive(started_at), mode=mode, status="running"))
+
+    def finish_run(self, run_id: str, status: str, summary: dict, exit_code: int, finished_at: datetime | None = None) -> None:
+        with self.begin() as conn:
+            conn.execute(
+                update(runs)
+                .where(runs.c.run_id == run_id)
+                .values(status=status, summary_json=dumps(summary), exit_code=exit_code, finished_at=utc_naive(finished_at) or _now())
+            )
+
+    def recent_runs(self, limit: int = 10) -> list[dict]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(runs).order_by(runs.c.started_at.desc()).limit(limit)).mappings().all()
+        return [dict(r) for r in rows]
+
+    # ------------------------------------------------------------------ cursors
+
+    def cursor(self, crm: str, object: str) -> datetime | None:
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                select(cursors.c.cursor_value).where(cursors.c.crm == crm, cursors.c.object == object)
+            ).scalar()
+        return utc_aware(value)
+
+    @staticmethod
+    def set_cursor(conn: Connection, crm: str, object: str, value: datetime) -> None:
+        """Move a cursor inside the caller's transaction (the same one that stored its records)."""
+        now = _now()
+        done = conn.execute(
+            update(cursors).where(cursors.c.crm == crm, cursors.c.object == object).values(cursor_value=utc_naive(value), updated_at=now)
+        )
+        if done.rowcount == 0:
+            conn.execute(insert(cursors).values(crm=crm, object=object, cursor_value=utc_naive(value), updated_at=now))
+
+    # ------------------------------------------------------------------ replica
+
+    @staticmethod
+    def upsert_replica(conn: Connection, crm: str, object: str, ids: list[str], data: list[str], modified_at: datetime) -> None:
+        """Store records (JSON text per id) replacing earlier versions, inside the caller's transaction."""
+        if not ids:
+            return
+        mod = utc_naive(modified_at)
+        for id_chunk, data_chunk in zip(_chunks(ids), _chunks(data)):
+            conn.execute(delete(replica).where(replica.c.crm == crm, replica.c.object == object, replica.c.record_id.in_(id_chunk)))
+            conn.execute(
+                insert(replica),
+                [
+                    {"crm": crm, "object": object, "record_id": i, "data_json": d, "modified_at": mod, "deleted": False}
+                    for i, d in zip(id_chunk, data_chunk)
+                ],
+            )
+
+    @staticmethod
+    def mark_deleted(conn: Connection, crm: str, object: str, ids: Iterable[str], modified_at: datetime) -> int:
+        """Tombstone deleted/archived records and forget what was pushed to them or queued for retry.
+
+        The `pushed` rows are cleared on purpose: if the record is restored in the CRM
+        (Salesforce undelete, HubSpot restore) its fields hold whatever they held before,
+        so the next run must compare against nothing and write every field again.
+        """
+        ids = list(ids)
+        n = 0
+        mod = utc_naive(modified_at)
+        for chunk in _chunks(ids):
+            n += conn.execute(
+                update(replica)
+                .where(replica.c.crm == crm, replica.c.object == object, replica.c.record_id.in_(chunk))
+                .values(deleted=True, data_json=None, modified_at=mod)
+            ).rowcount
+            conn.execute(delete(pushed).where(pushed.c.crm == crm, pushed.c.object == object, pushed.c.record_id.in_(chunk)))
+            conn.execute(
+                delete(failed_records).where(
+                    failed_records.c.crm == crm, failed_records.c.object == object, failed_records.c.record_id.in_(chunk)
+                )
+            )
+        return n
+
+    def load_replica(self, crm: str, object: str) -> list[dict]:
+        """The live (not deleted) records of one object as dicts."""
+        with self.engine.connect() as conn:
+            texts = conn.execute(
+                select(replica.c.data_json).where(
+                    replica.c.crm == crm, replica.c.object == object, replica.c.deleted == False  # noqa: E712
+                ).order_by(replica.c.record_id)
+            ).scalars().all()
+        if not texts:
+            return []
+        return json.loads("[" + ",".join(texts) + "]")  # one parse instead of one per row
+
+    def live_ids(self, crm: str, object: str) -> set[str]:
+        with self.engine.connect() as conn:
+            return set(
+                conn.execute(
+                    select(replica.c.record_id).where(
+                        replica.c.crm == crm, replica.c.object == object, replica.c.deleted == False  # noqa: E712
+                    )
+                ).scalars()
+            )
+
+    # ------------------------------------------------------------------ score history
+
+    def score_history_frame(self) -> pd.DataFrame:
+        """All score history as (account_id, scored_at, score, band), scored_at naive UTC."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(score_history.c.account_id, score_history.c.scored_at, score_history.c.score, score_history.c.band, score_history.c.run_id)
+            ).all()
+        frame = pd.DataFrame(rows, columns=["account_id", "scored_at", "score", "band", "run_id"])
+        frame["scored_at"] = pd.to_datetime(frame["scored_at"])
+        frame["score"] = pd.to_numeric(frame["score"], errors="coerce").astype("float64")
+        return frame
+
+    def add_score_history(self, rows: list[dict]) -> None:
+        with self.begin() as conn:
+            for chunk in _chunks(rows):
+                conn.execute(insert(score_history), chunk)
+
+    # ------------------------------------------------------------------ pushed / failed
+
+    def pushed_values(self, crm: str, object: str) -> dict[str, dict[str, str]]:
+        """record_id -> {field: value_json} of the last values the CRM confirmed."""
+        out: dict[str, dict[str, str]] = {}
+        with self.engine.connect() as conn:
+            for rid, fld, value in conn.execute(
+                select(pushed.c.record_id, pushed.c.field, pushed.c.value_json).where(pushed.c.crm == crm, pushed.c.object == object)
+            ):
+                out.setdefault(rid, {})[fld] = value
+        return out
+
+    def failed_queue(self, crm: str | None = None, object: str | None = None) -> dict[tuple[str, str, str], dict]:
+        query = select(failed_records)
+        if crm:
+            query = query.where(failed_records.c.crm == crm)
+        if object:
+            query = query.where(failed_records.c.object == object)
+        with self.engine.connect() as conn:
+            return {(r["crm"], r["object"], r["record_id"]): dict(r) for r in conn.execute(query).mappings()}
+
+    def record_confirmed(self, crm: str, object: str, confirmed: dict[str, dict[str, str]], run_id: str, at: datetime) -> None:
+        """Store the values the CRM confirmed (record_id -> {field: value_json}) and clear their retry entries."""
+        if not confirmed:
+            return
+        at_n = utc_naive(at)
+        ids = list(confirmed)
+        with self.begin() as conn:
+            for chunk in _chunks(ids):
+                conn.execute(
+                    delete(failed_records).where(
+                        failed_records.c.crm == crm, failed_records.c.object == object, failed_records.c.record_id.in_(chunk)
+                    )
+                )
+            keys = [(rid, f) for rid in ids for f in confirmed[rid]]
+            for chunk in _chunks(ids):
+                fields = {f for rid in chunk for f in confirmed[rid]}
+                conn.execute(
+                    delete(pushed).where(
+                        pushed.c.crm == crm,
+                        pushed.c.object == object,
+                        pushed.c.record_id.in_(chunk),
+                        pushed.c.field.in_(sorted(fields)),
+                    )
+                )
+            rows = [
+                {"crm": crm, "object": object, "record_id": rid, "field": f, "value_json": confirmed[rid][f], "pushed_at": at_n, "run_id": run_id}
+                for rid, f in keys
+            ]
+            for chunk in _chunks(rows):
+                conn.execute(insert(pushed), chunk)
+
+    def record_failed(self, crm: str, object: str, failures: list[dict], run_id: str, at: datetime) -> None:
+        """Queue failed records for retry; `failures` items: record_id, fields (dict), error_code, message, retryable."""
+        if not failures:
+            return
+        at_n = utc_naive(at)
+        ids = [f["record_id"] for f in failures]
+        with self.begin() as conn:
+            earlier: dict[str, tuple[int, datetime | None]] = {}
+            for chunk in _chunks(ids):
+                for rid, attempts, first in conn.execute(
+                    select(failed_records.c.record_id, failed_records.c.attempts, failed_records.c.first_failed_at).where(
+                        failed_records.c.crm == crm, failed_records.c.object == object, failed_records.c.record_id.in_(chunk)
+                    )
+                ):
+                    earlier[rid] = (attempts or 0, first)
+                conn.execute(
+                    delete(failed_records).where(
+                        failed_records.c.crm == crm, failed_records.c.object == object, failed_records.c.record_id.in_(chunk)
+                    )
+                )
+            rows = []
+            for f in failures:
+                attempts, first = earlier.get(f["record_id"], (0, None))
+                rows.append(
+                    {
+                        "crm": crm,
+                        "object": object,
+                        "record_id": f["record_id"],
+                        "fields_json": dumps(f.get("fields") or {}),
+                        "error_code": f.get("error_code"),
+                        "message": f.get("message"),
+                        "retryable": bool(f.get("retryable")),
+                        "attempts": attempts + 1,
+                        "first_failed_at": first or at_n,
+                        "last_failed_at": at_n,
+                        "run_id": run_id,
+                    }
+                )
+            for chunk in _chunks(rows):
+                conn.execute(insert(failed_records), chunk)
+
+    def count(self, table: str, **where: Any) -> int:
+        t = self.tables[table]
+        query = select(func.count()).select_from(t)
+        for k, v in where.items():
+            query = query.where(t.c[k] == v)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+def open_store(url: str) -> StateStore:
+    """A migrated store for `url`."""
+    store = StateStore(url)
+    store.migrate()
+    return store
