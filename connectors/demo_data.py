@@ -1,0 +1,779 @@
+"""Deterministic demo data: a portfolio for the sandbox and benchmarks, a history for validation.
+
+Why it exists: the sandbox emulators, the benchmarks and `healthsync backtest` /
+`healthsync calibrate` all need data whose outcomes *mean something*. So the
+outcomes (churn, deal wins) follow a mechanism driven by the observed signals
+the seeds name, plus noise. The mechanism is hidden from the scoring model, not
+from readers; here it is.
+
+Latent state
+    Every account has a latent health ``h`` (standard normal). Each snapshot of
+    the history moves it by an AR(1) random walk (``h' = 0.9 h + 0.44 e``), and
+    accounts already decided to churn drift down (-0.35 per step). Every observed
+    signal is ``f(h + own noise)``; the own noise is AR(1) too (persistent, so
+    signals are sticky but not copies of ``h``).
+
+Observed signals (canonical accounts columns)
+    license utilisation  sigmoid(1.0 + 1.0 h + 0.7 noise), active_users_30d ~ Binomial(seats, .)
+    logins/user/week     2.5 * exp(0.55 h + 0.5 noise)
+    feature adoption     Binomial(features_available, sigmoid(-0.2 + 0.8 h + 0.6 noise))
+    qbrs_missed          ordinal of (-0.9 h + noise): 0 / 1 / 2 / 3
+    email_response_hours 20 h-ish lognormal, only weakly tied to health
+    exec_sponsor         active / partial / none from (h + noise)
+    days_payment_late    0 for most; late with probability sigmoid(-1.6 - 1.0 h), lognormal days
+    nps                  0-10, ~30% missing;  csm_sentiment green/yellow/red, ~15% missing
+    tickets              Poisson per account, rate x exp(-0.35 h); the last 30 days' rate is
+                         scaled by exp(-1.5 momentum) (momentum = change of h since the last
+                         snapshot), so a declining account's ticket volume trends up;
+                         escalated with probability sigmoid(-2.4 - 0.8 h).
+
+Hidden health ``z`` (what really drives outcomes)
+    A weighted sum of the observed signals, each put on a comparable scale by a
+    fixed transform (see ``_hidden_health``). Its weights deliberately differ
+    from the default model of seed 003_cec208348d92c0f6.txt (login 15%,
+    features 15%, license 10%, QBR 10%, email 8%, exec 7%, ticket trend 10%,
+    escalations 5%, payments 10%, sentiment 10%):
+
+        license utilisation 0.24   payments 0.18   escalations 0.14
+        logins 0.10   features 0.08   ticket trend 0.08   QBR 0.06
+        sentiment 0.06   exec sponsor 0.04   nps 0.02   email response 0.00
+
+    so the default weights rank accounts well but `calibrate` has something to
+    learn (more on license utilisation, payments, escalations; nothing on email).
+
+Churn
+    At every step each alive account not already leaving decides to leave with
+    probability ``sigmoid(CHURN_INTERCEPT - CHURN_SLOPE * z)``; the leaving date
+    is uniform over the next ``horizon_days``. ``churned`` at a snapshot is the
+    fact "leaves within horizon_days after as_of"; the simulation runs enough
+    extra hidden steps past the last snapshot to know it. Accounts that left are
+    absent from later snapshots. Churn is not tied to the renewal date (a
+    customer can terminate or stop paying any time), which keeps renewal_date an
+    honest lifecycle field rather than a leak of the outcome.
+
+Deals
+    Open opportunities carry the base probability of their stage (Salesforce's
+    default stage probabilities). The chance to win is that base times a health
+    multiplier ``clip(1 + 0.45 z, 0.35, 1.9)`` (roughly the At-Risk 0.6 /
+    Neutral 1.0 / Healthy 1.4 bands of seed 000_caaf87bd3b38802c.txt), capped
+    at 0.97; renewals of accounts that churn are lost. So health-adjusted
+    forecasts beat the unadjusted ones.
+
+Everything is vectorised numpy/pyarrow (no per-row Python) and deterministic
+for a given seed: the same arguments give identical frames.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from config.canonical import (
+    ACCOUNTS,
+    ACCOUNTS_HISTORY,
+    EXEC_SPONSOR,
+    OPPORTUNITIES,
+    OPPORTUNITIES_HISTORY,
+    PRIORITIES,
+    SEGMENTS,
+    SENTIMENT,
+    TICKET_STATUS,
+    TICKETS,
+    FrameSpec,
+    validate_frame,
+)
+
+__all__ = [
+    "Portfolio",
+    "History",
+    "generate_portfolio",
+    "generate_history",
+    "write_portfolio",
+    "write_history",
+    "read_history",
+    "STAGES",
+    "HIDDEN_WEIGHTS",
+]
+
+DEFAULT_AS_OF = date(2026, 1, 1)
+
+#: (stage, base probability, forecast category). Probabilities are Salesforce's default
+#: OpportunityStage values; the categories follow its default mapping.
+STAGES = (
+    ("Prospecting", 0.10, "Pipeline"),
+    ("Needs Analysis", 0.20, "Pipeline"),
+    ("Value Proposition", 0.50, "Best Case"),
+    ("Proposal/Price Quote", 0.75, "Best Case"),
+    ("Negotiation/Review", 0.90, "Commit"),
+    ("Closed Won", 1.00, "Closed"),
+    ("Closed Lost", 0.00, "Omitted"),
+)
+_OPEN_STAGE_SHARE = np.array([0.25, 0.25, 0.2, 0.18, 0.12])
+_STAGE_NAMES = pa.array([s[0] for s in STAGES], pa.large_string())
+_STAGE_PROB = np.array([s[1] for s in STAGES])
+_FORECAST = ("Pipeline", "Best Case", "Commit", "Closed", "Omitted")
+_STAGE_FORECAST = np.array([_FORECAST.index(s[2]) for s in STAGES])
+_CLOSED_WON, _CLOSED_LOST = 5, 6
+
+_OPP_TYPES = ("new_business", "renewal", "expansion")
+_OPP_TYPE_SHARE = np.array([0.30, 0.30, 0.40])
+_OPP_TYPE_LABEL = ("New Business", "Renewal", "Expansion")
+
+# Segment mix ~15/35/50 and per-segment scale (brief; typical B2B SaaS book).
+_SEGMENT_SHARE = np.array([0.15, 0.35, 0.50])
+_SEATS_MEDIAN = np.array([400.0, 60.0, 12.0])
+_ARR_PER_SEAT_MEDIAN = np.array([600.0, 700.0, 800.0])
+_FEATURES_AVAILABLE = np.array([40, 30, 20])
+_TICKET_SEGMENT_FACTOR = np.array([2.5, 1.2, 0.55])  # normalised below so the mean is as asked
+
+#: Weights of the hidden health (see module docstring); the transforms are in `_hidden_health`.
+HIDDEN_WEIGHTS = {
+    "license_utilisation": 0.24,
+    "payments": 0.18,
+    "escalations": 0.14,
+    "logins": 0.10,
+    "features": 0.08,
+    "ticket_trend": 0.08,
+    "qbr": 0.06,
+    "sentiment": 0.06,
+    "exec_sponsor": 0.04,
+    "nps": 0.02,
+    "email_response": 0.00,
+}
+_HIDDEN_SCALE = 0.65  # std of the raw weighted sum at the first snapshot, so z is ~N(0, 1)
+CHURN_INTERCEPT = -3.5
+CHURN_SLOPE = 1.55
+_WIN_SENSITIVITY = 0.45
+
+_FIRST = (
+    "ana", "ben", "carla", "david", "elena", "farid", "grace", "hugo", "irene", "jamal",
+    "kate", "liam", "maria", "nadia", "omar", "priya", "quinn", "rosa", "sam", "tomas",
+    "uma", "victor", "wen", "ximena", "yusuf", "zoe", "alex", "bianca", "chen", "dara",
+)
+_LAST = (
+    "lopez", "smith", "nguyen", "garcia", "muller", "rossi", "kim", "silva", "khan", "cohen",
+    "ivanova", "okafor", "tanaka", "dubois", "novak", "jensen", "moreau", "patel", "costa", "walsh",
+    "berg", "fischer", "santos", "yilmaz", "kowalski", "brennan", "hughes", "sato", "ortiz", "reyes",
+)
+_COMPANY = (
+    "acme", "globex", "initech", "umbrella", "hooli", "vandelay", "stark", "wayne", "wonka", "tyrell",
+    "cyberdyne", "soylent", "gringotts", "oscorp", "aperture", "monarch", "nakatomi", "massive", "dunder",
+    "pied", "sterling", "prestige", "bluth", "krusty", "gekko", "zorg", "virtucon", "contoso", "fabrikam",
+    "northwind", "tailspin", "litware", "adatum", "proseware", "fourth", "wingtip", "woodgrove", "lucerne",
+    "margie", "trey",
+)
+
+
+@dataclass
+class Portfolio:
+    """One point-in-time book of business (canonical frames plus owners)."""
+
+    accounts: pd.DataFrame
+    opportunities: pd.DataFrame
+    tickets: pd.DataFrame
+    owners: pd.DataFrame
+    as_of: date
+
+
+@dataclass
+class History:
+    """Snapshots with outcomes, for `healthsync backtest` and `healthsync calibrate`."""
+
+    accounts_history: pd.DataFrame
+    tickets: pd.DataFrame
+    opportunities_history: pd.DataFrame
+    as_of_dates: list[date]
+    horizon_days: int | None  # None when read back from files
+
+
+# --------------------------------------------------------------------------- strings
+
+
+def _strings(values: pa.Array) -> pd.Series:
+    return pd.Series(pd.arrays.ArrowStringArray(values.cast(pa.large_string())))
+
+
+def _numbered(prefix: str, numbers: np.ndarray, width: int) -> pa.Array:
+    """`prefix` + zero-padded numbers, built as one byte buffer (10M ids in well under a second)."""
+    n = len(numbers)
+    p = prefix.encode()
+    row = len(p) + width
+    buf = np.empty((n, row), np.uint8)
+    buf[:, : len(p)] = np.frombuffer(p, np.uint8)
+    pows = 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)
+    buf[:, len(p):] = (numbers.astype(np.int64)[:, None] // pows) % 10 + 48
+    offsets = np.arange(n + 1, dtype=np.int64) * row
+    return pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(buf))
+
+
+def _pick(choices, codes: np.ndarray) -> pa.Array:
+    """choices[codes] as an Arrow string array; negative codes become null."""
+    table = pa.array(list(choices), pa.large_string())
+    codes = np.asarray(codes)
+    mask = codes < 0
+    return table.take(pa.array(np.where(mask, 0, codes), mask=mask if mask.any() else None))
+
+
+def _join(*parts) -> pa.Array:
+    """Element-wise concatenation of Arrow string arrays and literal strings."""
+    parts = [pa.scalar(p, pa.large_string()) if isinstance(p, str) else p for p in parts]
+    return pc.binary_join_element_wise(*parts, pa.scalar("", pa.large_string()))
+
+
+def _id_width(count: int, minimum: int) -> int:
+    return max(minimum, len(str(max(count, 1))))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _dates(base: date, days: np.ndarray) -> np.ndarray:
+    """base + whole days as datetime64[us] (the dtype the canonical validator produces)."""
+    return (np.datetime64(base, "D") + days.astype(np.int64).astype("timedelta64[D]")).astype("datetime64[us]")
+
+
+def _stamp(base: date, seconds: np.ndarray) -> np.ndarray:
+    """base + seconds as datetime64[us], whole seconds (what CRMs export and CSV keeps)."""
+    return np.datetime64(base, "s").astype("datetime64[us]") + np.floor(seconds).astype("timedelta64[s]")
+
+
+def _int(values: np.ndarray, mask: np.ndarray | None = None) -> pd.arrays.IntegerArray:
+    return pd.arrays.IntegerArray(values.astype(np.int64), np.zeros(len(values), bool) if mask is None else mask)
+
+
+def _bool(values: np.ndarray) -> pd.arrays.BooleanArray:
+    return pd.arrays.BooleanArray(values.astype(bool), np.zeros(len(values), bool))
+
+
+# --------------------------------------------------------------------------- owners
+
+
+def _owners(n_accounts: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """CSMs (~1 per 40 accounts, at least 3), managers (1 per ~6 CSMs), one VP."""
+    n_csm = max(3, round(n_accounts / 40))
+    n_mgr = max(1, math.ceil(n_csm / 6))
+    total = n_csm + n_mgr + 1
+    i = np.arange(total)
+    combos = len(_FIRST) * len(_LAST)
+    # spread people over the name grid (stride coprime with it) so neighbours differ in both names
+    k = (i * 7 + i // combos) % combos
+    first = k % len(_FIRST)
+    last = (k // len(_FIRST)) % len(_LAST)
+    suffix = i // combos
+    suffix_text = pa.array(np.where(suffix > 0, suffix.astype(str), ""), pa.large_string())
+    first_a, last_a = _pick(_FIRST, first), _pick(_LAST, last)
+    email = _join(first_a, ".", last_a, suffix_text, "@example.com")
+    name = _join(pc.utf8_capitalize(first_a), " ", pc.utf8_capitalize(last_a), suffix_text)
+    role = np.array([0] * n_csm + [1] * n_mgr + [2])
+    manager = np.empty(total, np.int64)
+    manager[:n_csm] = n_csm + (np.arange(n_csm) // 6) % n_mgr
+    manager[n_csm : n_csm + n_mgr] = total - 1
+    manager[-1] = -1
+    manager_email = email.take(pa.array(np.where(manager < 0, 0, manager), mask=manager < 0))
+    owners = pd.DataFrame(
+        {
+            "email": _strings(email),
+            "name": _strings(name),
+            "role": _strings(_pick(("csm", "manager", "vp"), role)),
+            "manager_email": _strings(manager_email),
+        }
+    )
+    return owners, email.slice(0, n_csm)
+
+
+# --------------------------------------------------------------------------- the simulation
+
+
+class _Book:
+    """Static account attributes plus the latent state that evolves between snapshots."""
+
+    NOISES = ("util", "login", "feat", "qbr", "email", "exec", "late", "nps", "sent")
+
+    def __init__(self, rng: np.random.Generator, n: int, tickets_per_account: float):
+        self.n = n
+        self.segment = rng.choice(3, size=n, p=_SEGMENT_SHARE)
+        self.seats = np.maximum(1, np.round(_SEATS_MEDIAN[self.segment] * rng.lognormal(0, 0.7, n))).astype(np.int64)
+        self.arr = np.round(self.seats * _ARR_PER_SEAT_MEDIAN[self.segment] * rng.lognormal(0, 0.35, n), 2)
+        self.features_available = _FEATURES_AVAILABLE[self.segment]
+        # tenure at the first as_of: ~8% in their first 90 days (onboarding), the rest up to 6 years
+        onboarding = rng.random(n) < 0.08
+        self.tenure0 = np.where(onboarding, rng.integers(0, 90, n), rng.integers(90, 6 * 365, n))
+        self.h = rng.standard_normal(n)
+        self.g = rng.standard_normal(n)
+        self.noise = {k: rng.standard_normal(n) for k in self.NOISES}
+        self.nps_missing = rng.random(n) < 0.30
+        self.sentiment_missing = rng.random(n) < 0.15
+        factor = _TICKET_SEGMENT_FACTOR / (_TICKET_SEGMENT_FACTOR @ _SEGMENT_SHARE)
+        # per-day ticket rate so the trailing 180 days hold `tickets_per_account` on average
+        self.ticket_rate = tickets_per_account / 180.0 * factor[self.segment] * rng.lognormal(-0.18, 0.6, n)
+        self.ticket_rate /= np.exp(0.35**2 / 2)  # keep the mean after the health factor exp(-0.35 h)
+
+    def step(self, rng: np.random.Generator, drift: np.ndarray) -> np.ndarray:
+        """Move the latent state one snapshot ahead; returns the momentum (change of h)."""
+        new = 0.9 * self.h + math.sqrt(1 - 0.9**2) * rng.standard_normal(self.n) + drift
+        momentum = new - self.h
+        self.h = new
+        self.g = 0.9 * self.g + math.sqrt(1 - 0.9**2) * rng.standard_normal(self.n) + drift
+        for k in self.NOISES:
+            self.noise[k] = 0.7 * self.noise[k] + math.sqrt(1 - 0.7**2) * rng.standard_normal(self.n)
+        return momentum
+
+    def signals(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Observed account signals from the current latent state."""
+        h, g, e, n = self.h, self.g, self.noise, self.n
+        util = _sigmoid(1.0 + 0.6 * h + 0.8 * g + 0.7 * e["util"])
+        active = rng.binomial(self.seats, util)
+        logins = np.round(2.5 * np.exp(0.55 * h + 0.5 * e["login"]), 2)
+        used = rng.binomial(self.features_available, _sigmoid(-0.2 + 0.8 * h + 0.6 * e["feat"]))
+        q = -0.9 * h + 0.8 * e["qbr"]
+        qbrs = np.digitize(q, [0.45, 1.2, 2.0])
+        email = np.round(20.0 * np.exp(-0.12 * h + 0.75 * e["email"]), 1)
+        x = h + 0.8 * e["exec"]
+        exec_code = np.where(x > 0.1, 0, np.where(x > -0.8, 1, 2))
+        late = rng.random(n) < _sigmoid(-1.8 - 0.6 * h - 0.9 * g + 0.8 * e["late"])
+        days_late = np.where(late, np.minimum(120, np.ceil(np.exp(2.3 - 0.4 * h + 0.6 * rng.standard_normal(n)))), 0)
+        nps = np.clip(np.round(7.0 + 1.6 * h + 1.2 * e["nps"]), 0, 10)
+        s = h + 0.6 * e["sent"]
+        sentiment = np.where(s > 0.3, 0, np.where(s > -0.9, 1, 2))
+        return {
+            "active_users_30d": active,
+            "logins_per_user_week": logins,
+            "features_used": used,
+            "qbrs_missed": qbrs,
+            "email_response_hours": email,
+            "exec_sponsor": exec_code,
+            "days_payment_late": days_late.astype(np.int64),
+            "nps": np.where(self.nps_missing, np.nan, nps),
+            "csm_sentiment": np.where(self.sentiment_missing, -1, sentiment),
+        }
+
+
+def _tickets_window(rng, book: _Book, alive: np.ndarray, momentum: np.ndarray, start_s: float, end_s: float):
+    """Tickets created in (start_s, end_s] seconds; the last 30 days' rate follows the momentum."""
+    recent_s = max(start_s, end_s - 30 * 86400.0)
+    rate = book.ticket_rate * np.exp(-0.35 * book.h) * alive
+    # exp(-1.5 m) has mean exp((1.5 * 0.45)^2 / 2) for quarterly momentum m ~ N(0, 0.45): divide it out
+    recent_rate = rate * np.exp(-1.5 * momentum - (1.5 * 0.45) ** 2 / 2)
+    idx_parts, t_parts = [], []
+    for lo, hi, r in ((start_s, recent_s, rate), (recent_s, end_s, recent_rate)):
+        if hi <= lo:
+            continue
+        counts = rng.poisson(r * (hi - lo) / 86400.0)
+        idx = np.repeat(np.arange(book.n, dtype=np.int32), counts)
+        idx_parts.append(idx)
+        t_parts.append(lo + rng.random(len(idx)) * (hi - lo))
+    idx = np.concatenate(idx_parts) if idx_parts else np.empty(0, np.int32)
+    created = np.concatenate(t_parts) if t_parts else np.empty(0)
+    h = book.h[idx]
+    g = book.g[idx]
+    # priorities: P1..P4 about 5/20/45/30%, a bit more urgent for unhealthy accounts
+    u = rng.random(len(idx)) - 0.03 * h
+    priority = np.digitize(u, [0.05, 0.25, 0.70])
+    escalated = rng.random(len(idx)) < _sigmoid(-2.4 - 0.5 * h - 0.7 * g + 0.5 * (priority == 0))
+    hours = np.exp(np.log(np.array([6.0, 20.0, 48.0, 96.0]))[priority] + 0.8 * rng.standard_normal(len(idx)))
+    resolved = created + hours * 3600.0
+    return idx, created, resolved, priority, escalated
+
+
+@dataclass
+class _Tickets:
+    account: np.ndarray
+    created: np.ndarray  # seconds since the simulation's day zero
+    resolved: np.ndarray
+    priority: np.ndarray
+    escalated: np.ndarray
+
+    @staticmethod
+    def concat(parts: list["_Tickets"]) -> "_Tickets":
+        return _Tickets(*(np.concatenate([getattr(p, f) for p in parts]) for f in _Tickets.__dataclass_fields__))
+
+    def features(self, n: int, as_of_s: float) -> dict[str, np.ndarray]:
+        """Trailing 30/90-day counts and 90-day escalations per account at `as_of_s`."""
+        c = self.created
+        in90 = (c <= as_of_s) & (c > as_of_s - 90 * 86400.0)
+        in30 = in90 & (c > as_of_s - 30 * 86400.0)
+        acct = self.account
+        return {
+            "tickets_30d": np.bincount(acct[in30], minlength=n),
+            "tickets_90d": np.bincount(acct[in90], minlength=n),
+            "escalations_90d": np.bincount(acct[in90 & self.escalated], minlength=n),
+        }
+
+
+def _hidden_health(sig: dict, tick: dict, seats: np.ndarray, features_available: np.ndarray) -> np.ndarray:
+    """The outcome-driving health z (~N(0,1); higher is healthier). See the module docstring."""
+    util = sig["active_users_30d"] / np.maximum(seats, 1)
+    prior_rate = (tick["tickets_90d"] - tick["tickets_30d"]) / 2.0
+    parts = {
+        "license_utilisation": (util - 0.68) / 0.2,
+        "payments": -np.log1p(sig["days_payment_late"]) / 1.2,
+        "escalations": -np.minimum(tick["escalations_90d"], 4) / 0.8,
+        "logins": (np.log(np.maximum(sig["logins_per_user_week"], 0.05)) - math.log(2.5)) / 0.75,
+        "features": (sig["features_used"] / features_available - 0.45) / 0.22,
+        "ticket_trend": -np.log((tick["tickets_30d"] + 1.0) / (prior_rate + 1.0)) / 0.6,
+        "qbr": -(sig["qbrs_missed"] - 0.8) / 0.9,
+        "sentiment": np.where(sig["csm_sentiment"] < 0, 0.0, 1.0 - sig["csm_sentiment"]) / 0.7,
+        "exec_sponsor": (1.0 - sig["exec_sponsor"]) / 0.8,
+        "nps": np.nan_to_num((sig["nps"] - 7.0) / 2.0),
+        "email_response": -np.log(sig["email_response_hours"] / 20.0),
+    }
+    raw = sum(HIDDEN_WEIGHTS[k] * v for k, v in parts.items())
+    return raw / _HIDDEN_SCALE
+
+
+def _win_probability(base: np.ndarray, z: np.ndarray) -> np.ndarray:
+    # seed 000_caaf87bd3b38802c.txt: At-Risk 0.6 / Neutral 1.0 / Healthy 1.4 multipliers
+    return np.clip(base * np.clip(1.0 + _WIN_SENSITIVITY * z, 0.35, 1.9), 0.0, 0.97)
+
+
+# --------------------------------------------------------------------------- frames
+
+
+def _accounts_frame(book: _Book, rows: np.ndarray, sig: dict, as_of: date, ids: pa.Array, names: pa.Array,
+                    domains: pa.Array, owner: pa.Array, tenure_days: np.ndarray) -> pd.DataFrame:
+    take = pa.array(rows)
+    tenure = tenure_days[rows]
+    since = _dates(as_of, -tenure)
+    renewal = _dates(as_of, 365 - tenure % 365)
+    s = {k: v[rows] for k, v in sig.items()}
+    frame = pd.DataFrame(
+        {
+            "account_id": _strings(ids.take(take)),
+            "name": _strings(names.take(take)),
+            "segment": _strings(_pick(SEGMENTS, book.segment[rows])),
+            "arr": book.arr[rows],
+            "seats_purchased": _int(book.seats[rows]),
+            "active_users_30d": _int(s["active_users_30d"]),
+            "logins_per_user_week": s["logins_per_user_week"],
+            "features_used": _int(s["features_used"]),
+            "features_available": _int(book.features_available[rows]),
+            "qbrs_missed": _int(s["qbrs_missed"]),
+            "email_response_hours": s["email_response_hours"],
+            "exec_sponsor": _strings(_pick(EXEC_SPONSOR, s["exec_sponsor"])),
+            "days_payment_late": _int(s["days_payment_late"]),
+            "nps": s["nps"],
+            "csm_sentiment": _strings(_pick(SENTIMENT, s["csm_sentiment"])),
+            "customer_since": since,
+            "renewal_date": renewal,
+            "owner_email": _strings(owner.take(take)),
+        }
+    )
+    frame["domain"] = _strings(domains.take(take))
+    return frame
+
+
+def _account_identity(book: _Book, csm_emails: pa.Array):
+    n = book.n
+    width = _id_width(n, 7)
+    ids = _numbered("A", np.arange(1, n + 1), width)
+    number = _numbered("", np.arange(1, n + 1), max(6, width - 1))
+    company = np.arange(n) % len(_COMPANY)
+    word = _pick(_COMPANY, company)
+    names = _join(pc.utf8_capitalize(word), " ", number)
+    domains = _join(word, "-", number, ".example.com")
+    # accounts dealt to CSMs in blocks, so each CSM holds a contiguous ~40-account book
+    owner = csm_emails.take(pa.array((np.arange(n) * len(csm_emails)) // max(n, 1)))
+    return ids, names, domains, owner
+
+
+def _tickets_frame(t: _Tickets, account_ids: pa.Array, day_zero: date, data_end_s: float, first_number: int = 1):
+    n = len(t.account)
+    closed = t.resolved <= data_end_s
+    closed_at = _stamp(day_zero, np.where(closed, t.resolved, 0.0))
+    closed_at[~closed] = np.datetime64("NaT")
+    return pd.DataFrame(
+        {
+            "ticket_id": _strings(_numbered("T", np.arange(first_number, first_number + n), _id_width(n, 8))),
+            "account_id": _strings(account_ids.take(pa.array(t.account))),
+            "priority": _strings(_pick(PRIORITIES, t.priority)),
+            "status": _strings(_pick(TICKET_STATUS, np.where(closed, 1, 0))),
+            "created_at": _stamp(day_zero, t.created),
+            "closed_at": closed_at,
+            "escalated": _bool(t.escalated),
+        }
+    )
+
+
+def _opportunities(rng, book: _Book, rows: np.ndarray, z: np.ndarray, as_of: date, per_account: float,
+                   account_ids: pa.Array, account_names: pa.Array, owner: pa.Array, closed_share: float,
+                   horizon_days: int, first_number: int, churn_within: np.ndarray | None = None):
+    """Opportunities of accounts `rows`; returns (frame, won 0/1 for every row)."""
+    counts = rng.poisson(per_account, len(rows))
+    acct = np.repeat(rows, counts)
+    k = len(acct)
+    zz = z[acct]
+    kind = rng.choice(3, size=k, p=_OPP_TYPE_SHARE)
+    arr = book.arr[acct]
+    scale = np.array([0.5, 1.0, 0.25])[kind]
+    amount = np.round(arr * scale * rng.lognormal(0, 0.3, k), 2)
+    stage = rng.choice(5, size=k, p=_OPEN_STAGE_SHARE)
+    won = rng.random(k) < _win_probability(_STAGE_PROB[stage], zz)
+    if churn_within is not None:
+        won &= ~((kind == 1) & churn_within[acct])  # a churning account does not renew
+    is_closed = rng.random(k) < closed_share
+    close_days = np.where(is_closed, -rng.integers(1, 181, k), rng.integers(1, horizon_days + 1, k))
+    final_stage = np.where(is_closed, np.where(won, _CLOSED_WON, _CLOSED_LOST), stage)
+    take = pa.array(acct)
+    frame = pd.DataFrame(
+        {
+            "opportunity_id": _strings(_numbered("O", np.arange(first_number, first_number + k), _id_width(k, 7))),
+            "account_id": _strings(account_ids.take(take)),
+            "name": _strings(_join(account_names.take(take), " - ", _pick(_OPP_TYPE_LABEL, kind))),
+            "stage": _strings(_STAGE_NAMES.take(pa.array(final_stage))),
+            "amount": amount,
+            "probability": _STAGE_PROB[final_stage],
+            "close_date": _dates(as_of, close_days),
+            "type": _strings(_pick(_OPP_TYPES, kind)),
+            "forecast_category": _strings(_pick(_FORECAST, _STAGE_FORECAST[final_stage])),
+            "is_closed": _bool(is_closed),
+            "is_won": _bool(is_closed & won),
+            "owner_email": _strings(owner.take(take)),
+        }
+    )
+    return frame, won
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def generate_portfolio(
+    n_accounts: int,
+    seed: int = 0,
+    as_of: date | None = None,
+    opportunities_per_account: float = 5.0,
+    tickets_per_account: float = 10.0,
+    inject_bad_records: int = 0,
+) -> Portfolio:
+    """A book of `n_accounts` accounts at `as_of` with opportunities, trailing-180-day tickets and owners.
+
+    Frames hold exactly the canonical columns and dtypes (accounts add `domain`).
+    `inject_bad_records` appends that many invalid account rows, cycling through
+    missing id, duplicate id, negative ARR, unparsable date, unknown enum, for
+    validator tests (customer_since then holds ISO text instead of datetimes).
+    """
+    if n_accounts < 1:
+        raise ValueError(f"n_accounts must be at least 1, got {n_accounts}")
+    as_of = as_of or DEFAULT_AS_OF
+    rng = np.random.default_rng(seed)
+    book = _Book(rng, n_accounts, tickets_per_account)
+    owners, csm = _owners(n_accounts)
+    ids, names, domains, owner = _account_identity(book, csm)
+    momentum = 0.45 * rng.standard_normal(n_accounts)  # change of health over the last quarter
+    sig = book.signals(rng)
+    day_zero = as_of - timedelta(days=180)
+    end_s = 180 * 86400.0
+    raw = _tickets_window(rng, book, np.ones(n_accounts), momentum, 0.0, end_s)
+    tickets = _Tickets(*raw)
+    z = _hidden_health(sig, tickets.features(n_accounts, end_s), book.seats, book.features_available)
+    rows = np.arange(n_accounts)
+    accounts = _accounts_frame(book, rows, sig, as_of, ids, names, domains, owner, book.tenure0)
+    opportunities, _ = _opportunities(
+        rng, book, rows, z, as_of, opportunities_per_account, ids, names, owner,
+        closed_share=0.2, horizon_days=270, first_number=1,
+    )
+    tickets_frame = _tickets_frame(tickets, ids, day_zero, end_s)
+    if inject_bad_records:
+        accounts = _inject_bad_accounts(accounts, inject_bad_records, seed)
+    return Portfolio(accounts, opportunities, tickets_frame, owners, as_of)
+
+
+BAD_RECORD_KINDS = ("missing id", "duplicate id", "negative arr", "unparsable date", "unknown enum")
+
+
+def _inject_bad_accounts(accounts: pd.DataFrame, count: int, seed: int) -> pd.DataFrame:
+    """Append `count` invalid copies of random accounts, one defect each (kinds in BAD_RECORD_KINDS order)."""
+    rng = np.random.default_rng([seed, 1])
+    rows = rng.integers(0, len(accounts), count)
+    bad = accounts.iloc[rows].reset_index(drop=True).copy()
+    bad["customer_since"] = bad["customer_since"].dt.strftime("%Y-%m-%d").astype(object)
+    suffix = np.arange(len(accounts) + 1, len(accounts) + count + 1)
+    bad["account_id"] = _strings(_numbered("X", suffix, _id_width(len(accounts) + count, 7)))
+    for i in range(count):  # `count` is a handful of rows: test input, not data volume
+        kind = i % len(BAD_RECORD_KINDS)
+        if kind == 0:
+            bad.loc[i, "account_id"] = pd.NA
+        elif kind == 1:
+            bad.loc[i, "account_id"] = accounts["account_id"].iloc[rows[i]]
+        elif kind == 2:
+            bad.loc[i, "arr"] = -abs(float(bad.loc[i, "arr"])) - 1.0
+        elif kind == 3:
+            bad.loc[i, "customer_since"] = "31/02/2024x"
+        else:
+            bad.loc[i, "exec_sponsor"] = "sometimes"
+    out = accounts.copy()
+    out["customer_since"] = out["customer_since"].dt.strftime("%Y-%m-%d").astype(object)
+    return pd.concat([out, bad], ignore_index=True)
+
+
+def generate_history(
+    n_accounts: int,
+    seed: int = 0,
+    snapshots: int = 6,
+    start: date | None = None,
+    interval_days: int = 90,
+    horizon_days: int = 180,
+    opportunities_per_account: float = 2.0,
+    tickets_per_account: float = 10.0,
+) -> History:
+    """Snapshots every `interval_days` from `start` with churn and deal outcomes (see module docstring)."""
+    if n_accounts < 1 or snapshots < 1 or interval_days < 1 or horizon_days < 1:
+        raise ValueError("n_accounts, snapshots, interval_days and horizon_days must all be at least 1")
+    start = start or DEFAULT_AS_OF - timedelta(days=interval_days * (snapshots - 1) + horizon_days)
+    rng = np.random.default_rng(seed)
+    book = _Book(rng, n_accounts, tickets_per_account)
+    _, csm = _owners(n_accounts)
+    ids, names, domains, owner = _account_identity(book, csm)
+    day_zero = start - timedelta(days=180)
+    steps = snapshots + math.ceil(horizon_days / interval_days)
+    as_of_s = [(180 + k * interval_days) * 86400.0 for k in range(steps)]
+    leave_s = np.full(n_accounts, np.inf)  # when the account leaves (seconds since day_zero)
+    momentum = 0.45 * rng.standard_normal(n_accounts)
+    ticket_parts: list[_Tickets] = []
+    account_frames, opp_frames = [], []
+    opp_number = 1
+    for k in range(steps):
+        now = as_of_s[k]
+        if k > 0:
+            momentum = book.step(rng, drift=np.where(np.isfinite(leave_s), -0.35, 0.0))
+        alive = leave_s > now
+        window_start = 0.0 if k == 0 else as_of_s[k - 1]
+        ticket_parts.append(_Tickets(*_tickets_window(rng, book, alive, momentum, window_start, now)))
+        tickets = _Tickets.concat(ticket_parts)
+        sig = book.signals(rng)
+        z = _hidden_health(sig, tickets.features(n_accounts, now), book.seats, book.features_available)
+        deciding = alive & ~np.isfinite(leave_s)
+        leaves = deciding & (rng.random(n_accounts) < _sigmoid(CHURN_INTERCEPT - CHURN_SLOPE * z))
+        leave_s[leaves] = now + rng.random(int(leaves.sum())) * horizon_days * 86400.0
+        if k < snapshots:
+            as_of = start + timedelta(days=k * interval_days)
+            rows = np.flatnonzero(alive)
+            tenure = book.tenure0 + k * interval_days
+            frame = _accounts_frame(book, rows, sig, as_of, ids, names, domains, owner, tenure)
+            account_frames.append((frame, rows, as_of, z))
+            churn_within = leave_s <= now + horizon_days * 86400.0
+            opps, won = _opportunities(
+                rng, book, rows, z, as_of, opportunities_per_account, ids, names, owner,
+                closed_share=0.0, horizon_days=horizon_days, first_number=opp_number, churn_within=churn_within,
+            )
+            opp_number += len(opps)
+            opps["as_of"] = np.datetime64(as_of, "D").astype("datetime64[us]")
+            opps["won"] = _int(won)
+            opps["won_amount"] = np.where(won, opps["amount"].to_numpy(), 0.0)
+            opp_frames.append(opps)
+    # labels need the leaving dates decided up to `horizon_days` after each snapshot
+    for frame, rows, as_of, _ in account_frames:
+        now = (as_of - day_zero).days * 86400.0
+        frame["as_of"] = np.datetime64(as_of, "D").astype("datetime64[us]")
+        frame["churned"] = _int((leave_s[rows] <= now + horizon_days * 86400.0).astype(np.int64))
+    accounts_history = pd.concat([f for f, *_ in account_frames], ignore_index=True)
+    domain = accounts_history.pop("domain")
+    accounts_history["domain"] = domain
+    last = as_of_s[snapshots - 1]
+    tickets = _Tickets.concat(ticket_parts[:snapshots])
+    keep = tickets.created <= last
+    tickets = _Tickets(*(getattr(tickets, f)[keep] for f in _Tickets.__dataclass_fields__))
+    tickets_frame = _tickets_frame(tickets, ids, day_zero, last)
+    return History(
+        accounts_history,
+        tickets_frame,
+        pd.concat(opp_frames, ignore_index=True),
+        [start + timedelta(days=k * interval_days) for k in range(snapshots)],
+        horizon_days,
+    )
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _arrow_table(frame: pd.DataFrame, spec: FrameSpec | None, fmt: str) -> pa.Table:
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    if spec is None:
+        return table
+    kinds = {c.name: c.kind for c in spec.columns}
+    for i, name in enumerate(table.column_names):
+        col = table.column(i)
+        if not pa.types.is_timestamp(col.type):
+            continue
+        if kinds.get(name) == "date":
+            table = table.set_column(i, name, col.cast(pa.date32()))
+        elif fmt == "csv":  # ISO 8601 without fractions: 2026-01-01T09:30:00
+            table = table.set_column(i, name, pc.strftime(col.cast(pa.timestamp("s"), safe=False), format="%Y-%m-%dT%H:%M:%S"))
+    return table
+
+
+def _write(frames: dict[str, tuple[pd.DataFrame, FrameSpec | None]], directory, fmt: str) -> dict[str, Path]:
+    if fmt not in ("csv", "parquet"):
+        raise ValueError(f"fmt must be 'csv' or 'parquet', got {fmt!r}")
+    out_dir = Path(directory)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, (frame, spec) in frames.items():
+        table = _arrow_table(frame, spec, fmt)
+        path = out_dir / f"{name}.{fmt}"
+        if fmt == "csv":
+            import pyarrow.csv as pacsv
+
+            pacsv.write_csv(table, path)
+        else:
+            import pyarrow.parquet as pq
+
+            pq.write_table(table, path)
+        written[name] = path
+    return written
+
+
+def write_portfolio(portfolio: Portfolio, directory, fmt: str = "csv") -> dict[str, Path]:
+    """accounts / opportunities / tickets / owners .csv or .parquet in `directory`; dates ISO."""
+    return _write(
+        {
+            "accounts": (portfolio.accounts, ACCOUNTS),
+            "opportunities": (portfolio.opportunities, OPPORTUNITIES),
+            "tickets": (portfolio.tickets, TICKETS),
+            "owners": (portfolio.owners, None),
+        },
+        directory,
+        fmt,
+    )
+
+
+def write_history(history: History, directory, fmt: str = "csv") -> dict[str, Path]:
+    """accounts_history / tickets / opportunities_history in `directory` (design.md names)."""
+    return _write(
+        {
+            "accounts_history": (history.accounts_history, ACCOUNTS_HISTORY),
+            "tickets": (history.tickets, TICKETS),
+            "opportunities_history": (history.opportunities_history, OPPORTUNITIES_HISTORY),
+        },
+        directory,
+        fmt,
+    )
+
+
+def read_history(directory, fmt: str = "csv") -> tuple[History, list[str]]:
+    """Read files written by `write_history` back through the canonical validator.
+
+    Returns the history and the validator's problem lines (empty for generated data).
+    """
+    base = Path(directory)
+    frames, problems = {}, []
+    for name, spec in (("accounts_history", ACCOUNTS_HISTORY), ("tickets", TICKETS),
+                       ("opportunities_history", OPPORTUNITIES_HISTORY)):
+        path = base / f"{name}.{fmt}"
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""]) if fmt == "csv" else pd.read_parquet(path)
+        frame, report = validate_frame(raw, spec)
+        problems += report.lines()
+        frames[name] = frame
+    dates = sorted(frames["accounts_history"]["as_of"].dt.date.unique())
+    horizon = None
+    return History(frames["accounts_history"], frames["tickets"], frames["opportunities_history"], dates, horizon), problems
