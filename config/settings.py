@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from copy import deepcopy
 from pathlib import Path
 from typing import Any, Literal
@@ -341,16 +342,21 @@ def env_overrides(environ: dict[str, str] | None = None) -> dict:
 def format_validation_error(err: ValidationError) -> list[str]:
     problems = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+        parts = [str(p) for i, p in enumerate(e["loc"]) if not (p in _UNION_TAGS and i and e["loc"][i - 1] == "rule")]
+        loc = ".".join(parts)
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (not part of the configuration schema)"
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
+        head = _KEY_PREFIX.match(msg)
+        if head and loc:  # a model-level check names the sub-key itself: join it to the path
+            loc, msg = f"{loc}.{head.group(1)}", msg[head.end():]
         problems.append(f"{loc}: {msg}" if loc else msg)
     return problems
 
 
+_KEY_PREFIX = re.compile(r"^([A-Za-z_][\w.]*): ")
 _UNION_TAGS = {"steps", "linear", "ratio", "category", "boolean", "identity", "trend"}
 
 
@@ -378,6 +384,9 @@ def load_settings(
         raise ConfigError(format_validation_error(e), source) from None
 
 
+REPLACE_WHOLE = ("segments", "lifecycle", "traffic_light")
+
+
 def merge_user_config(defaults: dict, user: dict) -> dict:
     """A user's `model.metrics` list replaces the default list as a whole; the rest deep-merges.
 
@@ -389,6 +398,12 @@ def merge_user_config(defaults: dict, user: dict) -> dict:
     if isinstance(user.get("model"), dict) and "metric_weights" in user["model"]:
         weights = user["model"].pop("metric_weights")
     merged = deep_merge(defaults, user)
+    # Sections that refer to bands by name are replaced whole, never merged key by key:
+    # a user who redefines the bands must not inherit default thresholds naming old bands.
+    if isinstance(user.get("model"), dict):
+        for key in REPLACE_WHOLE:
+            if key in user["model"]:
+                merged["model"][key] = deepcopy(user["model"][key])
     if isinstance(weights, dict):
         metrics = merged.get("model", {}).get("metrics", [])
         for m in metrics:

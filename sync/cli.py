@@ -1,0 +1,493 @@
+"""The `healthsync` command line (design.md, "Command line": a public contract).
+
+Each command parses its flags, loads the settings and hands over to the module
+that does the work; this file holds no business logic. Output rules: `--json`
+prints exactly one JSON object on stdout and logs go to stderr. Exit codes:
+0 ok, 1 finished with record errors, 2 configuration error, 3 stopped (quota,
+auth, unreachable). A user mistake gets a message naming the key or record,
+never a stack trace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+
+from config.settings import ConfigError, Settings, load_settings
+from sync.logs import configure_logging, register_settings_secrets, scrub
+
+EXIT_OK, EXIT_RECORD_ERRORS, EXIT_CONFIG, EXIT_STOPPED = 0, 1, 2, 3
+SANDBOX_ENV = "HEALTHSYNC_SANDBOX"
+
+app = typer.Typer(
+    name="healthsync",
+    help="Customer health scores, forecast adjustment and playbooks, written back into Salesforce and HubSpot.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Validate, show and describe the configuration.", no_args_is_help=True)
+crm_app = typer.Typer(help="Prepare and check the CRMs (healthsync fields and properties).", no_args_is_help=True)
+sandbox_app = typer.Typer(help="The loopback emulators of Salesforce, HubSpot and Slack.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(crm_app, name="crm")
+app.add_typer(sandbox_app, name="sandbox")
+
+err_console = Console(stderr=True)
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="Config file (YAML), merged over the defaults.")
+SandboxOpt = typer.Option(
+    None, "--sandbox", help=f"Ready file of a running `healthsync sandbox serve` (or env {SANDBOX_ENV})."
+)
+JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout.")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+class Exit(Exception):
+    def __init__(self, code: int):
+        self.code = code
+
+
+def _fail(message: str, code: int) -> None:
+    err_console.print(f"[bold red]error:[/] {scrub(message)}", highlight=False, soft_wrap=True)
+    raise Exit(code)
+
+
+def _settings(config: Optional[Path], overlays: list[Path] | None = None) -> Settings:
+    try:
+        settings = load_settings(config, overlays=overlays or [])
+    except ConfigError as e:
+        _fail(str(e), EXIT_CONFIG)
+    register_settings_secrets(settings)
+    return settings
+
+
+def _ready(sandbox: Optional[Path]) -> dict | None:
+    path = sandbox or (Path(os.environ[SANDBOX_ENV]) if os.environ.get(SANDBOX_ENV) else None)
+    if path is None:
+        return None
+    try:
+        ready = json.loads(Path(path).read_text())
+    except OSError as e:
+        _fail(f"--sandbox {path}: cannot read the ready file ({e.strerror})", EXIT_CONFIG)
+    except json.JSONDecodeError:
+        _fail(f"--sandbox {path}: not a ready file written by `healthsync sandbox serve` (invalid JSON)", EXIT_CONFIG)
+    missing = [k for k in ("salesforce", "hubspot", "slack", "inspect_url") if k not in ready]
+    if missing:
+        _fail(f"--sandbox {path}: ready file lacks {', '.join(missing)}", EXIT_CONFIG)
+    return ready
+
+
+def _emit(data: Any, as_json: bool, text: Callable[[], None] | None = None) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(data, default=str) + "\n")
+        sys.stdout.flush()
+    elif text is not None:
+        text()
+    else:
+        Console().print_json(json.dumps(data, default=str))
+
+
+def _guard(fn: Callable[[], int | None]) -> None:
+    """Run a command body, mapping healthsync's error tree to exit codes and clean messages."""
+    from connectors.base import ConfigurationError, StopRunError
+
+    try:
+        code = fn() or EXIT_OK
+    except Exit as e:
+        code = e.code
+    except ConfigError as e:
+        err_console.print(f"[bold red]error:[/] {scrub(str(e))}", highlight=False)
+        code = EXIT_CONFIG
+    except ConfigurationError as e:
+        err_console.print(f"[bold red]configuration error:[/] {scrub(str(e))}", highlight=False)
+        code = EXIT_CONFIG
+    except StopRunError as e:
+        err_console.print(f"[bold red]stopped:[/] {scrub(str(e))}", highlight=False)
+        code = EXIT_STOPPED
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        code = 130
+    raise typer.Exit(code)
+
+
+def _not_built(what: str) -> int:
+    err_console.print(f"[yellow]{what} is not built yet in this version of healthsync.[/]")
+    return EXIT_CONFIG
+
+
+# ----------------------------------------------------------------------------- run & stages
+
+
+@app.command()
+def run(
+    config: Optional[Path] = ConfigOpt,
+    sandbox: Optional[Path] = SandboxOpt,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Plan and print the CRM diff; send nothing."),
+    as_json: bool = JsonOpt,
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """Full cycle: pull -> score -> forecast -> write-back -> playbooks -> escalate -> record.
+
+    With no CRM credentials configured, runs against the embedded sandbox (demo data).
+    """
+    configure_logging(verbose)
+
+    def body():
+        settings = _settings(config)
+        ready = _ready(sandbox)
+        from sync.run import run_cycle
+
+        summary = run_cycle(settings, ready=ready, dry_run=dry_run, json_mode=as_json)
+        if as_json:
+            _emit(summary.to_json(), True)
+        return summary.exit_code
+
+    _guard(body)
+
+
+def _stage(name: str, config, sandbox, as_json, **kwargs):
+    configure_logging(False)
+
+    def body():
+        settings = _settings(config)
+        ready = _ready(sandbox)
+        import sync.run as run_module
+
+        fn = getattr(run_module, f"{name}_stage", None)
+        if fn is None:
+            return _not_built(f"`healthsync {name}`")
+        result = fn(settings, ready=ready, **kwargs)
+        _emit(result, as_json)
+        return int(result.get("exit_code", EXIT_OK)) if isinstance(result, dict) else EXIT_OK
+
+    _guard(body)
+
+
+@app.command()
+def pull(config: Optional[Path] = ConfigOpt, sandbox: Optional[Path] = SandboxOpt, as_json: bool = JsonOpt):
+    """Pull changed records from each CRM into the local replica; reports records per CRM and object."""
+    _stage("pull", config, sandbox, as_json)
+
+
+@app.command()
+def score(
+    config: Optional[Path] = ConfigOpt,
+    sandbox: Optional[Path] = SandboxOpt,
+    input: Optional[Path] = typer.Option(None, "--input", help="Offline: a directory of canonical CSV/Parquet files."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Offline: the scored file (.csv or .parquet)."),
+    as_of: Optional[str] = typer.Option(None, "--as-of", help="Score as of this date (YYYY-MM-DD)."),
+    as_json: bool = JsonOpt,
+):
+    """Score the replica, or (with --input/--output) canonical files offline."""
+    if input is None and output is None:
+        _stage("score", config, sandbox, as_json)
+        return
+    configure_logging(False)
+
+    def body():
+        if input is None or output is None:
+            _fail("--input and --output go together", EXIT_CONFIG)
+        settings = _settings(config)
+        from sync.offline import score_files
+
+        result = score_files(input, output, settings, as_of=as_of)
+        _emit(result, as_json, lambda: _print_offline(result))
+        return result.get("exit_code", EXIT_OK)
+
+    _guard(body)
+
+
+def _print_offline(result: dict) -> None:
+    c = Console()
+    c.print(f"scored [bold]{result['accounts_scored']}[/] accounts -> {result['output']}")
+    for band, n in result.get("bands", {}).items():
+        c.print(f"  {band}: {n}")
+    for p in result.get("problems", [])[:20]:
+        err_console.print(f"[yellow]skipped/ignored:[/] {p}", highlight=False)
+    more = len(result.get("problems", [])) - 20
+    if more > 0:
+        err_console.print(f"[yellow]... and {more} more record problems[/]")
+
+
+@app.command()
+def sync(
+    config: Optional[Path] = ConfigOpt,
+    sandbox: Optional[Path] = SandboxOpt,
+    dry_run: bool = typer.Option(False, "--dry-run"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Only retry the queue of failed records."),
+    as_json: bool = JsonOpt,
+):
+    """Write the latest scores back to the CRMs (diffed against what was last confirmed)."""
+    _stage("sync", config, sandbox, as_json, dry_run=dry_run, retry_failed=retry_failed)
+
+
+@app.command()
+def escalate(config: Optional[Path] = ConfigOpt, sandbox: Optional[Path] = SandboxOpt, as_json: bool = JsonOpt):
+    """Check SLA clocks of open playbook tasks and escalate in Slack (deduplicated ladder)."""
+    _stage("escalate", config, sandbox, as_json)
+
+
+@app.command()
+def status(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt):
+    """Recent runs, failures and queue sizes."""
+    configure_logging(False)
+
+    def body():
+        settings = _settings(config)
+        from sync.state import StateStore
+        from sync.status import status as status_of
+
+        result = status_of(StateStore(settings.state.url))
+        _emit(result, as_json)
+        return EXIT_OK
+
+    _guard(body)
+
+
+# ----------------------------------------------------------------------------- validation & report
+
+
+@app.command()
+def backtest(
+    history: Path = typer.Option(..., "--history", help="Directory with accounts_history.csv, tickets.csv[, opportunities_history.csv]."),
+    config: Optional[Path] = ConfigOpt,
+    challenger: Optional[Path] = typer.Option(None, "--challenger", help="A second config to compare."),
+    as_json: bool = JsonOpt,
+):
+    """Validate the model (and the forecast adjustment) against history."""
+    configure_logging(False)
+
+    def body():
+        settings = _settings(config)
+        challenger_settings = _settings(challenger) if challenger else None
+        from sync.validation_job import run_backtest
+
+        report, text = run_backtest(settings, history, challenger_settings)
+        _emit(report, as_json, lambda: Console().print(text, highlight=False))
+        return EXIT_OK
+
+    _guard(body)
+
+
+@app.command()
+def calibrate(
+    history: Path = typer.Option(..., "--history"),
+    out: Path = typer.Option(..., "--out", help="Where to write the config overlay (YAML)."),
+    method: str = typer.Option("correlation", "--method", help="correlation | logistic"),
+    target_recall: float = typer.Option(0.75, "--target-recall"),
+    config: Optional[Path] = ConfigOpt,
+    as_json: bool = JsonOpt,
+):
+    """Learn weights, thresholds and the churn-probability map from outcomes; writes a config overlay."""
+    configure_logging(False)
+
+    def body():
+        if method not in ("correlation", "logistic"):
+            _fail(f"--method: {method!r} is not one of correlation, logistic", EXIT_CONFIG)
+        settings = _settings(config)
+        from sync.validation_job import run_calibrate
+
+        report, text = run_calibrate(settings, history, out, method=method, target_recall=target_recall)
+        _emit(report, as_json, lambda: Console().print(text, highlight=False))
+        return EXIT_OK
+
+    _guard(body)
+
+
+@app.command()
+def report(
+    out: Path = typer.Option(..., "--out", help="The HTML file to write."),
+    owner: Optional[str] = typer.Option(None, "--owner", help="Only this CSM's book of business."),
+    config: Optional[Path] = ConfigOpt,
+    as_json: bool = JsonOpt,
+):
+    """Portfolio report: executive view, book of business, account drill-down (one self-contained HTML file)."""
+    configure_logging(False)
+
+    def body():
+        settings = _settings(config)
+        from sync.report import write_report
+        from sync.state import StateStore
+
+        info = write_report(StateStore(settings.state.url), settings, out, owner=owner)
+        data = info if isinstance(info, dict) else getattr(info, "__dict__", {"path": str(out)})
+        _emit(data, as_json, lambda: Console().print(f"report written: {out}"))
+        return EXIT_OK
+
+    _guard(body)
+
+
+@app.command()
+def schedule(config: Optional[Path] = ConfigOpt, sandbox: Optional[Path] = SandboxOpt):
+    """Run the jobs of `schedules:` (APScheduler, UTC) until stopped."""
+    configure_logging(False)
+
+    def body():
+        settings = _settings(config)
+        from sync.scheduler import serve
+
+        return serve(settings, ready=_ready(sandbox))
+
+    _guard(body)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@config_app.command("validate")
+def config_validate(file: Optional[Path] = typer.Argument(None, help="Config file; default: the packaged defaults.")):
+    """Print every problem of a config file; exit 2 on any."""
+
+    def body():
+        try:
+            load_settings(file)
+        except ConfigError as e:
+            err_console.print(f"[bold red]invalid:[/] {file or 'defaults'}", highlight=False)
+            for p in e.problems:
+                err_console.print(f"  - {p}", highlight=False, soft_wrap=True)
+            return EXIT_CONFIG
+        Console().print(f"[green]valid:[/] {file or 'defaults'}", highlight=False)
+        return EXIT_OK
+
+    _guard(body)
+
+
+@config_app.command("show")
+def config_show(config: Optional[Path] = ConfigOpt):
+    """The effective configuration (defaults, file, environment), secrets redacted."""
+
+    def body():
+        settings = _settings(config)
+        sys.stdout.write(json.dumps(settings.redacted(), indent=2, default=str) + "\n")
+        return EXIT_OK
+
+    _guard(body)
+
+
+@config_app.command("schema")
+def config_schema():
+    """The JSON Schema of the configuration."""
+    from config.settings import json_schema
+
+    sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------- crm
+
+
+def _crm_connectors(settings: Settings, ready: dict | None):
+    from sync.connections import open_crm_connectors
+
+    return open_crm_connectors(settings, ready)
+
+
+@crm_app.command("setup")
+def crm_setup(config: Optional[Path] = ConfigOpt, sandbox: Optional[Path] = SandboxOpt, as_json: bool = JsonOpt):
+    """Create the healthsync fields (Salesforce) and properties (HubSpot); safe to run again."""
+    configure_logging(False)
+
+    def body():
+        settings = _settings(config)
+        ready = _ready(sandbox)
+        if ready is None and not settings.live:
+            _fail("no CRM credentials configured and no --sandbox given (see README, Configuration)", EXIT_CONFIG)
+        result = {name: {"created": c.setup()} for name, c in _crm_connectors(settings, ready).items()}
+        _emit(result, as_json)
+        return EXIT_OK
+
+    _guard(body)
+
+
+@crm_app.command("check")
+def crm_check(config: Optional[Path] = ConfigOpt, sandbox: Optional[Path] = SandboxOpt, as_json: bool = JsonOpt):
+    """Check credentials, permissions and the healthsync fields; names whatever is missing."""
+    configure_logging(False)
+
+    def body():
+        settings = _settings(config)
+        ready = _ready(sandbox)
+        if ready is None and not settings.live:
+            _fail("no CRM credentials configured and no --sandbox given (see README, Configuration)", EXIT_CONFIG)
+        result, ok = {}, True
+        for name, c in _crm_connectors(settings, ready).items():
+            r = c.check()
+            ok &= r.ok
+            result[name] = {"ok": r.ok, "problems": r.problems}
+        if not as_json:
+            for name, r in result.items():
+                mark = "[green]ok[/]" if r["ok"] else "[red]problems[/]"
+                Console().print(f"{name}: {mark}")
+                for p in r["problems"]:
+                    Console().print(f"  - {p}", highlight=False)
+        else:
+            _emit(result, True)
+        return EXIT_OK if ok else EXIT_CONFIG
+
+    _guard(body)
+
+
+# ----------------------------------------------------------------------------- sandbox & demo data
+
+
+@sandbox_app.command("serve")
+def sandbox_serve(
+    accounts: int = typer.Option(500, "--accounts", min=1),
+    seed: int = typer.Option(7, "--seed"),
+    hubspot_tier: str = typer.Option("professional", "--hubspot-tier", help="starter | professional"),
+    faults: Optional[str] = typer.Option(None, "--faults", help="e.g. salesforce.error_rate=0.1,slack.drop_rate=0.05"),
+    ready_file: Optional[Path] = typer.Option(None, "--ready-file", help="Where to write the ready file (JSON)."),
+):
+    """Run the emulators on 127.0.0.1 until SIGTERM/SIGINT; writes the ready file when ready."""
+    configure_logging(False)
+
+    def body():
+        if hubspot_tier not in ("starter", "professional"):
+            _fail(f"--hubspot-tier: {hubspot_tier!r} is not one of starter, professional", EXIT_CONFIG)
+        from connectors.sandbox.serve import serve
+
+        return serve(accounts=accounts, seed=seed, hubspot_tier=hubspot_tier, faults_spec=faults, ready_file=ready_file)
+
+    _guard(body)
+
+
+@app.command("demo-data")
+def demo_data(
+    out: Path = typer.Option(..., "--out", help="Directory to write canonical files into."),
+    accounts: int = typer.Option(1000, "--accounts", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    history: bool = typer.Option(False, "--history", help="Write the validation history format instead."),
+    fmt: str = typer.Option("csv", "--format", help="csv | parquet"),
+):
+    """Generate the deterministic demo portfolio (or its history) as canonical files."""
+
+    def body():
+        if fmt not in ("csv", "parquet"):
+            _fail(f"--format: {fmt!r} is not one of csv, parquet", EXIT_CONFIG)
+        from connectors import demo_data as dd
+
+        out.mkdir(parents=True, exist_ok=True)
+        if history:
+            dd.write_history(dd.generate_history(accounts, seed=seed), out, fmt=fmt)
+        else:
+            dd.write_portfolio(dd.generate_portfolio(accounts, seed=seed), out, fmt=fmt)
+        Console().print(f"wrote {'history' if history else 'portfolio'} of {accounts} accounts to {out}")
+        return EXIT_OK
+
+    _guard(body)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,8 @@
+"""Shared test set-up: nothing here talks to the outside world."""
+
+import os
+
+# Tests must never pick up a developer's real credentials or sandbox.
+for _name in list(os.environ):
+    if _name.startswith("HEALTHSYNC__") or _name in ("HEALTHSYNC_SANDBOX", "HEALTHSYNC_SECRETS_FILE"):
+        del os.environ[_name]
