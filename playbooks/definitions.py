@@ -1,0 +1,142 @@
+"""Playbook definitions: loaded from YAML, validated once, with errors naming the playbook and key.
+
+The packaged `playbooks/default.yaml` holds the seeds' four playbooks; a user
+points `playbooks.definitions` at their own file (templates are then looked up
+in a `templates/` directory next to it first, then in the packaged ones), and
+`playbooks.enabled` chooses which run.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from config.model import Strict
+from config.settings import ConfigError, Settings, format_validation_error
+from playbooks.render import TemplateRenderer, check_template
+from playbooks.triggers import Condition, ConditionError, parse_condition
+
+PACKAGED_DEFINITIONS = Path(__file__).with_name("default.yaml")
+
+#: playbook names start task keys (`<playbook>:<account_id>:<date>`), so no colons or spaces
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+
+
+class TemplateNames(Strict):
+    subject: str
+    description: str
+
+
+class PlaybookSpec(Strict):
+    name: str
+    title: str
+    condition: dict[str, Any]
+    sla_hours: float = Field(gt=0)
+    priority: Literal["high", "normal", "low"] = "normal"
+    escalate_to: str = Field("owner", description="highest escalation.ladder level this playbook reaches")
+    templates: TemplateNames
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(f"{v!r} must be lower_snake_case (letters, digits, _), at most 40 characters")
+        return v
+
+
+class PlaybookFile(Strict):
+    version: int = 1
+    playbooks: list[PlaybookSpec] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class Playbook:
+    """One validated playbook, ready to evaluate and render."""
+
+    name: str
+    title: str
+    condition: Condition
+    sla_hours: float
+    priority: str
+    escalate_to: str
+    subject_template: str
+    description_template: str
+
+
+@dataclass
+class PlaybookSet:
+    playbooks: list[Playbook]
+    renderer: TemplateRenderer
+
+    def by_name(self, name: str) -> Playbook | None:
+        return next((p for p in self.playbooks if p.name == name), None)
+
+
+def load_playbooks(settings: Settings) -> PlaybookSet:
+    """The enabled playbooks of `settings`; raises ConfigError listing every problem."""
+    path = Path(settings.playbooks.definitions) if settings.playbooks.definitions else PACKAGED_DEFINITIONS
+    source = str(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as e:
+        raise ConfigError([f"playbooks.definitions: cannot read {path}: {e.strerror}"], source) from None
+    except yaml.YAMLError as e:
+        raise ConfigError([f"playbooks.definitions: {path} is not valid YAML: {getattr(e, 'problem', e)}"], source) from None
+    try:
+        parsed = PlaybookFile.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError([f"playbooks file: {p}" for p in _named(format_validation_error(e), raw)], source) from None
+
+    search = [path.parent / "templates"] if settings.playbooks.definitions else []
+    renderer = TemplateRenderer(search)
+    ladder_levels = [step.level for step in settings.escalation.ladder]
+    problems: list[str] = []
+    seen: set[str] = set()
+    built: list[Playbook] = []
+    for spec in parsed.playbooks:
+        where = f"playbooks.{spec.name}"
+        if spec.name in seen:
+            problems.append(f"{where}: defined twice")
+            continue
+        seen.add(spec.name)
+        try:
+            condition = parse_condition(spec.condition, f"{where}.condition")
+        except ConditionError as e:
+            problems.append(str(e))
+            continue
+        if spec.escalate_to not in ladder_levels:
+            problems.append(f"{where}.escalate_to: {spec.escalate_to!r} is not a level of escalation.ladder ({', '.join(ladder_levels)})")
+        for key, template in (("subject", spec.templates.subject), ("description", spec.templates.description)):
+            problem = check_template(renderer, template)
+            if problem:
+                problems.append(f"{where}.templates.{key}: {problem}")
+        built.append(
+            Playbook(spec.name, spec.title, condition, spec.sla_hours, spec.priority, spec.escalate_to,
+                     spec.templates.subject, spec.templates.description)
+        )
+    unknown = [n for n in settings.playbooks.enabled if n not in seen]
+    if unknown:
+        problems.append(f"playbooks.enabled: unknown playbook(s) {unknown} (defined: {sorted(seen)})")
+    if problems:
+        raise ConfigError(problems, source)
+    enabled = set(settings.playbooks.enabled)
+    return PlaybookSet([p for p in built if p.name in enabled], renderer)
+
+
+def _named(problems: list[str], raw: Any) -> list[str]:
+    """`playbooks.2.sla_hours: ...` -> `playbooks.2 (renewal_risk).sla_hours: ...` so the playbook is named."""
+    items = raw.get("playbooks") if isinstance(raw, dict) else None
+    out = []
+    for p in problems:
+        m = re.match(r"^playbooks\.(\d+)(.*)$", p)
+        if m and isinstance(items, list) and int(m.group(1)) < len(items) and isinstance(items[int(m.group(1))], dict):
+            name = items[int(m.group(1))].get("name")
+            if name:
+                p = f"playbooks.{m.group(1)} ({name}){m.group(2)}"
+        out.append(p)
+    return out
