@@ -32,7 +32,7 @@ test: $(STAMP) browser
 
 # Speed and memory targets; not run by CI.
 bench: $(STAMP)
-	$(BIN)/python -m pytest -q -s tests/benchmarks -p no:cacheprovider --override-ini="norecursedirs=" --timeout=3600
+	$(BIN)/python -m pytest -q -s tests/benchmarks -o python_files="bench_*.py" -o norecursedirs="" --timeout=3600
 
 clean:
 	rm -rf $(VENV) .healthsync build *.egg-info
