@@ -142,6 +142,9 @@ class Metric(Strict):
     rule: Rule
     unit: str = ""
     target: float | None = Field(None, description="the value a healthy account reaches, shown in drivers")
+    driver: str | None = Field(
+        None, description="driver text with a {value} placeholder, e.g. '{value} escalations in 90 days'"
+    )
 
 
 class Band(Strict):
@@ -243,6 +246,9 @@ class ModelConfig(Strict):
     traffic_light: dict[str, float] = Field(
         default_factory=dict, description="rule-based method: metric name -> minimum metric score for green"
     )
+    traffic_light_red: dict[str, float] = Field(
+        default_factory=dict, description="rule-based method: metric name -> a metric score below this is red"
+    )
     fitted: FittedModel | None = None
 
     @model_validator(mode="after")
@@ -255,6 +261,10 @@ class ModelConfig(Strict):
         if abs(total - 1.0) > WEIGHT_TOLERANCE:
             raise ValueError(f"metrics: weights must sum to 1 (they sum to {total:.6g})")
         check_bands(self.bands, "bands")
+        for key in ("traffic_light", "traffic_light_red"):
+            unknown = set(getattr(self, key)) - set(names)
+            if unknown:
+                raise ValueError(f"{key}: unknown metrics {sorted(unknown)}")
         band_names = {b.name for b in self.bands}
         for seg_name, seg in self.segments.items():
             unknown = set(seg.weights) - set(names)

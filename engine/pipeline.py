@@ -1,0 +1,56 @@
+"""One call from canonical frames to scores, trends, drivers and adjusted opportunities.
+
+The sync job and the offline `healthsync score` command both call
+`score_portfolio`; file and CRM I/O stay with the callers (design.md: the
+engine does no I/O). Works on frames read from canonical CSV (string ids,
+dates as datetime64) as well as on connector output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from config.model import ForecastConfig, ModelConfig
+from engine.drivers import explain
+from engine.features import as_of_timestamp, build_features
+from engine.forecast import adjust_opportunities
+from engine.scoring import HealthScorer
+from engine.trends import compute_trends
+
+
+@dataclass
+class PortfolioScores:
+    features: pd.DataFrame
+    scores: pd.DataFrame  # scoring columns + delta_30d, delta_90d, momentum, days_in_band, drivers, as_of
+    opportunities: pd.DataFrame | None  # adjusted; None when no opportunities were given
+
+
+def score_portfolio(
+    accounts: pd.DataFrame,
+    tickets: pd.DataFrame | None,
+    opportunities: pd.DataFrame | None,
+    model: ModelConfig,
+    forecast: ForecastConfig | None = None,
+    history: pd.DataFrame | None = None,
+    as_of=None,
+    usage: pd.DataFrame | None = None,
+    top_drivers: int = 3,
+) -> PortfolioScores:
+    """features -> HealthScorer -> trends (from `history`: account_id, scored_at, score, band)
+    -> drivers -> forecast adjustment of the opportunities."""
+    day = as_of_timestamp(as_of)
+    features = build_features(accounts, tickets, opportunities, usage=usage, as_of=day, model=model)
+    scores = HealthScorer(model).score(features)
+    trends = compute_trends(scores, history, as_of=day, stable_within=model.trend_stable_within)
+    for col in ("delta_30d", "delta_90d", "momentum", "days_in_band"):
+        scores[col] = trends[col].to_numpy()
+    scores["drivers"] = explain(scores, features, model).to_numpy()
+    scores["as_of"] = day
+    adjusted = None
+    if opportunities is not None:
+        adjusted = adjust_opportunities(
+            opportunities, scores, forecast or ForecastConfig(), insufficient_band=model.insufficient_band
+        )
+    return PortfolioScores(features=features, scores=scores, opportunities=adjusted)
