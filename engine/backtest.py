@@ -1,0 +1,473 @@
+"""Backtest: score every past snapshot with only what was known then, and compare with what happened.
+
+Seeds: 001_9b7515619717186a.txt (validation, accuracy, false positives and
+negatives, retention by score range, A/B of model variations),
+000_caaf87bd3b38802c.txt (time-based validation, AUC-ROC / PR-AUC / Brier,
+forecast MAPE before and after adjustment, uplift = (pre - post) / pre).
+
+Input is the history of design.md ("history for validation"): snapshots of
+the accounts (`as_of`, `churned` = did not renew within the horizon after
+`as_of`), all tickets, and optionally opportunity snapshots with their outcome
+(`won`, `won_amount`). For each `as_of` the features are built from that
+snapshot's account row and the tickets created on or before `as_of`, so no
+snapshot sees the future; `churned` and the deal outcomes are only ever
+compared with, never fed to, the model.
+
+Churn probability for the Brier score and the reliability table, in order:
+1. the model's own calibrated map (`model.fitted`, written by `calibrate`),
+   applied exactly as `method: fitted` scores (health = 100 - 100 x p);
+2. otherwise Platt scaling fitted forward in time: each snapshot's scores are
+   mapped with a Platt fit on the earlier snapshots only (the first snapshot
+   has no past and is left out of the Brier score); with a single snapshot
+   the fit is in-sample, and the report says so.
+
+The result is a plain JSON-safe dict (contract keys: `auc`, `pr_auc`,
+`brier`, `accuracy`, `precision`, `recall`, `f1`, `forecast.mape_before`,
+`forecast.mape_after`, `drift`, and `challenger` + `winner` with a
+challenger model). `format_text` renders it for the console.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from config.model import ForecastConfig, ModelConfig
+from engine import metrics as m
+from engine.drift import drift_report
+from engine.features import build_features
+from engine.scoring import HealthScorer
+from engine.trends import compute_trends
+
+#: outcome columns of the history files: never passed to features or scoring
+OUTCOME_COLUMNS = ("churned", "won", "won_amount")
+DEFAULT_TOP_N = 10
+
+
+# ----------------------------------------------------------------------------- input
+
+
+@dataclass
+class HistoryFrames:
+    """The three history frames, checked: accounts_history, tickets, opportunities_history (or None)."""
+
+    accounts_history: pd.DataFrame
+    tickets: pd.DataFrame | None
+    opportunities_history: pd.DataFrame | None
+
+    @property
+    def as_of_dates(self) -> list[pd.Timestamp]:
+        return sorted(pd.Timestamp(d) for d in self.accounts_history["as_of"].unique())
+
+
+def history_frames(history) -> HistoryFrames:
+    """Accept a `History` (attributes) or a dict with the design.md frame names; check the contract columns."""
+    def get(name):
+        if isinstance(history, dict):
+            return history.get(name)
+        return getattr(history, name, None)
+
+    accounts = get("accounts_history")
+    if accounts is None:
+        raise ValueError("history: accounts_history is required (design.md, 'history for validation')")
+    missing = [c for c in ("account_id", "as_of", "churned") if c not in accounts.columns]
+    if missing:
+        raise ValueError(f"history: accounts_history is missing the column(s) {missing}")
+    accounts = accounts.copy()
+    accounts["as_of"] = pd.to_datetime(accounts["as_of"], errors="coerce").dt.normalize()
+    if accounts["as_of"].isna().any():
+        bad = accounts.loc[accounts["as_of"].isna(), "account_id"].iloc[0]
+        raise ValueError(f"history: accounts_history has a row without a valid as_of date (account {bad})")
+    churned = pd.to_numeric(accounts["churned"], errors="coerce")
+    bad_rows = churned.isna() | ~churned.isin([0, 1])
+    if bad_rows.any():
+        bad = accounts.loc[bad_rows, "account_id"].iloc[0]
+        raise ValueError(f"history: accounts_history.churned must be 0 or 1 (account {bad})")
+    accounts["churned"] = churned.astype("int64")
+    opps = get("opportunities_history")
+    if opps is not None and len(opps):
+        missing = [c for c in ("account_id", "as_of", "amount", "probability", "won_amount") if c not in opps.columns]
+        if missing:
+            raise ValueError(f"history: opportunities_history is missing the column(s) {missing}")
+        opps = opps.copy()
+        opps["as_of"] = pd.to_datetime(opps["as_of"], errors="coerce").dt.normalize()
+    else:
+        opps = None
+    return HistoryFrames(accounts, get("tickets"), opps)
+
+
+# ----------------------------------------------------------------------------- scoring the past
+
+
+@dataclass
+class Snapshot:
+    """One `as_of`: the features (no outcomes) and the outcome kept aside, row-aligned."""
+
+    as_of: pd.Timestamp
+    features: pd.DataFrame
+    churned: np.ndarray
+
+
+def build_snapshots(frames: HistoryFrames, model: ModelConfig) -> list[Snapshot]:
+    """Features per `as_of`, each from that snapshot's rows and tickets created on or before it."""
+    out = []
+    for as_of in frames.as_of_dates:
+        rows = frames.accounts_history[frames.accounts_history["as_of"] == as_of]
+        rows = rows.drop_duplicates("account_id", keep="last").reset_index(drop=True)
+        accounts = rows.drop(columns=[c for c in OUTCOME_COLUMNS if c in rows.columns])
+        tickets = frames.tickets
+        opps = None
+        if frames.opportunities_history is not None:
+            opps = frames.opportunities_history[frames.opportunities_history["as_of"] == as_of]
+            opps = opps.drop(columns=[c for c in OUTCOME_COLUMNS if c in opps.columns])
+        features = build_features(accounts, tickets, opportunities=opps, as_of=as_of, model=model)
+        out.append(Snapshot(as_of, features, rows["churned"].to_numpy(dtype="int64")))
+    return out
+
+
+def at_risk_bands(model: ModelConfig) -> list[str]:
+    return [b.name for b in model.bands if b.at_risk]
+
+
+def score_snapshots(snapshots: list[Snapshot], model: ModelConfig) -> pd.DataFrame:
+    """The scorer's output for every snapshot, stacked, plus `as_of`, `churned`, `flagged`."""
+    scorer = HealthScorer(model)
+    parts = []
+    risky = at_risk_bands(model)
+    for snap in snapshots:
+        scored = scorer.score(snap.features)
+        scored["as_of"] = snap.as_of
+        scored["churned"] = snap.churned
+        scored["flagged"] = scored["band"].isin(risky).to_numpy()
+        parts.append(scored)
+    return pd.concat(parts, ignore_index=True)
+
+
+def churn_probability(scored: pd.DataFrame, snapshots: list[Snapshot], model: ModelConfig) -> tuple[np.ndarray, str]:
+    """Calibrated churn probability per scored row and how it was obtained (see the module docstring)."""
+    if model.method == "fitted":
+        return 1.0 - scored["score"].to_numpy(dtype="float64") / 100.0, "model.fitted (method fitted)"
+    if model.fitted is not None:
+        fitted_model = model.model_copy(update={"method": "fitted"})
+        fitted = score_snapshots(snapshots, fitted_model)
+        return 1.0 - fitted["score"].to_numpy(dtype="float64") / 100.0, f"model.fitted ({model.fitted.kind})"
+    score = scored["score"].to_numpy(dtype="float64")
+    y = scored["churned"].to_numpy(dtype="int64")
+    as_of = scored["as_of"].to_numpy()
+    dates = np.unique(as_of)
+    prob = np.full(len(scored), np.nan)
+    if len(dates) == 1:
+        try:
+            prob = m.PlattCalibrator().fit(score, y).predict(score)
+        except ValueError:
+            pass
+        return prob, "Platt, in-sample (one snapshot only)"
+    for d in dates[1:]:
+        past = as_of < d
+        try:
+            cal = m.PlattCalibrator().fit(score[past], y[past])
+        except ValueError:
+            continue
+        now = as_of == d
+        prob[now] = cal.predict(score[now])
+    return prob, "Platt fitted on earlier snapshots (first snapshot excluded)"
+
+
+# ----------------------------------------------------------------------------- report pieces
+
+
+def _lead_time(scored: pd.DataFrame, dates: list[pd.Timestamp]) -> dict:
+    """Days from the first at-risk snapshot (of the run ending at the last snapshot seen) to churn.
+
+    The churn date is taken as the first snapshot the account is missing from
+    (an upper bound: it left between its last snapshot and that one). Churned
+    accounts still present in the last snapshot have no churn date yet.
+    """
+    frame = scored[["account_id", "as_of", "churned", "flagged"]].sort_values(["account_id", "as_of"])
+    last = frame.groupby("account_id", sort=False).tail(1)
+    churners = last[(last["churned"] == 1) & (last["as_of"] < dates[-1])]
+    if churners.empty:
+        return {"churned_accounts": 0, "flagged_before_churn": 0, "share_flagged": None,
+                "median_days": None, "mean_days": None}
+    date_index = pd.DatetimeIndex(dates)
+    next_pos = date_index.searchsorted(pd.DatetimeIndex(churners["as_of"]), side="right")
+    churn_date = pd.Series(date_index[next_pos], index=churners["account_id"].to_numpy())
+    rows = frame[frame["account_id"].isin(churn_date.index)].iloc[::-1]
+    # rows of each account's trailing run of consecutive at-risk snapshots (newest first)
+    broken = (~rows["flagged"]).groupby(rows["account_id"], sort=False).cumsum()
+    run = rows[broken == 0]
+    first_flag = run.groupby("account_id")["as_of"].min()
+    days = (churn_date.reindex(first_flag.index) - first_flag).dt.days.to_numpy(dtype="float64")
+    n = len(churn_date)
+    return {
+        "churned_accounts": int(n),
+        "flagged_before_churn": int(len(days)),
+        "share_flagged": len(days) / n,
+        "median_days": float(np.median(days)) if len(days) else None,
+        "mean_days": float(np.mean(days)) if len(days) else None,
+        "churn_date": "first snapshot the account is missing from (upper bound)",
+    }
+
+
+def _cases(scored: pd.DataFrame, snapshots: list[Snapshot], model: ModelConfig, mask: np.ndarray,
+           ascending: bool, top_n: int) -> list[dict]:
+    """The `top_n` most confidently wrong accounts (one row each, latest wrong snapshot), with drivers."""
+    from engine.drivers import explain
+
+    wrong = scored[mask].sort_values(["score", "as_of"], ascending=[ascending, False], kind="stable")
+    wrong = wrong.drop_duplicates("account_id").head(top_n)
+    if wrong.empty:
+        return []
+    by_date = {s.as_of: s.features for s in snapshots}
+    texts = pd.Series("", index=wrong.index, dtype="object")
+    for as_of, group in wrong.groupby("as_of"):
+        texts[group.index] = explain(group.reset_index(drop=True), by_date[as_of], model).to_numpy()
+    return [
+        {"account_id": a, "as_of": d.date().isoformat(), "score": float(s), "band": b, "drivers": t}
+        for a, d, s, b, t in zip(wrong["account_id"], wrong["as_of"], wrong["score"], wrong["band"], texts)
+    ]
+
+
+def _period_rows(scored: pd.DataFrame) -> list[dict]:
+    rows = []
+    for as_of, g in scored.groupby("as_of"):
+        c = m.confusion(g["churned"], g["flagged"])
+        rows.append({
+            "as_of": as_of.date().isoformat(),
+            "accounts": int(len(g)),
+            "churned": int(g["churned"].sum()),
+            "auc": m.auc(g["churned"], -g["score"]),
+            "recall": c["recall"],
+            "precision": c["precision"],
+        })
+    return rows
+
+
+def forecast_backtest(frames: HistoryFrames, scored: pd.DataFrame, forecast: ForecastConfig) -> dict | None:
+    """Per period: won ARR vs expected ARR before and after the health adjustment (seed 000).
+
+    Expected before = sum(amount x stage probability); after = the adjusted
+    expected ARR of `engine.forecast`, with each snapshot's trends computed from
+    the earlier snapshots' scores only. MAPE over periods with won ARR; uplift
+    = (MAPE before - MAPE after) / MAPE before.
+    """
+    if frames.opportunities_history is None:
+        return None
+    from engine.forecast import adjust_opportunities
+
+    periods = []
+    history = None
+    for as_of, current in scored.groupby("as_of", sort=True):
+        current = current.reset_index(drop=True)
+        trends = compute_trends(current, history, as_of=as_of)
+        with_trends = pd.concat([current, trends.drop(columns=["account_id"])], axis=1)
+        opps = frames.opportunities_history[frames.opportunities_history["as_of"] == as_of]
+        if len(opps):
+            outcome = pd.to_numeric(opps["won_amount"], errors="coerce").fillna(0.0).to_numpy()
+            inputs = opps.drop(columns=[c for c in OUTCOME_COLUMNS if c in opps.columns]).reset_index(drop=True)
+            adjusted = adjust_opportunities(inputs, with_trends, forecast)
+            before = (pd.to_numeric(inputs["amount"], errors="coerce").fillna(0.0)
+                      * pd.to_numeric(inputs["probability"], errors="coerce").fillna(0.0)).sum()
+            periods.append({
+                "as_of": as_of.date().isoformat(),
+                "opportunities": int(len(opps)),
+                "actual_won_arr": float(outcome.sum()),
+                "expected_before": float(before),
+                "expected_after": float(pd.to_numeric(adjusted["expected_arr"], errors="coerce").fillna(0.0).sum()),
+            })
+        snap = current[["account_id", "score", "band"]].assign(scored_at=as_of)
+        history = snap if history is None else pd.concat([history, snap], ignore_index=True)
+    if not periods:
+        return None
+    actual = [p["actual_won_arr"] for p in periods]
+    before = [p["expected_before"] for p in periods]
+    after = [p["expected_after"] for p in periods]
+    for p in periods:
+        a = p["actual_won_arr"]
+        p["ape_before"] = abs(a - p["expected_before"]) / a * 100 if a else None
+        p["ape_after"] = abs(a - p["expected_after"]) / a * 100 if a else None
+    mape_before, mape_after = m.mape(actual, before), m.mape(actual, after)
+    return {
+        "periods": periods,
+        "mape_before": mape_before,
+        "mape_after": mape_after,
+        "mae_before": m.mae(actual, before),
+        "mae_after": m.mae(actual, after),
+        "uplift": (mape_before - mape_after) / mape_before if mape_before else None,
+    }
+
+
+def _drift(scored: pd.DataFrame, snapshots: list[Snapshot], model: ModelConfig) -> dict | None:
+    """Latest snapshot vs all earlier ones (the period a calibration would have trained on)."""
+    if len(snapshots) < 2:
+        return None
+    latest = snapshots[-1].as_of
+    feats = pd.concat([s.features.assign(_as_of=s.as_of) for s in snapshots], ignore_index=True)
+    raw_cols = [c for c in feats.columns if c not in scored.columns]
+    both = pd.concat([scored, feats[raw_cols]], axis=1)
+    return drift_report(both[both["as_of"] < latest], both[both["as_of"] == latest], model)
+
+
+# ----------------------------------------------------------------------------- public
+
+
+def evaluate(frames: HistoryFrames, snapshots: list[Snapshot], model: ModelConfig,
+             forecast: ForecastConfig | None, top_n: int = DEFAULT_TOP_N) -> dict:
+    """The validation report of one model on already-built snapshots (used by backtest and calibrate)."""
+    scored = score_snapshots(snapshots, model)
+    y = scored["churned"].to_numpy(dtype="int64")
+    score = scored["score"].to_numpy(dtype="float64")
+    prob, prob_method = churn_probability(scored, snapshots, model)
+    flagged = scored["flagged"].to_numpy(dtype=bool)
+    ops = m.confusion(y, flagged)
+    has_prob = ~np.isnan(prob)
+    dates = [s.as_of for s in snapshots]
+    report = {
+        "periods": [d.date().isoformat() for d in dates],
+        "rows": int(len(scored)),
+        "churned": int(y.sum()),
+        "base_rate": float(y.mean()) if len(y) else None,
+        "auc": m.auc(y, -score),
+        "pr_auc": m.pr_auc(y, -score),
+        "brier": m.brier(y[has_prob], prob[has_prob]),
+        "brier_rows": int(has_prob.sum()),
+        "probability_method": prob_method,
+        "reliability": m.reliability_table(y[has_prob], prob[has_prob]),
+        "at_risk_bands": at_risk_bands(model),
+        **ops,
+        "band_counts": {str(k): int(v) for k, v in scored["band"].value_counts().items()},
+        "retention_by_score": m.retention_by_score(score, y),
+        "lead_time": _lead_time(scored, dates),
+        "false_negatives": _cases(scored, snapshots, model, (y == 1) & ~flagged, ascending=False, top_n=top_n),
+        "false_positives": _cases(scored, snapshots, model, (y == 0) & flagged, ascending=True, top_n=top_n),
+        "by_period": _period_rows(scored),
+        "forecast": forecast_backtest(frames, scored, forecast) if forecast is not None else None,
+        "drift": _drift(scored, snapshots, model),
+    }
+    return m.json_safe(report)
+
+
+#: metric -> True when higher is better (the challenger comparison)
+COMPARED = {
+    "auc": True, "pr_auc": True, "brier": False, "accuracy": True, "precision": True, "recall": True, "f1": True,
+    "forecast.mape_after": False, "forecast.mae_after": False,
+}
+
+
+def _lookup(report: dict, dotted: str):
+    value = report
+    for part in dotted.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def compare(champion: dict, challenger: dict) -> dict:
+    """Per metric: 'champion', 'challenger', 'tie' (equal to 1e-9) or None when either lacks it."""
+    out = {}
+    for key, higher in COMPARED.items():
+        a, b = _lookup(champion, key), _lookup(challenger, key)
+        if a is None or b is None:
+            out[key] = None
+        elif abs(a - b) <= 1e-9:
+            out[key] = "tie"
+        else:
+            out[key] = "champion" if (a > b) == higher else "challenger"
+    return out
+
+
+def backtest(history, model: ModelConfig, forecast: ForecastConfig | None = None,
+             challenger_model: ModelConfig | None = None, top_n: int = DEFAULT_TOP_N) -> dict:
+    """Validate `model` (and optionally a challenger) on the history; a JSON-safe dict (module docstring)."""
+    frames = history_frames(history)
+    snapshots = build_snapshots(frames, model)
+    report = evaluate(frames, snapshots, model, forecast, top_n)
+    if challenger_model is not None:
+        challenger_snapshots = build_snapshots(frames, challenger_model)
+        report["challenger"] = evaluate(frames, challenger_snapshots, challenger_model, forecast, top_n)
+        report["winner"] = compare(report, report["challenger"])
+    return report
+
+
+# ----------------------------------------------------------------------------- console
+
+
+def _num(value, fmt: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def _section(report: dict, title: str) -> list[str]:
+    c = report.get("confusion", {})
+    lines = [
+        title,
+        f"  periods {', '.join(report['periods'])}  ({report['rows']} account-snapshots, "
+        f"{report['churned']} churned, base rate {_pct(report['base_rate'])})",
+        f"  discrimination  AUC-ROC {_num(report['auc'])}   PR-AUC {_num(report['pr_auc'])}",
+        f"  calibration     Brier {_num(report['brier'])} on {report['brier_rows']} rows ({report['probability_method']})",
+        f"  flagged ({'/'.join(report['at_risk_bands']) or 'no at-risk band'}) vs churned: "
+        f"accuracy {_pct(report['accuracy'])}  precision {_pct(report['precision'])}  "
+        f"recall {_pct(report['recall'])}  F1 {_num(report['f1'])}",
+        f"    TP {c.get('true_positive', 0)}  FP {c.get('false_positive', 0)}  "
+        f"FN {c.get('false_negative', 0)}  TN {c.get('true_negative', 0)}",
+    ]
+    lt = report.get("lead_time") or {}
+    if lt.get("churned_accounts"):
+        lines.append(
+            f"  lead time: {lt['flagged_before_churn']} of {lt['churned_accounts']} churned accounts were at risk "
+            f"before leaving; median {_num(lt['median_days'], '.0f')} days from first at-risk to churn"
+        )
+    lines.append("  reliability (decile: predicted -> observed churn)")
+    for r in report.get("reliability", []):
+        lines.append(f"    {r['decile']:>2}  {r['mean_predicted']:.3f} -> {r['observed_rate']:.3f}  (n={r['n']})")
+    lines.append("  retention by score range (seed 001)")
+    for r in report.get("retention_by_score", []):
+        lines.append(f"    {r['range']:>7}  {_pct(r['retention_rate']):>6}  n={r['n']}")
+    fc = report.get("forecast")
+    if fc:
+        lines.append("  forecast: won ARR vs expected (before -> after health adjustment)")
+        for p in fc["periods"]:
+            lines.append(
+                f"    {p['as_of']}  actual {p['actual_won_arr']:>14,.0f}  before {p['expected_before']:>14,.0f}  "
+                f"after {p['expected_after']:>14,.0f}"
+            )
+        lines.append(
+            f"    MAPE {_num(fc['mape_before'], '.1f')}% -> {_num(fc['mape_after'], '.1f')}%   "
+            f"MAE {_num(fc['mae_before'], ',.0f')} -> {_num(fc['mae_after'], ',.0f')}   uplift {_pct(fc['uplift'])}"
+        )
+    for key, label in (("false_negatives", "missed churn (high score, churned)"),
+                       ("false_positives", "false alarms (at risk, renewed)")):
+        cases = report.get(key) or []
+        if cases:
+            lines.append(f"  {label}:")
+            for case in cases:
+                lines.append(f"    {case['account_id']}  {case['as_of']}  {case['score']:5.1f} {case['band']:<8} "
+                             f"{case['drivers']}")
+    return lines
+
+
+def format_text(report: dict) -> str:
+    """A readable console report (what `healthsync backtest` prints without --json)."""
+    lines = _section(report, "Model backtest")
+    if report.get("challenger"):
+        lines += [""] + _section(report["challenger"], "Challenger")
+        lines.append("")
+        lines.append("Winner per metric")
+        for key, who in report.get("winner", {}).items():
+            a, b = _lookup(report, key), _lookup(report["challenger"], key)
+            lines.append(f"  {key:<22} champion {_num(a)}  challenger {_num(b)}  -> {who or 'n/a'}")
+    drift = report.get("drift")
+    if drift:
+        lines.append("")
+        lines.append("Drift (latest snapshot vs earlier snapshots, PSI)")
+        for name, d in drift["metrics"].items():
+            lines.append(f"  {name:<22} {_num(d['psi'])}  {d['level']}")
+        for w in drift["warnings"]:
+            lines.append(f"  WARNING {w}")
+    return "\n".join(lines)
