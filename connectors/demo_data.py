@@ -54,10 +54,14 @@ Churn
 Deals
     Open opportunities carry the base probability of their stage (Salesforce's
     default stage probabilities). The chance to win is that base times a health
-    multiplier ``clip(1 + 0.45 z, 0.35, 1.9)`` (roughly the At-Risk 0.6 /
-    Neutral 1.0 / Healthy 1.4 bands of seed 000_caaf87bd3b38802c.txt), capped
-    at 0.97; renewals of accounts that churn are lost. So health-adjusted
-    forecasts beat the unadjusted ones.
+    multiplier: ``z`` is put on a 0-100 scale as ``70 + 15 z`` (spread like the
+    default model's scores) and mapped piecewise-linearly through
+    0->0.5, 30->0.65, 50->0.9, 70->1.2, 85->1.4, 100->1.5 (roughly the At-Risk
+    0.6 / Neutral 1.0 / Healthy 1.4 bands of seed 000_caaf87bd3b38802c.txt),
+    capped at 0.97; renewals of accounts that churn are lost. So stage
+    probabilities alone misjudge healthy and at-risk books, and health-adjusted
+    forecasts beat them. CSM books differ in health (a persistent per-owner
+    effect of sd 0.35 on ``h``), so per-owner forecasts differ too.
 
 Everything is vectorised numpy/pyarrow (no per-row Python) and deterministic
 for a given seed: the same arguments give identical frames.
@@ -150,7 +154,8 @@ HIDDEN_WEIGHTS = {
 _HIDDEN_SCALE = 0.65  # std of the raw weighted sum at the first snapshot, so z is ~N(0, 1)
 CHURN_INTERCEPT = -3.5
 CHURN_SLOPE = 1.55
-_WIN_SENSITIVITY = 0.45
+_WIN_HEALTH_MEAN, _WIN_HEALTH_SD = 70.0, 15.0
+_WIN_MULTIPLIER = ([0, 30, 45, 60, 75, 90, 100], [0.45, 0.6, 0.9, 1.1, 1.4, 1.6, 1.7])
 
 _FIRST = (
     "ana", "ben", "carla", "david", "elena", "farid", "grace", "hugo", "irene", "jamal",
@@ -259,9 +264,18 @@ def _bool(values: np.ndarray) -> pd.arrays.BooleanArray:
 # --------------------------------------------------------------------------- owners
 
 
-def _owners(n_accounts: int) -> tuple[pd.DataFrame, np.ndarray]:
+def _csm_count(n_accounts: int) -> int:
+    return max(3, round(n_accounts / 40))
+
+
+def _csm_of_account(n_accounts: int) -> np.ndarray:
+    """Accounts are dealt to CSMs in contiguous blocks, so each CSM holds a ~40-account book."""
+    return (np.arange(n_accounts, dtype=np.int64) * _csm_count(n_accounts)) // n_accounts
+
+
+def _owners(n_accounts: int) -> tuple[pd.DataFrame, pa.Array]:
     """CSMs (~1 per 40 accounts, at least 3), managers (1 per ~6 CSMs), one VP."""
-    n_csm = max(3, round(n_accounts / 40))
+    n_csm = _csm_count(n_accounts)
     n_mgr = max(1, math.ceil(n_csm / 6))
     total = n_csm + n_mgr + 1
     i = np.arange(total)
@@ -310,6 +324,8 @@ class _Book:
         onboarding = rng.random(n) < 0.08
         self.tenure0 = np.where(onboarding, rng.integers(0, 90, n), rng.integers(90, 6 * 365, n))
         self.h = rng.standard_normal(n)
+        # some CSM books are healthier than others (persistent), so per-owner forecasts differ
+        self.owner_effect = 0.35 * rng.standard_normal(_csm_count(n))[_csm_of_account(n)]
         self.g = rng.standard_normal(n)
         self.noise = {k: rng.standard_normal(n) for k in self.NOISES}
         self.nps_missing = rng.random(n) < 0.30
@@ -318,6 +334,10 @@ class _Book:
         # per-day ticket rate so the trailing 180 days hold `tickets_per_account` on average
         self.ticket_rate = tickets_per_account / 180.0 * factor[self.segment] * rng.lognormal(-0.18, 0.6, n)
         self.ticket_rate /= np.exp(0.35**2 / 2)  # keep the mean after the health factor exp(-0.35 h)
+
+    @property
+    def health(self) -> np.ndarray:
+        return self.h + self.owner_effect
 
     def step(self, rng: np.random.Generator, drift: np.ndarray) -> np.ndarray:
         """Move the latent state one snapshot ahead; returns the momentum (change of h)."""
@@ -331,7 +351,7 @@ class _Book:
 
     def signals(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Observed account signals from the current latent state."""
-        h, g, e, n = self.h, self.g, self.noise, self.n
+        h, g, e, n = self.health, self.g, self.noise, self.n
         util = _sigmoid(1.0 + 0.6 * h + 0.8 * g + 0.7 * e["util"])
         active = rng.binomial(self.seats, util)
         logins = np.round(2.5 * np.exp(0.55 * h + 0.5 * e["login"]), 2)
@@ -362,7 +382,7 @@ class _Book:
 def _tickets_window(rng, book: _Book, alive: np.ndarray, momentum: np.ndarray, start_s: float, end_s: float):
     """Tickets created in (start_s, end_s] seconds; the last 30 days' rate follows the momentum."""
     recent_s = max(start_s, end_s - 30 * 86400.0)
-    rate = book.ticket_rate * np.exp(-0.35 * book.h) * alive
+    rate = book.ticket_rate * np.exp(-0.35 * book.health) * alive
     # exp(-1.5 m) has mean exp((1.5 * 0.45)^2 / 2) for quarterly momentum m ~ N(0, 0.45): divide it out
     recent_rate = rate * np.exp(-1.5 * momentum - (1.5 * 0.45) ** 2 / 2)
     idx_parts, t_parts = [], []
@@ -375,7 +395,7 @@ def _tickets_window(rng, book: _Book, alive: np.ndarray, momentum: np.ndarray, s
         t_parts.append(lo + rng.random(len(idx)) * (hi - lo))
     idx = np.concatenate(idx_parts) if idx_parts else np.empty(0, np.int32)
     created = np.concatenate(t_parts) if t_parts else np.empty(0)
-    h = book.h[idx]
+    h = book.health[idx]
     g = book.g[idx]
     # priorities: P1..P4 about 5/20/45/30%, a bit more urgent for unhealthy accounts
     u = rng.random(len(idx)) - 0.03 * h
@@ -433,8 +453,12 @@ def _hidden_health(sig: dict, tick: dict, seats: np.ndarray, features_available:
 
 
 def _win_probability(base: np.ndarray, z: np.ndarray) -> np.ndarray:
-    # seed 000_caaf87bd3b38802c.txt: At-Risk 0.6 / Neutral 1.0 / Healthy 1.4 multipliers
-    return np.clip(base * np.clip(1.0 + _WIN_SENSITIVITY * z, 0.35, 1.9), 0.0, 0.97)
+    """Stage probability x a health multiplier about as strong as seed 000_caaf87bd3b38802c.txt's
+    bands (At-Risk 0.6 / Neutral 1.0 / Healthy 1.4), on a 0-100 health scale spread like the
+    default model's scores (mean ~70, sd ~15)."""
+    health = np.clip(_WIN_HEALTH_MEAN + _WIN_HEALTH_SD * z, 0, 100)
+    multiplier = np.interp(health, *_WIN_MULTIPLIER)
+    return np.clip(base * multiplier, 0.0, 0.97)
 
 
 # --------------------------------------------------------------------------- frames
@@ -482,8 +506,7 @@ def _account_identity(book: _Book, csm_emails: pa.Array):
     word = _pick(_COMPANY, company)
     names = _join(pc.utf8_capitalize(word), " ", number)
     domains = _join(word, "-", number, ".example.com")
-    # accounts dealt to CSMs in blocks, so each CSM holds a contiguous ~40-account book
-    owner = csm_emails.take(pa.array((np.arange(n) * len(csm_emails)) // max(n, 1)))
+    owner = csm_emails.take(pa.array(_csm_of_account(n)))
     return ids, names, domains, owner
 
 
