@@ -31,9 +31,12 @@ from engine.scoring import HealthScorer
 MAX_DRIVER_CHARS = 255  # Salesforce/HubSpot single-line text field
 
 
-def _number_text(values: np.ndarray) -> np.ndarray:
-    """0.4 -> '0.4', 5.0 -> '5', 35.04 -> '35' (object array)."""
-    rounded = np.round(values, 1)
+def _number_text(values: np.ndarray, decimals: int | None = None) -> np.ndarray:
+    """0.23 -> '0.23', 5.0 -> '5', 35.04 -> '35' (object array): 2 decimals under 10, else 1."""
+    if decimals is None:
+        rounded = np.where(np.abs(values) < 10, np.round(values, 2), np.round(values, 1))
+    else:
+        rounded = np.round(values, decimals)
     whole = rounded == np.round(rounded)
     ints = np.where(whole, rounded, 0).astype(np.int64).astype(str).astype(object)
     floats = rounded.astype(str).astype(object)
@@ -51,7 +54,7 @@ def _fmt(x: float | None, percent: bool = False) -> str:
 def _value_text(metric: Metric, features: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
     rule = metric.rule
     if isinstance(rule, RatioRule):
-        return _number_text(ratio_values(features, rule)[rows] * 100.0) + "%"
+        return _number_text(ratio_values(features, rule)[rows] * 100.0, decimals=0) + "%"
     if isinstance(rule, CategoryRule):
         return text_column(features, rule.column).to_numpy(dtype=object, na_value="")[rows]
     if isinstance(rule, BooleanRule):
