@@ -1,0 +1,157 @@
+"""Score: the engine over the replica of every CRM at once, with score history for trends.
+
+Both CRMs are scored in ONE frame: connector ids are already prefixed (`sf:`,
+`hs:`), so they never collide, and a `crm` column says where each row came
+from. The engine is pure (engine/ never imports sync/); this module feeds it
+the replica and history, and shapes the result into the frame the playbooks
+and the write-back read (notes/sync_contract.md):
+
+    account_id, crm, name, segment, arr, renewal_date, owner_email, score, band,
+    raw_band, confidence, delta_30d, delta_90d, momentum, drivers, trend,
+    previous_score, previous_band  (+ the engine's other columns)
+
+`previous_*` come from the latest score-history row of each account (NA when
+it was never scored). Score history itself is written by `record_history` at
+the end of the run (the "record" stage), so a run that crashes before the end
+leaves no history behind and its rerun sees the same previous scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+from config.settings import Settings
+from sync.pull import replica_frame
+from sync.state import StateStore, dumps, utc_naive
+
+#: columns copied from the accounts replica next to the engine's scores
+ACCOUNT_CONTEXT = ("name", "segment", "arr", "renewal_date", "owner_email", "crm")
+
+
+@dataclass
+class ScoreResult:
+    """The scored portfolio: one row per account, and the open opportunities with their adjustment."""
+
+    scores: pd.DataFrame
+    opportunities: pd.DataFrame
+    features: pd.DataFrame | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def bands(self) -> dict[str, int]:
+        if self.scores.empty:
+            return {}
+        counts = self.scores["band"].astype("string").fillna("(none)").value_counts()
+        return {str(k): int(v) for k, v in counts.sort_index().items()}
+
+
+def trend_text(momentum: pd.Series, delta_30d: pd.Series) -> pd.Series:
+    """The CRM trend field: momentum and 30-day delta, e.g. "down -12.0 (30d)"; "new (no 30d history)" when unknown.
+
+    Fits Salesforce's Text(40) field. Stable from run to run while nothing changes,
+    because the engine ignores history from the same day (engine/trends.py).
+    """
+    delta = pd.to_numeric(delta_30d, errors="coerce")
+    mom = momentum.astype("string")
+    known = delta.notna() & mom.notna()
+    sign = np.where(delta.fillna(0).to_numpy() >= 0, "+", "-")
+    text = mom.fillna("") + " " + pd.Series(sign, index=delta.index) + delta.abs().round(1).map("{:.1f}".format) + " (30d)"
+    return text.where(known, "new (no 30d history)").astype(object)
+
+
+def score_replica(store: StateStore, settings: Settings, crms: list[str], now: datetime) -> ScoreResult:
+    """Run the engine over the replica of `crms`; nothing is written to the store."""
+    from engine.pipeline import score_portfolio
+
+    accounts = replica_frame(store, crms, "accounts")
+    opportunities = replica_frame(store, crms, "opportunities")
+    tickets = replica_frame(store, crms, "tickets")
+    history = store.score_history_frame()
+    as_of = pd.Timestamp(utc_naive(now))
+    if accounts.empty:
+        return ScoreResult(_empty_scores(), opportunities.iloc[0:0])
+
+    result = score_portfolio(
+        accounts.drop(columns=["crm"]),
+        tickets.drop(columns=["crm"]),
+        opportunities.drop(columns=["crm"]),
+        settings.model,
+        settings.forecast,
+        history=history[["account_id", "scored_at", "score", "band"]] if len(history) else None,
+        as_of=as_of,
+    )
+    scores = result.scores.copy()
+    context = accounts.drop_duplicates("account_id", keep="last").set_index("account_id")
+    for column in ACCOUNT_CONTEXT:
+        if column not in scores.columns or column == "crm":
+            scores[column] = scores["account_id"].map(context[column]) if column in context.columns else pd.NA
+    scores["trend"] = trend_text(scores.get("momentum", pd.Series(pd.NA, index=scores.index)), scores.get("delta_30d", pd.Series(np.nan, index=scores.index)))
+
+    previous = _previous(history)
+    scores["previous_score"] = scores["account_id"].map(previous["score"]).astype("float64")
+    scores["previous_band"] = scores["account_id"].map(previous["band"]).astype("string")
+
+    opps = result.opportunities.copy() if result.opportunities is not None else opportunities.iloc[0:0]
+    if len(opps):
+        if "crm" not in opps.columns:
+            crm_of = opportunities.drop_duplicates("opportunity_id", keep="last").set_index("opportunity_id")["crm"]
+            opps["crm"] = opps["opportunity_id"].map(crm_of)
+        closed = opps["is_closed"].astype("boolean").fillna(False).astype(bool) if "is_closed" in opps.columns else False
+        opps = opps.loc[~closed].reset_index(drop=True)
+    return ScoreResult(scores.reset_index(drop=True), opps, getattr(result, "features", None))
+
+
+def _previous(history: pd.DataFrame) -> pd.DataFrame:
+    if history.empty:
+        return pd.DataFrame({"score": pd.Series([], dtype="float64"), "band": pd.Series([], dtype="string")})
+    last = history.sort_values(["scored_at", "run_id"]).drop_duplicates("account_id", keep="last")
+    return last.set_index("account_id")[["score", "band"]]
+
+
+def _empty_scores() -> pd.DataFrame:
+    columns = ["account_id", "crm", "name", "segment", "arr", "renewal_date", "owner_email", "score", "band", "raw_band",
+               "confidence", "delta_30d", "delta_90d", "momentum", "drivers", "trend", "previous_score", "previous_band"]
+    return pd.DataFrame({c: pd.Series([], dtype=object) for c in columns})
+
+
+def dimension_columns(scores: pd.DataFrame, settings: Settings) -> list[str]:
+    dims = []
+    for m in settings.model.metrics:
+        name = f"{m.dimension}_score"
+        if name in scores.columns and name not in dims:
+            dims.append(name)
+    return dims
+
+
+def history_rows(scores: pd.DataFrame, settings: Settings, run_id: str, now: datetime) -> list[dict]:
+    """One score-history row per scored account for this run."""
+    if scores.empty:
+        return []
+    dims = dimension_columns(scores, settings)
+    scored_at = utc_naive(now)
+    frame = scores[["account_id", "score", "band", "confidence", "drivers", "trend", *dims]]
+    records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    return [
+        {
+            "run_id": run_id,
+            "account_id": r["account_id"],
+            "scored_at": scored_at,
+            "score": None if r["score"] is None else float(r["score"]),
+            "band": r["band"],
+            "confidence": None if r["confidence"] is None else float(r["confidence"]),
+            "dimension_json": dumps({d.removesuffix("_score"): r[d] for d in dims}),
+            "drivers": r["drivers"],
+            "trend": r["trend"],
+        }
+        for r in records
+    ]
+
+
+def record_history(store: StateStore, settings: Settings, scores: pd.DataFrame, run_id: str, now: datetime) -> int:
+    rows = history_rows(scores, settings, run_id, now)
+    store.add_score_history(rows)
+    return len(rows)

@@ -1,0 +1,83 @@
+"""`healthsync status`: recent runs, failures and queue sizes, from the state store alone.
+
+No CRM is contacted, so it answers even when a CRM is down or the quota is spent.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import func, select
+
+from sync.state import StateStore, episodes, failed_records, utc_aware
+
+
+def _iso(value) -> str | None:
+    value = utc_aware(value)
+    return value.isoformat() if value else None
+
+
+def status(store: StateStore, *, runs: int = 10, failures: int = 20) -> dict[str, Any]:
+    """Recent runs (newest first), the failed-records queue (size per CRM/object and the oldest
+    entries with their reason), and open playbook episodes."""
+    store.migrate()
+    recent = []
+    for r in store.recent_runs(runs):
+        summary = json.loads(r["summary_json"]) if r.get("summary_json") else {}
+        recent.append(
+            {
+                "run_id": r["run_id"],
+                "mode": r["mode"],
+                "status": r["status"],
+                "exit_code": r["exit_code"],
+                "started_at": _iso(r["started_at"]),
+                "finished_at": _iso(r["finished_at"]),
+                "dry_run": summary.get("dry_run", False),
+                "accounts_scored": summary.get("accounts_scored"),
+                "writes": summary.get("writes"),
+                "tasks_created": summary.get("tasks_created"),
+                "alerts_sent": summary.get("alerts_sent"),
+                "escalations": summary.get("escalations"),
+                "errors": len(summary.get("errors") or []),
+            }
+        )
+    with store.engine.connect() as conn:
+        by_object = conn.execute(
+            select(failed_records.c.crm, failed_records.c.object, func.count()).group_by(failed_records.c.crm, failed_records.c.object)
+        ).all()
+        oldest = conn.execute(select(failed_records).order_by(failed_records.c.first_failed_at).limit(failures)).mappings().all()
+        open_episodes = conn.execute(select(func.count()).select_from(episodes).where(episodes.c.status == "open")).scalar() or 0
+    queue = {}
+    for crm, object, n in by_object:
+        queue.setdefault(crm, {})[object] = int(n)
+    return {
+        "runs": recent,
+        "last_run": recent[0] if recent else None,
+        "queues": {
+            "failed_records": sum(sum(v.values()) for v in queue.values()),
+            "failed_records_by_object": queue,
+            "open_episodes": int(open_episodes),
+        },
+        "failed_records": [
+            {
+                "crm": f["crm"],
+                "object": f["object"],
+                "record_id": f["record_id"],
+                "error_code": f["error_code"],
+                "message": f["message"],
+                "retryable": bool(f["retryable"]),
+                "attempts": f["attempts"],
+                "first_failed_at": _iso(f["first_failed_at"]),
+                "last_failed_at": _iso(f["last_failed_at"]),
+            }
+            for f in oldest
+        ],
+    }
+
+
+def retry_failed(settings, *, ready: dict | None = None) -> dict[str, Any]:
+    """`healthsync sync --retry-failed` (implemented with the write-back in sync.run)."""
+    from sync.run import retry_failed as run_retry
+
+    return run_retry(settings, ready=ready)

@@ -1,0 +1,457 @@
+"""Write-back: desired CRM field values -> diff against what the CRM confirmed -> only changes are sent.
+
+The basis of the diff is the `pushed` table (the last value each CRM CONFIRMED
+per record and field), never a fresh read of the CRM and never what we merely
+tried to send (what-users-expect.md, reverse-ETL mechanics 1 and 4):
+
+- a field is sent when its desired value differs from the confirmed one;
+- `updated` changes every run, so it never makes a record "changed" by itself:
+  it is written only together with another changed field;
+- a record in the `failed_records` queue is sent again on every later run, even
+  if its values did not change (a lost response may have left the CRM holding
+  a value we never saw confirmed), with every field it failed with;
+- `pushed` is updated only for records the CRM confirmed, right after each
+  batch, so a crash loses at most one batch's bookkeeping (re-sending the same
+  values is harmless: updates by id are idempotent);
+- records invalid before sending (bad id, value out of range) are reported
+  apart from records the CRM rejected, and are not queued;
+- a batch rejected whole (the connector raised, or every record failed with the
+  same error) is split in halves until each record is accepted or rejected alone;
+- the write allowlist: only the fields of `mapping.<crm>.<object>.write` are
+  ever written; `assert_allowed` refuses anything else before a request is made.
+
+Value conventions (documented for users in the CRM fields):
+    score                0-100, one decimal
+    band                 the band name (e.g. "Red", or "Insufficient data")
+    trend                "down -12.0 (30d)" (momentum, 30-day delta)
+    drivers              plain text, at most 255 characters (Salesforce Text(255))
+    confidence           0-1, three decimals
+    updated              the run's time (UTC)
+    adjusted_probability 0-1, four decimals (a fraction like our canonical `probability`,
+                         NOT Salesforce's 0-100 Probability percent)
+    expected_arr         currency, two decimals
+
+Dry run: the same plan, nothing sent, nothing stored; each record's fields as
+`before -> after` with counts changed / unchanged / invalid.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable
+
+import pandas as pd
+
+from config.settings import Settings
+from connectors.base import (
+    Change,
+    ConfigurationError,
+    CrmConnector,
+    HealthsyncError,
+    QuotaExhaustedError,
+    RecordResult,
+    RetryableError,
+    StopRunError,
+)
+from sync.state import StateStore, dumps, utc_naive
+
+log = logging.getLogger(__name__)
+
+#: canonical object -> mapping section
+OBJECT_SECTIONS = {"accounts": "account", "opportunities": "opportunity"}
+#: records per push call (Salesforce collections 200, HubSpot batch 100; crm-api-notes 1.6, 2.3)
+BATCH_SIZES = {"salesforce": 200, "hubspot": 100}
+#: longest drivers text (Salesforce Health_Drivers__c is Text(255))
+DRIVERS_MAX = 255
+#: the output never compared by itself (see the module docstring)
+TIMESTAMP_OUTPUT = "updated"
+
+
+class WriteNotAllowedError(HealthsyncError):
+    """A field outside the mapping's write allowlist was about to be written (a bug, never sent)."""
+
+
+# ----------------------------------------------------------------------------- desired values
+
+
+def _round(series: pd.Series, digits: int) -> pd.Series:
+    return pd.to_numeric(series, errors="coerce").astype("float64").round(digits)
+
+
+def desired_outputs(scores: pd.DataFrame, opportunities: pd.DataFrame, now: datetime) -> dict[str, pd.DataFrame]:
+    """canonical object -> frame indexed by record id with one column per healthsync output, plus `crm`."""
+    accounts = pd.DataFrame(index=pd.Index(scores["account_id"].astype(str), name="record_id"))
+    if len(scores):
+        accounts["crm"] = scores["crm"].to_numpy()
+        accounts["score"] = _round(scores["score"], 1).to_numpy()
+        accounts["band"] = scores["band"].astype("string").to_numpy()
+        accounts["trend"] = scores["trend"].astype("string").to_numpy()
+        drivers = scores["drivers"].astype("string").fillna("")
+        accounts["drivers"] = drivers.str.slice(0, DRIVERS_MAX).to_numpy()
+        accounts["confidence"] = _round(scores["confidence"], 3).to_numpy()
+        accounts["updated"] = pd.Timestamp(utc_naive(now)).floor("s")
+    opps = pd.DataFrame(index=pd.Index(opportunities["opportunity_id"].astype(str) if len(opportunities) else [], name="record_id"))
+    if len(opportunities):
+        opps["crm"] = opportunities["crm"].to_numpy()
+        opps["adjusted_probability"] = _round(opportunities["adjusted_probability"], 4).to_numpy()
+        opps["expected_arr"] = _round(opportunities["expected_arr"], 2).to_numpy()
+    return {"accounts": accounts, "opportunities": opps}
+
+
+#: inclusive valid range per numeric output; a value outside it makes the record invalid (never sent)
+RANGES = {"score": (0.0, 100.0), "confidence": (0.0, 1.0), "adjusted_probability": (0.0, 1.0), "expected_arr": (0.0, math.inf)}
+
+
+def _plain(value: Any) -> Any:
+    """A value to send and to store: NaN/NA -> None, numpy -> python, timestamps -> datetime."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, pd.Timestamp):
+        return value.to_pydatetime()
+    if hasattr(value, "item") and not isinstance(value, str):
+        return _plain(value.item())
+    return value
+
+
+# ----------------------------------------------------------------------------- plan
+
+
+@dataclass
+class RecordPlan:
+    """One record to write: `fields` = CRM field -> value to send; `before` = CRM field -> last confirmed value."""
+
+    crm: str
+    object: str
+    record_id: str
+    fields: dict[str, Any]
+    before: dict[str, Any]
+    retry: bool = False  # in the failed-records queue: sent even if unchanged
+
+    def diff(self) -> dict[str, dict[str, Any]]:
+        return {f: {"before": self.before.get(f), "after": _json_safe(v)} for f, v in self.fields.items()}
+
+
+@dataclass
+class InvalidRecord:
+    crm: str
+    object: str
+    record_id: str
+    error_code: str
+    message: str
+
+    def to_json(self) -> dict:
+        return {"crm": self.crm, "object": self.object, "record_id": self.record_id, "error_code": self.error_code, "message": self.message}
+
+
+@dataclass
+class WritePlan:
+    records: list[RecordPlan] = field(default_factory=list)
+    invalid: list[InvalidRecord] = field(default_factory=list)
+    unchanged: dict[tuple[str, str], int] = field(default_factory=dict)
+    dropped_from_queue: int = 0  # queued records that no longer exist / are no longer written
+
+    def counts(self) -> dict[str, int]:
+        return {"changed": len(self.records), "unchanged": sum(self.unchanged.values()), "invalid": len(self.invalid)}
+
+    def to_json(self) -> dict:
+        """The dry-run answer: counts and, per record, each field `before -> after`."""
+        per_crm: dict[str, dict[str, int]] = {}
+        for r in self.records:
+            per_crm.setdefault(r.crm, {"changed": 0, "unchanged": 0, "invalid": 0})["changed"] += 1
+        for (crm, _), n in self.unchanged.items():
+            per_crm.setdefault(crm, {"changed": 0, "unchanged": 0, "invalid": 0})["unchanged"] += n
+        for r in self.invalid:
+            per_crm.setdefault(r.crm, {"changed": 0, "unchanged": 0, "invalid": 0})["invalid"] += 1
+        return {
+            "counts": self.counts(),
+            "by_crm": per_crm,
+            "records": [
+                {"crm": r.crm, "object": r.object, "record_id": r.record_id, "retry": r.retry, "fields": r.diff()} for r in self.records
+            ],
+            "invalid": [r.to_json() for r in self.invalid],
+        }
+
+
+def _json_safe(value: Any) -> Any:
+    return json.loads(dumps(value))
+
+
+def write_mapping(settings: Settings, crm: str, object: str) -> dict[str, str]:
+    """healthsync output -> CRM field: the write allowlist of one CRM object."""
+    section = getattr(getattr(settings.mapping, crm), OBJECT_SECTIONS[object])
+    return dict(section.write)
+
+
+def assert_allowed(settings: Settings, crm: str, object: str, fields: dict[str, Any]) -> None:
+    """Refuse (before any request) a field outside `mapping.<crm>.<object>.write`."""
+    allowed = set(write_mapping(settings, crm, object).values())
+    outside = sorted(set(fields) - allowed)
+    if outside:
+        raise WriteNotAllowedError(
+            f"refusing to write {', '.join(outside)} to {crm} {object}: not in mapping.{crm}.{OBJECT_SECTIONS[object]}.write"
+        )
+
+
+def plan_writes(store: StateStore, settings: Settings, desired: dict[str, pd.DataFrame], crms: list[str]) -> WritePlan:
+    """Diff desired values against what each CRM confirmed; queue retries; catch invalid records."""
+    plan = WritePlan()
+    for crm in crms:
+        prefix = {"salesforce": "sf:", "hubspot": "hs:"}.get(crm, f"{crm}:")
+        for object, frame in desired.items():
+            mapping = write_mapping(settings, crm, object)
+            if not mapping:
+                continue
+            rows = frame[frame["crm"] == crm] if "crm" in frame.columns else frame.iloc[0:0]
+            confirmed = store.pushed_values(crm, object)
+            queue = store.failed_queue(crm, object)
+            outputs = [o for o in mapping if o in rows.columns]
+            compared = [o for o in outputs if o != TIMESTAMP_OUTPUT]
+            values = rows[outputs].astype(object).where(rows[outputs].notna(), None)
+            seen: set[str] = set()
+            unchanged = 0
+            for record_id, record in zip(values.index, values.to_dict("records")):
+                if record_id in seen:
+                    plan.invalid.append(InvalidRecord(crm, object, record_id, "DUPLICATE_ID", "the record appears twice in the scores"))
+                    continue
+                seen.add(record_id)
+                if not record_id.startswith(prefix) or len(record_id) <= len(prefix):
+                    plan.invalid.append(InvalidRecord(crm, object, record_id, "INVALID_ID", f"not a {crm} record id"))
+                    continue
+                problem = _out_of_range(record)
+                if problem:
+                    plan.invalid.append(InvalidRecord(crm, object, record_id, "OUT_OF_RANGE", problem))
+                    continue
+                before = confirmed.get(record_id, {})
+                send: dict[str, Any] = {}
+                for output in compared:
+                    crm_field = mapping[output]
+                    value = _plain(record[output])
+                    if before.get(crm_field) != dumps(value):
+                        send[crm_field] = value
+                queued = queue.get((crm, object, record_id))
+                if queued is not None:
+                    retry_fields = set(json.loads(queued["fields_json"] or "{}"))
+                    for output in compared:
+                        if mapping[output] in retry_fields and mapping[output] not in send:
+                            send[mapping[output]] = _plain(record[output])
+                if not send and queued is None:
+                    unchanged += 1
+                    continue
+                if TIMESTAMP_OUTPUT in mapping and TIMESTAMP_OUTPUT in rows.columns:
+                    send[mapping[TIMESTAMP_OUTPUT]] = _plain(record[TIMESTAMP_OUTPUT])
+                if not send:
+                    unchanged += 1
+                    continue
+                assert_allowed(settings, crm, object, send)
+                plan.records.append(
+                    RecordPlan(crm, object, record_id, send, {f: _loads(before.get(f)) for f in send}, retry=queued is not None)
+                )
+            plan.unchanged[(crm, object)] = unchanged
+            stale = [rid for (_, _, rid) in queue if rid not in seen]
+            if stale:
+                plan.dropped_from_queue += len(stale)
+                _drop_from_queue(store, crm, object, stale)
+    return plan
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _out_of_range(record: dict) -> str | None:
+    for output, (low, high) in RANGES.items():
+        value = _plain(record.get(output))
+        if value is None:
+            continue
+        if not isinstance(value, (int, float)) or not (low <= float(value) <= high):
+            return f"{output} {value!r} is outside [{low:g}, {high:g}]"
+    return None
+
+
+def _drop_from_queue(store: StateStore, crm: str, object: str, ids: list[str]) -> None:
+    """Records no longer desired (deleted, closed, gone from the replica) leave the retry queue."""
+    from sqlalchemy import delete
+
+    from sync.state import failed_records
+
+    with store.begin() as conn:
+        conn.execute(
+            delete(failed_records).where(
+                failed_records.c.crm == crm, failed_records.c.object == object, failed_records.c.record_id.in_(ids)
+            )
+        )
+
+
+# ----------------------------------------------------------------------------- execute
+
+
+@dataclass
+class CrmWriteReport:
+    """Outcome of one CRM's write-back (the run summary's `writes.<crm>`)."""
+
+    records_changed: int = 0  # records the CRM confirmed
+    fields_written: int = 0
+    api_calls: int = 0
+    failed: int = 0
+    invalid: int = 0
+    unchanged: int = 0
+    retried: int = 0
+    errors: list[str] = field(default_factory=list)
+    written: dict[str, dict[str, Any]] = field(default_factory=dict)  # record_id -> fields confirmed (not in JSON)
+
+    def to_json(self) -> dict:
+        return {
+            "records_changed": self.records_changed,
+            "fields_written": self.fields_written,
+            "api_calls": self.api_calls,
+            "failed": self.failed,
+            "invalid": self.invalid,
+            "unchanged": self.unchanged,
+            "retried": self.retried,
+        }
+
+
+def execute_plan(
+    store: StateStore,
+    settings: Settings,
+    plan: WritePlan,
+    connectors: dict[str, CrmConnector],
+    *,
+    run_id: str,
+    now: datetime,
+    hooks: Callable[[str], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, CrmWriteReport]:
+    """Send the plan batch by batch; after each batch store what was confirmed and queue what failed.
+
+    A StopRunError (quota, auth, CRM unreachable) stops at once, after storing the
+    outcome of the batch in flight; it propagates with the reports so far on `.reports`.
+    """
+    reports = {crm: CrmWriteReport() for crm in connectors}
+    for inv in plan.invalid:
+        if inv.crm in reports:
+            reports[inv.crm].invalid += 1
+            reports[inv.crm].errors.append(f"{inv.crm} {inv.object} {inv.record_id}: invalid ({inv.error_code}): {inv.message}")
+    for (crm, _), n in plan.unchanged.items():
+        if crm in reports:
+            reports[crm].unchanged += n
+    groups: dict[tuple[str, str], list[RecordPlan]] = {}
+    for r in plan.records:
+        groups.setdefault((r.crm, r.object), []).append(r)
+    try:
+        for (crm, object), records in groups.items():
+            connector = connectors.get(crm)
+            if connector is None:
+                continue
+            report = reports[crm]
+            size = BATCH_SIZES.get(crm, 100)
+            threshold = getattr(connector, "bulk_threshold", None)
+            if threshold and len(records) > threshold:
+                size = len(records)  # one push call: the connector switches to Bulk API 2.0
+            for start in range(0, len(records), size):
+                batch = records[start : start + size]
+                calls_before = connector.stats.calls
+                try:
+                    results = _push_split(connector, object, [Change(r.record_id, dict(r.fields)) for r in batch], settings, crm)
+                except StopRunError as exc:
+                    results = getattr(exc, "results", None) or [
+                        RecordResult(r.record_id, "failed", "NOT_SENT", str(exc), True) for r in batch
+                    ]
+                    _settle(store, report, crm, object, batch, results, run_id, now)
+                    report.api_calls += connector.stats.calls - calls_before
+                    raise
+                report.api_calls += connector.stats.calls - calls_before
+                _settle(store, report, crm, object, batch, results, run_id, now)
+                if on_batch:
+                    on_batch(len(batch))
+                if hooks:
+                    hooks("after_push_batch")
+    except StopRunError as exc:
+        exc.reports = reports
+        raise
+    return reports
+
+
+def _settle(store, report: CrmWriteReport, crm, object, batch: list[RecordPlan], results: list[RecordResult], run_id, now) -> None:
+    """Store confirmed values and queue failures for one batch (the record's own transaction per kind)."""
+    confirmed: dict[str, dict[str, str]] = {}
+    failures: list[dict] = []
+    for plan, result in zip(batch, results):
+        if plan.retry:
+            report.retried += 1
+        if result.outcome == "ok":
+            confirmed[plan.record_id] = {f: dumps(v) for f, v in plan.fields.items()}
+            report.records_changed += 1
+            report.fields_written += len(plan.fields)
+            report.written[plan.record_id] = dict(plan.fields)
+        elif result.outcome == "invalid":
+            report.invalid += 1
+            report.errors.append(f"{crm} {object} {plan.record_id}: invalid ({result.error_code}): {result.message}")
+        else:
+            report.failed += 1
+            report.errors.append(f"{crm} {object} {plan.record_id}: failed ({result.error_code}): {result.message}")
+            failures.append(
+                {
+                    "record_id": plan.record_id,
+                    "fields": {f: _json_safe(v) for f, v in plan.fields.items()},
+                    "error_code": result.error_code,
+                    "message": result.message,
+                    "retryable": result.retryable,
+                }
+            )
+    store.record_confirmed(crm, object, confirmed, run_id, now)
+    store.record_failed(crm, object, failures, run_id, now)
+
+
+def _whole_batch_rejected(results: list[RecordResult]) -> bool:
+    """Every record failed with one and the same error: most likely one bad record sank the batch."""
+    if len(results) < 2 or any(r.outcome != "failed" for r in results):
+        return False
+    return len({(r.error_code, r.message) for r in results}) == 1 and not results[0].retryable
+
+
+def _push_split(connector: CrmConnector, object: str, changes: list[Change], settings: Settings, crm: str) -> list[RecordResult]:
+    """push(), splitting a batch rejected whole in halves until each record stands alone."""
+    for change in changes:
+        assert_allowed(settings, crm, object, change.fields)
+    try:
+        results = connector.push(object, changes)
+    except (StopRunError, ConfigurationError):
+        raise
+    except RetryableError as exc:
+        # the connector already retried within its bounds: the CRM is unreachable now
+        stop = StopRunError(f"{crm} unreachable while writing {object}: {exc}")
+        stop.results = [RecordResult(c.record_id, "failed", "UNREACHABLE", str(exc), True) for c in changes]
+        raise stop from None
+    except HealthsyncError as exc:
+        if len(changes) == 1:
+            return [RecordResult(changes[0].record_id, "failed", "BATCH_REJECTED", str(exc), False)]
+        return _split(connector, object, changes, settings, crm)
+    if len(results) != len(changes):
+        raise StopRunError(f"{crm} push of {object} returned {len(results)} results for {len(changes)} records")
+    if _whole_batch_rejected(results):
+        return _split(connector, object, changes, settings, crm)
+    return results
+
+
+def _split(connector, object, changes, settings, crm) -> list[RecordResult]:
+    mid = len(changes) // 2
+    try:
+        left = _push_split(connector, object, changes[:mid], settings, crm)
+    except StopRunError as exc:
+        done = getattr(exc, "results", None) or [RecordResult(c.record_id, "failed", "NOT_SENT", str(exc), True) for c in changes[:mid]]
+        exc.results = done + [RecordResult(c.record_id, "failed", "NOT_SENT", "not sent (the run stopped)", True) for c in changes[mid:]]
+        raise
+    try:
+        right = _push_split(connector, object, changes[mid:], settings, crm)
+    except StopRunError as exc:
+        rest = getattr(exc, "results", None) or [RecordResult(c.record_id, "failed", "NOT_SENT", str(exc), True) for c in changes[mid:]]
+        exc.results = left + rest
+        raise
+    return left + right
