@@ -1,0 +1,11 @@
+"""Loopback emulators of the Salesforce REST API, HubSpot CRM API and Slack Web API.
+
+`Sandbox` starts all three plus an inspection endpoint; `serve.serve` runs them until
+SIGTERM/SIGINT for `healthsync sandbox serve`. See BEHAVIOR.md for the behaviour chosen
+where the API notes are unverified, and for the `--faults` SPEC syntax.
+"""
+
+from connectors.sandbox.faults import FaultSettings, parse_spec
+from connectors.sandbox.sandbox import Sandbox
+
+__all__ = ["Sandbox", "FaultSettings", "parse_spec"]

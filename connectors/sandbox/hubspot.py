@@ -1,0 +1,952 @@
+"""HubSpot CRM v3/v4 emulator: objects, batch, search, properties, owners, associations, rate limits.
+
+Wire facts follow shared/reference/crm-api-notes.md §2 and §4. The SDK deserializes only
+the exact status codes it expects (201 on create, 207 on partial batches), so those are
+kept exact. Every property value is stored and returned as a string, as HubSpot does.
+Rate limits use real (monotonic) time: the 10-second rolling window per tier with the
+X-HubSpot-RateLimit-* headers, 5 searches per second (no headers on search), a daily cap.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from bisect import bisect_left
+from collections import deque
+from datetime import datetime, timezone
+from typing import Any
+
+from connectors.sandbox import schema
+from connectors.sandbox.clock import Clock, hs_datetime, parse_datetime
+from connectors.sandbox.faults import FaultDecision, FaultInjector
+from connectors.sandbox.http_base import Api, HttpError, Request, Response, Router
+
+TIERS = {  # crm-api-notes 2.8: (burst per 10 s, daily)
+    "starter": (100, 250_000),
+    "professional": (190, 625_000),
+    "enterprise": (190, 1_000_000),
+}
+LIST_MAX, BATCH_MAX, SEARCH_MAX, SEARCH_CAP, SEARCH_PER_SECOND = 100, 100, 200, 10_000, 5
+OWNERS_MAX = 500
+TYPE_ALIASES = {"companies": "companies", "company": "companies", "0-2": "companies",
+                "deals": "deals", "deal": "deals", "0-3": "deals",
+                "tickets": "tickets", "ticket": "tickets", "0-5": "tickets",
+                "tasks": "tasks", "task": "tasks", "0-27": "tasks"}
+# (from, to) -> (default type id, inverse type id, label) (hubspot/crm/association_type.py)
+ASSOC_TYPES = {
+    ("tasks", "companies"): (192, 191), ("companies", "tasks"): (191, 192),
+    ("deals", "companies"): (341, 342), ("companies", "deals"): (342, 341),
+    ("tickets", "companies"): (339, 340), ("companies", "tickets"): (340, 339),
+    ("tasks", "deals"): (216, 215), ("deals", "tasks"): (215, 216),
+    ("tasks", "tickets"): (230, 229), ("tickets", "tasks"): (229, 230),
+    ("deals", "tickets"): (27, 28), ("tickets", "deals"): (28, 27),
+}
+TYPE_ID_PAIRS = {v[0]: k for k, v in ASSOC_TYPES.items()}
+_SINGULAR = {"companies": "company", "deals": "deal", "tickets": "ticket", "tasks": "task"}
+
+
+def hs_error(status: int, category: str, message: str, headers: dict | None = None, **extra) -> Response:
+    body = {"status": "error", "message": message, "correlationId": str(uuid.uuid4()), "category": category}
+    body.update(extra)
+    return Response.json(status, body, headers)
+
+
+def _num(text: str) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def _fmt_num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else repr(float(value))
+
+
+class HubSpotApi(Api):
+    name = "hubspot"
+
+    def __init__(self, clock: Clock, faults: FaultInjector | None, *, tier: str = "professional",
+                 daily_limit: int | None = None, access_token: str | None = None,
+                 search_lag_seconds: float = 0.0) -> None:
+        super().__init__(Router())
+        if tier not in TIERS:
+            raise ValueError(f"hubspot_tier must be one of {', '.join(TIERS)}, got {tier!r}")
+        self.clock, self.faults, self.tier = clock, faults, tier
+        self.burst_max, default_daily = TIERS[tier]
+        self.daily_limit = daily_limit or default_daily
+        self.access_token = access_token or "pat-na1-" + str(uuid.uuid4())
+        self.search_lag_seconds = search_lag_seconds
+        self.lock = threading.RLock()
+        self.props = schema.hubspot_properties()
+        self.groups: dict[str, dict[str, dict]] = {
+            t: {schema.HS_GROUP[t]: {"name": schema.HS_GROUP[t], "label": schema.HS_GROUP[t].title(),
+                                     "displayOrder": -1, "archived": False}} for t in schema.HS_OBJECTS}
+        self.objects: dict[str, dict[str, dict]] = {t: {} for t in schema.HS_OBJECTS}
+        self.order: dict[str, list[int]] = {t: [] for t in schema.HS_OBJECTS}
+        self.assoc: dict[tuple[str, str], dict[str, dict[str, set[int]]]] = {}
+        self.owners: list[dict] = []
+        self._next_id = {"companies": 4_000_000_001, "deals": 8_000_000_001, "tickets": 2_000_000_001,
+                         "tasks": 6_000_000_001}
+        self._window: deque[float] = deque()
+        self._search_window: deque[float] = deque()
+        self.used_today = 0
+        self._day = clock.now().date()
+        self.base_url = ""
+        self._routes()
+
+    # --- plumbing ---------------------------------------------------------------------------
+    def _routes(self) -> None:
+        r = self.router.add
+        o = r"/crm/v3/objects/(?P<type>[\w-]+)"
+        r("POST", o + r"/search/?", self.search, "POST /crm/v3/objects/{type}/search")
+        r("POST", o + r"/batch/(?P<op>read|create|update|upsert|archive)/?", self.batch,
+          "POST /crm/v3/objects/{type}/batch/{op}")
+        r("GET", o + r"/?", self.list, "GET /crm/v3/objects/{type}")
+        r("POST", o + r"/?", self.create, "POST /crm/v3/objects/{type}")
+        r("GET", o + r"/(?P<id>[^/]+)/?", self.get, "GET /crm/v3/objects/{type}/{id}")
+        r("PATCH", o + r"/(?P<id>[^/]+)/?", self.update, "PATCH /crm/v3/objects/{type}/{id}")
+        r("DELETE", o + r"/(?P<id>[^/]+)/?", self.archive, "DELETE /crm/v3/objects/{type}/{id}")
+        p = r"/crm/v3/properties/(?P<type>[\w-]+)"
+        r("GET", p + r"/groups/?", self.groups_list, "GET /crm/v3/properties/{type}/groups")
+        r("POST", p + r"/groups/?", self.group_create, "POST /crm/v3/properties/{type}/groups")
+        r("GET", p + r"/groups/(?P<name>[^/]+)/?", self.group_get, "GET /crm/v3/properties/{type}/groups/{name}")
+        r("POST", p + r"/batch/create/?", self.property_batch_create, "POST /crm/v3/properties/{type}/batch/create")
+        r("GET", p + r"/?", self.properties_list, "GET /crm/v3/properties/{type}")
+        r("POST", p + r"/?", self.property_create, "POST /crm/v3/properties/{type}")
+        r("GET", p + r"/(?P<name>[^/]+)/?", self.property_get, "GET /crm/v3/properties/{type}/{name}")
+        r("GET", r"/crm/v3/owners/?", self.owners_list, "GET /crm/v3/owners")
+        r("GET", r"/crm/v3/owners/(?P<id>[^/]+)/?", self.owner_get, "GET /crm/v3/owners/{id}")
+        a = r"/crm/v4/objects/(?P<from>[\w-]+)/(?P<id>\d+)/associations"
+        r("PUT", a + r"/default/(?P<to>[\w-]+)/(?P<to_id>\d+)/?", self.assoc_default,
+          "PUT /crm/v4/objects/{from}/{id}/associations/default/{to}/{toId}")
+        r("PUT", a + r"/(?P<to>[\w-]+)/(?P<to_id>\d+)/?", self.assoc_create,
+          "PUT /crm/v4/objects/{from}/{id}/associations/{to}/{toId}")
+        r("DELETE", a + r"/(?P<to>[\w-]+)/(?P<to_id>\d+)/?", self.assoc_delete,
+          "DELETE /crm/v4/objects/{from}/{id}/associations/{to}/{toId}")
+        r("GET", a + r"/(?P<to>[\w-]+)/?", self.assoc_list, "GET /crm/v4/objects/{from}/{id}/associations/{to}")
+        b = r"/crm/v4/associations/(?P<from>[\w-]+)/(?P<to>[\w-]+)/batch"
+        r("POST", b + r"/read/?", self.assoc_batch_read, "POST /crm/v4/associations/{from}/{to}/batch/read")
+        r("POST", b + r"/create/?", self.assoc_batch_create, "POST /crm/v4/associations/{from}/{to}/batch/create")
+        r("POST", b + r"/associate/default/?", self.assoc_batch_default,
+          "POST /crm/v4/associations/{from}/{to}/batch/associate/default")
+
+    def fault_response(self, decision: FaultDecision) -> Response:
+        if decision.status == 429:
+            return self._rate_limited("TEN_SECONDLY_ROLLING", decision.retry_after)
+        return hs_error(decision.status, "INTERNAL_ERROR" if decision.status == 500 else "SERVICE_UNAVAILABLE",
+                        "internal error" if decision.status == 500 else "Service unavailable")
+
+    def _rate_limited(self, policy: str, retry_after: int = 1) -> Response:
+        label = {"TEN_SECONDLY_ROLLING": "ten_secondly_rolling", "SECONDLY": "secondly", "DAILY": "daily"}[policy]
+        body = {"status": "error", "message": f"You have reached your {label} limit.", "errorType": "RATE_LIMIT",
+                "correlationId": str(uuid.uuid4()), "policyName": policy, "groupName": "api"}
+        return Response.json(429, body, {"Retry-After": str(retry_after)})
+
+    def not_found(self, req: Request, method_mismatch: bool) -> Response:
+        if method_mismatch:
+            return hs_error(405, "METHOD_NOT_ALLOWED", f"{req.method} is not allowed here")
+        return hs_error(404, "OBJECT_NOT_FOUND", f"resource not found: {req.path}")
+
+    def dispatch(self, req: Request) -> tuple[Response, str]:
+        auth = req.header("authorization") or ""
+        if auth != f"Bearer {self.access_token}":
+            return hs_error(401, "INVALID_AUTHENTICATION",
+                            "Authentication credentials not found. This API supports OAuth 2.0 authentication and "
+                            "you can find more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview"), \
+                self.endpoint_of(req)
+        is_search = req.path.endswith("/search") or req.path.endswith("/search/")
+        req.params["_search"] = is_search
+        now = time.monotonic()
+        with self.lock:
+            today = self.clock.now().date()
+            if today != self._day:
+                self._day, self.used_today = today, 0
+            if self.used_today >= self.daily_limit:
+                return self._rate_limited("DAILY", 60), self.endpoint_of(req)
+            if is_search:
+                while self._search_window and now - self._search_window[0] >= 1.0:
+                    self._search_window.popleft()
+                if len(self._search_window) >= SEARCH_PER_SECOND:
+                    return self._rate_limited("SECONDLY"), self.endpoint_of(req)
+                self._search_window.append(now)
+            else:
+                while self._window and now - self._window[0] >= 10.0:
+                    self._window.popleft()
+                if len(self._window) >= self.burst_max:
+                    return self._rate_limited("TEN_SECONDLY_ROLLING"), self.endpoint_of(req)
+                self._window.append(now)
+            self.used_today += 1
+        return super().dispatch(req)
+
+    def finalize(self, req: Request, resp: Response) -> None:
+        if req.params.get("_search"):
+            return  # crm-api-notes 2.4: search responses carry no rate-limit headers
+        with self.lock:
+            now = time.monotonic()
+            in_window = sum(1 for t in self._window if now - t < 10.0)
+            in_second = sum(1 for t in self._window if now - t < 1.0)
+            resp.headers.update({
+                "X-HubSpot-RateLimit-Daily": str(self.daily_limit),
+                "X-HubSpot-RateLimit-Daily-Remaining": str(max(0, self.daily_limit - self.used_today)),
+                "X-HubSpot-RateLimit-Interval-Milliseconds": "10000",
+                "X-HubSpot-RateLimit-Max": str(self.burst_max),
+                "X-HubSpot-RateLimit-Remaining": str(max(0, self.burst_max - in_window)),
+                "X-HubSpot-RateLimit-Secondly": str(self.burst_max // 10),
+                "X-HubSpot-RateLimit-Secondly-Remaining": str(max(0, self.burst_max // 10 - in_second)),
+            })
+
+    def reset_rate_windows(self) -> None:
+        with self.lock:
+            self._window.clear()
+            self._search_window.clear()
+
+    # --- helpers -------------------------------------------------------------------------------
+    def _type(self, name: str) -> str:
+        t = TYPE_ALIASES.get(name.lower())
+        if t is None:
+            raise HttpError(hs_error(400, "VALIDATION_ERROR", f"Unable to infer object type from: {name}"))
+        return t
+
+    def _body(self, req: Request) -> Any:
+        try:
+            body = req.json()
+        except (ValueError, UnicodeDecodeError):
+            raise HttpError(hs_error(400, "VALIDATION_ERROR", "Invalid input JSON on line 1"))
+        return {} if body is None else body
+
+    def new_id(self, t: str) -> str:
+        n = self._next_id[t]
+        self._next_id[t] = n + 1
+        return str(n)
+
+    def _validate(self, t: str, values: dict, existing: dict | None) -> tuple[dict, list[dict]]:
+        """-> (normalized string values, [{"name","error","message"}])."""
+        out, errors = {}, []
+        props = self.props[t]
+        for name, value in (values or {}).items():
+            p = props.get(name)
+            if p is None:
+                errors.append({"name": name, "error": "PROPERTY_DOESNT_EXIST",
+                               "message": f'Property "{name}" does not exist'})
+                continue
+            if p.read_only and name != "hs_object_id":
+                errors.append({"name": name, "error": "READ_ONLY_VALUE",
+                               "message": f"{name} is a read only property; its value cannot be set."})
+                continue
+            if name == "hs_object_id":
+                continue
+            if value is None or value == "":
+                out[name] = ""
+                continue
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            if p.type == "number":
+                if _num(text) is None:
+                    errors.append({"name": name, "error": "INVALID_FLOAT",
+                                   "message": f"{text} was not a valid number."})
+                    continue
+                text = _fmt_num(float(text))
+            elif p.type == "bool":
+                if text.lower() not in ("true", "false"):
+                    errors.append({"name": name, "error": "INVALID_BOOLEAN",
+                                   "message": f"{text} was not a valid boolean."})
+                    continue
+                text = text.lower()
+            elif p.type == "datetime":
+                try:
+                    text = hs_datetime(parse_datetime(text))
+                except ValueError:
+                    errors.append({"name": name, "error": "INVALID_DATETIME",
+                                   "message": f"{text} was not a valid datetime (epoch milliseconds or ISO-8601)."})
+                    continue
+            elif p.type == "date":
+                try:
+                    d = parse_datetime(text)
+                    if (d.hour, d.minute, d.second) != (0, 0, 0):
+                        raise ValueError
+                    text = d.strftime("%Y-%m-%d")
+                except ValueError:
+                    errors.append({"name": name, "error": "INVALID_DATE",
+                                   "message": f"{text} is not a valid date (midnight UTC)."})
+                    continue
+            elif p.type == "enumeration" and p.options:
+                allowed = {o["value"] for o in p.options}
+                if any(v not in allowed for v in text.split(";")):
+                    errors.append({"name": name, "error": "INVALID_OPTION",
+                                   "message": f"{text} was not one of the allowed options: "
+                                              f"{', '.join(sorted(allowed))}"})
+                    continue
+            if name == "hubspot_owner_id" and not any(o["id"] == text for o in self.owners):
+                errors.append({"name": name, "error": "INVALID_OWNER_ID",
+                               "message": f"No owner with id {text} exists."})
+                continue
+            if p.unique:
+                holder = self._find_by(t, name, text)
+                if holder is not None and (existing is None or holder["id"] != existing["id"]):
+                    errors.append({"name": name, "error": "DUPLICATE_UNIQUE_VALUE",
+                                   "message": f"A {_SINGULAR[t]} with {name} '{text}' already exists. "
+                                              f"Existing ID: {holder['id']}", "existing_id": holder["id"]})
+                    continue
+            out[name] = text
+        if t == "tasks" and existing is None and not (out.get("hs_timestamp")):
+            errors.append({"name": "hs_timestamp", "error": "REQUIRED_PROPERTY",
+                           "message": "hs_timestamp is required to create a task"})
+        return out, errors
+
+    def _validation_error(self, errors: list[dict]) -> Response:
+        if any(e["error"] == "DUPLICATE_UNIQUE_VALUE" for e in errors):
+            e = next(e for e in errors if e["error"] == "DUPLICATE_UNIQUE_VALUE")
+            return hs_error(409, "CONFLICT", e["message"])
+        import json as _json
+        detail = _json.dumps([{"isValid": False, "message": e["message"], "error": e["error"], "name": e["name"]}
+                              for e in errors])
+        return hs_error(400, "VALIDATION_ERROR", f"Property values were not valid: {detail}",
+                        errors=[{"message": e["message"], "code": e["error"],
+                                 "context": {"propertyName": [e["name"]]}} for e in errors])
+
+    def _find_by(self, t: str, prop: str, value: str) -> dict | None:
+        for rec in self.objects[t].values():
+            if not rec["archived"] and rec["properties"].get(prop) == value:
+                return rec
+        return None
+
+    def insert(self, t: str, values: dict, created_at: datetime | None = None) -> dict:
+        """Insert already-valid string values (seeding and create)."""
+        now = self.clock.now()
+        rid = self.new_id(t)
+        created = hs_datetime(created_at or now)
+        stamp = hs_datetime(now)
+        props = {k: v for k, v in values.items() if v is not None}
+        props.update({"hs_object_id": rid, "createdate": created, "hs_lastmodifieddate": stamp})
+        if t == "tasks":
+            props["hs_createdate"] = created
+        rec = {"id": rid, "properties": props, "createdAt": created, "updatedAt": stamp, "archived": False}
+        self.objects[t][rid] = rec
+        self.order[t].append(int(rid))
+        return rec
+
+    def apply_update(self, t: str, rec: dict, values: dict) -> dict:
+        stamp = hs_datetime(self.clock.now())
+        for k, v in values.items():
+            if v in ("", None):
+                rec["properties"].pop(k, None)
+            else:
+                rec["properties"][k] = v
+        rec["properties"]["hs_lastmodifieddate"] = stamp
+        rec["updatedAt"] = stamp
+        return rec
+
+    def archive_record(self, t: str, rec: dict) -> None:
+        stamp = hs_datetime(self.clock.now())
+        rec["archived"] = True
+        rec["archivedAt"] = stamp
+        rec["updatedAt"] = stamp
+        rec["properties"]["hs_lastmodifieddate"] = stamp
+
+    def associate(self, from_t: str, from_id: str, to_t: str, to_id: str, type_id: int | None = None) -> None:
+        pair = ASSOC_TYPES.get((from_t, to_t))
+        if pair is None:
+            raise HttpError(hs_error(400, "VALIDATION_ERROR", f"{from_t} cannot be associated with {to_t}"))
+        fwd, inv = pair if type_id is None or type_id == pair[0] else (type_id, pair[1])
+        self.assoc.setdefault((from_t, from_id), {}).setdefault(to_t, {}).setdefault(to_id, set()).add(fwd)
+        self.assoc.setdefault((to_t, to_id), {}).setdefault(from_t, {}).setdefault(from_id, set()).add(inv)
+
+    def _present(self, t: str, rec: dict, props: list[str] | None, assoc: list[str] | None = None) -> dict:
+        names = props if props else schema.HS_DEFAULT_PROPERTIES[t]
+        names = list(dict.fromkeys(list(names) + ["createdate", "hs_lastmodifieddate", "hs_object_id"]))
+        out = {"id": rec["id"], "properties": {n: rec["properties"].get(n) for n in names},
+               "createdAt": rec["createdAt"], "updatedAt": rec["updatedAt"], "archived": rec["archived"]}
+        if rec.get("archivedAt"):
+            out["archivedAt"] = rec["archivedAt"]
+        if assoc:
+            links = {}
+            for a in assoc:
+                to_t = TYPE_ALIASES.get(a.lower())
+                if to_t is None:
+                    continue
+                targets = self.assoc.get((t, rec["id"]), {}).get(to_t, {})
+                results = []
+                for tid, types in targets.items():
+                    for type_id in sorted(types):
+                        results.append({"id": tid, "type": f"{_SINGULAR[t]}_to_{_SINGULAR[to_t]}"
+                                        if type_id == ASSOC_TYPES[(t, to_t)][0] else str(type_id)})
+                if results:
+                    links[a] = {"results": results}
+            if links:
+                out["associations"] = links
+        return out
+
+    def _live(self, t: str, rid: str, id_property: str | None = None, archived: bool = False) -> dict:
+        rec = self._find_by(t, id_property, rid) if id_property and id_property != "hs_object_id" \
+            else self.objects[t].get(rid)
+        if rec is None or rec["archived"] != archived:
+            raise HttpError(hs_error(404, "OBJECT_NOT_FOUND", "Object not found.  objectId are usually numeric."))
+        return rec
+
+    @staticmethod
+    def _flag(req: Request, name: str) -> bool:
+        return (req.arg(name) or "false").lower() == "true"
+
+    # --- objects -------------------------------------------------------------------------------
+    def list(self, req: Request) -> Response:
+        t = self._type(req.params["type"])
+        limit = int(req.arg("limit") or 10)
+        if not 1 <= limit <= LIST_MAX:
+            return hs_error(400, "VALIDATION_ERROR", f"limit must be between 1 and {LIST_MAX}, got {limit}")
+        after = req.arg("after")
+        archived = self._flag(req, "archived")
+        props, assoc = req.args("properties"), req.args("associations")
+        with self.lock:
+            ids = self.order[t]
+            start = bisect_left(ids, int(after)) if after and after.isdigit() else 0
+            page, next_after = [], None
+            for i in range(start, len(ids)):
+                rec = self.objects[t][str(ids[i])]
+                if rec["archived"] != archived:
+                    continue
+                if len(page) == limit:
+                    next_after = str(ids[i])
+                    break
+                page.append(self._present(t, rec, props, assoc))
+        body: dict[str, Any] = {"results": page}
+        if next_after:
+            body["paging"] = {"next": {"after": next_after,
+                                       "link": f"{self.base_url}/crm/v3/objects/{t}?after={next_after}"}}
+        return Response.json(200, body)
+
+    def get(self, req: Request) -> Response:
+        t = self._type(req.params["type"])
+        with self.lock:
+            rec = self._live(t, req.params["id"], req.arg("idProperty"), self._flag(req, "archived"))
+            return Response.json(200, self._present(t, rec, req.args("properties"), req.args("associations")))
+
+    def _inline_associations(self, t: str, items: Any) -> list[tuple[str, str, int]]:
+        out = []
+        for a in items or []:
+            to_id = str(((a or {}).get("to") or {}).get("id", ""))
+            for spec in (a or {}).get("types") or []:
+                type_id = int(spec.get("associationTypeId", 0))
+                pair = TYPE_ID_PAIRS.get(type_id)
+                if pair is None or pair[0] != t:
+                    raise HttpError(hs_error(400, "VALIDATION_ERROR",
+                                             f"association type {type_id} is not valid from {t}"))
+                if to_id not in self.objects[pair[1]] or self.objects[pair[1]][to_id]["archived"]:
+                    raise HttpError(hs_error(400, "VALIDATION_ERROR",
+                                             f"{pair[1]} {to_id} does not exist (association {type_id})"))
+                out.append((pair[1], to_id, type_id))
+        return out
+
+    def create(self, req: Request) -> Response:
+        t = self._type(req.params["type"])
+        body = self._body(req)
+        with self.lock:
+            values, errors = self._validate(t, body.get("properties") or {}, None)
+            if errors:
+                return self._validation_error(errors)
+            links = self._inline_associations(t, body.get("associations"))
+            rec = self.insert(t, values)
+            for to_t, to_id, type_id in links:
+                self.associate(t, rec["id"], to_t, to_id, type_id)
+            return Response.json(201, self._present(t, rec, list(values) or None))
+
+    def update(self, req: Request) -> Response:
+        t = self._type(req.params["type"])
+        body = self._body(req)
+        with self.lock:
+            rec = self._live(t, req.params["id"], req.arg("idProperty"))
+            values, errors = self._validate(t, body.get("properties") or {}, rec)
+            if errors:
+                return self._validation_error(errors)
+            self.apply_update(t, rec, values)
+            return Response.json(200, self._present(t, rec, list(values) or None))
+
+    def archive(self, req: Request) -> Response:
+        t = self._type(req.params["type"])
+        with self.lock:
+            rec = self.objects[t].get(req.params["id"])
+            if rec is not None and not rec["archived"]:
+                self.archive_record(t, rec)
+        return Response(204)
+
+    # --- batch ---------------------------------------------------------------------------------
+    def _batch_envelope(self, results: list, errors: list, started: str) -> Response:
+        body: dict[str, Any] = {"status": "COMPLETE", "results": results, "startedAt": started,
+                                "completedAt": hs_datetime(self.clock.now())}
+        if errors:
+            body["numErrors"] = len(errors)
+            body["errors"] = errors
+            return Response.json(207, body)
+        return body  # type: ignore[return-value]
+
+    def _not_found_error(self, t: str, ids: list[str]) -> dict:
+        return {"status": "error", "category": "OBJECT_NOT_FOUND",
+                "message": f"Could not get some {_SINGULAR[t].upper()} objects, they may be deleted or not exist. "
+                           f"Check that ids are valid.", "context": {"ids": ids}}
+
+    def batch(self, req: Request) -> Response:
+        t = self._type(req.params["type"])
+        op = req.params["op"]
+        body = self._body(req)
+        inputs = body.get("inputs")
+        if not isinstance(inputs, list):
+            return hs_error(400, "VALIDATION_ERROR", "inputs must be a list")
+        if len(inputs) > BATCH_MAX:
+            return hs_error(400, "VALIDATION_ERROR", f"Too many inputs: {len(inputs)}. The maximum is {BATCH_MAX}.",
+                            context={"inputs": [str(len(inputs))]})
+        started = hs_datetime(self.clock.now())
+        with self.lock:
+            resp = getattr(self, f"_batch_{op}")(t, body, inputs)
+        if isinstance(resp, Response):
+            return resp
+        return Response.json(201 if op == "create" else 200, resp)
+
+    def _batch_read(self, t, body, inputs):
+        started = hs_datetime(self.clock.now())
+        id_prop = body.get("idProperty")
+        results, missing = [], []
+        for it in inputs:
+            rid = str((it or {}).get("id", ""))
+            rec = self._find_by(t, id_prop, rid) if id_prop and id_prop != "hs_object_id" else self.objects[t].get(rid)
+            if rec is None or rec["archived"]:
+                missing.append(rid)
+            else:
+                results.append(self._present(t, rec, body.get("properties")))
+        return self._batch_envelope(results, [self._not_found_error(t, missing)] if missing else [], started)
+
+    def _batch_create(self, t, body, inputs):
+        started = hs_datetime(self.clock.now())
+        checked = []
+        for it in inputs:
+            values, errors = self._validate(t, (it or {}).get("properties") or {}, None)
+            links = []
+            if not errors:
+                try:
+                    links = self._inline_associations(t, (it or {}).get("associations"))
+                except HttpError as e:
+                    import json as _json
+                    errors = [{"name": "associations", "error": "INVALID_ASSOCIATION",
+                               "message": _json.loads(e.response.body)["message"]}]
+            checked.append((it or {}, values, links, errors))
+        traced = all(it.get("objectWriteTraceId") for it, *_ in checked)
+        if any(errs for *_, errs in checked) and not traced:
+            # without objectWriteTraceId one bad input fails the whole batch (crm-api-notes 2.3)
+            return self._validation_error(next(errs for *_, errs in checked if errs))
+        results, errors = [], []
+        for it, values, links, errs in checked:
+            if errs:
+                errors.append({"status": "error", "category": "VALIDATION_ERROR", "message": errs[0]["message"],
+                               "context": {"objectWriteTraceId": [it.get("objectWriteTraceId")],
+                                           "propertyName": [errs[0]["name"]]}})
+                continue
+            rec = self.insert(t, values)
+            for to_t, to_id, type_id in links:
+                self.associate(t, rec["id"], to_t, to_id, type_id)
+            out = self._present(t, rec, list(values) or None)
+            if it.get("objectWriteTraceId"):
+                out["objectWriteTraceId"] = it["objectWriteTraceId"]
+            results.append(out)
+        return self._batch_envelope(results, errors, started)
+
+    def _batch_update(self, t, body, inputs):
+        started = hs_datetime(self.clock.now())
+        found, missing = [], []
+        for it in inputs:
+            it = it or {}
+            rid = str(it.get("id", ""))
+            id_prop = it.get("idProperty")
+            rec = self._find_by(t, id_prop, rid) if id_prop and id_prop != "hs_object_id" else self.objects[t].get(rid)
+            if rec is None or rec["archived"]:
+                missing.append(rid)
+                continue
+            values, errs = self._validate(t, it.get("properties") or {}, rec)
+            if errs:
+                return self._validation_error(errs)
+            found.append((rec, values))
+        results = [self._present(t, self.apply_update(t, rec, values), list(values) or None) for rec, values in found]
+        return self._batch_envelope(results, [self._not_found_error(t, missing)] if missing else [], started)
+
+    def _batch_upsert(self, t, body, inputs):
+        started = hs_datetime(self.clock.now())
+        prepared = []
+        for it in inputs:
+            it = it or {}
+            id_prop = it.get("idProperty") or body.get("idProperty")
+            p = self.props[t].get(id_prop or "")
+            if p is None or not p.unique:
+                return hs_error(400, "VALIDATION_ERROR",
+                                f"Unable to perform update/upsert by non-unique {schema.HS_TYPE_IDS[t]} property "
+                                f"{id_prop}")
+            key = str(it.get("id", ""))
+            rec = self._find_by(t, id_prop, key)
+            props = dict(it.get("properties") or {})
+            if rec is None:
+                props[id_prop] = key
+            values, errs = self._validate(t, props, rec)
+            if errs:
+                return self._validation_error(errs)
+            prepared.append((rec, values))
+        results = []
+        for rec, values in prepared:
+            new = rec is None
+            rec = self.insert(t, values) if new else self.apply_update(t, rec, values)
+            out = self._present(t, rec, list(values) or None)
+            out["new"] = new
+            results.append(out)
+        return self._batch_envelope(results, [], started)
+
+    def _batch_archive(self, t, body, inputs):
+        for it in inputs:
+            rec = self.objects[t].get(str((it or {}).get("id", "")))
+            if rec is not None and not rec["archived"]:
+                self.archive_record(t, rec)
+        return Response(204)
+
+    # --- search --------------------------------------------------------------------------------
+    def search(self, req: Request) -> Response:
+        t = self._type(req.params["type"])
+        body = self._body(req)
+        limit = int(body.get("limit") or 10)
+        after = int(body.get("after") or 0)
+        if not 1 <= limit <= SEARCH_MAX:
+            return hs_error(400, "VALIDATION_ERROR", f"limit must be between 1 and {SEARCH_MAX}, got {limit}")
+        if after + limit > SEARCH_CAP:
+            return hs_error(400, "VALIDATION_ERROR",
+                            f"The search endpoints are limited to {SEARCH_CAP} total results for any given query; "
+                            f"after={after} limit={limit} pages beyond it.")
+        groups = body.get("filterGroups") or []
+        n_filters = sum(len(g.get("filters") or []) for g in groups)
+        if len(groups) > 5 or any(len(g.get("filters") or []) > 10 for g in groups) or n_filters > 25:
+            return hs_error(400, "VALIDATION_ERROR", "Too many filters: at most 5 filterGroups, 10 filters per "
+                                                     "group and 25 filters in total.")
+        try:
+            preds = [[self._filter(t, f) for f in g.get("filters") or []] for g in groups]
+        except ValueError as e:
+            return hs_error(400, "VALIDATION_ERROR", str(e))
+        text = (body.get("query") or "").lower()
+        cutoff = None
+        if self.search_lag_seconds:
+            cutoff = hs_datetime(datetime.fromtimestamp(self.clock.now().timestamp() - self.search_lag_seconds,
+                                                        timezone.utc))
+        with self.lock:
+            rows = []
+            for rec in self.objects[t].values():
+                if rec["archived"] or (cutoff and rec["updatedAt"] > cutoff):
+                    continue
+                if preds and not any(all(p(rec["properties"]) for p in g) for g in preds):
+                    continue
+                if text and not any(text in str(v).lower() for v in rec["properties"].values()):
+                    continue
+                rows.append(rec)
+            for s in reversed(body.get("sorts") or []):
+                if isinstance(s, str):
+                    name, desc = s.lstrip("-"), s.startswith("-")
+                else:
+                    name, desc = s.get("propertyName"), str(s.get("direction", "ASCENDING")).upper() == "DESCENDING"
+                key = self._sort_key(t, name)
+                rows.sort(key=key, reverse=desc)
+            page = [self._present(t, r, body.get("properties")) for r in rows[after:after + limit]]
+        out: dict[str, Any] = {"total": len(rows), "results": page}
+        if after + limit < len(rows):
+            out["paging"] = {"next": {"after": str(after + limit)}}
+        return Response.json(200, out)
+
+    def _sort_key(self, t: str, name: str):
+        p = self.props[t].get(name)
+        if p is not None and p.type == "number":
+            return lambda r: (_num(r["properties"].get(name)) is None, _num(r["properties"].get(name)) or 0.0)
+        return lambda r: (r["properties"].get(name) is None, str(r["properties"].get(name) or "").lower())
+
+    def _filter(self, t: str, f: dict):
+        name, op = f.get("propertyName"), str(f.get("operator", "EQ")).upper()
+        p = self.props[t].get(name or "")
+        if p is None:
+            raise ValueError(f"There was a problem with the request: property {name!r} does not exist on {t}")
+        if op == "HAS_PROPERTY":
+            return lambda props: props.get(name) not in (None, "")
+        if op == "NOT_HAS_PROPERTY":
+            return lambda props: props.get(name) in (None, "")
+
+        def conv(v):
+            if v is None:
+                return None
+            s = str(v).lower() if isinstance(v, bool) else str(v)
+            if p.type == "number":
+                n = _num(s)
+                if n is None:
+                    raise ValueError(f"{s!r} is not a number for property {name}")
+                return n
+            if p.type == "datetime":
+                return hs_datetime(parse_datetime(s))
+            if p.type == "date":
+                return parse_datetime(s).strftime("%Y-%m-%d")
+            return s.lower()
+
+        def val(props):
+            v = props.get(name)
+            if v in (None, ""):
+                return None
+            return _num(v) if p.type == "number" else (v if p.type in ("datetime", "date") else str(v).lower())
+
+        if op in ("IN", "NOT_IN"):
+            values = {conv(v) for v in f.get("values") or []}
+            return (lambda props: val(props) in values) if op == "IN" else (lambda props: val(props) not in values)
+        if op == "BETWEEN":
+            lo, hi = conv(f.get("value")), conv(f.get("highValue"))
+            return lambda props: (v := val(props)) is not None and lo <= v <= hi
+        if op in ("CONTAINS_TOKEN", "NOT_CONTAINS_TOKEN"):
+            token = str(f.get("value", "")).strip("*").lower()
+            hit = lambda props: token in str(props.get(name) or "").lower()
+            return hit if op == "CONTAINS_TOKEN" else (lambda props: not hit(props))
+        target = conv(f.get("value"))
+        ops = {"EQ": lambda v: v == target, "NEQ": lambda v: v != target, "LT": lambda v: v < target,
+               "LTE": lambda v: v <= target, "GT": lambda v: v > target, "GTE": lambda v: v >= target}
+        if op not in ops:
+            raise ValueError(f"unsupported operator {op}")
+        cmp = ops[op]
+        if op == "NEQ":
+            return lambda props: (v := val(props)) is None or cmp(v)
+        return lambda props: (v := val(props)) is not None and cmp(v)
+
+    # --- properties ----------------------------------------------------------------------------
+    def properties_list(self, req: Request) -> Response:
+        t = self._type(req.params["type"])
+        with self.lock:
+            return Response.json(200, {"results": [p.as_json() for p in self.props[t].values()]})
+
+    def property_get(self, req: Request) -> Response:
+        t = self._type(req.params["type"])
+        p = self.props[t].get(req.params["name"])
+        if p is None:
+            return hs_error(404, "OBJECT_NOT_FOUND", f"property {req.params['name']} does not exist")
+        return Response.json(200, p.as_json())
+
+    _PAIRS = {"string": {"text", "textarea", "file", "html", "phonenumber"}, "number": {"number", "calculation_equation"},
+              "date": {"date"}, "datetime": {"date"}, "bool": {"booleancheckbox", "calculation_equation"},
+              "enumeration": {"select", "radio", "checkbox", "booleancheckbox", "calculation_equation"}}
+
+    def _make_property(self, t: str, body: dict) -> schema.HsProperty | Response:
+        missing = [k for k in ("name", "label", "type", "fieldType", "groupName") if not body.get(k)]
+        if missing:
+            return hs_error(400, "VALIDATION_ERROR", f"Missing required fields: {', '.join(missing)}")
+        name = str(body["name"])
+        if not name[0].isalpha() or name != name.lower() or not name.replace("_", "").isalnum():
+            return hs_error(400, "VALIDATION_ERROR", f"Property name {name!r} must be lower case letters, digits "
+                                                     f"and underscores, starting with a letter")
+        if body["type"] not in self._PAIRS or body["fieldType"] not in self._PAIRS[body["type"]]:
+            return hs_error(400, "VALIDATION_ERROR", f"fieldType {body['fieldType']!r} is not valid for type "
+                                                     f"{body['type']!r}")
+        if body["groupName"] not in self.groups[t]:
+            return hs_error(400, "VALIDATION_ERROR", f"property group {body['groupName']!r} does not exist")
+        if name in self.props[t]:
+            return hs_error(409, "CONFLICT", f"Property named '{name}' already exists.",
+                            subCategory="PropertyValidationError.PROPERTY_EXISTS")
+        return schema.HsProperty(name, body["type"], body["fieldType"], label=body["label"],
+                                 group=body["groupName"], hubspot_defined=False,
+                                 unique=bool(body.get("hasUniqueValue")), options=body.get("options") or [],
+                                 description=body.get("description") or "",
+                                 created_at=hs_datetime(self.clock.now()))
+
+    def property_create(self, req: Request) -> Response:
+        t = self._type(req.params["type"])
+        with self.lock:
+            p = self._make_property(t, self._body(req))
+            if isinstance(p, Response):
+                return p
+            self.props[t][p.name] = p
+        return Response.json(201, p.as_json())
+
+    def property_batch_create(self, req: Request) -> Response:
+        t = self._type(req.params["type"])
+        started = hs_datetime(self.clock.now())
+        results, errors = [], []
+        with self.lock:
+            for item in self._body(req).get("inputs") or []:
+                p = self._make_property(t, item or {})
+                if isinstance(p, Response):
+                    import json as _json
+                    e = _json.loads(p.body)
+                    errors.append({"status": "error", "category": e["category"], "message": e["message"],
+                                   "context": {"name": [str((item or {}).get("name"))]}})
+                    continue
+                self.props[t][p.name] = p
+                results.append(p.as_json())
+        body = {"status": "COMPLETE", "results": results, "startedAt": started,
+                "completedAt": hs_datetime(self.clock.now())}
+        if errors:
+            body.update(numErrors=len(errors), errors=errors)
+            return Response.json(207, body)
+        return Response.json(201, body)
+
+    def groups_list(self, req: Request) -> Response:
+        t = self._type(req.params["type"])
+        return Response.json(200, {"results": list(self.groups[t].values())})
+
+    def group_get(self, req: Request) -> Response:
+        t = self._type(req.params["type"])
+        g = self.groups[t].get(req.params["name"])
+        if g is None:
+            return hs_error(404, "OBJECT_NOT_FOUND", f"property group {req.params['name']} does not exist")
+        return Response.json(200, g)
+
+    def group_create(self, req: Request) -> Response:
+        t = self._type(req.params["type"])
+        body = self._body(req)
+        if not body.get("name") or not body.get("label"):
+            return hs_error(400, "VALIDATION_ERROR", "name and label are required")
+        with self.lock:
+            if body["name"] in self.groups[t]:
+                return hs_error(409, "CONFLICT", f"A property group named '{body['name']}' already exists.")
+            g = {"name": body["name"], "label": body["label"], "displayOrder": int(body.get("displayOrder", -1)),
+                 "archived": False}
+            self.groups[t][g["name"]] = g
+        return Response.json(201, g)
+
+    # --- owners --------------------------------------------------------------------------------
+    def owners_list(self, req: Request) -> Response:
+        limit = int(req.arg("limit") or 100)
+        if not 1 <= limit <= OWNERS_MAX:
+            return hs_error(400, "VALIDATION_ERROR", f"limit must be between 1 and {OWNERS_MAX}")
+        email = (req.arg("email") or "").lower()
+        archived = self._flag(req, "archived")
+        rows = [o for o in self.owners if o["archived"] == archived and (not email or o["email"].lower() == email)]
+        start = int(req.arg("after") or 0)
+        body: dict[str, Any] = {"results": rows[start:start + limit]}
+        if start + limit < len(rows):
+            body["paging"] = {"next": {"after": str(start + limit),
+                                       "link": f"{self.base_url}/crm/v3/owners/?after={start + limit}"}}
+        return Response.json(200, body)
+
+    def owner_get(self, req: Request) -> Response:
+        key = req.params["id"]
+        by_user = (req.arg("idProperty") or "id") == "userId"
+        for o in self.owners:
+            if (str(o["userId"]) if by_user else o["id"]) == key:
+                return Response.json(200, o)
+        return hs_error(404, "OBJECT_NOT_FOUND", f"owner {key} not found")
+
+    def add_owner(self, email: str, first: str, last: str) -> dict:
+        n = len(self.owners) + 1
+        stamp = hs_datetime(self.clock.now())
+        owner = {"id": str(100_000_000 + n), "email": email, "firstName": first, "lastName": last,
+                 "userId": 9_000_000 + n, "userIdIncludingInactive": 9_000_000 + n, "type": "PERSON",
+                 "createdAt": stamp, "updatedAt": stamp, "archived": False, "teams": []}
+        self.owners.append(owner)
+        return owner
+
+    # --- associations v4 -----------------------------------------------------------------------
+    def _pair(self, req: Request) -> tuple[str, str, str, str]:
+        f, t = self._type(req.params["from"]), self._type(req.params["to"])
+        fid, tid = req.params["id"], req.params.get("to_id", "")
+        if fid not in self.objects[f] or self.objects[f][fid]["archived"]:
+            raise HttpError(hs_error(404, "OBJECT_NOT_FOUND", f"{_SINGULAR[f]} {fid} does not exist"))
+        if tid and (tid not in self.objects[t] or self.objects[t][tid]["archived"]):
+            raise HttpError(hs_error(404, "OBJECT_NOT_FOUND", f"{_SINGULAR[t]} {tid} does not exist"))
+        return f, fid, t, tid
+
+    def assoc_create(self, req: Request) -> Response:
+        specs = self._body(req)
+        with self.lock:
+            f, fid, t, tid = self._pair(req)
+            if not isinstance(specs, list) or not specs:
+                return hs_error(400, "VALIDATION_ERROR", "body must be a list of association specs")
+            for s in specs:
+                type_id = int(s.get("associationTypeId", 0))
+                if type_id != ASSOC_TYPES.get((f, t), (None,))[0] and str(s.get("associationCategory")) == "HUBSPOT_DEFINED":
+                    return hs_error(400, "VALIDATION_ERROR", f"association type {type_id} is not valid between {f} and {t}")
+                self.associate(f, fid, t, tid, type_id)
+        return Response.json(201, {"fromObjectTypeId": schema.HS_TYPE_IDS[f], "fromObjectId": int(fid),
+                                   "toObjectTypeId": schema.HS_TYPE_IDS[t], "toObjectId": int(tid), "labels": []})
+
+    def assoc_default(self, req: Request) -> Response:
+        with self.lock:
+            f, fid, t, tid = self._pair(req)
+            self.associate(f, fid, t, tid)
+            type_id = ASSOC_TYPES[(f, t)][0]
+        started = hs_datetime(self.clock.now())
+        return Response.json(200, {"status": "COMPLETE", "results": [
+            {"from": {"id": fid}, "to": {"id": tid},
+             "associationSpec": {"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": type_id}}],
+            "startedAt": started, "completedAt": started})
+
+    def assoc_delete(self, req: Request) -> Response:
+        with self.lock:
+            f, t = self._type(req.params["from"]), self._type(req.params["to"])
+            fid, tid = req.params["id"], req.params["to_id"]
+            self.assoc.get((f, fid), {}).get(t, {}).pop(tid, None)
+            self.assoc.get((t, tid), {}).get(f, {}).pop(fid, None)
+        return Response(204)
+
+    def _assoc_targets(self, f: str, fid: str, t: str) -> list[dict]:
+        out = []
+        for tid, types in self.assoc.get((f, fid), {}).get(t, {}).items():
+            if self.objects[t].get(tid, {}).get("archived"):
+                continue
+            out.append({"toObjectId": int(tid), "associationTypes": [
+                {"category": "HUBSPOT_DEFINED", "typeId": ty, "label": None} for ty in sorted(types)]})
+        return out
+
+    def assoc_list(self, req: Request) -> Response:
+        with self.lock:
+            f, fid, t, _ = self._pair(req)
+            return Response.json(200, {"results": self._assoc_targets(f, fid, t)})
+
+    def assoc_batch_read(self, req: Request) -> Response:
+        f, t = self._type(req.params["from"]), self._type(req.params["to"])
+        inputs = self._body(req).get("inputs") or []
+        started = hs_datetime(self.clock.now())
+        results, missing = [], []
+        with self.lock:
+            for it in inputs:
+                fid = str((it or {}).get("id", ""))
+                if fid not in self.objects[f]:
+                    missing.append(fid)
+                    continue
+                targets = self._assoc_targets(f, fid, t)
+                if targets:
+                    results.append({"from": {"id": fid}, "to": targets})
+        body: dict[str, Any] = {"status": "COMPLETE", "results": results, "startedAt": started,
+                                "completedAt": hs_datetime(self.clock.now())}
+        if missing:
+            body.update(numErrors=1, errors=[self._not_found_error(f, missing)])
+            return Response.json(207, body)
+        return Response.json(200, body)
+
+    def assoc_batch_create(self, req: Request) -> Response:
+        f, t = self._type(req.params["from"]), self._type(req.params["to"])
+        inputs = self._body(req).get("inputs") or []
+        started = hs_datetime(self.clock.now())
+        results, errors = [], []
+        with self.lock:
+            for it in inputs:
+                fid = str(((it or {}).get("from") or {}).get("id", ""))
+                tid = str(((it or {}).get("to") or {}).get("id", ""))
+                if fid not in self.objects[f] or tid not in self.objects[t]:
+                    errors.append({"status": "error", "category": "OBJECT_NOT_FOUND",
+                                   "message": f"{fid} or {tid} does not exist", "context": {"ids": [fid, tid]}})
+                    continue
+                for s in (it or {}).get("types") or [{}]:
+                    self.associate(f, fid, t, tid, s.get("associationTypeId"))
+                results.append({"fromObjectTypeId": schema.HS_TYPE_IDS[f], "fromObjectId": int(fid),
+                                "toObjectTypeId": schema.HS_TYPE_IDS[t], "toObjectId": int(tid), "labels": []})
+        body: dict[str, Any] = {"status": "COMPLETE", "results": results, "startedAt": started,
+                                "completedAt": hs_datetime(self.clock.now())}
+        if errors:
+            body.update(numErrors=len(errors), errors=errors)
+            return Response.json(207, body)
+        return Response.json(201, body)
+
+    def assoc_batch_default(self, req: Request) -> Response:
+        f, t = self._type(req.params["from"]), self._type(req.params["to"])
+        inputs = self._body(req).get("inputs") or []
+        started = hs_datetime(self.clock.now())
+        results = []
+        with self.lock:
+            for it in inputs:
+                fid = str(((it or {}).get("from") or {}).get("id", ""))
+                tid = str(((it or {}).get("to") or {}).get("id", ""))
+                if fid in self.objects[f] and tid in self.objects[t]:
+                    self.associate(f, fid, t, tid)
+                    results.append({"from": {"id": fid}, "to": {"id": tid}, "associationSpec": {
+                        "associationCategory": "HUBSPOT_DEFINED", "associationTypeId": ASSOC_TYPES[(f, t)][0]}})
+        return Response.json(200, {"status": "COMPLETE", "results": results, "startedAt": started,
+                                   "completedAt": hs_datetime(self.clock.now())})

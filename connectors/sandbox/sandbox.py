@@ -1,0 +1,279 @@
+"""`Sandbox`: the three emulators and the inspection endpoint, started together on loopback.
+
+    with Sandbox(accounts=500, seed=7) as sb:
+        sb.ready            # the ready-file dict (URLs, tokens, CA file)
+        sb.requests()       # what the product sent
+        sb.records("salesforce", "Account")
+
+Salesforce holds the portfolio generated with `seed`, HubSpot the one generated with
+`seed + 1` (each CRM issues its own ids). Owners exist in all three systems with the
+same emails. Everything binds 127.0.0.1 on ephemeral ports and is torn down on exit,
+including the temporary directory holding the TLS certificate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from connectors.sandbox import schema, seed as seeding
+from connectors.sandbox.clock import Clock, sf_datetime
+from connectors.sandbox.faults import APIS, FaultInjector, parse_spec
+from connectors.sandbox.http_base import EmulatorServer, HttpError, Recorder
+from connectors.sandbox.hubspot import HubSpotApi
+from connectors.sandbox.inspect_api import InspectApi
+from connectors.sandbox.salesforce import SalesforceApi
+from connectors.sandbox.slack import DEFAULT_CHANNELS, SlackApi
+from connectors.sandbox.tls import make_tls
+
+
+def _generate(n_accounts: int, seed: int):
+    try:
+        from connectors.demo_data import generate_portfolio
+    except ImportError as e:  # the generator lives in another module; say what is missing
+        raise RuntimeError("Sandbox(accounts=N) needs connectors.demo_data.generate_portfolio; pass portfolio=... "
+                           "(an object with accounts, opportunities, tickets, owners frames) instead") from e
+    return generate_portfolio(n_accounts, seed)
+
+
+class Sandbox:
+    def __init__(self, accounts: int = 500, seed: int = 7, hubspot_tier: str = "professional",
+                 faults: dict | str | None = None, precreate_fields: bool = False, *,
+                 portfolio: Any = None, hubspot_portfolio: Any = None,
+                 salesforce_daily_limit: int = 100_000, hubspot_daily_limit: int | None = None,
+                 slack_channels: tuple[str, ...] | list[str] = DEFAULT_CHANNELS,
+                 session_timeout_s: float | None = None, search_lag_seconds: float = 0.0,
+                 slack_message_interval_s: float = 1.0) -> None:
+        self.clock = Clock()
+        self.recorder = Recorder()
+        spec = parse_spec(faults) if isinstance(faults, str) else (faults or {})
+        self.faults = FaultInjector(seed, spec)
+        self.salesforce = SalesforceApi(self.clock, self.faults, daily_limit=salesforce_daily_limit,
+                                        session_timeout_s=session_timeout_s)
+        self.hubspot = HubSpotApi(self.clock, self.faults, tier=hubspot_tier, daily_limit=hubspot_daily_limit,
+                                  search_lag_seconds=search_lag_seconds)
+        self.slack = SlackApi(self.clock, self.faults, channels=slack_channels,
+                              per_channel_interval_s=slack_message_interval_s)
+        if precreate_fields:
+            self.precreate_fields()
+        sf_portfolio = portfolio if portfolio is not None else (_generate(accounts, seed) if accounts else None)
+        hs_portfolio = hubspot_portfolio if hubspot_portfolio is not None else (
+            portfolio if portfolio is not None else (_generate(accounts, seed + 1) if accounts else None))
+        if sf_portfolio is not None:
+            self.seed_from_frames(sf_portfolio.accounts, sf_portfolio.opportunities, sf_portfolio.tickets,
+                                  sf_portfolio.owners, crm="salesforce")
+        if hs_portfolio is not None:
+            self.seed_from_frames(hs_portfolio.accounts, hs_portfolio.opportunities, hs_portfolio.tickets,
+                                  hs_portfolio.owners, crm="hubspot")
+        self._servers: list[EmulatorServer] = []
+        self._tmp: Path | None = None
+        self.ready: dict = {}
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> "Sandbox":
+        self._tmp = Path(tempfile.mkdtemp(prefix="healthsync-sandbox-"))
+        tls, ca_file = make_tls(self._tmp)
+        now = lambda: self.clock.now().isoformat()
+        try:
+            sf = EmulatorServer(self.salesforce, self.recorder, self.faults, now, tls).start()
+            self._servers.append(sf)
+            hs = EmulatorServer(self.hubspot, self.recorder, self.faults, now).start()
+            self._servers.append(hs)
+            sl = EmulatorServer(self.slack, self.recorder, self.faults, now).start()
+            self._servers.append(sl)
+            ins = EmulatorServer(InspectApi(self), Recorder(), None, now).start()
+            self._servers.append(ins)
+        except BaseException:
+            self.stop()
+            raise
+        self.salesforce.instance_url = sf.base_url
+        self.hubspot.base_url = hs.base_url
+        self.ready = {
+            "salesforce": {"instance_url": sf.base_url, "access_token": self.salesforce.access_token,
+                           "ca_file": str(ca_file), "username": self.salesforce.username,
+                           "password": self.salesforce.password, "consumer_key": self.salesforce.consumer_key},
+            "hubspot": {"host": hs.base_url, "access_token": self.hubspot.access_token},
+            "slack": {"base_url": sl.base_url + "/api/", "token": self.slack.token},
+            "inspect_url": ins.base_url,
+        }
+        return self
+
+    def stop(self) -> None:
+        for s in reversed(self._servers):
+            s.stop()
+        self._servers.clear()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def __enter__(self) -> "Sandbox":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def write_ready_file(self, path: str | os.PathLike) -> Path:
+        """Write the ready file atomically, readable by the owner only (it holds credentials)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(self.ready, fh, indent=2)
+        os.replace(tmp, path)
+        return path
+
+    # --- seeding -------------------------------------------------------------------------------
+    def seed_from_frames(self, accounts, opportunities, tickets, owners, crm: str = "both") -> None:
+        """Load canonical frames into Salesforce, HubSpot or both (owners also become Slack users)."""
+        if crm not in ("both", "salesforce", "hubspot"):
+            raise ValueError(f"crm must be both, salesforce or hubspot, got {crm!r}")
+        if crm in ("both", "salesforce"):
+            seeding.seed_salesforce(self.salesforce, accounts, opportunities, tickets, owners)
+        if crm in ("both", "hubspot"):
+            seeding.seed_hubspot(self.hubspot, accounts, opportunities, tickets, owners)
+        known = {u["profile"]["email"].lower() for u in self.slack.users.values()}
+        if owners is not None:
+            fresh = owners[~owners["email"].str.lower().isin(known)]
+            seeding.seed_slack(self.slack, fresh)
+
+    def precreate_fields(self) -> None:
+        """Create every field/property healthsync writes, as `healthsync crm setup` would."""
+        for obj, fname, meta in schema.salesforce_healthsync_fields():
+            if fname not in self.salesforce.fields[obj]:
+                self.salesforce.add_custom_field(obj, fname, meta)
+        for obj, prop in schema.hubspot_healthsync_properties():
+            self.hubspot.groups[obj].setdefault(prop.group, {"name": prop.group, "label": "Healthsync",
+                                                             "displayOrder": -1, "archived": False})
+            self.hubspot.props[obj].setdefault(prop.name, prop)
+
+    # --- inspection ----------------------------------------------------------------------------
+    def requests(self, since: int = 0, api: str | None = None) -> dict:
+        return self.recorder.summary(since=since, api=api)
+
+    def slack_messages(self) -> list[dict]:
+        with self.slack.lock:
+            return [dict(m) for m in self.slack.messages]
+
+    def set_faults(self, settings: dict | str | None = None, api: str | None = None, **values) -> dict:
+        """set_faults({"salesforce": {...}}) or set_faults("slack.drop_rate=0.1") or set_faults(api="hubspot", burst_429=3)."""
+        if isinstance(settings, str):
+            settings = parse_spec(settings)
+        settings = dict(settings or {})
+        if api is not None:
+            settings[api] = {**settings.get(api, {}), **values}
+        for name, vals in settings.items():
+            if name not in APIS:
+                raise ValueError(f"faults: unknown api {name!r} (expected one of {', '.join(APIS)})")
+            if vals is None or vals == "reset":
+                self.faults.reset(name)
+            else:
+                self.faults.update(name, vals)
+        return self.faults.snapshot()
+
+    def clear_faults(self) -> None:
+        for name in APIS:
+            self.faults.reset(name)
+
+    def advance_clock(self, seconds: float):
+        return self.clock.advance(seconds)
+
+    def records(self, api: str, obj: str) -> list[dict]:
+        """Current records including deleted/archived ones (flags IsDeleted / archived say which)."""
+        if api == "salesforce":
+            o = self.salesforce._obj(obj) if obj.lower() in {x.lower() for x in schema.SF_OBJECTS} else None
+            if o is None:
+                raise KeyError(f"unknown Salesforce object {obj!r} (expected one of {', '.join(schema.SF_OBJECTS)})")
+            with self.salesforce.lock:
+                return [dict(r) for r in self.salesforce.records[o].values()]
+        if api == "hubspot":
+            from connectors.sandbox.hubspot import TYPE_ALIASES
+            t = TYPE_ALIASES.get(obj.lower())
+            if t is None:
+                raise KeyError(f"unknown HubSpot object {obj!r} (expected one of {', '.join(schema.HS_OBJECTS)})")
+            with self.hubspot.lock:
+                out = []
+                for r in self.hubspot.objects[t].values():
+                    rec = {**r, "properties": dict(r["properties"])}
+                    links = self.hubspot.assoc.get((t, r["id"]), {})
+                    rec["associations"] = {k: sorted(v) for k, v in links.items() if v}
+                    out.append(rec)
+                return out
+        raise KeyError(f"unknown api {api!r} (expected salesforce or hubspot)")
+
+    def record(self, api: str, obj: str, rid: str) -> dict:
+        for r in self.records(api, obj):
+            if r.get("Id", r.get("id")) == rid:
+                return r
+        raise KeyError(f"{api} {obj} {rid} does not exist")
+
+    def modify(self, api: str, obj: str, rid: str, fields: dict) -> dict:
+        """Change a record as a user would: validated like an API write, timestamps move."""
+        if api == "salesforce":
+            sf = self.salesforce
+            o = sf._obj(obj)
+            with sf.lock:
+                rec = sf.records[o].get(rid)
+                if rec is None or rec["IsDeleted"]:
+                    raise KeyError(f"salesforce {o} {rid} does not exist")
+                values, errors = sf._normalize(o, fields, False, rec)
+                if errors:
+                    raise ValueError(f"salesforce {o} {rid}: {errors[0].code}: {errors[0].message}")
+                return dict(sf._apply(o, values, rec, sf.integration_user_id))
+        if api == "hubspot":
+            hs = self.hubspot
+            t = hs._type(obj)
+            with hs.lock:
+                rec = hs.objects[t].get(rid)
+                if rec is None or rec["archived"]:
+                    raise KeyError(f"hubspot {t} {rid} does not exist")
+                values, errors = hs._validate(t, fields, rec)
+                if errors:
+                    raise ValueError(f"hubspot {t} {rid}: {errors[0]['error']}: {errors[0]['message']}")
+                return dict(hs.apply_update(t, rec, values))
+        raise KeyError(f"unknown api {api!r} (expected salesforce or hubspot)")
+
+    def create(self, api: str, obj: str, fields: dict) -> str:
+        """Create a record as a user would; returns its id."""
+        if api == "salesforce":
+            sf = self.salesforce
+            o = sf._obj(obj)
+            with sf.lock:
+                values, errors = sf._normalize(o, fields, True, None)
+                if errors:
+                    raise ValueError(f"salesforce {o}: {errors[0].code}: {errors[0].message}")
+                return sf._apply(o, values, None, sf.integration_user_id)["Id"]
+        if api == "hubspot":
+            hs = self.hubspot
+            t = hs._type(obj)
+            with hs.lock:
+                values, errors = hs._validate(t, fields, None)
+                if errors:
+                    raise ValueError(f"hubspot {t}: {errors[0]['error']}: {errors[0]['message']}")
+                return hs.insert(t, values)["id"]
+        raise KeyError(f"unknown api {api!r} (expected salesforce or hubspot)")
+
+    def delete(self, api: str, obj: str, rid: str) -> None:
+        if api == "salesforce":
+            sf = self.salesforce
+            o = sf._obj(obj)
+            with sf.lock:
+                rec = sf.records[o].get(rid)
+                if rec is None or rec["IsDeleted"]:
+                    raise KeyError(f"salesforce {o} {rid} does not exist")
+                sf._soft_delete(o, rec, sf.integration_user_id)
+            return
+        if api == "hubspot":
+            hs = self.hubspot
+            t = hs._type(obj)
+            with hs.lock:
+                rec = hs.objects[t].get(rid)
+                if rec is None or rec["archived"]:
+                    raise KeyError(f"hubspot {t} {rid} does not exist")
+                hs.archive_record(t, rec)
+            return
+        raise KeyError(f"unknown api {api!r} (expected salesforce or hubspot)")
