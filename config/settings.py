@@ -177,13 +177,21 @@ class EscalationConfig(Strict):
     ladder: list[LadderStep] = Field(min_length=1)
     fallback_channels: dict[str, str] = Field(default_factory=dict)
     ops_channel: str | None = None
-    crm_record_url: str | None = None
+    crm_record_url: str | dict[str, str] | None = Field(
+        None, description="link template with {id} (CRM record id), {account_id}, {crm}; or one per CRM name"
+    )
+    contacts: dict[str, str] = Field(
+        default_factory=dict, description="owner email -> manager email, when the CRM's owners carry no manager"
+    )
+    vp: str | None = Field(None, description="email of the VP of CS, when no owner has role 'vp'")
 
 
 class Schedule(Strict):
     job: Literal["run", "escalate", "pull", "score", "sync", "report"]
     cron: str | None = None
     interval_minutes: float | None = Field(None, gt=0)
+    misfire_grace_s: int = Field(600, ge=1, description="a run late by more than this is skipped and reported")
+    lock_ttl_s: int = Field(7200, ge=1, description="lease on the job lock; outlives a crashed holder by at most this")
 
     @model_validator(mode="after")
     def _one_trigger(self):

@@ -1,0 +1,452 @@
+"""SLA escalation in Slack: the CRM task is the clock, the ladder says who hears about it, once.
+
+For every open episode (sync.playbooks_job) with a CRM task:
+
+1. The task is read back from the CRM (`connector.pull("tasks", since)`): a task
+   completed there closes the episode (`task_completed`); a due date moved there
+   moves the SLA clock.
+2. Ladder step 0 (`escalation.ladder[0]`, default: the owner) is notified when the
+   episode opens. Step k >= 1 fires once `now >= task due + sum(after_hours of
+   steps 1..k)` while the task is still open, up to the playbook's `escalate_to`
+   level. Default (seed 003_cec208348d92c0f6.txt, "Intervention playbook
+   structure"): owner on open, CS manager at the due time, VP of CS 48 h later.
+3. When an episode closes, everyone it was escalated to gets a recovery note.
+
+Exactly once per (episode_id, level, kind): that key is the primary key of the
+`escalations` table. A marker row is committed BEFORE the message is sent and
+completed (ts, sent_at) after. A definite failure (Slack said no) deletes the
+marker so the next run tries again; a crash or an ambiguous failure (retries
+exhausted on timeouts / 5xx) leaves it, and the message is never sent again.
+This is at-most-once on purpose: a missing escalation is visible in
+`healthsync status` (a marker without `sent_at`), a duplicate one trains
+managers to ignore the channel.
+
+Who is the manager / VP: the `owners` frame (email, name, role, manager_email;
+the sandbox seeds it from its CRM users) walked upwards; failing that the
+settings `escalation.contacts` (owner email -> manager email, key `"*"` for
+everyone else) and `escalation.vp`. A recipient with no Slack user (or no
+known recipient at all) gets the fallback channel of the account's segment
+(`escalation.fallback_channels`, then its `default`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
+
+import pandas as pd
+from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from connectors.base import ConfigurationError, CrmConnector, HealthsyncError, RetryableError, StopRunError
+from connectors.slack import SlackUserNotFoundError
+from playbooks.definitions import PlaybookSet, load_playbooks
+from playbooks.render import plain, split_drivers
+from sync.playbooks_job import CLOSED_TASK_DONE
+from sync.slack_messages import AccountFacts, EpisodeFacts, episode_message
+from sync.state import StateStore, utc_aware, utc_naive
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EscalationResult:
+    alerts_sent: int = 0
+    escalations: int = 0
+    recoveries: int = 0
+    episodes_closed: int = 0
+    errors: list[str] = field(default_factory=list)
+    planned: list[dict] = field(default_factory=list)  # dry run: the messages that would be sent
+
+    def to_json(self) -> dict:
+        return {
+            "alerts_sent": self.alerts_sent,
+            "escalations": self.escalations,
+            "recoveries": self.recoveries,
+            "episodes_closed": self.episodes_closed,
+            "errors": list(self.errors),
+        }
+
+
+# ----------------------------------------------------------------------------- who to notify
+
+
+class Directory:
+    """Owner -> manager -> VP, from the owners frame first and the settings second."""
+
+    def __init__(self, owners: pd.DataFrame | None, contacts: dict[str, str], vp: str | None):
+        self.people: dict[str, dict] = {}
+        if owners is not None and len(owners) and "email" in owners.columns:
+            cols = [c for c in ("email", "name", "role", "manager_email") if c in owners.columns]
+            for rec in owners[cols].to_dict("records"):
+                email = plain(rec.get("email"))
+                if email:
+                    self.people[str(email).lower()] = {k: plain(v) for k, v in rec.items()}
+        self.contacts = {k.lower(): v for k, v in contacts.items()}
+        self.vp_email = vp
+
+    def manager_of(self, email: str | None) -> str | None:
+        if not email:
+            return self.contacts.get("*")
+        person = self.people.get(email.lower()) or {}
+        return person.get("manager_email") or self.contacts.get(email.lower()) or self.contacts.get("*")
+
+    def vp_for(self, email: str | None) -> str | None:
+        current, seen = email, set()
+        while current and current.lower() not in seen:
+            seen.add(current.lower())
+            if (self.people.get(current.lower()) or {}).get("role") == "vp":
+                return current
+            current = self.manager_of(current)
+        if self.vp_email:
+            return self.vp_email
+        vps = [p["email"] for p in self.people.values() if p.get("role") == "vp"]
+        return vps[0] if len(vps) == 1 else None
+
+    def name_of(self, email: str | None) -> str | None:
+        return (self.people.get((email or "").lower()) or {}).get("name")
+
+
+def recipient_for(step, owner_email: str | None, directory: Directory) -> tuple[str | None, str | None]:
+    """(email, channel) of one ladder step; (None, None) when nobody is known."""
+    if step.notify == "channel":
+        return None, step.channel
+    if step.notify == "owner":
+        return owner_email, None
+    if step.notify == "manager":
+        return directory.manager_of(owner_email), None
+    return directory.vp_for(owner_email), None
+
+
+# ----------------------------------------------------------------------------- reading tasks back
+
+
+def _aware_ts(value: Any) -> datetime | None:
+    value = plain(value)
+    if value is None:
+        return None
+    ts = pd.Timestamp(value)
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return ts.to_pydatetime()
+
+
+def effective_due(stored: datetime | None, crm_due: datetime | None) -> datetime | None:
+    """The SLA deadline: the CRM's due date wins when someone moved it there.
+
+    Salesforce `Task.ActivityDate` is a date, so it reads back as midnight: the
+    same date as the stored deadline means "unchanged" (keep the exact time we
+    set); another date means "moved" and the task is due by the end of that day.
+    """
+    if crm_due is None:
+        return stored
+    date_only = crm_due.hour == 0 and crm_due.minute == 0 and crm_due.second == 0 and crm_due.microsecond == 0
+    if stored is not None:
+        if date_only and crm_due.date() == stored.date():
+            return stored
+        if abs((crm_due - stored).total_seconds()) < 60:
+            return stored
+    return crm_due + timedelta(days=1) if date_only else crm_due
+
+
+def refresh_tasks(store: StateStore, connectors: dict[str, CrmConnector], now: datetime, result: EscalationResult, dry_run: bool) -> dict[str, dict]:
+    """Read the tasks of open episodes back from their CRM; returns episode_id -> changes (applied unless dry run).
+
+    A CRM that cannot be read leaves its episodes as they are, and they are not
+    escalated this time (escalating on stale state could chase a task already done).
+    """
+    table = store.tables["episodes"]
+    with store.engine.connect() as conn:
+        open_eps = [dict(r) for r in conn.execute(select(table).where(and_(table.c.status == "open", table.c.task_id.is_not(None)))).mappings()]
+    changes: dict[str, dict] = {}
+    unreadable: set[str] = set()
+    by_crm: dict[str, list[dict]] = defaultdict(list)
+    for ep in open_eps:
+        by_crm[ep["crm"]].append(ep)
+    for crm, eps in by_crm.items():
+        connector = connectors.get(crm)
+        if connector is None:
+            unreadable.add(crm)
+            result.errors.append(f"{crm}: tasks of {len(eps)} open episode(s) not checked: no {crm} connector in this run")
+            continue
+        since = min(utc_aware(e["opened_at"]) for e in eps) - timedelta(hours=1)
+        try:
+            frames = [p.records for p in connector.pull("tasks", since) if len(p.records)]
+        except (RetryableError, StopRunError) as exc:
+            unreadable.add(crm)
+            result.errors.append(f"{crm}: could not read tasks back ({exc}); {len(eps)} episode(s) not escalated this run")
+            continue
+        tasks = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["task_id", "key", "status"])
+        by_key = {}
+        if "key" in tasks.columns:
+            by_key = {k: r for k, r in zip(tasks["key"].astype("string"), tasks.to_dict("records")) if not pd.isna(k)}
+        by_id = dict(zip(tasks["task_id"].astype("string"), tasks.to_dict("records"))) if "task_id" in tasks.columns else {}
+        for ep in eps:
+            task = by_key.get(ep["task_key"]) or by_id.get(f"{'sf' if crm == 'salesforce' else 'hs'}:{ep['task_id']}") or by_id.get(ep["task_id"])
+            if task is None:
+                continue  # unchanged since `since`, or not visible yet (search lag): keep what we know
+            stored_due = utc_aware(ep["task_due_at"])
+            due = effective_due(stored_due, _aware_ts(task.get("due_at")))
+            status = plain(task.get("status")) or ep["task_status"]
+            change: dict[str, Any] = {}
+            if status != ep["task_status"]:
+                change["task_status"] = status
+            if due != stored_due:
+                change["task_due_at"] = utc_naive(due)
+            if status == "completed":
+                done = _aware_ts(task.get("completed_at")) or now
+                change.update(status="closed", closed_at=utc_naive(min(done, now)), close_reason=CLOSED_TASK_DONE)
+                result.episodes_closed += 1
+            if change:
+                changes[ep["episode_id"]] = change
+    if changes and not dry_run:
+        with store.begin() as conn:
+            for episode_id, change in changes.items():
+                conn.execute(update(table).where(and_(table.c.episode_id == episode_id, table.c.status == "open")).values(**change))
+    for crm in unreadable:
+        for ep in by_crm.get(crm, []):
+            changes.setdefault(ep["episode_id"], {})["_unreadable"] = True
+    return changes
+
+
+# ----------------------------------------------------------------------------- message content
+
+
+def _latest_facts_from_store(store: StateStore, crms: set[str]) -> pd.DataFrame:
+    """Account facts when the escalate job runs alone: latest score history joined with the replica."""
+    history = store.score_history_frame()
+    if len(history):
+        history = history.sort_values("scored_at").drop_duplicates("account_id", keep="last")
+    t = store.tables["score_history"]
+    drivers: dict[str, Any] = {}
+    trend: dict[str, Any] = {}
+    if len(history):
+        with store.engine.connect() as conn:
+            for account_id, run_id, d, tr in conn.execute(select(t.c.account_id, t.c.run_id, t.c.drivers, t.c.trend)):
+                drivers[(account_id, run_id)] = d
+                trend[(account_id, run_id)] = tr
+        history["drivers"] = [drivers.get(k) for k in zip(history["account_id"], history["run_id"])]
+        history["momentum"] = [trend.get(k) for k in zip(history["account_id"], history["run_id"])]
+    accounts = pd.DataFrame([r for crm in crms for r in store.load_replica(crm, "accounts")])
+    if not len(accounts):
+        return history
+    keep = [c for c in ("account_id", "name", "arr", "renewal_date", "segment", "owner_email") if c in accounts.columns]
+    return accounts[keep].merge(history, on="account_id", how="left") if len(history) else accounts[keep]
+
+
+def record_url(settings, connectors: dict[str, CrmConnector], crm: str, account_id: str) -> str | None:
+    """Link to the CRM record: `escalation.crm_record_url` (one template or one per CRM), else the Salesforce instance."""
+    raw_id = account_id.split(":", 1)[-1]
+    template = settings.escalation.crm_record_url
+    if isinstance(template, dict):
+        template = template.get(crm)
+    if template:
+        try:
+            return template.format(id=raw_id, account_id=account_id, crm=crm)
+        except (KeyError, IndexError, ValueError):
+            return None
+    instance = getattr(connectors.get(crm), "instance_url", None) if crm == "salesforce" else None
+    return f"{instance}/lightning/r/Account/{raw_id}/view" if instance else None
+
+
+def account_facts(row: dict | None, ep: dict, url: str | None) -> AccountFacts:
+    row = row or {}
+    get = lambda k: plain(row.get(k))  # noqa: E731
+    renewal = get("renewal_date")
+    if renewal is not None and not isinstance(renewal, str):
+        renewal = pd.Timestamp(renewal).strftime("%Y-%m-%d")
+    elif isinstance(renewal, str):
+        renewal = renewal[:10]
+    return AccountFacts(
+        account_id=ep["account_id"],
+        crm=ep["crm"],
+        name=get("name"),
+        score=get("score"),
+        band=get("band"),
+        delta_30d=get("delta_30d"),
+        momentum=get("momentum"),
+        drivers=split_drivers(row.get("drivers")),
+        arr=get("arr"),
+        renewal_date=renewal,
+        segment=get("segment") or ep.get("segment"),
+        owner_email=ep.get("owner_email") or get("owner_email"),
+        record_url=url,
+    )
+
+
+# ----------------------------------------------------------------------------- sending, once
+
+
+class _Sender:
+    """Sends one message per (episode_id, level, kind), guarded by the escalations table."""
+
+    def __init__(self, store: StateStore, settings, slack, result: EscalationResult, dry_run: bool, hook):
+        self.store, self.settings, self.slack, self.result, self.dry_run, self.hook = store, settings, slack, result, dry_run, hook
+        self.table = store.tables["escalations"]
+        with store.engine.connect() as conn:
+            self.existing = {(r.episode_id, r.level, r.kind): r for r in conn.execute(select(self.table))}
+        self.stopped: str | None = None
+
+    def sent(self, episode_id: str, level: str, kind: str) -> bool:
+        return (episode_id, level, kind) in self.existing
+
+    def fallback_channel(self, segment: str | None) -> str | None:
+        channels = self.settings.escalation.fallback_channels
+        return channels.get(segment or "") or channels.get("default")
+
+    def send(self, ep: dict, level: str, kind: str, email: str | None, channel: str | None, account: AccountFacts, facts: EpisodeFacts) -> bool:
+        key = (ep["episode_id"], level, kind)
+        if key in self.existing or self.stopped:
+            return False
+        if email is None and channel is None:
+            channel = self.fallback_channel(account.segment)
+            facts.fallback_note = f"Posted here because no {level} is known for {ep.get('owner_email') or 'this account'} (set escalation.contacts / escalation.vp)."
+            if channel is None:
+                self.result.errors.append(f"episode {ep['episode_id']}: nobody to notify at level {level} and no fallback channel")
+                return False
+        if self.dry_run:
+            self.result.planned.append({"episode_id": ep["episode_id"], "level": level, "kind": kind, "recipient": email, "channel": channel})
+            self.existing[key] = None
+            return True
+        try:
+            with self.store.begin() as conn:
+                conn.execute(insert(self.table).values(episode_id=key[0], level=level, kind=kind, recipient=email or channel, channel=channel))
+        except IntegrityError:
+            return False  # another worker got there first
+        self.existing[key] = None
+        try:
+            ts, used_channel = self._post(email, channel, account, facts)
+        except RetryableError as exc:
+            self.result.errors.append(
+                f"Slack {kind} for episode {ep['episode_id']} ({level}) may not have been delivered: {exc}; not retried, to never send it twice"
+            )
+            return False
+        except (HealthsyncError, ConfigurationError) as exc:
+            with self.store.begin() as conn:  # Slack said no: nothing was sent, try again next run
+                conn.execute(delete(self.table).where(and_(self.table.c.episode_id == key[0], self.table.c.level == level, self.table.c.kind == kind)))
+            self.existing.pop(key, None)
+            self.result.errors.append(f"Slack {kind} for episode {ep['episode_id']} ({level}) not sent: {exc}")
+            if isinstance(exc, ConfigurationError):
+                self.stopped = str(exc)
+            return False
+        self.hook("after_slack_send")
+        with self.store.begin() as conn:
+            conn.execute(
+                update(self.table)
+                .where(and_(self.table.c.episode_id == key[0], self.table.c.level == level, self.table.c.kind == kind))
+                .values(ts=ts, channel=used_channel, sent_at=utc_naive(datetime.now(timezone.utc)))
+            )
+        return True
+
+    def _post(self, email: str | None, channel: str | None, account: AccountFacts, facts: EpisodeFacts) -> tuple[str, str | None]:
+        if email:
+            try:
+                text, blocks = episode_message(account, facts)
+                return self.slack.post(user_email=email, text=text, blocks=blocks), None
+            except SlackUserNotFoundError:
+                channel = self.fallback_channel(account.segment)
+                if channel is None:
+                    raise
+                facts.fallback_note = f"Posted here because no Slack user has the email {email}."
+        text, blocks = episode_message(account, facts)
+        return self.slack.post(channel=channel, text=text, blocks=blocks), channel
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def run_escalation(
+    store: StateStore,
+    settings,
+    slack,
+    connectors: dict[str, CrmConnector],
+    now: datetime,
+    run_id: str,
+    scores: pd.DataFrame | None = None,
+    owners: pd.DataFrame | None = None,
+    dry_run: bool = False,
+    hooks: Callable[[str], None] | None = None,
+    playbooks: PlaybookSet | None = None,
+) -> EscalationResult:
+    """Read tasks back, then alert / escalate / send recovery notes; see the module docstring."""
+    result = EscalationResult()
+    hook = hooks or (lambda point: None)
+    pset = playbooks or load_playbooks(settings)
+    changes = refresh_tasks(store, connectors, now, result, dry_run)
+
+    table = store.tables["episodes"]
+    esc = store.tables["escalations"]
+    with store.engine.connect() as conn:
+        episodes = [dict(r) for r in conn.execute(select(table).where(table.c.task_id.is_not(None))).mappings()]
+        escalated = [dict(r) for r in conn.execute(select(esc).where(esc.c.kind == "escalation")).mappings()]
+    for ep in episodes:  # in a dry run the read-back changes were not stored
+        ep.update({k: v for k, v in changes.get(ep["episode_id"], {}).items()})
+    escalated_by_episode: dict[str, list[dict]] = defaultdict(list)
+    for row in escalated:
+        escalated_by_episode[row["episode_id"]].append(row)
+    open_eps = [ep for ep in episodes if ep["status"] == "open" and not ep.get("_unreadable")]
+    recover = [ep for ep in episodes if ep["status"] == "closed" and escalated_by_episode.get(ep["episode_id"])]
+    if not open_eps and not recover:
+        return result
+    if slack is None:
+        result.errors.append(f"Slack is not configured: {len(open_eps)} open episode(s) not notified")
+        return result
+
+    facts_frame = scores if scores is not None else _latest_facts_from_store(store, {ep["crm"] for ep in open_eps + recover})
+    rows = {}
+    if facts_frame is not None and len(facts_frame) and "account_id" in facts_frame.columns:
+        rows = {r["account_id"]: r for r in facts_frame.drop_duplicates("account_id").to_dict("records")}
+    directory = Directory(owners, settings.escalation.contacts, settings.escalation.vp)
+    sender = _Sender(store, settings, slack, result, dry_run, hook)
+    ladder = settings.escalation.ladder
+    levels = [s.level for s in ladder]
+
+    for ep in sorted(open_eps, key=lambda e: e["episode_id"]):
+        pb = pset.by_name(ep["playbook"])
+        title = pb.title if pb else ep["playbook"]
+        top = levels.index(pb.escalate_to) if pb and pb.escalate_to in levels else 0
+        due = utc_aware(ep["task_due_at"])
+        account = account_facts(rows.get(ep["account_id"]), ep, record_url(settings, connectors, ep["crm"], ep["account_id"]))
+        first = ladder[0]
+        if not sender.sent(ep["episode_id"], first.level, "alert"):
+            email, channel = recipient_for(first, ep["owner_email"], directory)
+            if sender.send(ep, first.level, "alert", email, channel, account, EpisodeFacts(ep["episode_id"], title, due, first.level, "alert")):
+                result.alerts_sent += 1
+        if due is None:
+            continue
+        trigger = due
+        for step in ladder[1 : top + 1]:
+            trigger = trigger + timedelta(hours=step.after_hours)
+            if now < trigger:
+                break
+            if sender.sent(ep["episode_id"], step.level, "escalation"):
+                continue
+            email, channel = recipient_for(step, ep["owner_email"], directory)
+            facts = EpisodeFacts(ep["episode_id"], title, due, step.level, "escalation", hours_overdue=(now - due).total_seconds() / 3600)
+            if sender.send(ep, step.level, "escalation", email, channel, account, facts):
+                result.escalations += 1
+
+    for ep in sorted(recover, key=lambda e: e["episode_id"]):
+        pb = pset.by_name(ep["playbook"])
+        title = pb.title if pb else ep["playbook"]
+        account = account_facts(rows.get(ep["account_id"]), ep, record_url(settings, connectors, ep["crm"], ep["account_id"]))
+        for row in escalated_by_episode[ep["episode_id"]]:
+            if row["sent_at"] is None or sender.sent(ep["episode_id"], row["level"], "recovery"):
+                continue
+            reason = (ep.get("close_reason") or "").split(",")[0]
+            facts = EpisodeFacts(ep["episode_id"], title, utc_aware(ep["task_due_at"]), row["level"], "recovery", close_reason=reason)
+            channel = row["channel"] if row["channel"] and row["recipient"] == row["channel"] else None
+            email = None if channel else row["recipient"]
+            if sender.send(ep, row["level"], "recovery", email, channel, account, facts):
+                result.recoveries += 1
+    return result
+
+
+def pending_markers(store: StateStore) -> list[dict]:
+    """Messages whose send was started but never confirmed (maybe sent): shown by `healthsync status`."""
+    esc = store.tables["escalations"]
+    with store.engine.connect() as conn:
+        return [dict(r) for r in conn.execute(select(esc).where(esc.c.sent_at.is_(None))).mappings()]

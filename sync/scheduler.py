@@ -1,0 +1,242 @@
+"""`healthsync schedule`: APScheduler 3 running the configured jobs, safely, with a paper trail.
+
+- Jobs and triggers come from `settings.schedules` (cron or interval, UTC);
+  defaults: the full cycle daily at 06:00, the escalation check every 15 minutes.
+- The job store is the state database (`SQLAlchemyJobStore` on the store's
+  engine, table `apscheduler_jobs`, managed by APScheduler itself), so a run
+  that fell due while no scheduler was up is noticed at the next start: within
+  `misfire_grace_s` it still runs (once: `coalesce=True`), beyond it it is
+  reported as missed.
+- Jobs are stored as a reference to `execute_job(name)`, never as pickled
+  closures; the callables live in a per-process registry filled by
+  `build_scheduler`. A job whose trigger and options are unchanged keeps its
+  stored next run time; a changed one is replaced.
+- `max_instances=1` stops overlap inside one process; the `locks` table (a
+  lease with expiry) stops it across processes: two schedulers on one state
+  database never run the same job at once, and a crashed holder's lease expires.
+- A failed run (exception, or an exit code >= 2) and a missed run are recorded
+  in `runs` (status `failed`) and reported to `escalation.ops_channel` in Slack.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import BaseScheduler
+from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from config.settings import ConfigError
+from connectors.base import ConfigurationError, HealthsyncError, StopRunError
+from sync.slack_messages import ops_message
+from sync.state import StateStore, dumps, open_store
+
+log = logging.getLogger(__name__)
+
+JOBSTORE_TABLE = "apscheduler_jobs"
+
+
+class JobFailed(HealthsyncError):
+    """A job finished with an exit code that means it did not do its work (>= 2)."""
+
+
+@dataclass
+class _Context:
+    """What `execute_job` needs in this process: the callables, the store, who we are, where to report."""
+
+    store: StateStore
+    functions: dict[str, Callable[[], Any]]
+    lock_ttl: dict[str, int]
+    holder: str
+    slack: Any
+    ops_channel: str | None
+
+
+_CONTEXT: _Context | None = None
+_CONTEXT_LOCK = threading.Lock()
+
+
+def job_id(name: str) -> str:
+    return f"healthsync.{name}"
+
+
+def lock_name(name: str) -> str:
+    return f"job:{name}"
+
+
+def trigger_for(schedule) -> CronTrigger | IntervalTrigger:
+    """The APScheduler trigger of one `schedules` entry (UTC)."""
+    if schedule.cron is not None:
+        try:
+            return CronTrigger.from_crontab(schedule.cron, timezone=timezone.utc)
+        except ValueError as e:
+            raise ConfigError([f"schedules ({schedule.job}).cron: {schedule.cron!r} is not a valid crontab: {e}"]) from None
+    return IntervalTrigger(minutes=schedule.interval_minutes, timezone=timezone.utc)
+
+
+def execute_job(name: str) -> Any:
+    """Run one job under its lock (referenced by the persistent job store, so it must stay importable).
+
+    Returns the job's result, or "skipped" when another process holds the lock.
+    """
+    ctx = _CONTEXT
+    if ctx is None or name not in ctx.functions:
+        raise JobFailed(f"job {name!r} has no function in this scheduler process")
+    lock = lock_name(name)
+    if not ctx.store.acquire_lock(lock, ctx.holder, ctx.lock_ttl.get(name, 7200)):
+        log.info("job %s skipped: another scheduler holds %s", name, lock)
+        return "skipped"
+    try:
+        result = ctx.functions[name]()
+    finally:
+        ctx.store.release_lock(lock, ctx.holder)
+    code = getattr(result, "exit_code", result)
+    if isinstance(code, int) and not isinstance(code, bool) and code >= 2:
+        raise JobFailed(f"job {name} finished with exit code {code}")
+    return result
+
+
+def _exit_code(exc: BaseException | None) -> int:
+    if isinstance(exc, (ConfigError, ConfigurationError)):
+        return 2
+    if isinstance(exc, StopRunError):
+        return 3
+    return 1
+
+
+def report(event_kind: str, name: str, detail: str, scheduled: datetime | None, exit_code: int) -> None:
+    """Record a failed/missed run in `runs` and tell the ops channel (never raises: it runs in a listener)."""
+    ctx = _CONTEXT
+    if ctx is None:
+        return
+    now = datetime.now(timezone.utc)
+    run_id = f"schedule-{name}-{event_kind}-{now:%Y%m%dT%H%M%S%f}"
+    summary = {"job": name, "event": event_kind, "error": detail, "scheduled_for": scheduled.isoformat() if scheduled else None}
+    try:
+        ctx.store.start_run(run_id, f"schedule:{name}", scheduled or now)
+        ctx.store.finish_run(run_id, "failed", summary, exit_code, finished_at=now)
+    except Exception:  # noqa: BLE001 - a listener must not kill the scheduler; say so in the log
+        log.exception("could not record the %s run of job %s", event_kind, name)
+    if ctx.slack is None or not ctx.ops_channel:
+        log.warning("job %s %s (%s); no Slack ops channel configured", name, event_kind, detail)
+        return
+    outcome = "failed" if event_kind == "error" else "missed its run"
+    text, blocks = ops_message(name, outcome, detail, scheduled or now)
+    try:
+        ctx.slack.post(channel=ctx.ops_channel, text=text, blocks=blocks)
+    except Exception as exc:  # noqa: BLE001
+        log.error("could not report job %s to %s: %s", name, ctx.ops_channel, exc)
+
+
+def _listener(event: JobExecutionEvent) -> None:
+    name = event.job_id.removeprefix("healthsync.")
+    if event.code == EVENT_JOB_MISSED:
+        report("missed", name, f"the run due {event.scheduled_run_time:%Y-%m-%d %H:%M UTC} was missed (no scheduler up, or still busy)", event.scheduled_run_time, 3)
+    elif event.code == EVENT_JOB_ERROR:
+        exc = event.exception
+        report("error", name, f"{type(exc).__name__}: {exc}", event.scheduled_run_time, _exit_code(exc))
+
+
+def _same_job(existing, trigger, schedule) -> bool:
+    return (
+        existing is not None
+        and str(existing.trigger) == str(trigger)
+        and existing.misfire_grace_time == schedule.misfire_grace_s
+        and existing.max_instances == 1
+        and existing.coalesce is True
+    )
+
+
+def build_scheduler(
+    settings,
+    job_functions: dict[str, Callable[[], Any]],
+    blocking: bool = True,
+    *,
+    store: StateStore | None = None,
+    slack: Any = None,
+    holder: str | None = None,
+) -> BaseScheduler:
+    """A configured (not started) scheduler with one job per `settings.schedules` entry.
+
+    `job_functions` maps job names (`run`, `escalate`, ...) to zero-argument
+    callables; a scheduled job without a function is a configuration error.
+    """
+    global _CONTEXT
+    missing = [s.job for s in settings.schedules if s.job not in job_functions]
+    if missing:
+        raise ConfigError([f"schedules: job(s) {missing} have no implementation in this command (available: {sorted(job_functions)})"])
+    names = [s.job for s in settings.schedules]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError([f"schedules: job(s) {dupes} scheduled twice; give each job one trigger"])
+    store = store or open_store(settings.state.url)
+    holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    with _CONTEXT_LOCK:
+        _CONTEXT = _Context(
+            store=store,
+            functions=dict(job_functions),
+            lock_ttl={s.job: s.lock_ttl_s for s in settings.schedules},
+            holder=holder,
+            slack=slack,
+            ops_channel=settings.escalation.ops_channel,
+        )
+    jobstore = SQLAlchemyJobStore(engine=store.engine, tablename=JOBSTORE_TABLE)
+    jobstore.jobs_t.create(store.engine, checkfirst=True)
+    cls = BlockingScheduler if blocking else BackgroundScheduler
+    scheduler = cls(jobstores={"default": jobstore}, timezone=timezone.utc)
+    scheduler.add_listener(_listener, EVENT_JOB_ERROR | EVENT_JOB_MISSED)
+
+    wanted = {job_id(s.job) for s in settings.schedules}
+    for job in jobstore.get_all_jobs():
+        if job.id.startswith("healthsync.") and job.id not in wanted:
+            jobstore.remove_job(job.id)  # no longer configured
+    for schedule in settings.schedules:
+        trigger = trigger_for(schedule)
+        if _same_job(jobstore.lookup_job(job_id(schedule.job)), trigger, schedule):
+            continue  # keep its stored next run time, so a run missed while down is noticed
+        scheduler.add_job(
+            execute_job,
+            trigger,
+            args=[schedule.job],
+            id=job_id(schedule.job),
+            name=schedule.job,
+            replace_existing=True,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=schedule.misfire_grace_s,
+        )
+    return scheduler
+
+
+def serve(settings, job_functions: dict[str, Callable[[], Any]], *, slack: Any = None, store: StateStore | None = None, console=None) -> int:
+    """Run the blocking scheduler until interrupted; exit code 0, or 2 for a configuration error."""
+    try:
+        scheduler = build_scheduler(settings, job_functions, blocking=True, store=store, slack=slack)
+    except ConfigError as e:
+        (console.print if console else print)(str(e))
+        return 2
+    if not settings.schedules:
+        (console.print if console else print)("schedules: nothing is scheduled (the schedules list is empty)")
+        return 2
+    say = console.print if console else print
+    for s in settings.schedules:
+        say(f"scheduled {s.job}: " + (f"cron '{s.cron}' UTC" if s.cron else f"every {s.interval_minutes:g} min"))
+    try:
+        scheduler.start()
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        if scheduler.running:
+            scheduler.shutdown(wait=True)
+    return 0

@@ -1,0 +1,132 @@
+"""Scheduler: jobs and triggers from config, persistent store, the cross-process lock, missed runs."""
+
+import threading
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import yaml
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from config.settings import ConfigError, load_settings
+from sync import scheduler as sched
+from sync.state import open_store
+
+
+def settings_for(tmp_path, **over):
+    user = {"state": {"url": f"sqlite:///{tmp_path}/state.db"}}
+    user.update(over)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(user))
+    return load_settings(cfg, environ={})
+
+
+def noop():
+    return 0
+
+
+def test_default_jobs_are_registered_with_the_configured_triggers(tmp_path):
+    s = settings_for(tmp_path)
+    scheduler = sched.build_scheduler(s, {"run": noop, "escalate": noop}, blocking=False)
+    scheduler.start(paused=True)
+    try:
+        jobs = {j.name: j for j in scheduler.get_jobs()}
+        assert set(jobs) == {"run", "escalate"}
+        run, esc = jobs["run"], jobs["escalate"]
+        assert isinstance(run.trigger, CronTrigger)
+        fields = {f.name: str(f) for f in run.trigger.fields}
+        assert (fields["hour"], fields["minute"], fields["day"]) == ("6", "0", "*")
+        assert str(run.trigger.timezone) == "UTC"
+        assert isinstance(esc.trigger, IntervalTrigger) and esc.trigger.interval == timedelta(minutes=15)
+        for job in (run, esc):
+            assert job.max_instances == 1 and job.coalesce is True and job.misfire_grace_time == 600
+            assert job.func is sched.execute_job  # a reference, never a pickled closure
+        assert run.next_run_time.hour == 6 and run.next_run_time.minute == 0
+    finally:
+        scheduler.shutdown(wait=False)
+
+
+def test_jobs_persist_in_the_state_database_and_unchanged_jobs_keep_their_next_run(tmp_path):
+    s = settings_for(tmp_path)
+    first = sched.build_scheduler(s, {"run": noop, "escalate": noop}, blocking=False)
+    first.start(paused=True)
+    earlier = datetime.now(timezone.utc) + timedelta(minutes=3)
+    first.modify_job("healthsync.escalate", next_run_time=earlier)
+    first.shutdown(wait=False)
+    second = sched.build_scheduler(s, {"run": noop, "escalate": noop}, blocking=False)
+    second.start(paused=True)
+    try:
+        kept = second.get_job("healthsync.escalate").next_run_time
+        assert abs((kept - earlier).total_seconds()) < 1
+    finally:
+        second.shutdown(wait=False)
+    # a changed trigger replaces the stored job
+    s2 = settings_for(tmp_path, schedules=[{"job": "escalate", "interval_minutes": 5}])
+    third = sched.build_scheduler(s2, {"run": noop, "escalate": noop}, blocking=False)
+    third.start(paused=True)
+    try:
+        assert [j.name for j in third.get_jobs()] == ["escalate"]
+        assert third.get_job("healthsync.escalate").trigger.interval == timedelta(minutes=5)
+    finally:
+        third.shutdown(wait=False)
+
+
+def test_a_scheduled_job_without_a_function_is_a_configuration_error(tmp_path):
+    s = settings_for(tmp_path)
+    with pytest.raises(ConfigError) as e:
+        sched.build_scheduler(s, {"run": noop}, blocking=False)
+    assert "schedules: job(s) ['escalate'] have no implementation" in str(e.value)
+
+
+def test_bad_cron_names_the_job(tmp_path):
+    s = settings_for(tmp_path, schedules=[{"job": "run", "cron": "0 25 * * *"}])
+    with pytest.raises(ConfigError) as e:
+        sched.build_scheduler(s, {"run": noop}, blocking=False)
+    assert "schedules (run).cron: '0 25 * * *' is not a valid crontab" in str(e.value)
+
+
+def test_the_lock_prevents_a_second_concurrent_run_across_processes(tmp_path):
+    """Two 'processes' (two stores on one database, two holders) run the same job at once: one runs, one skips."""
+    s = settings_for(tmp_path)
+    started, release = threading.Event(), threading.Event()
+    calls = []
+
+    def slow_run():
+        calls.append(threading.current_thread().name)
+        started.set()
+        assert release.wait(5)
+        return 0
+
+    sched.build_scheduler(s, {"run": slow_run, "escalate": noop}, blocking=False, store=open_store(s.state.url), holder="proc-a")
+    results = {}
+    first = threading.Thread(target=lambda: results.setdefault("a", sched.execute_job("run")), name="a")
+    first.start()
+    assert started.wait(5)
+    # the second process: its own store connection and holder, same database
+    sched.build_scheduler(s, {"run": slow_run, "escalate": noop}, blocking=False, store=open_store(s.state.url), holder="proc-b")
+    second = threading.Thread(target=lambda: results.setdefault("b", sched.execute_job("run")), name="b")
+    second.start()
+    second.join(5)
+    assert results.get("b") == "skipped"
+    release.set()
+    first.join(5)
+    assert results["a"] == 0 and calls == ["a"]
+    # released: the next run goes ahead
+    assert sched.execute_job("run") == 0 and calls == ["a", "MainThread"]
+
+
+def test_an_expired_lease_of_a_crashed_holder_is_taken_over(tmp_path):
+    s = settings_for(tmp_path)
+    store = open_store(s.state.url)
+    past = datetime.now(timezone.utc) - timedelta(hours=3)
+    assert store.acquire_lock(sched.lock_name("run"), "crashed-proc", ttl_s=60, now=past)
+    sched.build_scheduler(s, {"run": lambda: 0, "escalate": noop}, blocking=False, store=store, holder="me")
+    assert sched.execute_job("run") == 0
+
+
+def test_exit_code_2_or_more_is_a_failure(tmp_path):
+    s = settings_for(tmp_path)
+    sched.build_scheduler(s, {"run": lambda: 3, "escalate": lambda: 1}, blocking=False)
+    with pytest.raises(sched.JobFailed, match="exit code 3"):
+        sched.execute_job("run")
+    assert sched.execute_job("escalate") == 1  # record errors: the job did its work
