@@ -203,13 +203,13 @@ def plan_writes(store: StateStore, settings: Settings, desired: dict[str, pd.Dat
     plan = WritePlan()
     for crm in crms:
         prefix = {"salesforce": "sf:", "hubspot": "hs:"}.get(crm, f"{crm}:")
-        for object, frame in desired.items():
-            mapping = write_mapping(settings, crm, object)
+        for obj, frame in desired.items():
+            mapping = write_mapping(settings, crm, obj)
             if not mapping:
                 continue
             rows = frame[frame["crm"] == crm] if "crm" in frame.columns else frame.iloc[0:0]
-            confirmed = store.pushed_values(crm, object)
-            queue = store.failed_queue(crm, object)
+            confirmed = store.pushed_values(crm, obj)
+            queue = store.failed_queue(crm, obj)
             outputs = [o for o in mapping if o in rows.columns]
             compared = [o for o in outputs if o != TIMESTAMP_OUTPUT]
             values = rows[outputs].astype(object).where(rows[outputs].notna(), None)
@@ -217,15 +217,15 @@ def plan_writes(store: StateStore, settings: Settings, desired: dict[str, pd.Dat
             unchanged = 0
             for record_id, record in zip(values.index, values.to_dict("records")):
                 if record_id in seen:
-                    plan.invalid.append(InvalidRecord(crm, object, record_id, "DUPLICATE_ID", "the record appears twice in the scores"))
+                    plan.invalid.append(InvalidRecord(crm, obj, record_id, "DUPLICATE_ID", "the record appears twice in the scores"))
                     continue
                 seen.add(record_id)
                 if not record_id.startswith(prefix) or len(record_id) <= len(prefix):
-                    plan.invalid.append(InvalidRecord(crm, object, record_id, "INVALID_ID", f"not a {crm} record id"))
+                    plan.invalid.append(InvalidRecord(crm, obj, record_id, "INVALID_ID", f"not a {crm} record id"))
                     continue
                 problem = _out_of_range(record)
                 if problem:
-                    plan.invalid.append(InvalidRecord(crm, object, record_id, "OUT_OF_RANGE", problem))
+                    plan.invalid.append(InvalidRecord(crm, obj, record_id, "OUT_OF_RANGE", problem))
                     continue
                 before = confirmed.get(record_id, {})
                 send: dict[str, Any] = {}
@@ -234,7 +234,7 @@ def plan_writes(store: StateStore, settings: Settings, desired: dict[str, pd.Dat
                     value = _plain(record[output])
                     if before.get(crm_field) != dumps(value):
                         send[crm_field] = value
-                queued = queue.get((crm, object, record_id))
+                queued = queue.get((crm, obj, record_id))
                 if queued is not None:
                     retry_fields = set(json.loads(queued["fields_json"] or "{}"))
                     for output in compared:
@@ -248,15 +248,15 @@ def plan_writes(store: StateStore, settings: Settings, desired: dict[str, pd.Dat
                 if not send:
                     unchanged += 1
                     continue
-                assert_allowed(settings, crm, object, send)
+                assert_allowed(settings, crm, obj, send)
                 plan.records.append(
-                    RecordPlan(crm, object, record_id, send, {f: _loads(before.get(f)) for f in send}, retry=queued is not None)
+                    RecordPlan(crm, obj, record_id, send, {f: _loads(before.get(f)) for f in send}, retry=queued is not None)
                 )
-            plan.unchanged[(crm, object)] = unchanged
+            plan.unchanged[(crm, obj)] = unchanged
             stale = [rid for (_, _, rid) in queue if rid not in seen]
             if stale:
                 plan.dropped_from_queue += len(stale)
-                _drop_from_queue(store, crm, object, stale)
+                _drop_from_queue(store, crm, obj, stale)
     return plan
 
 
@@ -345,7 +345,7 @@ def execute_plan(
     for r in plan.records:
         groups.setdefault((r.crm, r.object), []).append(r)
     try:
-        for (crm, object), records in groups.items():
+        for (crm, obj), records in groups.items():
             connector = connectors.get(crm)
             if connector is None:
                 continue
@@ -358,16 +358,16 @@ def execute_plan(
                 batch = records[start : start + size]
                 calls_before = connector.stats.calls
                 try:
-                    results = _push_split(connector, object, [Change(r.record_id, dict(r.fields)) for r in batch], settings, crm)
+                    results = _push_split(connector, obj, [Change(r.record_id, dict(r.fields)) for r in batch], settings, crm)
                 except StopRunError as exc:
                     results = getattr(exc, "results", None) or [
                         RecordResult(r.record_id, "failed", "NOT_SENT", str(exc), True) for r in batch
                     ]
-                    _settle(store, report, crm, object, batch, results, run_id, now)
+                    _settle(store, report, crm, obj, batch, results, run_id, now)
                     report.api_calls += connector.stats.calls - calls_before
                     raise
                 report.api_calls += connector.stats.calls - calls_before
-                _settle(store, report, crm, object, batch, results, run_id, now)
+                _settle(store, report, crm, obj, batch, results, run_id, now)
                 if on_batch:
                     on_batch(len(batch))
                 if hooks:
