@@ -212,8 +212,10 @@ def _numbered(prefix: str, numbers: np.ndarray, width: int) -> pa.Array:
     row = len(p) + width
     buf = np.empty((n, row), np.uint8)
     buf[:, : len(p)] = np.frombuffer(p, np.uint8)
-    pows = 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)
-    buf[:, len(p):] = (numbers.astype(np.int64)[:, None] // pows) % 10 + 48
+    rest = numbers.astype(np.int64)  # one digit column at a time keeps memory at one int64 vector
+    for column in range(row - 1, len(p) - 1, -1):
+        rest, digit = np.divmod(rest, 10)
+        buf[:, column] = digit + 48
     offsets = np.arange(n + 1, dtype=np.int64) * row
     return pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(buf))
 
@@ -731,7 +733,9 @@ def _arrow_table(frame: pd.DataFrame, spec: FrameSpec | None, fmt: str) -> pa.Ta
         if kinds.get(name) == "date":
             table = table.set_column(i, name, col.cast(pa.date32()))
         elif fmt == "csv":  # ISO 8601 without fractions: 2026-01-01T09:30:00
-            table = table.set_column(i, name, pc.strftime(col.cast(pa.timestamp("s"), safe=False), format="%Y-%m-%dT%H:%M:%S"))
+            # cast to text is a fast kernel ("2026-01-01 09:30:00"); strftime is ~50x slower
+            text = col.cast(pa.timestamp("s"), safe=False).cast(pa.string())
+            table = table.set_column(i, name, pc.utf8_replace_slice(text, start=10, stop=11, replacement="T"))
     return table
 
 
