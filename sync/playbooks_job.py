@@ -50,6 +50,7 @@ class PlaybookResult:
     episodes_closed: int = 0
     errors: list[str] = field(default_factory=list)
     planned: list[dict] = field(default_factory=list)  # dry run: the episodes and tasks that would be opened
+    notices: list[str] = field(default_factory=list)  # done, with a remark (e.g. owner not a CRM user)
 
     def to_json(self) -> dict:
         return {
@@ -218,6 +219,7 @@ def _create_pending_tasks(store, pset: PlaybookSet, frame: pd.DataFrame, connect
             result.errors.append(f"{crm}: {len(items)} playbook task(s) not created: no {crm} connector in this run")
             continue
         outcomes = connector.create_tasks([spec for _, spec in items])
+        hook("before_task_record")
         with store.begin() as conn:
             for (ep, spec), outcome in zip(items, outcomes):
                 if outcome.ok and outcome.crm_id:
@@ -229,7 +231,7 @@ def _create_pending_tasks(store, pset: PlaybookSet, frame: pd.DataFrame, connect
                     if outcome.message != "already exists":
                         result.tasks_created += 1
                     if outcome.message and outcome.message != "already exists":
-                        result.errors.append(f"{crm} task {spec.key}: {outcome.message}")
+                        result.notices.append(f"{crm} task {spec.key}: {outcome.message}")
                 else:
                     result.errors.append(
                         f"{crm} task {spec.key}: {outcome.error_code or 'failed'}: {outcome.message or 'not created'}"
