@@ -43,7 +43,8 @@ Hidden health ``z`` (what really drives outcomes)
 
 Churn
     At every step each alive account not already leaving decides to leave with
-    probability ``sigmoid(CHURN_INTERCEPT - CHURN_SLOPE * z)``; the leaving date
+    probability ``sigmoid(CHURN_INTERCEPT - CHURN_SLOPE * z)`` per 90 days
+    (scaled to the snapshot spacing at the same daily hazard); the leaving date
     is uniform over the next ``horizon_days``. ``churned`` at a snapshot is the
     fact "leaves within horizon_days after as_of"; the simulation runs enough
     extra hidden steps past the last snapshot to know it. Accounts that left are
@@ -678,7 +679,9 @@ def generate_history(
         sig = book.signals(rng)
         z = _hidden_health(sig, tickets.features(n_accounts, now), book.seats, book.features_available)
         deciding = alive & ~np.isfinite(leave_s)
-        leaves = deciding & (rng.random(n_accounts) < _sigmoid(CHURN_INTERCEPT - CHURN_SLOPE * z))
+        # the decision probability is per 90 days; other spacings keep the same hazard per day
+        stay = (1.0 - _sigmoid(CHURN_INTERCEPT - CHURN_SLOPE * z)) ** (interval_days / 90.0)
+        leaves = deciding & (rng.random(n_accounts) < 1.0 - stay)
         leave_s[leaves] = now + rng.random(int(leaves.sum())) * horizon_days * 86400.0
         if k < snapshots:
             as_of = start + timedelta(days=k * interval_days)

@@ -157,3 +157,12 @@ def test_history_files_round_trip(tmp_path, fmt):
                 getattr(back, name)[column], getattr(h, name)[column], check_names=False, check_dtype=False
             )
     assert list(back.accounts_history.columns[: len(ACCOUNTS.names)]) == ACCOUNTS.names
+
+
+@pytest.mark.parametrize("interval_days, horizon_days", [(30, 90), (180, 180)])
+def test_given_other_spacings_then_churn_rate_stays_plausible(interval_days, horizon_days):
+    h = generate_history(3000, seed=1, snapshots=3, interval_days=interval_days, horizon_days=horizon_days)
+    rate = h.accounts_history.groupby("as_of")["churned"].mean()
+    assert rate.between(0.03, 0.25).all(), rate.to_dict()
+    dates = sorted(h.accounts_history["as_of"].unique())
+    assert {(b - a).days for a, b in zip(dates[:-1], dates[1:])} == {interval_days}
