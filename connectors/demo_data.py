@@ -7,25 +7,30 @@ the seeds name, plus noise. The mechanism is hidden from the scoring model, not
 from readers; here it is.
 
 Latent state
-    Every account has a latent health ``h`` (standard normal). Each snapshot of
-    the history moves it by an AR(1) random walk (``h' = 0.9 h + 0.44 e``), and
-    accounts already decided to churn drift down (-0.35 per step). Every observed
-    signal is ``f(h + own noise)``; the own noise is AR(1) too (persistent, so
-    signals are sticky but not copies of ``h``).
+    Every account has a latent health ``h`` (standard normal, plus a persistent
+    effect of its CSM's book, sd 0.35) and a second latent ``g`` ("value
+    realised": drives utilisation, payments and escalations only, which is why
+    weighting those signals well pays off). Each snapshot of the history moves
+    both by an AR(1) random walk (``h' = 0.9 h + 0.44 e``), and accounts already
+    decided to churn drift down (-0.35 per step). Every observed signal is
+    ``f(h, g, own noise)``; the own noise is AR(1) too (persistent, so signals
+    are sticky but not copies of the latent state).
 
 Observed signals (canonical accounts columns)
-    license utilisation  sigmoid(1.0 + 1.0 h + 0.7 noise), active_users_30d ~ Binomial(seats, .)
+    license utilisation  sigmoid(1.0 + 0.6 h + 0.8 g + 0.7 noise); active_users_30d ~ Binomial(seats, .)
     logins/user/week     2.5 * exp(0.55 h + 0.5 noise)
     feature adoption     Binomial(features_available, sigmoid(-0.2 + 0.8 h + 0.6 noise))
-    qbrs_missed          ordinal of (-0.9 h + noise): 0 / 1 / 2 / 3
-    email_response_hours 20 h-ish lognormal, only weakly tied to health
-    exec_sponsor         active / partial / none from (h + noise)
-    days_payment_late    0 for most; late with probability sigmoid(-1.6 - 1.0 h), lognormal days
-    nps                  0-10, ~30% missing;  csm_sentiment green/yellow/red, ~15% missing
+    qbrs_missed          ordinal of (-0.9 h + 0.8 noise): 0 / 1 / 2 / 3
+    email_response_hours 20 * exp(-0.12 h + 0.75 noise): barely tied to health
+    exec_sponsor         active / partial / none from (h + 0.8 noise)
+    days_payment_late    0 for most; late with probability sigmoid(-1.8 - 0.6 h - 0.9 g + 0.8 noise),
+                         then lognormal days (capped at 120)
+    nps                  round(7 + 1.6 h + 1.2 noise) in 0-10, ~30% missing
+    csm_sentiment        green / yellow / red from (h + 0.6 noise), ~15% missing
     tickets              Poisson per account, rate x exp(-0.35 h); the last 30 days' rate is
                          scaled by exp(-1.5 momentum) (momentum = change of h since the last
                          snapshot), so a declining account's ticket volume trends up;
-                         escalated with probability sigmoid(-2.4 - 0.8 h).
+                         escalated with probability sigmoid(-2.4 - 0.5 h - 0.7 g (+0.5 for P1)).
 
 Hidden health ``z`` (what really drives outcomes)
     A weighted sum of the observed signals, each put on a comparable scale by a
@@ -43,7 +48,7 @@ Hidden health ``z`` (what really drives outcomes)
 
 Churn
     At every step each alive account not already leaving decides to leave with
-    probability ``sigmoid(CHURN_INTERCEPT - CHURN_SLOPE * z)`` per 90 days
+    probability ``sigmoid(-3.5 - 1.55 z)`` per 90 days (about 6% on average)
     (scaled to the snapshot spacing at the same daily hazard); the leaving date
     is uniform over the next ``horizon_days``. ``churned`` at a snapshot is the
     fact "leaves within horizon_days after as_of"; the simulation runs enough
@@ -57,12 +62,22 @@ Deals
     default stage probabilities). The chance to win is that base times a health
     multiplier: ``z`` is put on a 0-100 scale as ``70 + 15 z`` (spread like the
     default model's scores) and mapped piecewise-linearly through
-    0->0.5, 30->0.65, 50->0.9, 70->1.2, 85->1.4, 100->1.5 (roughly the At-Risk
-    0.6 / Neutral 1.0 / Healthy 1.4 bands of seed 000_caaf87bd3b38802c.txt),
-    capped at 0.97; renewals of accounts that churn are lost. So stage
+    0->0.45, 30->0.6, 45->0.9, 60->1.1, 75->1.4, 90->1.6, 100->1.7, which,
+    seen through the default model's (noisier) score, comes out close to the
+    At-Risk 0.6 / Neutral 1.0 / Healthy 1.4 bands of seed
+    000_caaf87bd3b38802c.txt; the win chance is capped at 0.97; renewals of accounts that churn are lost. So stage
     probabilities alone misjudge healthy and at-risk books, and health-adjusted
     forecasts beat them. CSM books differ in health (a persistent per-owner
     effect of sd 0.35 on ``h``), so per-owner forecasts differ too.
+
+Shapes
+    Portfolio: segments ~15/35/50% (enterprise/mid_market/smb) with lognormal
+    seats and ARR per segment; ~8% of accounts in their first 90 days, the rest
+    up to 6 years old; renewal_date is the next anniversary of customer_since.
+    Tickets cover the trailing 180 days; 20% of opportunities closed in the
+    last 180 days, the rest open with close dates up to 270 days ahead. History:
+    each snapshot adds fresh open opportunities closing within the horizon,
+    with `won` / `won_amount` as outcome.
 
 Everything is vectorised numpy/pyarrow (no per-row Python) and deterministic
 for a given seed: the same arguments give identical frames.
