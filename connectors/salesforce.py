@@ -353,7 +353,7 @@ class SalesforceConnector(CrmConnector):
         if total > 0 and used >= self.quota_stop_share * total:
             raise QuotaExhaustedError(
                 f"Salesforce API usage {used}/{total} passed the configured share "
-                f"{self.quota_stop_share:.0%} (sources.salesforce.quota_stop_share); stopping, resume next run"
+                f"{self.quota_stop_share:.4g} (sources.salesforce.quota_stop_share); stopping, resume next run"
             )
 
     @contextmanager
