@@ -149,8 +149,14 @@ def _parse_time(value: Any) -> pd.Timestamp | None:
     text = str(value)
     if text.isdigit():
         return pd.Timestamp(int(text), unit="ms", tz="UTC")
-    ts = pd.to_datetime(text, utc=True, errors="coerce")
-    return None if pd.isna(ts) else ts
+    try:  # pd.Timestamp parses ISO text ~100x faster than pd.to_datetime's format guessing
+        ts = pd.Timestamp(text)
+    except (ValueError, TypeError):
+        ts = pd.to_datetime(text, utc=True, errors="coerce")
+        return None if pd.isna(ts) else ts
+    if pd.isna(ts):
+        return None
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
 def _prop_value(value: Any) -> str | None:
