@@ -23,24 +23,24 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from config.model import BooleanRule, CategoryRule, Metric, ModelConfig, RatioRule, TrendRule
+from engine.keys import arrow_strings, equals_any, positions
 from engine.rules import TREND_CLASSES, _boolean, numeric_column, ratio_values, rule_max_points, text_column, trend_classes
 from engine.scoring import HealthScorer
 
 MAX_DRIVER_CHARS = 255  # Salesforce/HubSpot single-line text field
 
 
-def _number_text(values: np.ndarray, decimals: int | None = None) -> np.ndarray:
-    """0.23 -> '0.23', 5.0 -> '5', 35.04 -> '35' (object array): 2 decimals under 10, else 1."""
+def _number_text(values: np.ndarray, decimals: int | None = None) -> pa.Array:
+    """0.23 -> '0.23', 5.0 -> '5', 35.04 -> '35': 2 decimals under 10, else 1 (Arrow strings)."""
     if decimals is None:
         rounded = np.where(np.abs(values) < 10, np.round(values, 2), np.round(values, 1))
     else:
         rounded = np.round(values, decimals)
-    whole = rounded == np.round(rounded)
-    ints = np.where(whole, rounded, 0).astype(np.int64).astype(str).astype(object)
-    floats = rounded.astype(str).astype(object)
-    return np.where(whole, ints, floats)
+    return pa.array(rounded, pa.float64(), from_pandas=True).cast(pa.large_string())
 
 
 def _fmt(x: float | None, percent: bool = False) -> str:
@@ -51,39 +51,47 @@ def _fmt(x: float | None, percent: bool = False) -> str:
     return (f"{x:.1f}".rstrip("0").rstrip(".")) + ("%" if percent else "")
 
 
-def _value_text(metric: Metric, features: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+def _join(*parts) -> pa.Array:
+    """Element-wise concatenation of Arrow arrays and plain strings."""
+    items = [pa.scalar(p, pa.large_string()) if isinstance(p, str) else p for p in parts]
+    return pc.binary_join_element_wise(*items, pa.scalar("", pa.large_string()))
+
+
+def _value_text(metric: Metric, features: pd.DataFrame, rows: np.ndarray) -> pa.Array:
     rule = metric.rule
     if isinstance(rule, RatioRule):
-        return _number_text(ratio_values(features, rule)[rows] * 100.0, decimals=0) + "%"
+        return _join(_number_text(ratio_values(features, rule)[rows] * 100.0, decimals=0), "%")
     if isinstance(rule, CategoryRule):
-        return text_column(features, rule.column).to_numpy(dtype=object, na_value="")[rows]
+        values = arrow_strings(features[rule.column]).take(pa.array(rows))
+        return pc.utf8_lower(pc.utf8_trim_whitespace(values))
     if isinstance(rule, BooleanRule):
-        return np.where(_boolean(features, rule.column)[rows] == 1.0, "yes", "no").astype(object)
+        flags = _boolean(features, rule.column)[rows] == 1.0
+        return pa.array(["no", "yes"], pa.large_string()).take(pa.array(flags.astype(np.int64)))
     if isinstance(rule, TrendRule):
         cls = trend_classes(features, rule)[rows]
-        return np.array(TREND_CLASSES, dtype=object)[np.nan_to_num(cls).astype(np.int64) + 1]
+        return pa.array(TREND_CLASSES, pa.large_string()).take(pa.array(np.nan_to_num(cls).astype(np.int64) + 1))
     return _number_text(numeric_column(features, rule.column)[rows])
 
 
-def _metric_text(metric: Metric, features: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+def _metric_text(metric: Metric, features: pd.DataFrame, rows: np.ndarray) -> pa.Array:
     value = _value_text(metric, features, rows)
     rule = metric.rule
     if metric.driver:
         head, _, tail = metric.driver.replace("{label}", metric.label).replace("{unit}", metric.unit).replace(
             "{target}", _fmt(metric.target)
         ).partition("{value}")
-        return head + value + tail
+        return _join(head, value, tail)
     if isinstance(rule, (CategoryRule, BooleanRule)):
-        return f"{metric.label}: " + value
+        return _join(f"{metric.label}: ", value)
     if isinstance(rule, TrendRule):
-        return f"{metric.label} " + value
+        return _join(f"{metric.label} ", value)
     unit = metric.unit
     if unit and unit[0].isalpha():
         unit = " " + unit
     target = ""
     if metric.target is not None:
         target = f" (target {_fmt(metric.target, percent=isinstance(rule, RatioRule))})"
-    return f"{metric.label} " + value + unit + target
+    return _join(f"{metric.label} ", value, unit + target)
 
 
 def point_effects(scored: pd.DataFrame, features: pd.DataFrame, model: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -104,38 +112,44 @@ def explain(scored: pd.DataFrame, features: pd.DataFrame, model: ModelConfig, to
     """Top `top_n` drivers per scored account as one string (indexed like `scored`)."""
     n = len(scored)
     if n == 0:
-        return pd.Series([], index=scored.index, dtype="object")
+        return pd.Series([], index=scored.index, dtype="string")
     # align features to scored rows by account id (positional when already aligned)
-    scored_ids = scored["account_id"].astype("string").to_numpy(dtype=object, na_value=None)
-    feat_ids = features["account_id"].astype("string").to_numpy(dtype=object, na_value=None)
-    if len(feat_ids) != n or not np.array_equal(scored_ids, feat_ids):
-        pos = pd.Index(feat_ids).get_indexer(scored_ids)
+    scored_ids = arrow_strings(scored["account_id"])
+    feat_ids = arrow_strings(features["account_id"])
+    if len(feat_ids) != n or not scored_ids.equals(feat_ids):
+        pos = positions(scored_ids, feat_ids)
         if (pos < 0).any():
-            missing = scored_ids[pos < 0][0]
+            missing = scored_ids[int(np.flatnonzero(pos < 0)[0])].as_py()
             raise ValueError(f"drivers: account {missing} is scored but has no features row")
         features = features.iloc[pos].reset_index(drop=True)
 
     earned, lost = point_effects(scored, features, model)
-    best = scored["band"].to_numpy(dtype=object) == model.bands[-1].name
+    best = equals_any(scored["band"], (model.bands[-1].name,), case_insensitive=False)
     effect = np.where(best[:, None], earned, lost)
     effect = np.where(np.isnan(effect) | (effect <= 1e-9), -np.inf, effect)
     k = min(top_n, effect.shape[1])
     order = np.argsort(-effect, axis=1, kind="stable")[:, :k]
     valid = np.take_along_axis(effect, order, axis=1) > -np.inf
 
-    parts = np.full((n, k), "", dtype=object)
-    for j, metric in enumerate(model.metrics):
-        hit = (order == j) & valid
-        rows, ranks = np.nonzero(hit)
-        if rows.size:
-            parts[rows, ranks] = _metric_text(metric, features, rows)
-
-    text = parts[:, 0].copy()
-    for r in range(1, k):
-        nonempty = parts[:, r] != ""
-        text = np.where(nonempty, text + "; " + parts[:, r], text)
-    out = pd.Series(text, index=scored.index, dtype="object")
-    too_long = out.str.len() > MAX_DRIVER_CHARS
-    if too_long.any():
-        out[too_long] = out[too_long].str.slice(0, MAX_DRIVER_CHARS - 1) + "…"
-    return out
+    columns = []
+    for r in range(k):
+        pieces, where, offset = [], np.full(n, -1, dtype=np.int64), 0
+        for j, metric in enumerate(model.metrics):
+            rows = np.flatnonzero((order[:, r] == j) & valid[:, r])
+            if rows.size:
+                pieces.append(_metric_text(metric, features, rows))
+                where[rows] = offset + np.arange(rows.size)
+                offset += rows.size
+        if not pieces:
+            continue
+        texts = pa.concat_arrays([p.cast(pa.large_string()) for p in pieces])
+        columns.append(texts.take(pa.array(np.where(where < 0, 0, where), mask=where < 0)))
+    if not columns:
+        return pd.Series(pd.arrays.ArrowStringArray(pa.array([""] * n, pa.large_string())), index=scored.index)
+    joined = pc.binary_join_element_wise(*columns, pa.scalar("; ", pa.large_string()), null_handling="skip")
+    joined = pc.fill_null(joined, "")
+    too_long = pc.greater(pc.utf8_length(joined), MAX_DRIVER_CHARS)
+    if pc.any(too_long).as_py():
+        cut = _join(pc.utf8_slice_codeunits(joined, 0, MAX_DRIVER_CHARS - 1), "…")
+        joined = pc.if_else(too_long, cut, joined)
+    return pd.Series(pd.arrays.ArrowStringArray(joined), index=scored.index)

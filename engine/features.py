@@ -22,12 +22,14 @@ import numpy as np
 import pandas as pd
 
 from config.model import ModelConfig
+from engine.keys import equals_any, has_duplicates, positions
 from engine.lifecycle import lifecycle_stage
 from engine.rules import numeric_column
 
 SHORT_WINDOW_DAYS = 30
 LONG_WINDOW_DAYS = 90  # seed 003: escalations and P1s "in the last 90 days"; ticket trend 30 vs 90
 USAGE_WINDOW_DAYS = 28
+OPPORTUNITY_FEATURES = ("open_opportunities", "open_pipeline_amount")
 
 
 def as_of_timestamp(as_of: date | datetime | str | pd.Timestamp | None) -> pd.Timestamp:
@@ -58,8 +60,7 @@ def _days_between(later: pd.Timestamp | pd.Series, earlier) -> np.ndarray:
 
 def _account_positions(accounts: pd.DataFrame, account_ids: pd.Series) -> np.ndarray:
     """Row position in `accounts` of each id (-1 for ids not in the accounts frame)."""
-    index = pd.Index(accounts["account_id"].astype("string").to_numpy(dtype=object, na_value=None))
-    return index.get_indexer(account_ids.astype("string").to_numpy(dtype=object, na_value=None))
+    return positions(account_ids, accounts["account_id"])
 
 
 def _ticket_features(accounts: pd.DataFrame, tickets: pd.DataFrame, end: pd.Timestamp) -> dict[str, np.ndarray]:
@@ -85,7 +86,7 @@ def _ticket_features(accounts: pd.DataFrame, tickets: pd.DataFrame, end: pd.Time
         escalated = tickets["escalated"].astype("boolean").fillna(False).to_numpy(dtype=bool)
         out["escalations_90d"] = count(in_long & escalated)
     if "priority" in tickets.columns:
-        p1 = (tickets["priority"].astype("string").str.upper() == "P1").fillna(False).to_numpy(dtype=bool)
+        p1 = equals_any(tickets["priority"], ("P1",))
         # open as of `end`: not closed yet, or closed only after it
         if "closed_at" in tickets.columns:
             closed = _naive_utc(tickets["closed_at"]).to_numpy(dtype="datetime64[ns]")
@@ -95,7 +96,7 @@ def _ticket_features(accounts: pd.DataFrame, tickets: pd.DataFrame, end: pd.Time
             closed_by_then = np.zeros(len(tickets), dtype=bool)
             no_close_date = np.ones(len(tickets), dtype=bool)
         if "status" in tickets.columns:
-            marked_closed = (tickets["status"].astype("string").str.lower() == "closed").fillna(False).to_numpy(dtype=bool)
+            marked_closed = equals_any(tickets["status"], ("closed",))
             closed_by_then |= no_close_date & marked_closed
         out["open_p1_90d"] = count(in_long & p1 & ~closed_by_then)
     return out
@@ -164,7 +165,9 @@ def build_features(
         raise ValueError("accounts: the account_id column is required")
     end_day = as_of_timestamp(as_of)
     end = end_day + pd.Timedelta(days=1)  # windows include the whole as_of day
-    features = accounts.drop_duplicates("account_id", keep="last").reset_index(drop=True).copy()
+    if has_duplicates(accounts["account_id"]):
+        accounts = accounts.drop_duplicates("account_id", keep="last")
+    features = accounts.reset_index(drop=True).copy()
     computed: dict[str, np.ndarray] = {}
 
     if tickets is not None:

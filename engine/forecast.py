@@ -30,7 +30,8 @@ import numpy as np
 import pandas as pd
 
 from config.model import ForecastConfig
-from engine.rules import numeric_column
+from engine.keys import equals_any, has_duplicates, positions, take_strings
+from engine.rules import category_codes, numeric_column
 
 INSUFFICIENT_BAND_DEFAULT = "Insufficient data"
 
@@ -48,29 +49,35 @@ def adjust_opportunities(
     insufficient_band: str = INSUFFICIENT_BAND_DEFAULT,
 ) -> pd.DataFrame:
     """Adds health_score, health_band, base_expected_arr, adjusted_probability, expected_arr."""
-    opps = opportunities.drop_duplicates("opportunity_id", keep="last").reset_index(drop=True).copy()
-    health = scored_with_trends.drop_duplicates("account_id", keep="last")
-    pos = pd.Index(health["account_id"].astype("string").to_numpy(dtype=object, na_value=None)).get_indexer(
-        opps["account_id"].astype("string").to_numpy(dtype=object, na_value=None)
-    )
+    opps = opportunities
+    if has_duplicates(opps["opportunity_id"]):
+        opps = opps.drop_duplicates("opportunity_id", keep="last")
+    opps = opps.reset_index(drop=True).copy()
+    health = scored_with_trends
+    if has_duplicates(health["account_id"]):
+        health = health.drop_duplicates("account_id", keep="last")
+    pos = positions(opps["account_id"], health["account_id"])
     matched = pos >= 0
     take = np.where(matched, pos, 0)
 
-    def pick(column: str, numeric: bool = True) -> np.ndarray:
-        if column not in health.columns:
-            return np.full(len(opps), np.nan if numeric else None, dtype="float64" if numeric else object)
-        values = (
-            health[column].to_numpy(dtype="float64", na_value=np.nan)
-            if numeric
-            else health[column].astype("object").to_numpy()
-        )
-        picked = values[take] if len(values) else np.full(len(opps), np.nan if numeric else None)
-        return np.where(matched, picked, np.nan if numeric else None)
-
-    score = pick("score")
-    band = pick("band", numeric=False)
+    # account-level first (one row per account), then one gather per opportunity
+    n_acc = len(health)
+    acc_score = numeric_column(health, "score")
     window = "delta_90d" if config.delta_window_days >= 90 else "delta_30d"
-    delta = pick(window)
+    acc_delta = numeric_column(health, window)
+    band_names = sorted(set(pd.unique(health["band"].dropna()))) if n_acc else []
+    band_code = category_codes(health, "band", band_names) if n_acc else np.zeros(0, dtype=np.int64)
+    insufficient = equals_any(health["band"], (insufficient_band,), case_insensitive=False) if n_acc else np.zeros(0, bool)
+
+    def gather(values: np.ndarray, fill):
+        if n_acc == 0:
+            return np.full(len(opps), fill, dtype=np.asarray(values).dtype if len(values) else type(fill))
+        return np.where(matched, values[take], fill)
+
+    score = gather(acc_score, np.nan)
+    delta = gather(acc_delta, np.nan)
+    code = gather(band_code, -1).astype(np.int64)
+    usable_account = gather(~insufficient & ~np.isnan(acc_score), False).astype(bool)
 
     base = numeric_column(opps, "probability")
     amount = numeric_column(opps, "amount")
@@ -79,7 +86,7 @@ def adjust_opportunities(
         if "is_closed" in opps.columns
         else np.zeros(len(opps), dtype=bool)
     )
-    usable = ~closed & ~np.isnan(score) & (band != insufficient_band) & config.enabled
+    usable = ~closed & usable_account & bool(config.enabled)
 
     if config.method == "delta":
         factor = 1.0 + np.nan_to_num(delta) / 100.0 * config.sensitivity
@@ -88,10 +95,12 @@ def adjust_opportunities(
             raise ValueError("forecast.band_multipliers: the band_multipliers method needs at least one range")
         idx = _range_index(np.nan_to_num(score), config)
         mult = np.array([b.multiplier for b in config.band_multipliers], dtype="float64")[idx]
-        kind = opps["type"].astype("string").str.lower().fillna("").to_numpy(dtype=object) if "type" in opps.columns else np.full(len(opps), "", dtype=object)
-        top, bottom = len(config.band_multipliers) - 1, 0
-        mult = np.where((kind == "expansion") & (idx == top), config.expansion_multiplier, mult)
-        mult = np.where((kind == "renewal") & (idx == bottom), config.churn_risk_multiplier, mult)
+        if "type" in opps.columns:
+            top, bottom = len(config.band_multipliers) - 1, 0
+            expansion = equals_any(opps["type"], ("expansion",))
+            renewal = equals_any(opps["type"], ("renewal",))
+            mult = np.where(expansion & (idx == top), config.expansion_multiplier, mult)
+            mult = np.where(renewal & (idx == bottom), config.churn_risk_multiplier, mult)
         with np.errstate(invalid="ignore"):
             trend = np.where(
                 delta >= config.trend_points,
@@ -101,13 +110,13 @@ def adjust_opportunities(
         factor = mult * trend
 
     factor = np.clip(factor, 1.0 - config.max_swing, 1.0 + config.max_swing)
-    adjusted = np.where(usable, np.clip(base * factor, 0.0, 1.0), base)
+    adjusted = np.round(np.where(usable, np.clip(base * factor, 0.0, 1.0), base), 6)
 
     opps["health_score"] = score
-    opps["health_band"] = band
-    opps["adjusted_probability"] = np.round(adjusted, 6)
+    opps["health_band"] = take_strings(band_names, code)
+    opps["adjusted_probability"] = adjusted
     opps["base_expected_arr"] = np.round(amount * base, 2)
-    opps["expected_arr"] = np.round(amount * opps["adjusted_probability"].to_numpy(), 2)
+    opps["expected_arr"] = np.round(amount * adjusted, 2)
     return opps
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from config.model import ModelConfig
+from engine.keys import take_strings
 from engine.rules import numeric_column
 
 
@@ -31,9 +32,9 @@ def lifecycle_stage(features: pd.DataFrame, model: ModelConfig) -> pd.Series:
             conditions.append(known & (tenure <= stage.max_tenure_days))
         names.append(stage.name)
     if not conditions:
-        return pd.Series(pd.NA, index=features.index, dtype="object")
-    values = np.select(conditions, np.array(names, dtype=object), default=None)
-    return pd.Series(values, index=features.index, dtype="object").where(lambda s: s.notna(), pd.NA)
+        return pd.Series(take_strings([], np.full(len(features), -1)), index=features.index)
+    codes = np.select(conditions, np.arange(len(names)), default=-1)
+    return pd.Series(take_strings(names, codes), index=features.index)
 
 
 def in_renewal_window(features: pd.DataFrame, model: ModelConfig) -> np.ndarray:

@@ -14,7 +14,8 @@ import pandas as pd
 
 from config.model import ForecastConfig, ModelConfig
 from engine.drivers import explain
-from engine.features import as_of_timestamp, build_features
+from engine.features import OPPORTUNITY_FEATURES, as_of_timestamp, build_features
+from engine.rules import rule_columns
 from engine.forecast import adjust_opportunities
 from engine.scoring import HealthScorer
 from engine.trends import compute_trends
@@ -41,12 +42,15 @@ def score_portfolio(
     """features -> HealthScorer -> trends (from `history`: account_id, scored_at, score, band)
     -> drivers -> forecast adjustment of the opportunities."""
     day = as_of_timestamp(as_of)
-    features = build_features(accounts, tickets, opportunities, usage=usage, as_of=day, model=model)
+    # opportunity features cost a join of every opportunity; only build them when a metric reads them
+    needed = {c for m in model.metrics for c in rule_columns(m.rule)}
+    opps_for_features = opportunities if needed & set(OPPORTUNITY_FEATURES) else None
+    features = build_features(accounts, tickets, opps_for_features, usage=usage, as_of=day, model=model)
     scores = HealthScorer(model).score(features)
     trends = compute_trends(scores, history, as_of=day, stable_within=model.trend_stable_within)
     for col in ("delta_30d", "delta_90d", "momentum", "days_in_band"):
-        scores[col] = trends[col].to_numpy()
-    scores["drivers"] = explain(scores, features, model).to_numpy()
+        scores[col] = trends[col].array
+    scores["drivers"] = explain(scores, features, model).array
     scores["as_of"] = day
     adjusted = None
     if opportunities is not None:

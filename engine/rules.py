@@ -16,6 +16,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from engine.keys import arrow_strings
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from config.model import (
     BooleanRule,
     CategoryRule,
@@ -56,6 +60,21 @@ def text_column(frame: pd.DataFrame, column: str) -> pd.Series:
         return pd.Series(pd.NA, index=frame.index, dtype="object")
     col = frame[column]
     return col.astype("string").str.strip().str.lower()
+
+
+def category_codes(frame: pd.DataFrame, column: str, choices: list[str]) -> np.ndarray:
+    """Index into `choices` of each row's value (case-insensitive, stripped); -1 if missing or unlisted."""
+    if column not in frame.columns or len(frame) == 0:
+        return np.full(len(frame), -1, dtype=np.int64)
+    values = pc.utf8_lower(pc.utf8_trim_whitespace(arrow_strings(frame[column])))
+    keys = pa.array([str(c).strip().lower() for c in choices], pa.large_string())
+    return pc.fill_null(pc.index_in(values, value_set=keys), -1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def lookup(codes: np.ndarray, values: list[float], missing: float = np.nan) -> np.ndarray:
+    """values[codes] with -1 -> `missing` (float64)."""
+    table = np.append(np.asarray(values, dtype="float64"), missing)
+    return table[np.where(codes < 0, len(values), codes)]
 
 
 def ratio_values(frame: pd.DataFrame, rule: RatioRule) -> np.ndarray:
@@ -111,8 +130,8 @@ def score_rule(frame: pd.DataFrame, rule) -> np.ndarray:
     if isinstance(rule, RatioRule):
         return _linear(ratio_values(frame, rule), rule.zero_at, rule.full_at)
     if isinstance(rule, CategoryRule):
-        points = {str(k).strip().lower(): float(v) for k, v in rule.points.items()}
-        return text_column(frame, rule.column).map(points).to_numpy(dtype="float64", na_value=np.nan)
+        choices = list(rule.points)
+        return lookup(category_codes(frame, rule.column, choices), [float(rule.points[c]) for c in choices])
     if isinstance(rule, BooleanRule):
         flags = _boolean(frame, rule.column)
         return np.where(np.isnan(flags), np.nan, np.where(flags == 1.0, rule.true_points, rule.false_points))

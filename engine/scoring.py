@@ -45,10 +45,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from config.model import ModelConfig
+from engine.keys import take_strings
 from engine.lifecycle import in_renewal_window, lifecycle_stage
-from engine.rules import rule_columns, rule_max_points, score_rule, text_column
+from engine.rules import category_codes, lookup, rule_columns, rule_max_points, score_rule
 
 
 def round_score(values: np.ndarray) -> np.ndarray:
@@ -82,10 +84,10 @@ class HealthScorer:
         model = self.model
         base = np.array([m.weight for m in model.metrics], dtype="float64")
         weights = np.broadcast_to(base, (len(features), len(base))).copy()
-        segments = self._segments(features)
-        for name, seg in model.segments.items():
+        segments = self._segment_codes(features)
+        for code, (name, seg) in enumerate(model.segments.items()):
             if seg.weights:
-                rows = (segments == name.lower()).to_numpy()
+                rows = segments == code
                 weights[rows] = np.array(list(model.weights(name).values()), dtype="float64")
         return weights
 
@@ -94,8 +96,9 @@ class HealthScorer:
         needed = {c for m in self.model.metrics for c in rule_columns(m.rule)}
         return sorted(needed - set(features.columns))
 
-    def _segments(self, features: pd.DataFrame) -> pd.Series:
-        return text_column(features, "segment").fillna("")
+    def _segment_codes(self, features: pd.DataFrame) -> np.ndarray:
+        """Index into `model.segments` of each row's segment (-1: none of them)."""
+        return category_codes(features, "segment", list(self.model.segments))
 
     def band_minimums(self, features: pd.DataFrame, stage: pd.Series, renewal: np.ndarray) -> np.ndarray:
         """(n_accounts, n_bands) band minimums after segment, stage and renewal overrides."""
@@ -107,10 +110,10 @@ class HealthScorer:
             for band, value in thresholds.items():
                 mins[rows, names.index(band)] = value
 
-        segments = self._segments(features)
-        for name, seg in model.segments.items():
+        segments = self._segment_codes(features)
+        for code, (name, seg) in enumerate(model.segments.items()):
             if seg.thresholds:
-                overlay((segments == name.lower()).to_numpy(), seg.thresholds)
+                overlay(segments == code, seg.thresholds)
         for st in model.lifecycle.stages:
             if st.thresholds:
                 overlay((stage == st.name).fillna(False).to_numpy(dtype=bool), st.thresholds)
@@ -168,7 +171,7 @@ class HealthScorer:
         final_idx, reason = self._csm_override(features, idx, insufficient_idx, band_names)
 
         out["score"] = score
-        out["band"] = band_names[final_idx]
+        out["band"] = take_strings(band_names, final_idx)
         out["confidence"] = np.round(confidence, 4)
         for dim in model.dimensions:
             cols = [i for i, m in enumerate(model.metrics) if m.dimension == dim]
@@ -180,12 +183,12 @@ class HealthScorer:
         for i, name in enumerate(metric_names):
             out[f"m_{name}"] = raw[:, i]
         out["override"] = final_idx != idx
-        out["override_reason"] = reason
-        out["method"] = model.method
+        out["override_reason"] = pd.arrays.ArrowStringArray(pa.array(reason, type=pa.large_string(), from_pandas=True))
+        out["method"] = take_strings([model.method], np.zeros(n, dtype=np.int64))
         out["segment"] = features["segment"] if "segment" in features.columns else pd.NA
         out["lifecycle_stage"] = stage.to_numpy()
         out["in_renewal_window"] = renewal
-        out["raw_band"] = band_names[idx]
+        out["raw_band"] = take_strings(band_names, idx)
         return out.reset_index(drop=True)
 
     # ------------------------------------------------------------------ methods
@@ -244,21 +247,22 @@ class HealthScorer:
     def _csm_override(self, features, idx: np.ndarray, insufficient_idx: int, band_names: np.ndarray):
         model = self.model
         csm = model.csm_override
-        reason = np.full(len(idx), pd.NA, dtype=object)
+        reason = np.full(len(idx), None, dtype=object)
         if not csm.enabled or csm.max_tiers == 0 or csm.column not in features.columns:
             return idx, reason
-        sentiment = text_column(features, csm.column).reset_index(drop=True)
-        shifts = {str(k).lower(): v for k, v in csm.shifts.items()}
-        shift = sentiment.map(shifts).to_numpy(dtype="float64", na_value=0.0)
+        choices = list(csm.shifts)
+        codes = category_codes(features, csm.column, choices)
+        shift = lookup(codes, [float(csm.shifts[c]) for c in choices], missing=0.0)
         shift = np.clip(shift, -csm.max_tiers, csm.max_tiers).astype(np.int64)
         scored = idx != insufficient_idx
         moved = np.where(scored, np.clip(idx + shift, 0, len(model.bands) - 1), idx)
         changed = moved != idx
         if changed.any():
             rows = np.flatnonzero(changed)
+            sentiment = np.array([str(c).strip().lower() for c in choices], dtype=object)[codes[rows]]
             text = (
                 "CSM sentiment "
-                + sentiment.iloc[rows].astype(str).to_numpy(dtype=object)
+                + sentiment
                 + ": "
                 + band_names[idx[rows]]
                 + " -> "

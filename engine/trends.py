@@ -19,17 +19,23 @@ import numpy as np
 import pandas as pd
 
 from engine.features import as_of_timestamp
+from engine.keys import positions, take_strings
+
+MOMENTUM = ("up", "stable", "down")
 
 
-def _delta(current: pd.DataFrame, history: pd.DataFrame, cutoff: pd.Timestamp) -> np.ndarray:
-    """current score - latest history score on or before `cutoff` (NaN if none)."""
-    old = history[history["scored_at"] <= cutoff]
-    if old.empty:
-        return np.full(len(current), np.nan)
-    last = old.sort_values("scored_at").drop_duplicates("account_id", keep="last")
-    ref = pd.Series(last["score"].to_numpy(dtype="float64"), index=last["account_id"].to_numpy())
-    prior = ref.reindex(current["account_id"].to_numpy()).to_numpy(dtype="float64")
-    return current["score"].to_numpy(dtype="float64") - prior
+def _delta(score: np.ndarray, hist_pos: np.ndarray, hist_at: np.ndarray, hist_score: np.ndarray,
+           cutoff: pd.Timestamp) -> np.ndarray:
+    """current score - the latest history score on or before `cutoff` (NaN if none)."""
+    rows = np.flatnonzero(hist_at <= cutoff.to_datetime64())
+    prior = np.full(len(score), np.nan)
+    if rows.size:
+        # sort by (account, time); the last row of each account is its latest snapshot
+        order = rows[np.lexsort((hist_at[rows].view("int64"), hist_pos[rows]))]
+        last = np.ones(order.size, dtype=bool)
+        last[:-1] = hist_pos[order][1:] != hist_pos[order][:-1]
+        prior[hist_pos[order][last]] = hist_score[order][last]
+    return score - prior
 
 
 def compute_trends(
@@ -41,49 +47,50 @@ def compute_trends(
     """current[account_id, score, band] + history[account_id, scored_at, score, band] ->
     account_id, delta_30d, delta_90d, momentum, days_in_band (indexed like `current`)."""
     day = as_of_timestamp(as_of)
-    ids = current["account_id"].astype("string").to_numpy(dtype=object, na_value=None)
-    cur = pd.DataFrame(
-        {"account_id": ids, "score": current["score"].to_numpy(dtype="float64"), "band": current["band"].to_numpy(dtype=object)}
-    )
+    n = len(current)
+    score = current["score"].to_numpy(dtype="float64", na_value=np.nan)
     if history is None or len(history) == 0:
-        hist = pd.DataFrame({"account_id": pd.Series([], dtype=object), "scored_at": pd.Series([], dtype="datetime64[ns]"),
-                             "score": pd.Series([], dtype="float64"), "band": pd.Series([], dtype=object)})
+        hist_pos = np.zeros(0, dtype=np.int64)
+        hist_at = np.zeros(0, dtype="datetime64[ns]")
+        hist_score = np.zeros(0)
+        hist_band = pd.Series([], dtype="string")
     else:
-        scored_at = pd.to_datetime(history["scored_at"], errors="coerce", utc=True).dt.tz_localize(None)
-        hist = pd.DataFrame(
-            {
-                "account_id": history["account_id"].astype("string").to_numpy(dtype=object, na_value=None),
-                "scored_at": scored_at.dt.normalize().to_numpy(),
-                "score": pd.to_numeric(history["score"], errors="coerce").to_numpy(dtype="float64"),
-                "band": history["band"].to_numpy(dtype=object),
-            }
-        )
-        hist = hist[hist["scored_at"] < day]  # never the future, nor an earlier run of today
+        scored_at = pd.to_datetime(history["scored_at"], errors="coerce", utc=True).dt.tz_localize(None).dt.normalize()
+        at = scored_at.to_numpy(dtype="datetime64[ns]")
+        pos = positions(history["account_id"], current["account_id"])
+        # never the future, nor an earlier run of today; accounts not scored now are irrelevant
+        keep = (pos >= 0) & ~np.isnat(at) & (at < day.to_datetime64())
+        hist_pos, hist_at = pos[keep], at[keep]
+        hist_score = pd.to_numeric(history["score"], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)[keep]
+        hist_band = history["band"].astype("string")[keep]
 
     out = pd.DataFrame(index=current.index)
     out["account_id"] = current["account_id"].to_numpy()
-    delta_30 = _delta(cur, hist, day - pd.Timedelta(days=30))
-    delta_90 = _delta(cur, hist, day - pd.Timedelta(days=90))
+    delta_30 = _delta(score, hist_pos, hist_at, hist_score, day - pd.Timedelta(days=30))
+    delta_90 = _delta(score, hist_pos, hist_at, hist_score, day - pd.Timedelta(days=90))
     out["delta_30d"] = np.round(delta_30, 1)
     out["delta_90d"] = np.round(delta_90, 1)
-    momentum = np.where(delta_30 > stable_within, "up", np.where(delta_30 < -stable_within, "down", "stable")).astype(object)
-    momentum[np.isnan(delta_30)] = pd.NA
-    out["momentum"] = momentum
+    momentum = np.where(delta_30 > stable_within, 0, np.where(delta_30 < -stable_within, 2, 1))
+    out["momentum"] = take_strings(MOMENTUM, np.where(np.isnan(delta_30), -1, momentum))
 
-    # days in band: stack history and today, find each account's last band change
-    n = len(cur)
-    positions = pd.Index(ids).get_indexer(hist["account_id"].to_numpy(dtype=object))
-    keep = positions >= 0
-    pos = np.concatenate([positions[keep], np.arange(n)])
-    when = np.concatenate([hist["scored_at"].to_numpy(dtype="datetime64[ns]")[keep], np.full(n, day.to_datetime64())])
-    bands = pd.concat([hist["band"][keep], cur["band"]], ignore_index=True).astype("string").fillna("")
+    # days in band: stack history and today, find where each account's last run of its band began
+    today = day.to_datetime64().astype("datetime64[ns]").view("int64")
+    if hist_pos.size == 0:
+        out["days_in_band"] = np.zeros(n, dtype=np.int64)
+        return out
+    pos = np.concatenate([hist_pos, np.arange(n)])
+    when = np.concatenate([hist_at.view("int64"), np.full(n, today)])
+    bands = pd.concat([hist_band, current["band"].astype("string")], ignore_index=True).fillna("")
     band_code, _ = pd.factorize(bands)
-    order = np.lexsort((when.view("int64"), pos))
+    order = np.lexsort((when, pos))
     pos, when, band_code = pos[order], when[order], band_code[order]
     new_run = np.ones(len(pos), dtype=bool)
     new_run[1:] = (pos[1:] != pos[:-1]) | (band_code[1:] != band_code[:-1])
-    entered = pd.Series(when[new_run].view("int64")).groupby(pos[new_run]).max()
-    entered_at = np.full(n, day.to_datetime64().astype("datetime64[ns]").view("int64"))
-    entered_at[entered.index.to_numpy()] = entered.to_numpy()
-    out["days_in_band"] = (day.to_datetime64().astype("datetime64[ns]").view("int64") - entered_at) // (86_400 * 10**9)
+    entered_at = np.full(n, today)
+    # runs are in time order within an account, so the last run start written wins
+    starts = np.flatnonzero(new_run)
+    last_start = np.ones(starts.size, dtype=bool)
+    last_start[:-1] = pos[starts][1:] != pos[starts][:-1]
+    entered_at[pos[starts][last_start]] = when[starts][last_start]
+    out["days_in_band"] = (today - entered_at) // (86_400 * 10**9)
     return out
