@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -78,8 +79,23 @@ class PlaybookSet:
 
 
 def load_playbooks(settings: Settings) -> PlaybookSet:
-    """The enabled playbooks of `settings`; raises ConfigError listing every problem."""
+    """The enabled playbooks of `settings`; raises ConfigError listing every problem.
+
+    Cached per (file, its modification time, enabled list, ladder levels): the
+    scheduler calls this every 15 minutes and compiling templates is not free.
+    """
     path = Path(settings.playbooks.definitions) if settings.playbooks.definitions else PACKAGED_DEFINITIONS
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        stamp = None
+    levels = tuple(step.level for step in settings.escalation.ladder)
+    return _load_cached(str(path), stamp, bool(settings.playbooks.definitions), tuple(settings.playbooks.enabled), levels)
+
+
+@lru_cache(maxsize=16)
+def _load_cached(path_text: str, _stamp, user_file: bool, enabled_names: tuple[str, ...], ladder_levels: tuple[str, ...]) -> PlaybookSet:
+    path = Path(path_text)
     source = str(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -92,9 +108,8 @@ def load_playbooks(settings: Settings) -> PlaybookSet:
     except ValidationError as e:
         raise ConfigError([f"playbooks file: {p}" for p in _named(format_validation_error(e), raw)], source) from None
 
-    search = [path.parent / "templates"] if settings.playbooks.definitions else []
+    search = [path.parent / "templates"] if user_file else []
     renderer = TemplateRenderer(search)
-    ladder_levels = [step.level for step in settings.escalation.ladder]
     problems: list[str] = []
     seen: set[str] = set()
     built: list[Playbook] = []
@@ -119,12 +134,12 @@ def load_playbooks(settings: Settings) -> PlaybookSet:
             Playbook(spec.name, spec.title, condition, spec.sla_hours, spec.priority, spec.escalate_to,
                      spec.templates.subject, spec.templates.description)
         )
-    unknown = [n for n in settings.playbooks.enabled if n not in seen]
+    unknown = [n for n in enabled_names if n not in seen]
     if unknown:
         problems.append(f"playbooks.enabled: unknown playbook(s) {unknown} (defined: {sorted(seen)})")
     if problems:
         raise ConfigError(problems, source)
-    enabled = set(settings.playbooks.enabled)
+    enabled = set(enabled_names)
     return PlaybookSet([p for p in built if p.name in enabled], renderer)
 
 
