@@ -325,6 +325,37 @@ class HubSpotApi(Api):
         self.order[t].append(int(rid))
         return rec
 
+    def insert_many(self, t: str, rows: list[dict], created: list[str | None] | None = None) -> list[str]:
+        """Seed many records at once (values already strings, one timestamp): the fast path for big starts."""
+        stamp = hs_datetime(self.clock.now())
+        n = self._next_id[t]
+        self._next_id[t] = n + len(rows)
+        ids = [str(i) for i in range(n, n + len(rows))]
+        store, order = self.objects[t], self.order[t]
+        created = created or [None] * len(rows)
+        for rid, row, c in zip(ids, rows, created):
+            c = c or stamp
+            row["hs_object_id"] = rid
+            row["createdate"] = c
+            row["hs_lastmodifieddate"] = stamp
+            store[rid] = {"id": rid, "properties": row, "createdAt": c, "updatedAt": stamp, "archived": False}
+        order.extend(range(n, n + len(rows)))
+        return ids
+
+    def link_many(self, from_t: str, from_ids: list[str], to_t: str, to_ids: list[str | None]) -> None:
+        """Default associations for many pairs (seeding); a None target is skipped."""
+        fwd, inv = ASSOC_TYPES[(from_t, to_t)]
+        assoc = self.assoc
+        for fid, tid in zip(from_ids, to_ids):
+            if tid is None:
+                continue
+            assoc[(from_t, fid)] = {to_t: {tid: {fwd}}}
+            back = assoc.get((to_t, tid))
+            if back is None:
+                assoc[(to_t, tid)] = {from_t: {fid: {inv}}}
+            else:
+                back.setdefault(from_t, {})[fid] = {inv}
+
     def apply_update(self, t: str, rec: dict, values: dict) -> dict:
         stamp = hs_datetime(self.clock.now())
         for k, v in values.items():
@@ -634,7 +665,7 @@ class HubSpotApi(Api):
                     continue
                 if preds and not any(all(p(rec["properties"]) for p in g) for g in preds):
                     continue
-                if text and not any(text in str(v).lower() for v in rec["properties"].values()):
+                if text and not any(v is not None and text in str(v).lower() for v in rec["properties"].values()):
                     continue
                 rows.append(rec)
             for s in reversed(body.get("sorts") or []):

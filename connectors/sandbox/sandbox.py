@@ -13,6 +13,7 @@ including the temporary directory holding the TLS certificate.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -63,12 +64,19 @@ class Sandbox:
         sf_portfolio = portfolio if portfolio is not None else (_generate(accounts, seed) if accounts else None)
         hs_portfolio = hubspot_portfolio if hubspot_portfolio is not None else (
             portfolio if portfolio is not None else (_generate(accounts, seed + 1) if accounts else None))
-        if sf_portfolio is not None:
-            self.seed_from_frames(sf_portfolio.accounts, sf_portfolio.opportunities, sf_portfolio.tickets,
-                                  sf_portfolio.owners, crm="salesforce")
-        if hs_portfolio is not None:
-            self.seed_from_frames(hs_portfolio.accounts, hs_portfolio.opportunities, hs_portfolio.tickets,
-                                  hs_portfolio.owners, crm="hubspot")
+        # millions of small dicts: the cyclic GC would rescan them over and over while they are built
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            if sf_portfolio is not None:
+                self.seed_from_frames(sf_portfolio.accounts, sf_portfolio.opportunities, sf_portfolio.tickets,
+                                      sf_portfolio.owners, crm="salesforce")
+            if hs_portfolio is not None:
+                self.seed_from_frames(hs_portfolio.accounts, hs_portfolio.opportunities, hs_portfolio.tickets,
+                                      hs_portfolio.owners, crm="hubspot")
+        finally:
+            if gc_was_enabled:
+                gc.enable()
         self._servers: list[EmulatorServer] = []
         self._tmp: Path | None = None
         self.ready: dict = {}
@@ -189,7 +197,8 @@ class Sandbox:
             if o is None:
                 raise KeyError(f"unknown Salesforce object {obj!r} (expected one of {', '.join(schema.SF_OBJECTS)})")
             with self.salesforce.lock:
-                return [dict(r) for r in self.salesforce.records[o].values()]
+                names = list(self.salesforce.fields[o])
+                return [{n: r.get(n) for n in names} for r in self.salesforce.records[o].values()]
         if api == "hubspot":
             from connectors.sandbox.hubspot import TYPE_ALIASES
             t = TYPE_ALIASES.get(obj.lower())

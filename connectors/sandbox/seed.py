@@ -17,40 +17,43 @@ import pandas as pd
 
 from config.canonical import ACCOUNTS, OPPORTUNITIES, TICKETS
 from connectors import crm_values
-from connectors.sandbox.clock import hs_datetime, sf_datetime
+from connectors.sandbox.clock import sf_datetime
 from connectors.sandbox.schema import mapping
 
 _REF_COLUMNS = {"account_id", "opportunity_id", "ticket_id", "owner_email"}
 
 
 def _py(values: pd.Series, kind: str, style: str) -> list[Any]:
-    """A canonical column -> Python values for one CRM (style "sf" typed, "hs" strings); NaN -> None."""
+    """A canonical column -> Python values for one CRM (style "sf" typed, "hs" strings); missing -> None."""
     if kind in ("date", "datetime"):
-        ts = pd.to_datetime(values, errors="coerce", utc=True)
-        if kind == "date":
-            text = ts.dt.strftime("%Y-%m-%d")
-        elif style == "sf":
-            text = ts.dt.strftime("%Y-%m-%dT%H:%M:%S.000+0000")
-        else:
-            text = ts.dt.strftime("%Y-%m-%dT%H:%M:%S.000Z")
-        return [None if pd.isna(v) else v for v in text.tolist()]
+        ts = pd.to_datetime(values, errors="coerce", utc=True).dt.tz_localize(None)
+        raw = ts.to_numpy(dtype="datetime64[ms]")
+        text = pd.Series(np.datetime_as_string(raw, unit="D" if kind == "date" else "ms"), dtype=object)
+        if kind == "datetime":
+            text = text + ("+0000" if style == "sf" else "Z")
+        return text.where(~np.isnat(raw), None).tolist()
     if kind in ("float", "int"):
-        num = pd.to_numeric(values, errors="coerce").astype("float64")
+        num = pd.to_numeric(values, errors="coerce").astype("float64").to_numpy()
+        missing = np.isnan(num)
         if style == "sf":
-            return [None if np.isnan(v) else (int(v) if kind == "int" else float(v)) for v in num.tolist()]
-        return [None if np.isnan(v) else (str(int(v)) if float(v).is_integer() else repr(float(v)))
-                for v in num.tolist()]
+            py = num.tolist()
+            if kind == "int":
+                return [None if m else int(v) for v, m in zip(py, missing.tolist())]
+            return [None if m else v for v, m in zip(py, missing.tolist())]
+        whole = np.where(missing, 0, num)
+        integral = whole == np.floor(whole)
+        text = np.where(integral, whole.astype(np.int64).astype(str), num.astype(str)).astype(object)
+        text[missing] = None
+        return text.tolist()
+    present = values.notna().to_numpy()
     if kind == "bool":
-        out = []
-        for v in values.tolist():
-            if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA:
-                out.append(None)
-            else:
-                b = str(v).strip().lower() in ("true", "1", "yes", "t", "y")
-                out.append(b if style == "sf" else ("true" if b else "false"))
-        return out
-    return [None if (v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))) else str(v)
-            for v in values.astype(object).tolist()]
+        truth = values.astype(object).astype(str).str.strip().str.lower().isin(["true", "1", "yes", "t", "y"]).to_numpy()
+        out = truth.astype(object) if style == "sf" else np.where(truth, "true", "false").astype(object)
+        out[~present] = None
+        return out.tolist()
+    out = values.astype(object).to_numpy().copy()
+    out[~present] = None
+    return [v if v is None or isinstance(v, str) else str(v) for v in out.tolist()]
 
 
 def _columns(frame: pd.DataFrame, spec, read_map: dict, style: str, enums: dict[str, tuple[dict, str]]) -> dict[str, list]:
@@ -63,7 +66,7 @@ def _columns(frame: pd.DataFrame, spec, read_map: dict, style: str, enums: dict[
         values = frame[column]
         if column in enums:
             table, key = enums[column]
-            values = values.map(lambda v, t=table, k=key: crm_values.to_crm(t, k, v) if isinstance(v, str) else v)
+            values = values.astype(object).replace(table[key])
             kind = "str"
         out[crm_field] = _py(values, kind, style)
     return out
@@ -115,12 +118,13 @@ def seed_salesforce(api, accounts: pd.DataFrame, opportunities: pd.DataFrame, ti
         rows = _rows(cols, len(accounts))
         owners_col = accounts["owner_email"].tolist() if "owner_email" in accounts.columns else [None] * len(accounts)
         domains = accounts["domain"].tolist() if "domain" in accounts.columns else [None] * len(accounts)
-        for canon_id, row, owner, domain in zip(accounts["account_id"].astype(str).tolist(), rows, owners_col, domains):
+        canon_ids = accounts["account_id"].astype(str).tolist()
+        for canon_id, row, owner, domain in zip(canon_ids, rows, owners_col, domains):
             row["OwnerId"] = owner_id(owner)
             row["Name"] = row.get("Name") or f"Account {canon_id}"
             if isinstance(domain, str) and domain:
                 row["Website"] = domain
-            acc_map[canon_id] = api._insert_raw("Account", row, now)
+        acc_map = dict(zip(canon_ids, api.insert_many("Account", rows, now)))
 
         if opportunities is not None and len(opportunities):
             opp = opportunities.copy()
@@ -129,23 +133,26 @@ def seed_salesforce(api, accounts: pd.DataFrame, opportunities: pd.DataFrame, ti
             cols = _columns(opp, OPPORTUNITIES, m["opportunity"]["read"], "sf",
                             {"type": (crm_values.SALESFORCE, "opportunity_type")})
             owners_col = opp["owner_email"].tolist() if "owner_email" in opp.columns else [None] * len(opp)
-            for acc, row, owner in zip(opp["account_id"].astype(str).tolist(), _rows(cols, len(opp)), owners_col):
+            rows = _rows(cols, len(opp))
+            for acc, row, owner in zip(opp["account_id"].astype(str).tolist(), rows, owners_col):
                 row["AccountId"] = acc_map.get(acc)
                 row["OwnerId"] = owner_id(owner)
                 row["Name"] = row.get("Name") or "Opportunity"
-                api._insert_raw("Opportunity", row, now)
+            api.insert_many("Opportunity", rows, now)
 
         if tickets is not None and len(tickets):
             cols = _columns(tickets, TICKETS, m["ticket"]["read"], "sf",
                             {"priority": (crm_values.SALESFORCE, "priority"),
                              "status": (crm_values.SALESFORCE, "ticket_status")})
+            rows = _rows(cols, len(tickets))
+            uid = api.integration_user_id
             for acc, tid, row in zip(tickets["account_id"].astype(str).tolist(), tickets["ticket_id"].astype(str).tolist(),
-                                     _rows(cols, len(tickets))):
+                                     rows):
                 row["AccountId"] = acc_map.get(acc)
                 row["Subject"] = f"Support ticket {tid}"
                 row["IsClosed"] = row.get("Status") == "Closed"
-                row["OwnerId"] = api.integration_user_id
-                api._insert_raw("Case", row, now)
+                row["OwnerId"] = uid
+            api.insert_many("Case", rows, now)
     return acc_map
 
 
@@ -173,13 +180,14 @@ def seed_hubspot(api, accounts: pd.DataFrame, opportunities: pd.DataFrame, ticke
         cols = _columns(accounts, ACCOUNTS, m["account"]["read"], "hs", {})
         owners_col = accounts["owner_email"].tolist() if "owner_email" in accounts.columns else [None] * len(accounts)
         domains = accounts["domain"].tolist() if "domain" in accounts.columns else [None] * len(accounts)
-        for canon_id, row, owner, domain in zip(accounts["account_id"].astype(str).tolist(), _rows(cols, len(accounts)),
-                                                owners_col, domains):
+        canon_ids = accounts["account_id"].astype(str).tolist()
+        rows = _rows(cols, len(accounts))
+        for canon_id, row, owner, domain in zip(canon_ids, rows, owners_col, domains):
             row["hubspot_owner_id"] = owner_id(owner)
             row["name"] = row.get("name") or f"Company {canon_id}"
             if isinstance(domain, str) and domain:
                 row["domain"] = domain
-            comp_map[canon_id] = api.insert("companies", row)["id"]
+        comp_map = dict(zip(canon_ids, api.insert_many("companies", rows)))
 
         if opportunities is not None and len(opportunities):
             cols = _columns(opportunities, OPPORTUNITIES, m["opportunity"]["read"], "hs",
@@ -188,28 +196,27 @@ def seed_hubspot(api, accounts: pd.DataFrame, opportunities: pd.DataFrame, ticke
                 cols["closedate"] = _py(opportunities["close_date"], "datetime", "hs")
             owners_col = (opportunities["owner_email"].tolist() if "owner_email" in opportunities.columns
                           else [None] * len(opportunities))
-            for acc, row, owner in zip(opportunities["account_id"].astype(str).tolist(),
-                                       _rows(cols, len(opportunities)), owners_col):
+            rows = _rows(cols, len(opportunities))
+            for row, owner in zip(rows, owners_col):
                 row["hubspot_owner_id"] = owner_id(owner)
                 row["pipeline"] = "default"
                 row["dealname"] = row.get("dealname") or "Deal"
-                deal = api.insert("deals", row)
-                if acc in comp_map:
-                    api.associate("deals", deal["id"], "companies", comp_map[acc])
+            deal_ids = api.insert_many("deals", rows)
+            api.link_many("deals", deal_ids, "companies",
+                          [comp_map.get(a) for a in opportunities["account_id"].astype(str).tolist()])
 
         if tickets is not None and len(tickets):
             cols = _columns(tickets, TICKETS, m["ticket"]["read"], "hs",
                             {"priority": (crm_values.HUBSPOT, "priority"),
                              "status": (crm_values.HUBSPOT, "ticket_status")})
-            created = cols.pop("createdate", [None] * len(tickets))
-            for acc, tid, row, c in zip(tickets["account_id"].astype(str).tolist(),
-                                        tickets["ticket_id"].astype(str).tolist(), _rows(cols, len(tickets)), created):
+            created = cols.pop("createdate", None)
+            rows = _rows(cols, len(tickets))
+            for tid, row in zip(tickets["ticket_id"].astype(str).tolist(), rows):
                 row["hs_pipeline"] = "0"
                 row["subject"] = f"Support ticket {tid}"
-                from connectors.sandbox.clock import parse_datetime
-                ticket = api.insert("tickets", row, parse_datetime(c) if c else None)
-                if acc in comp_map:
-                    api.associate("tickets", ticket["id"], "companies", comp_map[acc])
+            ticket_ids = api.insert_many("tickets", rows, created)
+            api.link_many("tickets", ticket_ids, "companies",
+                          [comp_map.get(a) for a in tickets["account_id"].astype(str).tolist()])
     return comp_map
 
 
