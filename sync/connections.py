@@ -59,10 +59,16 @@ def open_crm_connectors(settings: Settings, ready: dict | None = None) -> dict[s
         from connectors.hubspot import hubspot_from_ready
         from connectors.salesforce import salesforce_from_ready
 
-        if sources.salesforce.enabled and ready.get("salesforce"):
-            out["salesforce"] = salesforce_from_ready(ready, _mapping(settings, "salesforce"))
-        if sources.hubspot.enabled and ready.get("hubspot"):
-            out["hubspot"] = hubspot_from_ready(ready, _mapping(settings, "hubspot"))
+        sf, hs = sources.salesforce, sources.hubspot
+        if sf.enabled and ready.get("salesforce"):
+            out["salesforce"] = salesforce_from_ready(
+                ready, _mapping(settings, "salesforce"), bulk_threshold=sf.bulk_threshold, quota_stop_share=sf.quota_stop_share,
+                lookback_minutes=sf.lookback_minutes, timeout=sf.timeout_s,
+            )
+        if hs.enabled and ready.get("hubspot"):
+            out["hubspot"] = hubspot_from_ready(
+                ready, _mapping(settings, "hubspot"), lookback_minutes=hs.lookback_minutes, timeout=hs.timeout_s
+            )
         return out
     sf = sources.salesforce
     if sf.configured:

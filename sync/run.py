@@ -266,10 +266,10 @@ def _cycle(settings, conns: Connections, store: StateStore, summary: RunSummary,
     _hook(hooks, "before_record")
     if not dry_run:
         record_history(store, settings, scored.scores, summary.run_id, now)
-        _report(store, settings, summary)
+        _report(store, settings, summary, now)
 
 
-def _report(store: StateStore, settings: Settings, summary: RunSummary) -> None:
+def _report(store: StateStore, settings: Settings, summary: RunSummary, now: datetime) -> None:
     """The portfolio report, when enabled and built (sync.report is another module's job)."""
     if not settings.report.enabled:
         return
@@ -278,10 +278,12 @@ def _report(store: StateStore, settings: Settings, summary: RunSummary) -> None:
         summary.stages_skipped.append("report (not in this build)")
         return
     try:
-        path = write_report(store, settings, settings.report.path)
-        summary.report_path = str(path or settings.report.path)
-    except HealthsyncError as exc:
-        summary.add_errors([f"report: {exc}"])
+        info = write_report(store, settings, settings.report.path, now=now)
+    except Exception as exc:  # the report is a by-product: a failure is reported, the sync stands
+        log.warning("report failed", exc_info=True)
+        summary.add_errors([f"report: {type(exc).__name__}: {exc}"])
+        return
+    summary.report_path = str(getattr(info, "path", None) or settings.report.path)
 
 
 # ----------------------------------------------------------------------------- single stages
