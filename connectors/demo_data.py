@@ -690,7 +690,9 @@ def generate_history(
         alive = leave_s > now
         window_start = 0.0 if k == 0 else as_of_s[k - 1]
         ticket_parts.append(_Tickets(*_tickets_window(rng, book, alive, momentum, window_start, now)))
-        tickets = _Tickets.concat(ticket_parts)
+        # only windows reaching into the trailing 90 days matter for today's features
+        recent = [part for part, end in zip(ticket_parts, as_of_s) if end > now - 90 * 86400.0]
+        tickets = _Tickets.concat(recent)
         sig = book.signals(rng)
         z = _hidden_health(sig, tickets.features(n_accounts, now), book.seats, book.features_available)
         deciding = alive & ~np.isfinite(leave_s)
