@@ -146,6 +146,9 @@ def explain(scored: pd.DataFrame, features: pd.DataFrame, model: ModelConfig, to
         columns.append(texts.take(pa.array(np.where(where < 0, 0, where), mask=where < 0)))
     if not columns:
         return pd.Series(pd.arrays.ArrowStringArray(pa.array([""] * n, pa.large_string())), index=scored.index)
+    # pyarrow drops a row whose inputs are all null under null_handling="skip" (26.0): keep it as ""
+    no_driver = np.logical_and.reduce([c.is_null().to_numpy(zero_copy_only=False) for c in columns])
+    columns[0] = pc.if_else(pa.array(no_driver), pa.scalar("", pa.large_string()), columns[0])
     joined = pc.binary_join_element_wise(*columns, pa.scalar("; ", pa.large_string()), null_handling="skip")
     joined = pc.fill_null(joined, "")
     too_long = pc.greater(pc.utf8_length(joined), MAX_DRIVER_CHARS)
