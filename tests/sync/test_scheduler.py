@@ -5,6 +5,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 import yaml
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -130,3 +131,85 @@ def test_exit_code_2_or_more_is_a_failure(tmp_path):
     with pytest.raises(sched.JobFailed, match="exit code 3"):
         sched.execute_job("run")
     assert sched.execute_job("escalate") == 1  # record errors: the job did its work
+
+
+# ----------------------------------------------------------------------------- reporting to Slack
+
+import json  # noqa: E402
+import time  # noqa: E402
+
+from connectors.sandbox import Sandbox  # noqa: E402
+from connectors.sandbox.slack import DEFAULT_CHANNELS  # noqa: E402
+from connectors.slack import slack_from_ready  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def slack_sandbox():
+    with Sandbox(accounts=0, slack_channels=DEFAULT_CHANNELS + ("healthsync-ops",), slack_message_interval_s=0) as sb:
+        yield sb
+
+
+def wait_for(predicate, seconds=5.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    return predicate()
+
+
+def ops_messages(sb, since):
+    return [m for m in sb.slack_messages()[since:] if m["channel_name"] == "#healthsync-ops"]
+
+
+def test_a_failing_job_is_recorded_and_reported_to_the_ops_channel(tmp_path, slack_sandbox):
+    s = settings_for(tmp_path)
+    store = open_store(s.state.url)
+
+    def broken():
+        raise ValueError("replica <!channel> unreadable")
+
+    mark = len(slack_sandbox.slack_messages())
+    scheduler = sched.build_scheduler(s, {"run": noop, "escalate": broken}, blocking=False, store=store, slack=slack_from_ready(slack_sandbox.ready))
+    scheduler.start()
+    try:
+        scheduler.modify_job("healthsync.escalate", next_run_time=datetime.now(timezone.utc))
+        [msg] = wait_for(lambda: ops_messages(slack_sandbox, mark))
+    finally:
+        scheduler.shutdown(wait=True)
+    assert "`escalate` failed" in msg["text"] and "ValueError: replica &lt;!channel&gt; unreadable" in msg["text"]
+    assert "<!channel>" not in json.dumps(msg["blocks"])
+    [run] = [r for r in store.recent_runs() if r["mode"] == "schedule:escalate"]
+    assert run["status"] == "failed" and run["exit_code"] == 1
+    assert json.loads(run["summary_json"])["event"] == "error"
+    assert store.count("locks") == 0  # released even though the job raised
+
+
+def test_a_run_missed_while_no_scheduler_was_up_is_reported_at_the_next_start(tmp_path, slack_sandbox):
+    s = settings_for(tmp_path, schedules=[{"job": "run", "cron": "0 6 * * *", "misfire_grace_s": 60}])
+    store = open_store(s.state.url)
+    ran = []
+    first = sched.build_scheduler(s, {"run": lambda: ran.append(1)}, blocking=False, store=store)
+    first.start(paused=True)
+    first.shutdown(wait=True)
+    # "the machine was down at 06:00": the stored job's next run lies in the past (APScheduler's
+    # own shutdown processes due jobs once, so the stored state is edited directly)
+    jobstore = SQLAlchemyJobStore(engine=store.engine, tablename=sched.JOBSTORE_TABLE)
+    job = jobstore.lookup_job("healthsync.run")
+    job.next_run_time = datetime.now(timezone.utc) - timedelta(hours=2)
+    jobstore.update_job(job)
+
+    mark = len(slack_sandbox.slack_messages())
+    second = sched.build_scheduler(s, {"run": lambda: ran.append(1)}, blocking=False, store=store, slack=slack_from_ready(slack_sandbox.ready))
+    second.start()
+    try:
+        [msg] = wait_for(lambda: ops_messages(slack_sandbox, mark))
+        assert "`run` missed its run" in msg["text"]
+        assert ran == []  # beyond the grace time: reported, not run late
+        nxt = second.get_job("healthsync.run").next_run_time
+        assert nxt > datetime.now(timezone.utc) and (nxt.hour, nxt.minute) == (6, 0)
+    finally:
+        second.shutdown(wait=True)
+    [run] = [r for r in store.recent_runs() if r["mode"] == "schedule:run"]
+    assert json.loads(run["summary_json"])["event"] == "missed" and run["exit_code"] == 3
