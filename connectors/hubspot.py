@@ -524,7 +524,7 @@ class HubSpotConnector(CrmConnector):
             if not change.fields:
                 results[i] = RecordResult(change.record_id, "invalid", "NO_FIELDS", "nothing to write")
                 continue
-            if raw in seen_ids:  # a batch may not name the same id twice; the later change wins
+            if raw in seen_ids:  # one write per record per push; the caller merges changes first
                 results[i] = RecordResult(change.record_id, "invalid", "DUPLICATE_ID", "the same record appears twice in one push")
                 continue
             seen_ids[raw] = i

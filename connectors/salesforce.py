@@ -527,10 +527,14 @@ class SalesforceConnector(CrmConnector):
         allowed = set((sec.get("write") or {}).values())
         results: list[RecordResult | None] = [None] * len(changes)
         valid: list[tuple[int, str, dict]] = []
+        seen: set[str] = set()
         for i, change in enumerate(changes):
             raw_id = strip_prefix(change.record_id, self.prefix)
             if raw_id is None or not _SF_ID.match(raw_id):
                 results[i] = RecordResult(change.record_id, "invalid", "INVALID_ID", "not a Salesforce record id")
+                continue
+            if raw_id[:15] in seen:  # one write per record per push; the caller merges changes first
+                results[i] = RecordResult(change.record_id, "invalid", "DUPLICATE_ID", "the same record appears twice in one push")
                 continue
             outside = sorted(set(change.fields) - allowed)
             if outside:
@@ -544,6 +548,7 @@ class SalesforceConnector(CrmConnector):
             if not change.fields:
                 results[i] = RecordResult(change.record_id, "invalid", "NO_FIELDS", "nothing to write")
                 continue
+            seen.add(raw_id[:15])
             valid.append((i, raw_id, {k: _json_value(v) for k, v in change.fields.items()}))
         try:
             if len(valid) > self.bulk_threshold:

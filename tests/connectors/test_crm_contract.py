@@ -329,3 +329,96 @@ class TestSecrets:
         assert self.SENTINEL not in str(err.value) and self.SENTINEL not in caplog.text
         check = conn.check()
         assert not check.ok and self.SENTINEL not in repr(check)
+
+
+class TestSalesforceSpecifics:
+    @pytest.mark.parametrize("auth", ["password", "jwt"])
+    def test_given_login_credentials_and_no_token_then_the_connector_logs_in_itself(self, small_sandbox, auth):
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        ready = small_sandbox.ready["salesforce"]
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode()
+        secret = {"password": {"password": ready["password"]}, "jwt": {"private_key": key}}[auth]
+        conn = SalesforceConnector(
+            "", auth=auth, username=ready["username"], consumer_key=ready["consumer_key"], ca_file=ready["ca_file"],
+            token_url=ready["instance_url"] + "/services/oauth2/token", mapping=MAPPING["salesforce"], retry=FAST, **secret,
+        )
+        pages = list(conn.pull("accounts"))
+        assert sum(len(p.records) for p in pages) == len(SalesforceSide().ids(small_sandbox))
+        assert conn.instance_url == ready["instance_url"]  # taken from the token response
+
+    def test_given_more_changes_than_the_threshold_then_one_bulk_job_maps_failed_rows_back(self, small_sandbox):
+        import pandas as pd
+
+        sb = small_sandbox
+        ids = SalesforceSide().ids(sb)[:4]
+        updated = pd.Timestamp("2026-11-01T10:00:00")
+        changes = [Change(f"sf:{i}", {"Health_Score__c": 61.5, "Health_Updated__c": updated}) for i in ids]
+        changes.insert(2, Change("sf:001Hs9999999999AAA", {"Health_Score__c": 1}))
+        bad_value = SalesforceSide().ids(sb)[4]
+        changes.append(Change(f"sf:{bad_value}", {"Health_Score__c": "not a number"}))
+        changes.append(Change(f"sf:{ids[0]}", {"Health_Score__c": 2}))  # the same record twice in one push
+        seq = sb.requests()["last_seq"]
+        results = SalesforceSide().connect(sb, bulk_threshold=3).push("accounts", changes)
+        log = sb.requests(since=seq, api="salesforce")
+        assert SalesforceSide().bulk_jobs(log) == 1 and SalesforceSide().write_calls(log) == 0
+        assert [r.outcome for r in results] == ["ok", "ok", "failed", "ok", "ok", "failed", "invalid"]
+        assert results[6].error_code == "DUPLICATE_ID"
+        assert results[2].error_code == "INVALID_CROSS_REFERENCE_KEY"
+        assert results[5].error_code == "INVALID_TYPE_ON_FIELD_IN_RECORD"
+        record = sb.record("salesforce", "Account", ids[1])
+        assert record["Health_Score__c"] == 61.5 and record["Health_Updated__c"].startswith("2026-11-01T10:00:00")
+
+
+class TestHubSpotSpecifics:
+    def test_given_one_bad_value_when_the_batch_is_rejected_then_it_is_split_until_isolated(self, small_sandbox):
+        import pandas as pd
+
+        sb = small_sandbox
+        ids = HubSpotSide().ids(sb)[:4]
+        changes = [Change(f"hs:{i}", {"health_score": 33, "health_updated": pd.Timestamp("2026-11-01T10:00:00")}) for i in ids]
+        changes[1] = Change(f"hs:{ids[1]}", {"health_score": "abc"})
+        results = HubSpotSide().connect(sb).push("accounts", changes)
+        assert [r.outcome for r in results] == ["ok", "failed", "ok", "ok"]
+        assert results[1].error_code == "VALIDATION_ERROR" and "health_score" in results[1].message
+        stored = sb.record("hubspot", "companies", ids[3])["properties"]
+        assert float(stored["health_score"]) == 33 and stored["health_updated"].startswith("2026-11-01T10:00:00")
+
+    def test_given_more_results_than_the_search_cap_then_the_query_is_rewindowed_and_paced(self, monkeypatch):
+        import connectors.sandbox.hubspot as emulator
+        from connectors.hubspot import HubSpotApiError
+
+        monkeypatch.setattr(emulator, "SEARCH_CAP", 400)  # the emulator answers 400 past 400 results per query
+        with Sandbox(portfolio=accounts_only(900, 6), seed=6) as sb:
+            sb.advance_clock(3600)
+            ids = HubSpotSide().ids(sb)
+            for rid in ids:  # spread modification times over many instants
+                sb.modify("hubspot", "companies", rid, {"name": f"Renamed {rid}"})
+            since = datetime.now(timezone.utc) + timedelta(minutes=30)
+            seq = sb.requests()["last_seq"]
+            conn = HubSpotSide().connect(sb, search_cap=400)
+            pages = list(conn.pull("accounts", since))
+            got = [i for p in pages for i in p.records["account_id"]]
+            assert sorted(got) == sorted(f"hs:{i}" for i in ids)  # every record, each once
+            searches = [r for r in sb.requests(since=seq, api="hubspot")["requests"] if r["path"].endswith("/search")]
+            assert all(r["status"] == 200 for r in searches)  # never past the cap, and paced under 5/s (no 429)
+            assert max(p.cursor for p in pages if p.cursor) <= datetime.now(timezone.utc)  # capped at the run's start
+            with pytest.raises(HubSpotApiError, match="400"):  # control: without re-windowing the cap is hit
+                list(HubSpotSide().connect(sb, search_cap=10_000).pull("accounts", since))
+
+
+def test_pacer_never_exceeds_its_budget_in_any_window():
+    import time
+
+    from connectors.hubspot import _Pacer
+
+    pacer = _Pacer(budget=3, window=0.2)
+    stamps = []
+    for _ in range(10):
+        pacer.wait()
+        stamps.append(time.monotonic())
+    for i, t in enumerate(stamps):
+        assert sum(1 for u in stamps[i:] if u - t < 0.2) <= 3
