@@ -178,7 +178,7 @@ def churn_probability(scored: pd.DataFrame, snapshots: list[Snapshot], model: Mo
 # ----------------------------------------------------------------------------- report pieces
 
 
-def _lead_time(scored: pd.DataFrame, dates: list[pd.Timestamp]) -> dict:
+def lead_time(scored: pd.DataFrame, dates: list[pd.Timestamp]) -> dict:
     """Days from the first at-risk snapshot (of the run ending at the last snapshot seen) to churn.
 
     The churn date is taken as the first snapshot the account is missing from
@@ -223,7 +223,8 @@ def _cases(scored: pd.DataFrame, snapshots: list[Snapshot], model: ModelConfig, 
     by_date = {s.as_of: s.features for s in snapshots}
     texts = pd.Series("", index=wrong.index, dtype="object")
     for as_of, group in wrong.groupby("as_of"):
-        texts[group.index] = explain(group.reset_index(drop=True), by_date[as_of], model).to_numpy()
+        drivers = explain(group.reset_index(drop=True), by_date[as_of], model)
+        texts.loc[group.index] = np.asarray(drivers.astype(object).to_numpy(), dtype=object)
     return [
         {"account_id": a, "as_of": d.date().isoformat(), "score": float(s), "band": b, "drivers": t}
         for a, d, s, b, t in zip(wrong["account_id"], wrong["as_of"], wrong["score"], wrong["band"], texts)
@@ -339,7 +340,7 @@ def evaluate(frames: HistoryFrames, snapshots: list[Snapshot], model: ModelConfi
         **ops,
         "band_counts": {str(k): int(v) for k, v in scored["band"].value_counts().items()},
         "retention_by_score": m.retention_by_score(score, y),
-        "lead_time": _lead_time(scored, dates),
+        "lead_time": lead_time(scored, dates),
         "false_negatives": _cases(scored, snapshots, model, (y == 1) & ~flagged, ascending=False, top_n=top_n),
         "false_positives": _cases(scored, snapshots, model, (y == 0) & flagged, ascending=True, top_n=top_n),
         "by_period": _period_rows(scored),
@@ -380,14 +381,20 @@ def compare(champion: dict, challenger: dict) -> dict:
 
 
 def backtest(history, model: ModelConfig, forecast: ForecastConfig | None = None,
-             challenger_model: ModelConfig | None = None, top_n: int = DEFAULT_TOP_N) -> dict:
-    """Validate `model` (and optionally a challenger) on the history; a JSON-safe dict (module docstring)."""
+             challenger_model: ModelConfig | None = None, top_n: int = DEFAULT_TOP_N,
+             challenger_forecast: ForecastConfig | None = None) -> dict:
+    """Validate `model` (and optionally a challenger) on the history; a JSON-safe dict (module docstring).
+
+    The challenger uses `challenger_forecast` when given, else the champion's
+    forecast config, so a model-only challenger is compared on the same forecast rules.
+    """
     frames = history_frames(history)
     snapshots = build_snapshots(frames, model)
     report = evaluate(frames, snapshots, model, forecast, top_n)
     if challenger_model is not None:
         challenger_snapshots = build_snapshots(frames, challenger_model)
-        report["challenger"] = evaluate(frames, challenger_snapshots, challenger_model, forecast, top_n)
+        report["challenger"] = evaluate(frames, challenger_snapshots, challenger_model,
+                                        challenger_forecast or forecast, top_n)
         report["winner"] = compare(report, report["challenger"])
     return report
 
