@@ -114,6 +114,10 @@ class _SalesforceHttp(requests.Session):
     def _send_once(self, method, url, args, kwargs):
         c = self._connector
         c._governor_check()
+        headers = kwargs.get("headers")
+        if headers and "Authorization" in headers and c._token:
+            # SDK helpers (e.g. the Bulk 2.0 handler) keep the token they were built with; always send the current one
+            kwargs["headers"] = {**headers, "Authorization": "Bearer " + c._token}
         c.stats.calls += 1
         if method.upper() in ("POST", "PATCH", "PUT", "DELETE") and "/query" not in url:
             c.stats.write_calls += 1

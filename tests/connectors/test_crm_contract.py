@@ -43,10 +43,10 @@ class SalesforceSide:
         return datetime.fromisoformat(record["SystemModstamp"].replace("+0000", "+00:00"))
 
     def write_calls(self, log: dict) -> int:
-        return sum(1 for r in log["requests"] if r["endpoint"] == "PATCH composite/sobjects")
+        return sum(1 for r in log["requests"] if r["endpoint"] == "PATCH composite/sobjects" and r["status"] == 200)
 
     def bulk_jobs(self, log: dict) -> int:
-        return sum(1 for r in log["requests"] if r["endpoint"] == "POST jobs/ingest")
+        return sum(1 for r in log["requests"] if r["endpoint"] == "POST jobs/ingest" and r["status"] < 300)
 
     def modify_name(self, sb, rid, name):
         sb.modify(self.api, "Account", rid, {"Name": name})
@@ -77,7 +77,7 @@ class HubSpotSide:
         return datetime.fromisoformat(record["properties"]["hs_lastmodifieddate"].replace("Z", "+00:00"))
 
     def write_calls(self, log: dict) -> int:
-        return sum(1 for r in log["requests"] if r["method"] == "POST" and r["path"].rstrip("/").endswith("/batch/update"))
+        return sum(1 for r in log["requests"] if r["method"] == "POST" and r["path"].rstrip("/").endswith("/batch/update") and r["status"] < 300)
 
     def bulk_jobs(self, log: dict) -> int:
         return 0
