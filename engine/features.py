@@ -24,7 +24,7 @@ import pandas as pd
 from config.model import ModelConfig
 from engine.keys import equals_any, has_duplicates, positions
 from engine.lifecycle import lifecycle_stage
-from engine.rules import numeric_column
+from engine.rules import _boolean, numeric_column
 
 SHORT_WINDOW_DAYS = 30
 LONG_WINDOW_DAYS = 90  # seed 003: escalations and P1s "in the last 90 days"; ticket trend 30 vs 90
@@ -63,42 +63,56 @@ def _account_positions(accounts: pd.DataFrame, account_ids: pd.Series) -> np.nda
     return positions(account_ids, accounts["account_id"])
 
 
+def _datetimes(values: pd.Series) -> np.ndarray:
+    """datetime64 values (naive UTC) in their own unit: no 10M-row conversion to nanoseconds."""
+    return _naive_utc(values).to_numpy()
+
+
 def _ticket_features(accounts: pd.DataFrame, tickets: pd.DataFrame, end: pd.Timestamp) -> dict[str, np.ndarray]:
     n = len(accounts)
     pos = _account_positions(accounts, tickets["account_id"])
-    created = _naive_utc(tickets["created_at"]).to_numpy(dtype="datetime64[ns]")
-    known = (pos >= 0) & ~np.isnat(created) & (created < end.to_datetime64())
-    short_start = (end - pd.Timedelta(days=SHORT_WINDOW_DAYS)).to_datetime64()
-    long_start = (end - pd.Timedelta(days=LONG_WINDOW_DAYS)).to_datetime64()
-    in_short = known & (created >= short_start)
-    in_long = known & (created >= long_start)
+    created = _datetimes(tickets["created_at"])
+    end64 = end.to_datetime64()
+    in_long = (pos >= 0) & (created < end64) & (created >= (end - pd.Timedelta(days=LONG_WINDOW_DAYS)).to_datetime64())
+    in_short = created >= (end - pd.Timedelta(days=SHORT_WINDOW_DAYS)).to_datetime64()  # NaT compares False
 
-    def count(mask: np.ndarray) -> np.ndarray:
-        return np.bincount(pos[mask], minlength=n).astype("float64")
-
-    out = {
-        "tickets_30d": count(in_short),
-        "tickets_90d": count(in_long),
-    }
-    out["tickets_rate_30d"] = out["tickets_30d"] / SHORT_WINDOW_DAYS
-    out["tickets_rate_90d"] = out["tickets_90d"] / LONG_WINDOW_DAYS
-    if "escalated" in tickets.columns:
-        escalated = tickets["escalated"].astype("boolean").fillna(False).to_numpy(dtype=bool)
-        out["escalations_90d"] = count(in_long & escalated)
-    if "priority" in tickets.columns:
+    # one counting pass: each ticket in the 90-day window adds to (account, flag combination)
+    flags = in_short.astype(np.int64)
+    has_escalated = "escalated" in tickets.columns
+    if has_escalated:
+        column = tickets["escalated"]
+        if pd.api.types.is_bool_dtype(column.dtype):
+            escalated = column.to_numpy(dtype=bool, na_value=False)
+        else:  # "true"/"false" text or 0/1 from a file that skipped dtype coercion
+            escalated = _boolean(tickets, "escalated") == 1.0
+        flags |= escalated.astype(np.int64) << 1
+    has_priority = "priority" in tickets.columns
+    if has_priority:
         p1 = equals_any(tickets["priority"], ("P1",))
         # open as of `end`: not closed yet, or closed only after it
         if "closed_at" in tickets.columns:
-            closed = _naive_utc(tickets["closed_at"]).to_numpy(dtype="datetime64[ns]")
-            closed_by_then = ~np.isnat(closed) & (closed < end.to_datetime64())
+            closed = _datetimes(tickets["closed_at"])
             no_close_date = np.isnat(closed)
+            closed_by_then = ~no_close_date & (closed < end64)
         else:
-            closed_by_then = np.zeros(len(tickets), dtype=bool)
             no_close_date = np.ones(len(tickets), dtype=bool)
+            closed_by_then = np.zeros(len(tickets), dtype=bool)
         if "status" in tickets.columns:
-            marked_closed = equals_any(tickets["status"], ("closed",))
-            closed_by_then |= no_close_date & marked_closed
-        out["open_p1_90d"] = count(in_long & p1 & ~closed_by_then)
+            closed_by_then |= no_close_date & equals_any(tickets["status"], ("closed",))
+        flags |= (p1 & ~closed_by_then).astype(np.int64) << 2
+    rows = np.flatnonzero(in_long)
+    counts = np.bincount(pos[rows] * 8 + flags[rows], minlength=n * 8).reshape(n, 8).astype("float64")
+    combos = np.arange(8)
+    out = {
+        "tickets_30d": counts[:, (combos & 1) == 1].sum(axis=1),
+        "tickets_90d": counts.sum(axis=1),
+    }
+    out["tickets_rate_30d"] = out["tickets_30d"] / SHORT_WINDOW_DAYS
+    out["tickets_rate_90d"] = out["tickets_90d"] / LONG_WINDOW_DAYS
+    if has_escalated:
+        out["escalations_90d"] = counts[:, (combos & 2) == 2].sum(axis=1)
+    if has_priority:
+        out["open_p1_90d"] = counts[:, (combos & 4) == 4].sum(axis=1)
     return out
 
 
@@ -126,7 +140,7 @@ def _usage_features(accounts: pd.DataFrame, usage: pd.DataFrame, end: pd.Timesta
     """
     n = len(accounts)
     pos = _account_positions(accounts, usage["account_id"])
-    day = _naive_utc(usage["date"]).to_numpy(dtype="datetime64[ns]")
+    day = _datetimes(usage["date"])
     start = (end - pd.Timedelta(days=USAGE_WINDOW_DAYS)).to_datetime64()
     rows = (pos >= 0) & ~np.isnat(day) & (day < end.to_datetime64()) & (day >= start)
     seen = np.bincount(pos[rows], minlength=n) > 0
@@ -167,7 +181,7 @@ def build_features(
     end = end_day + pd.Timedelta(days=1)  # windows include the whole as_of day
     if has_duplicates(accounts["account_id"]):
         accounts = accounts.drop_duplicates("account_id", keep="last")
-    features = accounts.reset_index(drop=True).copy()
+    features = accounts.reset_index(drop=True).copy(deep=False)  # new columns only; inputs untouched
     computed: dict[str, np.ndarray] = {}
 
     if tickets is not None:

@@ -52,7 +52,7 @@ def adjust_opportunities(
     opps = opportunities
     if has_duplicates(opps["opportunity_id"]):
         opps = opps.drop_duplicates("opportunity_id", keep="last")
-    opps = opps.reset_index(drop=True).copy()
+    opps = opps.reset_index(drop=True).copy(deep=False)  # new columns only; the input is untouched
     health = scored_with_trends
     if has_duplicates(health["account_id"]):
         health = health.drop_duplicates("account_id", keep="last")
