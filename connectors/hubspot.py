@@ -310,7 +310,7 @@ class HubSpotConnector(CrmConnector):
         object_type = sec.get("object") or {"tasks": "tasks"}[object]
         if object == "tasks":
             read = dict(_TASK_READ)
-            read["key"] = sec.get("key_field", "healthsync_key")
+            read["key"] = sec.get("key_field") or "healthsync_key"
             return object_type, read, "companies"
         read = dict(sec.get("read") or {})
         assoc = None
@@ -573,7 +573,7 @@ class HubSpotConnector(CrmConnector):
 
     def create_tasks(self, tasks: list[TaskSpec]) -> list[RecordResult]:
         """Create tasks associated to their company (type 192), idempotent by `healthsync_key`."""
-        key_prop = section(self.mapping, "tasks", "hubspot").get("key_field", "healthsync_key")
+        key_prop = section(self.mapping, "tasks", "hubspot").get("key_field") or "healthsync_key"
         results: list[RecordResult | None] = [None] * len(tasks)
         todo: dict[str, tuple[list[int], dict]] = {}
         if {t.owner_email.lower() for t in tasks if t.owner_email} - set(self._owner_ids):
@@ -715,7 +715,7 @@ class HubSpotConnector(CrmConnector):
             for column, prop in (sec.get("read") or {}).items():
                 if not prop.startswith("associations.") and prop not in names and prop != "hs_object_id":
                     problems.append(f"{object_type}.{prop} (mapping.hubspot.{SECTIONS[object]}.read.{column}) does not exist")
-            writes = (sec.get("write") or {}).items() if object != "tasks" else [("key_field", sec.get("key_field", "healthsync_key"))]
+            writes = (sec.get("write") or {}).items() if object != "tasks" else [("key_field", (sec.get("key_field") or "healthsync_key"))]
             for column, prop in writes:
                 if prop not in names:
                     problems.append(

@@ -412,7 +412,7 @@ class SalesforceConnector(CrmConnector):
         existing = self._field_names(sobject)
         problems: list[str] = []
         if object == "tasks":
-            key_field = sec.get("key_field", "Healthsync_Key__c")
+            key_field = sec.get("key_field") or "Healthsync_Key__c"
             read = {"task_id": "Id", "account_id": "WhatId", "status": "Status", "created_at": "CreatedDate", "due_at": "ActivityDate"}
             if key_field not in existing:
                 raise ConfigurationError(f"Salesforce Task has no field {key_field}; run `healthsync crm setup`")
@@ -605,7 +605,7 @@ class SalesforceConnector(CrmConnector):
 
     def create_tasks(self, tasks: list[TaskSpec]) -> list[RecordResult]:
         """Create playbook tasks, idempotent by key: existing keys return their task id, nothing is created twice."""
-        key_field = section(self.mapping, "tasks", "salesforce").get("key_field", "Healthsync_Key__c")
+        key_field = section(self.mapping, "tasks", "salesforce").get("key_field") or "Healthsync_Key__c"
         results: list[RecordResult | None] = [None] * len(tasks)
         todo: dict[str, tuple[list[int], dict]] = {}
         emails = {t.owner_email.lower() for t in tasks if t.owner_email}
@@ -712,7 +712,7 @@ class SalesforceConnector(CrmConnector):
                         )
                 writes = list((sec.get("write") or {}).items())
                 if object == "tasks":
-                    writes = [("key_field", sec.get("key_field", "Healthsync_Key__c"))]
+                    writes = [("key_field", (sec.get("key_field") or "Healthsync_Key__c"))]
                 for column, field in writes:
                     meta = described.get(field)
                     if meta is None:

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
-import yaml
+
+from config.settings import load_settings
 
 from connectors.demo_data import generate_portfolio
 from connectors.retry import RetryPolicy
 from connectors.sandbox import Sandbox
 
-ROOT = Path(__file__).resolve().parents[2]
-MAPPING = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())["mapping"]
+#: the mapping exactly as the CLI passes it (the validated settings, dumped to plain dicts)
+_MAPPING = load_settings(environ={}).mapping
+MAPPING = {"salesforce": _MAPPING.salesforce.model_dump(), "hubspot": _MAPPING.hubspot.model_dump()}
 
 #: tiny waits so fault tests stay fast; a Retry-After of 1 s (the emulators' default) is still honoured
 FAST = RetryPolicy(max_attempts=12, max_total_seconds=40, base_wait=0.01, max_wait=0.1, max_retry_after=2, timeout=10)
