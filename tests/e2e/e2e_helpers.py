@@ -97,8 +97,23 @@ def assert_no_duplicate_tasks(sb: Sandbox) -> Counter:
     return keys
 
 
-def assert_no_duplicate_messages(sb: Sandbox) -> int:
-    seen = Counter((m["channel"], m["text"]) for m in sb.slack_messages())
-    dupes = {k: n for k, n in seen.items() if n > 1}
-    assert not dupes, f"duplicate Slack messages: {dupes}"
-    return sum(seen.values())
+def assert_no_duplicate_messages(sb: Sandbox, store: StateStore) -> int:
+    """Every Slack message the sandbox received is one recorded (episode, level, kind) key, sent once.
+
+    (Text alone does not identify a message: both sandbox CRMs hold accounts with the same
+    names and owners, so two episodes can read alike in the same DM.)
+    """
+    from sqlalchemy import select
+
+    from sync.state import escalations
+
+    messages = sb.slack_messages()
+    ts_seen = Counter(m["ts"] for m in messages)
+    assert all(n == 1 for n in ts_seen.values())
+    with store.engine.connect() as conn:
+        keys = conn.execute(select(escalations.c.episode_id, escalations.c.level, escalations.c.kind, escalations.c.ts)).all()
+    recorded = [k.ts for k in keys if k.ts]
+    assert len(recorded) == len(set(recorded)), "two keys recorded the same message"
+    assert set(recorded) <= set(ts_seen), "a recorded message is not in Slack"
+    assert len(messages) <= len(keys), f"{len(messages)} messages for {len(keys)} idempotency keys: something was sent twice"
+    return len(messages)
