@@ -137,17 +137,17 @@ def test_overlay_loads_as_a_config_and_the_fitted_method_uses_its_probabilities(
     assert fitted_report["auc"] == pytest.approx(result.report["auc"], abs=2e-3)
 
 
-def test_isotonic_map_is_monotone_and_loads(demo_history, settings, tmp_path):
-    acc = demo_history.accounts_history
-    history = {"accounts_history": acc[acc["as_of"] <= sorted(acc["as_of"].unique())[3]], "tickets": demo_history.tickets}
-    result = calibrate(history, settings.model, probability="isotonic")
+def test_isotonic_map_is_monotone_and_loads(settings, tmp_path):
+    result = calibrate(synthetic_history(n=2000), settings.model, probability="isotonic")
     fitted = result.model.fitted
     assert fitted.kind == "isotonic" and len(fitted.x) >= 2
     assert list(fitted.x) == sorted(fitted.x)
     assert all(a >= b for a, b in zip(fitted.y, fitted.y[1:]))  # higher score, lower churn probability
+    assert fitted.y[0] > 3 * fitted.y[-1]
     path = tmp_path / "iso.yaml"
     path.write_text(yaml.safe_dump(result.overlay))
     assert load_settings(None, overlays=[path]).model.fitted.kind == "isotonic"
+    assert result.report["probability_method"] == "model.fitted (isotonic)"
     assert result.report["brier"] <= 0.15
 
 
