@@ -25,6 +25,7 @@ matplotlib.use("Agg")  # no display; must precede any pyplot import elsewhere in
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.collections import PolyCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
@@ -166,6 +167,11 @@ def trend_chart(trend: pd.DataFrame, bands: Sequence[tuple[str, str]]) -> str:
             _empty(ax_mean, "No runs yet")
         ax_mean.set_ylabel("Mean score")
         ax_mean.yaxis.set_major_locator(MaxNLocator(4))
+        if n:  # at least a 20-point window, so run-to-run noise does not look like a collapse
+            mid = float(np.nanmean(trend["mean_score"])) if trend["mean_score"].notna().any() else 50.0
+            lo, hi = np.nanmin(trend["mean_score"]), np.nanmax(trend["mean_score"])
+            half = max((hi - lo) / 2 + 2, 10) if np.isfinite(lo) else 10
+            ax_mean.set_ylim(max(0, mid - half), min(100, mid + half))
         ax_bands.set_ylabel("% of accounts")
         ax_bands.set_ylim(0, 100)
         for ax in (ax_mean, ax_bands):
@@ -204,10 +210,12 @@ class SparklineRenderer:
         with matplotlib.rc_context(_RC):
             self.fig = Figure(figsize=(width_in, height_in))
             self.ax = self.fig.add_axes((0.01, 0.06, 0.98, 0.88))
-            for _name, lo, hi, color in bands:
-                self.ax.axhspan(lo, hi + (1 if hi < 100 else 0), color=color, alpha=0.13, linewidth=0)
-            (self.line,) = self.ax.plot([], [], color=INK, linewidth=1.6, solid_capstyle="round")
-            (self.last,) = self.ax.plot([], [], "o", color=INK, markersize=3.5)
+            # one collection for the band backgrounds and one line (last point marked): the fewer artists, the faster
+            spans = [[(0, lo), (1, lo), (1, hi + (1 if hi < 100 else 0)), (0, hi + (1 if hi < 100 else 0))] for _n, lo, hi, _c in bands]
+            self.ax.add_collection(PolyCollection(spans, facecolors=[c for *_r, c in bands], alpha=0.13, linewidths=0,
+                                                  transform=self.ax.get_yaxis_transform()))
+            (self.line,) = self.ax.plot([], [], color=INK, linewidth=1.6, solid_capstyle="round", marker="o",
+                                        markersize=3.5, markevery=[-1])
             self.ax.set_ylim(0, 100)
             self.ax.set_axis_off()
 
@@ -217,6 +225,5 @@ class SparklineRenderer:
         if len(values) == 1:  # one run: a short flat line so there is something to read
             x, values = np.array([0.0, 1.0]), np.repeat(values, 2)
         self.line.set_data(x, values)
-        self.last.set_data(x[-1:], values[-1:])
         self.ax.set_xlim(-0.3, max(x[-1], 1.0) + 0.3)
         return to_svg(self.fig, key)

@@ -118,7 +118,9 @@ def _read(store: StateStore, table: str, *where) -> pd.DataFrame:
         query = query.where(clause(t))
     with store.engine.connect() as conn:
         result = conn.execute(query)
-        return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+        columns = list(result.keys())
+        # plain tuples: pandas probing SQLAlchemy Row objects costs seconds at 100k rows
+        return pd.DataFrame.from_records([tuple(r) for r in result], columns=columns)
 
 
 def _json_objects(texts: pd.Series) -> list[Any]:
@@ -201,6 +203,17 @@ def _latest_run(store: StateStore) -> tuple[str | None, pd.DataFrame, dict[str, 
             info["summary"] = {}
     info.setdefault("summary", {})
     return run_id, runs, info
+
+
+def _history(store: StateStore) -> pd.DataFrame:
+    """Every run's (account_id, scored_at, score, band, run_id); the trend and the history charts read it."""
+    sh = store.tables["score_history"]
+    with store.engine.connect() as conn:
+        rows = [tuple(r) for r in conn.execute(select(sh.c.account_id, sh.c.scored_at, sh.c.score, sh.c.band, sh.c.run_id))]
+    frame = pd.DataFrame.from_records(rows, columns=["account_id", "scored_at", "score", "band", "run_id"])
+    frame["scored_at"] = pd.to_datetime(frame["scored_at"])
+    frame["score"] = pd.to_numeric(frame["score"], errors="coerce").astype("float64")
+    return frame
 
 
 def _replica_frame(store: StateStore, object: str) -> pd.DataFrame:
@@ -396,9 +409,10 @@ def renewals_at_risk(accounts: pd.DataFrame, bands: list[BandInfo], now: datetim
     configured = [b.name for b in bands if b.configured]
     healthiest = configured[-1] if configured else None
     start = _naive_ts(now).normalize()
-    due = accounts["renewal_date"].between(start, start + pd.Timedelta(days=days))
+    renewal = pd.to_datetime(accounts["renewal_date"], errors="coerce")
+    due = renewal.between(start, start + pd.Timedelta(days=days))
     frame = accounts[due & (accounts["band"] != healthiest)]
-    return frame.assign(days_to_renewal=(frame["renewal_date"] - start).dt.days).sort_values(["renewal_date", "account_id"])
+    return frame.assign(days_to_renewal=(renewal[frame.index] - start).dt.days).sort_values(["renewal_date", "account_id"])
 
 
 def _tasks(store: StateStore, accounts: pd.DataFrame, now: datetime) -> pd.DataFrame:
@@ -455,7 +469,8 @@ def _freshness(store: StateStore, now: datetime) -> pd.DataFrame:
         return pd.DataFrame(columns=["crm", "object", "records", "last_modified", "cursor_value", "updated_at", "age_hours", "stale"])
     frame["records"] = frame["records"].fillna(0).astype(int)
     last_pull = pd.to_datetime(frame["updated_at"]).fillna(pd.to_datetime(frame["last_modified"]))
-    frame["age_hours"] = (_naive_ts(now) - last_pull).dt.total_seconds() / 3600
+    # never negative: `now` may be the sandbox clock while pulls are stamped with real time
+    frame["age_hours"] = ((_naive_ts(now) - last_pull).dt.total_seconds() / 3600).clip(lower=0)
     frame["stale"] = (frame["age_hours"] > STALE_AFTER_HOURS) | frame["age_hours"].isna()
     return frame.sort_values(["crm", "object"]).reset_index(drop=True)
 
@@ -518,7 +533,7 @@ def load_report_data(store: StateStore, settings: Settings, now: datetime | None
     """Read the state store into the report's frames (`owner` limits everything to that owner's accounts)."""
     now = _aware(now) or datetime.now(timezone.utc)
     run_id, _runs, run = _latest_run(store)
-    history = store.score_history_frame() if run_id else pd.DataFrame(columns=["account_id", "scored_at", "score", "band", "run_id"])
+    history = _history(store) if run_id else pd.DataFrame(columns=["account_id", "scored_at", "score", "band", "run_id"])
     notes: list[str] = []
     if run_id:
         accounts = _accounts(store, settings, run_id, history)
