@@ -194,6 +194,7 @@ class HubSpotConnector(CrmConnector):
         timeout: float = 30,
         retry: RetryPolicy | None = None,
         search_cap: int = SEARCH_CAP,
+        identity_property: str = "salesforce_account_id",
     ):
         token = reveal(access_token)
         if not token:
@@ -208,6 +209,7 @@ class HubSpotConnector(CrmConnector):
         self.retry = retry or RetryPolicy(timeout=timeout)
         self.timeout = self.retry.timeout if retry else timeout
         self.search_cap = int(search_cap)
+        self.identity_property = identity_property  # config mapping.identity.hubspot_salesforce_id_property
         self.stats = CallStats()
         self.host = (host or "https://api.hubapi.com").rstrip("/")
         self._redact = Redactor([token])
@@ -313,6 +315,9 @@ class HubSpotConnector(CrmConnector):
             read["key"] = sec.get("key_field") or "healthsync_key"
             return object_type, read, "companies"
         read = dict(sec.get("read") or {})
+        if object == "accounts":  # extra columns for cross-CRM identity (connectors/identity.py)
+            read.setdefault("domain", "domain")
+            read.setdefault(self.identity_property, self.identity_property)
         assoc = None
         for column, prop in list(read.items()):
             if prop.startswith("associations."):
@@ -339,6 +344,7 @@ class HubSpotConnector(CrmConnector):
             f"mapping.hubspot.{SECTIONS[object]}.read.{col}: property {p} not found on {object_type}; column left empty"
             for col, p in read.items()
             if not p.startswith("associations.") and p not in existing and p != "hs_object_id"
+            and not (object == "accounts" and col in ("domain", self.identity_property))
         ]
         if object == "tasks" and read["key"] not in existing:
             raise ConfigurationError(f"HubSpot tasks have no property {read['key']}; run `healthsync crm setup`")

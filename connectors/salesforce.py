@@ -419,6 +419,8 @@ class SalesforceConnector(CrmConnector):
             read["key"] = key_field
         else:
             read = dict(sec.get("read") or {})
+            if object == "accounts" and "domain" not in read and "Website" in existing:
+                read["domain"] = "Website"  # extra column for cross-CRM identity (connectors/identity.py)
         fields: list[str] = []
         for column, field in read.items():
             if field.split(".")[0] not in existing:

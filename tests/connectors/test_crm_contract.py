@@ -422,3 +422,32 @@ def test_pacer_never_exceeds_its_budget_in_any_window():
         stamps.append(time.monotonic())
     for i, t in enumerate(stamps):
         assert sum(1 for u in stamps[i:] if u - t < 0.2) <= 3
+
+
+def test_accounts_pulled_from_both_crms_are_matched_by_domain_and_the_rest_reported():
+    import pandas as pd
+
+    from connectors.identity import match_accounts
+
+    with Sandbox(portfolio=accounts_only(6, 8), seed=8, precreate_fields=True) as sb:
+        extra = sb.create("hubspot", "companies", {"name": "Only in HubSpot", "domain": "www.solo.example.org"})
+        sf = pd.concat([p.records for p in SalesforceSide().connect(sb).pull("accounts")])
+        hs = pd.concat([p.records for p in HubSpotSide().connect(sb).pull("accounts")])
+        pairs, report = match_accounts(sf, hs, "domain")
+        assert len(pairs) == 6 and set(pairs["salesforce_id"]) == set(sf["account_id"])
+        by_name = dict(zip(sf["account_id"], sf["name"]))
+        hs_names = dict(zip(hs["account_id"], hs["name"]))
+        assert all(by_name[s] == hs_names[h] for s, h in zip(pairs["salesforce_id"], pairs["hubspot_id"]))
+        assert report.unmatched_hubspot == [f"hs:{extra}"] and not report.unmatched_salesforce
+
+
+def test_a_mapped_field_missing_in_the_crm_is_reported_and_the_pull_goes_on(crm, small_sandbox):
+    import copy
+
+    mapping = copy.deepcopy(MAPPING[crm.api])
+    mapping["account"]["read"]["nps"] = "Nps_Gone__c" if crm.api == "salesforce" else "nps_gone"
+    build = salesforce_from_ready if crm.api == "salesforce" else hubspot_from_ready
+    conn = build(small_sandbox.ready, mapping, retry=FAST)
+    pages = list(conn.pull("accounts"))
+    assert any("nps" in p and ("Nps_Gone__c" in p or "nps_gone" in p) for p in pages[0].problems)
+    assert sum(len(p.records) for p in pages) == len(crm.ids(small_sandbox)) and pages[0].records["nps"].isna().all()
