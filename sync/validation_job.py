@@ -20,7 +20,8 @@ def _history(path: Path):
     path = Path(path)
     if not path.is_dir():
         raise ConfigurationError(f"--history {path}: not a directory")
-    return read_history(path)
+    frames, _problems = read_history(path)  # (frames, ValidationReport): the engine takes the frames
+    return frames
 
 
 def _record_backtest(settings, report: dict) -> None:
