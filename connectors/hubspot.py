@@ -723,10 +723,9 @@ class HubSpotConnector(CrmConnector):
                     problems.append(f"{object_type}.{prop} (mapping.hubspot.{SECTIONS[object]}.read.{column}) does not exist")
             writes = (sec.get("write") or {}).items() if object != "tasks" else [("key_field", (sec.get("key_field") or "healthsync_key"))]
             for column, prop in writes:
+                key = f"mapping.hubspot.{SECTIONS[object]}." + (column if column == "key_field" else f"write.{column}")
                 if prop not in names:
-                    problems.append(
-                        f"{object_type}.{prop} (mapping.hubspot.{SECTIONS[object]}.write.{column}) is missing; run `healthsync crm setup`"
-                    )
+                    problems.append(f"{object_type}.{prop} ({key}) is missing; run `healthsync crm setup`")
         try:
             self._load_owners()
         except (ConfigurationError, HubSpotApiError, RetryableError, StopRunError) as exc:

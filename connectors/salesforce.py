@@ -717,11 +717,9 @@ class SalesforceConnector(CrmConnector):
                     writes = [("key_field", (sec.get("key_field") or "Healthsync_Key__c"))]
                 for column, field in writes:
                     meta = described.get(field)
+                    key = f"mapping.salesforce.{section_name(object)}." + (column if column == "key_field" else f"write.{column}")
                     if meta is None:
-                        problems.append(
-                            f"{sobject}.{field} (mapping.salesforce.{section_name(object)}.write.{column}) is missing; "
-                            "run `healthsync crm setup`"
-                        )
+                        problems.append(f"{sobject}.{field} ({key}) is missing; run `healthsync crm setup`")
                     elif not (meta.get("updateable", True) or meta.get("createable", True)):
                         problems.append(f"{sobject}.{field} is not editable by the integration user; grant field-level edit access")
             if self.usage:

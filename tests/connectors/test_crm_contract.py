@@ -214,6 +214,8 @@ class TestCrmContract:
             assert keys.count(s.key) == 1
         pulled = [p for p in crm.connect(sb).pull("tasks")][-1].records
         assert {s.key for s in specs} <= set(pulled["key"])
+        recent = [p for p in crm.connect(sb).pull("tasks", datetime.now(timezone.utc) - timedelta(minutes=1))][-1].records
+        assert {s.key for s in specs} <= set(recent["key"])
         row = pulled[pulled["key"] == specs[0].key].iloc[0]
         assert row["account_id"] == f"{crm.prefix}:{account}" and row["status"] == "open" and row["playbook"] == "renewal_risk"
 
