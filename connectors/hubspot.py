@@ -671,7 +671,9 @@ class HubSpotConnector(CrmConnector):
             if k in created:
                 out[k] = RecordResult(k, "ok", crm_id=created[k])
             elif k in errors:
-                out[k] = RecordResult(k, "failed", errors[k][0], errors[k][1], False)
+                # a CONFLICT on the unique key means the task exists but search did not show it yet (index lag):
+                # retryable, so the next run finds it by key instead of creating it
+                out[k] = RecordResult(k, "failed", errors[k][0], errors[k][1], errors[k][0] == "CONFLICT")
             else:
                 out[k] = RecordResult(k, "failed", "NOT_CONFIRMED", "HubSpot did not confirm the task", True)
         return out

@@ -104,10 +104,13 @@ class SlackNotifier:
         self._dm_channels: dict[str, str] = {}
 
     def _call(self, method: str, **kwargs) -> dict:
+        """One Web API call through the SDK's own method (each sends its documented content type)."""
+        sdk_method = getattr(self._client, method.replace(".", "_"))
+
         def attempt():
             self.stats.calls += 1
             try:
-                return self._client.api_call(method, json=kwargs).data
+                return sdk_method(**kwargs).data
             except SlackApiError as exc:
                 response = exc.response
                 error = response.get("error") if hasattr(response, "get") else None
@@ -139,7 +142,7 @@ class SlackNotifier:
                 if exc.error == "users_not_found":
                     raise SlackUserNotFoundError(user_email) from None
                 raise
-            self._dm_channels[key] = self._call("conversations.open", users=user)["channel"]["id"]
+            self._dm_channels[key] = self._call("conversations.open", users=[user])["channel"]["id"]
         return self._dm_channels[key]
 
     def post(
