@@ -1,0 +1,114 @@
+"""run_cycle outcomes: quota stop (exit 3, state kept, resumes), live mode without fields (exit 2),
+the embedded sandbox on a fresh state db, the dry-run table, status, and no secret in any output."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from rich.console import Console
+
+from config.settings import load_settings
+from connectors.sandbox import Sandbox
+from sync.run import pull_stage, retry_failed, run_cycle, score_stage, sync_stage
+from sync.state import open_store
+from sync.status import status
+
+
+@pytest.fixture
+def settings(tmp_path):
+    s = load_settings()
+    s.state.url = f"sqlite:///{tmp_path}/state.db"
+    s.sources.salesforce.lookback_minutes = 0
+    s.sources.hubspot.lookback_minutes = 0
+    return s
+
+
+def _secrets(ready: dict) -> list[str]:
+    return [ready["salesforce"]["access_token"], ready["salesforce"]["password"], ready["hubspot"]["access_token"], ready["slack"]["token"]]
+
+
+def test_given_the_quota_runs_out_then_the_run_stops_with_exit_3_keeps_state_and_the_next_run_resumes(settings):
+    settings.sources.salesforce.quota_stop_share = 0.5
+    with Sandbox(accounts=12, seed=2, precreate_fields=True, salesforce_daily_limit=18, slack_message_interval_s=0) as sb:
+        stopped = run_cycle(settings, ready=sb.ready, json_mode=True)
+        body = json.dumps(stopped.to_json())
+        assert stopped.status == "stopped" and stopped.exit_code == 3
+        assert "quota" in stopped.stopped_reason.lower()
+        assert not any(secret in body for secret in _secrets(sb.ready))
+        store = open_store(settings.state.url)
+        assert store.recent_runs(1)[0]["status"] == "stopped"
+        kept_cursors = store.count("cursors")
+        assert kept_cursors >= 1  # what was pulled before the stop stays pulled
+
+        sb.salesforce.daily_limit = 100_000  # a new day
+        resumed = run_cycle(settings, ready=sb.ready, json_mode=True)
+        assert resumed.status == "ok", resumed.errors
+        accounts = [a for a in sb.records("salesforce", "Account") if not a["IsDeleted"]]
+        assert all(a["Health_Score__c"] is not None for a in accounts)
+        again = run_cycle(settings, ready=sb.ready, json_mode=True)
+        assert all(w["records_changed"] == 0 for w in again.writes.values())
+
+        report = status(store)
+        assert [r["status"] for r in report["runs"]] == ["ok", "ok", "stopped"]
+        assert report["queues"]["failed_records"] == 0 and report["queues"]["open_episodes"] >= 0
+        store.close()
+
+
+def test_given_live_credentials_and_missing_fields_then_configuration_error_and_nothing_sent(tmp_path, settings):
+    with Sandbox(accounts=5, seed=3) as sb:  # fields NOT created
+        env = {
+            "HEALTHSYNC__SALESFORCE__ACCESS_TOKEN": sb.ready["salesforce"]["access_token"],
+            "HEALTHSYNC__HUBSPOT__ACCESS_TOKEN": sb.ready["hubspot"]["access_token"],
+            "HEALTHSYNC__SOURCES__SALESFORCE__AUTH": "token",
+            "HEALTHSYNC__SOURCES__SALESFORCE__INSTANCE_URL": sb.ready["salesforce"]["instance_url"],
+            "HEALTHSYNC__SOURCES__SALESFORCE__CA_FILE": sb.ready["salesforce"]["ca_file"],
+            "HEALTHSYNC__SOURCES__HUBSPOT__HOST": sb.ready["hubspot"]["host"],
+            "HEALTHSYNC__STATE__URL": settings.state.url,
+        }
+        live = load_settings(environ=env)
+        assert live.live
+        seq = sb.requests()["last_seq"]
+        summary = run_cycle(live, json_mode=True)
+        assert summary.mode == "live" and summary.status == "failed" and summary.exit_code == 2
+        assert "healthsync crm setup" in " ".join(summary.errors)
+        sent = [r for r in sb.requests(since=seq)["requests"] if r["method"] != "GET" and "oauth2" not in r["path"]]
+        assert sent == []
+        assert not any(s in json.dumps(summary.to_json()) for s in _secrets(sb.ready))
+
+
+def test_given_no_credentials_then_the_embedded_sandbox_runs_on_a_fresh_state_db(tmp_path, settings):
+    settings.sandbox.accounts = 6
+    first = run_cycle(settings, json_mode=True)
+    assert first.mode == "sandbox" and first.status == "ok", first.errors
+    assert any("embedded sandbox" in n for n in first.notes)
+    assert first.accounts_scored == 12
+    sandbox_db = tmp_path / "sandbox" / "state.db"
+    assert sandbox_db.exists() and not (tmp_path / "state.db").exists()
+    second = run_cycle(settings, json_mode=True)
+    assert second.status == "ok"
+    assert sum(w["records_changed"] for w in second.writes.values()) == sum(w["records_changed"] for w in first.writes.values())
+    store = open_store(f"sqlite:///{sandbox_db}")
+    assert [r["run_id"] for r in store.recent_runs()] == [second.run_id]  # reset at each embedded start
+    store.close()
+
+
+def test_stages_and_the_dry_run_table(settings):
+    with Sandbox(accounts=6, seed=5, precreate_fields=True, slack_message_interval_s=0) as sb:
+        pulled = pull_stage(settings, ready=sb.ready)
+        assert pulled["pulled"]["salesforce"]["accounts"]["records"] == 6 and pulled["exit_code"] == 0
+        scored = score_stage(settings, ready=sb.ready)
+        assert scored["accounts_scored"] == 12 and sum(scored["bands"].values()) == 12
+        dry = sync_stage(settings, ready=sb.ready, dry_run=True)
+        assert dry["counts"]["changed"] > 0 and dry["counts"]["invalid"] == 0
+        assert sb.records("salesforce", "Account")[0]["Health_Score__c"] is None  # nothing sent
+
+        out = io.StringIO()
+        run_cycle(settings, ready=sb.ready, dry_run=True, console=Console(file=out, width=200))
+        text = out.getvalue()
+        assert "dry run" in text and "Health_Score__c" in text and "would change" in text
+
+        done = sync_stage(settings, ready=sb.ready)
+        assert done["status"] == "ok" and done["writes"]["salesforce"]["records_changed"] == dry["by_crm"]["salesforce"]["changed"]
+        assert retry_failed(settings, ready=sb.ready)["writes"]["salesforce"]["records_changed"] == 0
