@@ -54,7 +54,7 @@ def _naive_utc(values: pd.Series) -> pd.Series:
 def _days_between(later: pd.Timestamp | pd.Series, earlier) -> np.ndarray:
     delta = later - earlier
     if isinstance(delta, pd.Series):
-        return (delta.dt.days).to_numpy(dtype="float64", na_value=np.nan)
+        return delta.dt.days.to_numpy(dtype="float64", na_value=np.nan).copy()
     return np.asarray(delta.days, dtype="float64")
 
 
