@@ -453,3 +453,20 @@ def test_a_mapped_field_missing_in_the_crm_is_reported_and_the_pull_goes_on(crm,
     pages = list(conn.pull("accounts"))
     assert any("nps" in p and ("Nps_Gone__c" in p or "nps_gone" in p) for p in pages[0].problems)
     assert sum(len(p.records) for p in pages) == len(crm.ids(small_sandbox)) and pages[0].records["nps"].isna().all()
+
+
+def test_no_secret_in_debug_logs_of_a_full_round_trip(small_sandbox, caplog):
+    from connectors.slack import slack_from_ready
+
+    caplog.set_level("DEBUG")
+    sb = small_sandbox
+    for side in (SalesforceSide(), HubSpotSide()):
+        conn = side.connect(sb)
+        list(conn.pull("accounts"))
+        conn.push("accounts", [Change(f"{side.prefix}:{i}", {side.score_field: 50}) for i in side.ids(sb)[:3]])
+        conn.create_tasks([TaskSpec(f"logs:{side.api}", f"{side.prefix}:{side.ids(sb)[0]}", None, "s", "d", datetime(2026, 12, 3))])
+    slack_from_ready(sb.ready, retry=FAST).post(channel="general", text="hello")
+    secrets = [sb.ready["salesforce"]["access_token"], sb.ready["salesforce"]["password"], sb.ready["hubspot"]["access_token"], sb.ready["slack"]["token"]]
+    secrets += list(sb.salesforce.sessions)  # every token issued by re-logins too
+    assert caplog.records  # DEBUG logging was on and the SDKs did log
+    assert not any(s in caplog.text for s in secrets)
