@@ -414,22 +414,22 @@ def _section(report: dict, title: str) -> list[str]:
     c = report.get("confusion", {})
     lines = [
         title,
-        f"  periods {', '.join(report['periods'])}  ({report['rows']} account-snapshots, "
-        f"{report['churned']} churned, base rate {_pct(report['base_rate'])})",
+        f"  periods {', '.join(report['periods'])}",
+        f"  {report['rows']} account-snapshots, {report['churned']} churned, base rate {_pct(report['base_rate'])}",
         f"  discrimination  AUC-ROC {_num(report['auc'])}   PR-AUC {_num(report['pr_auc'])}",
-        f"  calibration     Brier {_num(report['brier'])} on {report['brier_rows']} rows ({report['probability_method']})",
-        f"  flagged ({'/'.join(report['at_risk_bands']) or 'no at-risk band'}) vs churned: "
-        f"accuracy {_pct(report['accuracy'])}  precision {_pct(report['precision'])}  "
+        f"  calibration     Brier {_num(report['brier'])} on {report['brier_rows']} rows",
+        f"                  ({report['probability_method']})",
+        f"  flagged ({'/'.join(report['at_risk_bands']) or 'no at-risk band'}) vs churned:",
+        f"    accuracy {_pct(report['accuracy'])}  precision {_pct(report['precision'])}  "
         f"recall {_pct(report['recall'])}  F1 {_num(report['f1'])}",
         f"    TP {c.get('true_positive', 0)}  FP {c.get('false_positive', 0)}  "
         f"FN {c.get('false_negative', 0)}  TN {c.get('true_negative', 0)}",
     ]
     lt = report.get("lead_time") or {}
     if lt.get("churned_accounts"):
-        lines.append(
-            f"  lead time: {lt['flagged_before_churn']} of {lt['churned_accounts']} churned accounts were at risk "
-            f"before leaving; median {_num(lt['median_days'], '.0f')} days from first at-risk to churn"
-        )
+        lines.append(f"  lead time: {lt['flagged_before_churn']} of {lt['churned_accounts']} churned accounts "
+                     "were at risk before leaving;")
+        lines.append(f"    median {_num(lt['median_days'], '.0f')} days from first at-risk snapshot to churn")
     lines.append("  reliability (decile: predicted -> observed churn)")
     for r in report.get("reliability", []):
         lines.append(f"    {r['decile']:>2}  {r['mean_predicted']:.3f} -> {r['observed_rate']:.3f}  (n={r['n']})")
@@ -441,27 +441,53 @@ def _section(report: dict, title: str) -> list[str]:
         lines.append("  forecast: won ARR vs expected (before -> after health adjustment)")
         for p in fc["periods"]:
             lines.append(
-                f"    {p['as_of']}  actual {p['actual_won_arr']:>14,.0f}  before {p['expected_before']:>14,.0f}  "
-                f"after {p['expected_after']:>14,.0f}"
+                f"    {p['as_of']}  actual {p['actual_won_arr']:>13,.0f}  before {p['expected_before']:>13,.0f}  "
+                f"after {p['expected_after']:>13,.0f}"
             )
-        lines.append(
-            f"    MAPE {_num(fc['mape_before'], '.1f')}% -> {_num(fc['mape_after'], '.1f')}%   "
-            f"MAE {_num(fc['mae_before'], ',.0f')} -> {_num(fc['mae_after'], ',.0f')}   uplift {_pct(fc['uplift'])}"
-        )
+        lines.append(f"    MAPE {_num(fc['mape_before'], '.1f')}% -> {_num(fc['mape_after'], '.1f')}%   "
+                     f"uplift {_pct(fc['uplift'])}")
+        lines.append(f"    MAE {_num(fc['mae_before'], ',.0f')} -> {_num(fc['mae_after'], ',.0f')}")
     for key, label in (("false_negatives", "missed churn (high score, churned)"),
                        ("false_positives", "false alarms (at risk, renewed)")):
         cases = report.get(key) or []
         if cases:
             lines.append(f"  {label}:")
             for case in cases:
-                lines.append(f"    {case['account_id']}  {case['as_of']}  {case['score']:5.1f} {case['band']:<8} "
-                             f"{case['drivers']}")
+                lines.append(f"    {case['account_id']}  {case['as_of']}  {case['score']:5.1f} {case['band']}")
+                lines.append(f"      {case['drivers']}")
     return lines
 
 
+def _calibration_lines(report: dict) -> list[str]:
+    cal = report["calibration"]
+    lines = [
+        f"Calibration ({cal['method']}, {cal['probability_map']} probability map)",
+        f"  trained on {', '.join(cal['train_periods'])} ({cal['train_churn_events']} churn events)",
+        f"  validated on {', '.join(cal['validation_periods'])}",
+        f"  at-risk bands ({'/'.join(cal['at_risk_bands'])}) below {_num(cal['at_risk_boundary'], '.0f')}: "
+        f"training recall {_pct(cal['train_recall'])}",
+        f"    worst training snapshot {_pct(cal.get('train_worst_period_recall'))} "
+        f"(target {_pct(cal['target_recall'])} + margin {_pct(cal.get('recall_margin'))})",
+        f"  weights ({cal['evidence_kind']}):",
+    ]
+    for name, after in cal["weights_after"].items():
+        before = cal["weights_before"].get(name)
+        evidence = cal["evidence"].get(name)
+        lines.append(f"    {name:<22} {_num(before, '.4f')} -> {_num(after, '.4f')}   ({_num(evidence, '.4f')})")
+    base = report.get("baseline") or {}
+    if base:
+        lines.append("  held-out period, configured model -> calibrated:")
+        for key in ("auc", "pr_auc", "brier", "precision", "recall", "f1"):
+            lines.append(f"    {key:<10} {_num(base.get(key))} -> {_num(report.get(key))}")
+    for w in cal.get("warnings", []):
+        lines.append(f"  WARNING {w}")
+    return lines + [""]
+
+
 def format_text(report: dict) -> str:
-    """A readable console report (what `healthsync backtest` prints without --json)."""
-    lines = _section(report, "Model backtest")
+    """A readable console report (what `healthsync backtest` and `calibrate` print without --json)."""
+    lines = _calibration_lines(report) if report.get("calibration") else []
+    lines += _section(report, "Held-out validation" if report.get("calibration") else "Model backtest")
     if report.get("challenger"):
         lines += [""] + _section(report["challenger"], "Challenger")
         lines.append("")
