@@ -66,6 +66,12 @@ class ReportInfo:
     accounts: int
     charts: int
 
+    def __str__(self) -> str:  # callers that print or store "the report" get its path
+        return str(self.path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
 
 # ----------------------------------------------------------------------------- formatting
 
@@ -278,7 +284,7 @@ def render_report(data: ReportData, settings: Settings) -> tuple[str, int]:
     configured = [(b.name, b.min, b.max, b.color) for b in settings.model.bands]
     rendered = {
         "bands": charts.bands_chart(data.band_summary),
-        "distribution": charts.distribution_chart(data.accounts["score"], configured),
+        "distribution": charts.distribution_chart(data.accounts["score"], data.accounts["band"], [(b.name, b.color) for b in data.bands]),
         "trend": charts.trend_chart(data.trend, [(b.name, b.color) for b in data.bands]),
         "forecast": charts.forecast_chart(data.forecast),
     }

@@ -116,24 +116,37 @@ def bands_chart(summary: pd.DataFrame) -> str:
         return to_svg(fig, "bands")
 
 
-def distribution_chart(scores: pd.Series, bands: Sequence[tuple[str, float, float, str]]) -> str:
-    """Histogram of scores in 5-point bins, each bar in the colour of the (default) band it falls in."""
+def distribution_chart(scores: pd.Series, bands: pd.Series, band_colors: Sequence[tuple[str, str]]) -> str:
+    """Histogram of scores in 5-point bins, stacked by the band each account is actually in.
+
+    Stacked by the account's band rather than coloured by score range: segment,
+    lifecycle and CSM overrides put accounts with the same score in different bands.
+    """
     with matplotlib.rc_context(_RC):
         fig = Figure(figsize=(7.2, 2.6))
         ax = fig.subplots()
-        values = pd.to_numeric(scores, errors="coerce").dropna().to_numpy()
+        values = pd.to_numeric(scores, errors="coerce")
         edges = np.arange(0, 105, 5, dtype=float)
-        counts, _ = np.histogram(np.clip(values, 0, 100), bins=edges)
         centers = (edges[:-1] + edges[1:]) / 2
-        colors = [next((c for _n, lo, hi, c in bands if lo <= x <= hi + 1), BASE_COLOR) for x in centers]
-        ax.bar(centers, counts, width=4.6, color=colors)
+        bottom = np.zeros(len(centers))
+        labels = bands.astype("string").fillna("").to_numpy(dtype=object)
+        known = values.notna().to_numpy()
+        for name, color in band_colors:
+            mask = known & (labels == name)
+            if not mask.any():
+                continue
+            counts, _ = np.histogram(np.clip(values.to_numpy()[mask], 0, 100), bins=edges)
+            ax.bar(centers, counts, width=4.6, bottom=bottom, color=color, label=name)
+            bottom += counts
         ax.set_xlim(0, 100)
         ax.set_xlabel("Health score")
         ax.set_ylabel("Accounts")
         ax.yaxis.set_major_locator(MaxNLocator(5, integer=True))
         _style(ax)
         ax.grid(False, axis="x")
-        if not len(values):
+        if known.any():
+            ax.legend(frameon=False, fontsize=8, loc="upper left")
+        else:
             _empty(ax, "No scored accounts")
         fig.tight_layout()
         return to_svg(fig, "distribution")

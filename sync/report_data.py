@@ -522,7 +522,8 @@ def backtest_metrics(report: dict[str, Any], limit: int = 24) -> list[tuple[str,
 def select_drill_down(accounts: pd.DataFrame, bands: list[BandInfo], cap: int = DRILL_DOWN_CAP) -> tuple[pd.DataFrame, int]:
     """At-risk accounts by ARR, then declining ones, then the rest by ARR; at most `cap` of them."""
     risky = {b.name for b in bands if b.at_risk}
-    key = np.select([accounts["band"].isin(risky), accounts["momentum"] == "down"], [0, 1], 2)
+    declining = (accounts["momentum"] == "down").fillna(False).to_numpy(dtype=bool)
+    key = np.select([accounts["band"].isin(risky).to_numpy(dtype=bool), declining], [0, 1], 2)
     ordered = accounts.assign(_k=key, _arr=accounts["arr"].fillna(0.0)).sort_values(["_k", "_arr", "account_id"], ascending=[True, False, True])
     qualified = int((key < 2).sum())
     return ordered.drop(columns=["_k", "_arr"]).head(cap), qualified

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
 from config.canonical import as_records
 from connectors.demo_data import generate_portfolio
@@ -124,3 +124,23 @@ def build_store(url: str, n_accounts: int = 200, runs: int = 6, seed: int = 3, n
             report_json=dumps({"model": {"auc": 0.78, "pr_auc": 0.41, "brier": 0.09}, "forecast": {"mape_before": 0.23, "mape_after": 0.14}}),
         ))
     return store
+
+
+def expected_figures(store: StateStore, at_risk_bands: tuple[str, ...] = ("Red",)) -> tuple[dict[str, int], float, list[str]]:
+    """Band counts, ARR at risk and the top-10 at-risk account ids, straight from the tables.
+
+    Deliberately independent of sync.report_data: the latest run is the one with
+    the newest score, ARR comes from the replica of every CRM.
+    """
+    sh = store.tables["score_history"]
+    with store.engine.connect() as conn:
+        latest = conn.execute(select(sh.c.run_id).order_by(sh.c.scored_at.desc(), sh.c.run_id.desc()).limit(1)).scalar()
+        scored = conn.execute(select(sh.c.account_id, sh.c.band).where(sh.c.run_id == latest)).all()
+    arr = {}
+    for crm in ("salesforce", "hubspot"):
+        arr.update({a["account_id"]: a.get("arr") for a in store.load_replica(crm, "accounts")})
+    counts: dict[str, int] = {}
+    for _aid, band in scored:
+        counts[band] = counts.get(band, 0) + 1
+    risky = sorted(((arr.get(aid) or 0.0, aid) for aid, band in scored if band in at_risk_bands), key=lambda t: (-t[0], t[1]))
+    return counts, sum(a for a, _ in risky), [aid for _, aid in risky[:10]]

@@ -12,11 +12,11 @@ import re
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import insert
 
 from config.settings import load_settings
 from dom import by_id, chart_is_drawn, charts, parse, rows
-from report_store import NOW, build_store
+from report_store import NOW, build_store, expected_figures
 from sync.report import write_report
 from sync.report_data import load_report_data
 from sync.state import dumps, open_store, utc_naive
@@ -122,24 +122,10 @@ def test_given_crm_text_with_markup_when_rendered_then_it_is_escaped(tmp_path, s
     assert not re.search(r"<(link|img|iframe)\b|src=|https?://(?!www\.w3\.org)", html)  # nothing to fetch
 
 
-def _expected_from_store(store):
-    """Band counts, ARR at risk and the top-10 computed straight from the tables (independent of sync.report_data)."""
-    sh = store.tables["score_history"]
-    with store.engine.connect() as conn:
-        latest = conn.execute(select(sh.c.run_id).order_by(sh.c.scored_at.desc()).limit(1)).scalar()
-        scored = conn.execute(select(sh.c.account_id, sh.c.band).where(sh.c.run_id == latest)).all()
-    arr = {a["account_id"]: a["arr"] for a in store.load_replica("salesforce", "accounts")}
-    counts: dict[str, int] = {}
-    for _aid, band in scored:
-        counts[band] = counts.get(band, 0) + 1
-    red = sorted(((arr[aid] or 0.0, aid) for aid, band in scored if band == "Red"), key=lambda t: (-t[0], t[1]))
-    return counts, sum(a for a, _ in red), [aid for _, aid in red[:10]]
-
-
 def test_given_generated_store_when_rendered_then_figures_equal_the_store(tmp_path, settings):
     store = build_store(f"sqlite:///{tmp_path}/s.db", n_accounts=150, runs=3)
     els = parse(write_report(store, settings, tmp_path / "r.html", now=NOW).path.read_text())
-    counts, arr_at_risk, top = _expected_from_store(store)
+    counts, arr_at_risk, top = expected_figures(store)
     shown = {r.get("data-band"): int(r.get("data-accounts")) for r in rows(els, "band-table", "data-band")}
     assert {k: v for k, v in shown.items() if v} == counts
     assert float(by_id(els, "kpi-arr-at-risk").get("data-value")) == pytest.approx(arr_at_risk, abs=0.01)
