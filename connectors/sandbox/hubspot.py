@@ -14,6 +14,7 @@ import time
 import uuid
 from bisect import bisect_left
 from collections import deque
+from itertools import repeat
 from datetime import datetime, timezone
 from typing import Any
 
@@ -137,11 +138,12 @@ class HubSpotApi(Api):
         return hs_error(decision.status, "INTERNAL_ERROR" if decision.status == 500 else "SERVICE_UNAVAILABLE",
                         "internal error" if decision.status == 500 else "Service unavailable")
 
-    def _rate_limited(self, policy: str, retry_after: int = 1) -> Response:
+    def _rate_limited(self, policy: str, retry_after: int | None = 1) -> Response:
         label = {"TEN_SECONDLY_ROLLING": "ten_secondly_rolling", "SECONDLY": "secondly", "DAILY": "daily"}[policy]
         body = {"status": "error", "message": f"You have reached your {label} limit.", "errorType": "RATE_LIMIT",
                 "correlationId": str(uuid.uuid4()), "policyName": policy, "groupName": "api"}
-        return Response.json(429, body, {"Retry-After": str(retry_after)})
+        # no Retry-After on DAILY: urllib3 honours it by default and would sleep until the quota resets
+        return Response.json(429, body, {} if retry_after is None else {"Retry-After": str(retry_after)})
 
     def not_found(self, req: Request, method_mismatch: bool) -> Response:
         if method_mismatch:
@@ -163,7 +165,7 @@ class HubSpotApi(Api):
             if today != self._day:
                 self._day, self.used_today = today, 0
             if self.used_today >= self.daily_limit:
-                return self._rate_limited("DAILY", 60), self.endpoint_of(req)
+                return self._rate_limited("DAILY", None), self.endpoint_of(req)
             if is_search:
                 while self._search_window and now - self._search_window[0] >= 1.0:
                     self._search_window.popleft()
@@ -342,19 +344,41 @@ class HubSpotApi(Api):
         order.extend(range(n, n + len(rows)))
         return ids
 
+    def insert_columns(self, t: str, cols: dict, n: int, created: list | None = None) -> list[str]:
+        """Seed `n` records given as string-valued columns (lists or itertools.repeat), one timestamp."""
+        stamp = hs_datetime(self.clock.now())
+        first = self._next_id[t]
+        self._next_id[t] = first + n
+        ids = [str(i) for i in range(first, first + n)]
+        cols = dict(cols)
+        cols["createdate"] = [stamp if c is None else c for c in created] if created is not None else repeat(stamp)
+        cols["hs_object_id"] = ids
+        cols["hs_lastmodifieddate"] = repeat(stamp)
+        names = list(cols)
+        props = [dict(zip(names, vals)) for vals in zip(*cols.values())]
+        self.objects[t].update((rid, {"id": rid, "properties": p, "createdAt": p["createdate"], "updatedAt": stamp,
+                                      "archived": False}) for rid, p in zip(ids, props))
+        self.order[t].extend(range(first, first + n))
+        return ids
+
     def link_many(self, from_t: str, from_ids: list[str], to_t: str, to_ids: list[str | None]) -> None:
         """Default associations for many pairs (seeding); a None target is skipped."""
         fwd, inv = ASSOC_TYPES[(from_t, to_t)]
+        fwd_types, inv_types = frozenset((fwd,)), frozenset((inv,))  # shared: type sets are replaced, never mutated
         assoc = self.assoc
+        assoc.update(((from_t, fid), {to_t: {tid: fwd_types}}) for fid, tid in zip(from_ids, to_ids) if tid is not None)
         for fid, tid in zip(from_ids, to_ids):
             if tid is None:
                 continue
-            assoc[(from_t, fid)] = {to_t: {tid: {fwd}}}
             back = assoc.get((to_t, tid))
             if back is None:
-                assoc[(to_t, tid)] = {from_t: {fid: {inv}}}
+                assoc[(to_t, tid)] = {from_t: {fid: inv_types}}
             else:
-                back.setdefault(from_t, {})[fid] = {inv}
+                links = back.get(from_t)
+                if links is None:
+                    back[from_t] = {fid: inv_types}
+                else:
+                    links[fid] = inv_types
 
     def apply_update(self, t: str, rec: dict, values: dict) -> dict:
         stamp = hs_datetime(self.clock.now())
@@ -379,8 +403,10 @@ class HubSpotApi(Api):
         if pair is None:
             raise HttpError(hs_error(400, "VALIDATION_ERROR", f"{from_t} cannot be associated with {to_t}"))
         fwd, inv = pair if type_id is None or type_id == pair[0] else (type_id, pair[1])
-        self.assoc.setdefault((from_t, from_id), {}).setdefault(to_t, {}).setdefault(to_id, set()).add(fwd)
-        self.assoc.setdefault((to_t, to_id), {}).setdefault(from_t, {}).setdefault(from_id, set()).add(inv)
+        fwd_links = self.assoc.setdefault((from_t, from_id), {}).setdefault(to_t, {})
+        fwd_links[to_id] = frozenset(fwd_links.get(to_id, frozenset()) | {fwd})
+        inv_links = self.assoc.setdefault((to_t, to_id), {}).setdefault(from_t, {})
+        inv_links[from_id] = frozenset(inv_links.get(from_id, frozenset()) | {inv})
 
     def _present(self, t: str, rec: dict, props: list[str] | None, assoc: list[str] | None = None) -> dict:
         names = props if props else schema.HS_DEFAULT_PROPERTIES[t]

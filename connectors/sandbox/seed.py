@@ -10,6 +10,7 @@ Salesforce Opportunity.Probability is a percent (0-100); HubSpot hs_deal_stage_p
 
 from __future__ import annotations
 
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -24,36 +25,38 @@ _REF_COLUMNS = {"account_id", "opportunity_id", "ticket_id", "owner_email"}
 
 
 def _py(values: pd.Series, kind: str, style: str) -> list[Any]:
-    """A canonical column -> Python values for one CRM (style "sf" typed, "hs" strings); missing -> None."""
+    """A canonical column -> Python values for one CRM (style "sf" typed, "hs" strings); missing -> None.
+
+    Vectorised: this runs over millions of cells when the sandbox starts with 100,000 accounts.
+    """
     if kind in ("date", "datetime"):
         ts = pd.to_datetime(values, errors="coerce", utc=True).dt.tz_localize(None)
         raw = ts.to_numpy(dtype="datetime64[ms]")
-        text = pd.Series(np.datetime_as_string(raw, unit="D" if kind == "date" else "ms"), dtype=object)
+        text = np.datetime_as_string(raw, unit="D" if kind == "date" else "ms").astype(object)
         if kind == "datetime":
             text = text + ("+0000" if style == "sf" else "Z")
-        return text.where(~np.isnat(raw), None).tolist()
+        text[np.isnat(raw)] = None
+        return text.tolist()
     if kind in ("float", "int"):
         num = pd.to_numeric(values, errors="coerce").astype("float64").to_numpy()
         missing = np.isnan(num)
+        whole = np.where(missing, 0.0, num)
         if style == "sf":
-            py = num.tolist()
-            if kind == "int":
-                return [None if m else int(v) for v, m in zip(py, missing.tolist())]
-            return [None if m else v for v, m in zip(py, missing.tolist())]
-        whole = np.where(missing, 0, num)
-        integral = whole == np.floor(whole)
-        text = np.where(integral, whole.astype(np.int64).astype(str), num.astype(str)).astype(object)
-        text[missing] = None
-        return text.tolist()
+            out = whole.astype(np.int64).astype(object) if kind == "int" else num.astype(object)
+        else:
+            integral = whole == np.floor(whole)
+            out = np.where(integral, whole.astype(np.int64).astype(str), num.astype(str)).astype(object)
+        out[missing] = None
+        return out.tolist()
     present = values.notna().to_numpy()
     if kind == "bool":
         truth = values.astype(object).astype(str).str.strip().str.lower().isin(["true", "1", "yes", "t", "y"]).to_numpy()
         out = truth.astype(object) if style == "sf" else np.where(truth, "true", "false").astype(object)
         out[~present] = None
         return out.tolist()
-    out = values.astype(object).to_numpy().copy()
+    out = values.astype(str).to_numpy(dtype=object)
     out[~present] = None
-    return [v if v is None or isinstance(v, str) else str(v) for v in out.tolist()]
+    return out.tolist()
 
 
 def _columns(frame: pd.DataFrame, spec, read_map: dict, style: str, enums: dict[str, tuple[dict, str]]) -> dict[str, list]:
@@ -72,15 +75,25 @@ def _columns(frame: pd.DataFrame, spec, read_map: dict, style: str, enums: dict[
     return out
 
 
-def _rows(columns: dict[str, list], n: int) -> list[dict]:
-    names = list(columns)
-    return [dict(zip(names, vals)) for vals in zip(*(columns[k] for k in names))] if names else [{} for _ in range(n)]
-
-
 def _split_name(name: str, email: str) -> tuple[str, str]:
     name = (name or email.split("@")[0]).strip()
     first, _, last = name.partition(" ")
     return first, last or first
+
+
+def _emails(frame: pd.DataFrame) -> pd.Series:
+    if "owner_email" not in frame.columns:
+        return pd.Series([None] * len(frame), index=frame.index, dtype=object)
+    return frame["owner_email"].astype(object).where(frame["owner_email"].notna(), None)
+
+
+def _resolve_owners(emails: pd.Series, ids: dict[str, str], make, default) -> list:
+    """Owner email -> CRM user/owner id; unknown emails get a user made for them, blanks the default."""
+    lowered = emails.map(lambda e: e.lower() if isinstance(e, str) and e else None)
+    for e in pd.unique(lowered.dropna()):
+        if e not in ids:
+            ids[e] = make(e)
+    return [default if e is None else ids[e] for e in lowered.tolist()]
 
 
 def seed_salesforce(api, accounts: pd.DataFrame, opportunities: pd.DataFrame, tickets: pd.DataFrame,
@@ -90,7 +103,7 @@ def seed_salesforce(api, accounts: pd.DataFrame, opportunities: pd.DataFrame, ti
     now = sf_datetime(api.clock.now())
     with api.lock:
         user_ids: dict[str, str] = {}
-        role_of: dict[str, str] = {}
+        managers: dict[str, str] = {}
         if owners is not None and len(owners):
             for o in owners.to_dict("records"):
                 email = str(o["email"])
@@ -98,33 +111,28 @@ def seed_salesforce(api, accounts: pd.DataFrame, opportunities: pd.DataFrame, ti
                 user_ids[email.lower()] = api._insert_raw("User", {
                     "Username": email, "Email": email, "Name": f"{first} {last}".strip(), "FirstName": first,
                     "LastName": last, "Title": str(o.get("role") or ""), "IsActive": True}, now)
-                role_of[email.lower()] = str(o.get("manager_email") or "")
-            for email, manager in role_of.items():
-                if manager and manager.lower() in user_ids:
-                    api.records["User"][user_ids[email]]["ManagerId"] = user_ids[manager.lower()]
+                manager = o.get("manager_email")
+                if isinstance(manager, str) and manager:
+                    managers[email.lower()] = manager.lower()
+            for email, manager in managers.items():
+                if manager in user_ids:
+                    api.records["User"][user_ids[email]]["ManagerId"] = user_ids[manager]
 
-        def owner_id(email) -> str:
-            if not isinstance(email, str) or not email:
-                return api.integration_user_id
-            key = email.lower()
-            if key not in user_ids:
-                first, last = _split_name("", email)
-                user_ids[key] = api._insert_raw("User", {"Username": email, "Email": email, "Name": first,
-                                                         "FirstName": first, "LastName": last, "IsActive": True}, now)
-            return user_ids[key]
+        def make_user(email: str) -> str:
+            first, last = _split_name("", email)
+            return api._insert_raw("User", {"Username": email, "Email": email, "Name": first, "FirstName": first,
+                                            "LastName": last, "IsActive": True}, now)
 
-        acc_map: dict[str, str] = {}
+        uid = api.integration_user_id
+        n = len(accounts)
         cols = _columns(accounts, ACCOUNTS, m["account"]["read"], "sf", {})
-        rows = _rows(cols, len(accounts))
-        owners_col = accounts["owner_email"].tolist() if "owner_email" in accounts.columns else [None] * len(accounts)
-        domains = accounts["domain"].tolist() if "domain" in accounts.columns else [None] * len(accounts)
         canon_ids = accounts["account_id"].astype(str).tolist()
-        for canon_id, row, owner, domain in zip(canon_ids, rows, owners_col, domains):
-            row["OwnerId"] = owner_id(owner)
-            row["Name"] = row.get("Name") or f"Account {canon_id}"
-            if isinstance(domain, str) and domain:
-                row["Website"] = domain
-        acc_map = dict(zip(canon_ids, api.insert_many("Account", rows, now)))
+        cols["OwnerId"] = _resolve_owners(_emails(accounts), user_ids, make_user, uid)
+        if "Name" not in cols:
+            cols["Name"] = [f"Account {c}" for c in canon_ids]
+        if "domain" in accounts.columns:
+            cols["Website"] = _py(accounts["domain"], "str", "sf")
+        acc_map = dict(zip(canon_ids, api.insert_columns("Account", cols, n, now)))
 
         if opportunities is not None and len(opportunities):
             opp = opportunities.copy()
@@ -132,27 +140,22 @@ def seed_salesforce(api, accounts: pd.DataFrame, opportunities: pd.DataFrame, ti
                 opp["probability"] = pd.to_numeric(opp["probability"], errors="coerce") * 100.0
             cols = _columns(opp, OPPORTUNITIES, m["opportunity"]["read"], "sf",
                             {"type": (crm_values.SALESFORCE, "opportunity_type")})
-            owners_col = opp["owner_email"].tolist() if "owner_email" in opp.columns else [None] * len(opp)
-            rows = _rows(cols, len(opp))
-            for acc, row, owner in zip(opp["account_id"].astype(str).tolist(), rows, owners_col):
-                row["AccountId"] = acc_map.get(acc)
-                row["OwnerId"] = owner_id(owner)
-                row["Name"] = row.get("Name") or "Opportunity"
-            api.insert_many("Opportunity", rows, now)
+            cols["AccountId"] = opp["account_id"].astype(str).map(acc_map).astype(object).where(
+                lambda x: x.notna(), None).tolist()
+            cols["OwnerId"] = _resolve_owners(_emails(opp), user_ids, make_user, uid)
+            api.insert_columns("Opportunity", cols, len(opp), now)
 
         if tickets is not None and len(tickets):
             cols = _columns(tickets, TICKETS, m["ticket"]["read"], "sf",
                             {"priority": (crm_values.SALESFORCE, "priority"),
                              "status": (crm_values.SALESFORCE, "ticket_status")})
-            rows = _rows(cols, len(tickets))
-            uid = api.integration_user_id
-            for acc, tid, row in zip(tickets["account_id"].astype(str).tolist(), tickets["ticket_id"].astype(str).tolist(),
-                                     rows):
-                row["AccountId"] = acc_map.get(acc)
-                row["Subject"] = f"Support ticket {tid}"
-                row["IsClosed"] = row.get("Status") == "Closed"
-                row["OwnerId"] = uid
-            api.insert_many("Case", rows, now)
+            cols["AccountId"] = tickets["account_id"].astype(str).map(acc_map).astype(object).where(
+                lambda x: x.notna(), None).tolist()
+            cols["Subject"] = ("Support ticket " + tickets["ticket_id"].astype(str)).tolist()
+            if "Status" in cols:
+                cols["IsClosed"] = [s == "Closed" for s in cols["Status"]]
+            cols["OwnerId"] = repeat(uid)
+            api.insert_columns("Case", cols, len(tickets), now)
     return acc_map
 
 
@@ -167,41 +170,27 @@ def seed_hubspot(api, accounts: pd.DataFrame, opportunities: pd.DataFrame, ticke
                 first, last = _split_name(str(o.get("name") or ""), str(o["email"]))
                 owner_ids[str(o["email"]).lower()] = api.add_owner(str(o["email"]), first, last)["id"]
 
-        def owner_id(email) -> str | None:
-            if not isinstance(email, str) or not email:
-                return None
-            key = email.lower()
-            if key not in owner_ids:
-                first, last = _split_name("", email)
-                owner_ids[key] = api.add_owner(email, first, last)["id"]
-            return owner_ids[key]
+        def make_owner(email: str) -> str:
+            first, last = _split_name("", email)
+            return api.add_owner(email, first, last)["id"]
 
-        comp_map: dict[str, str] = {}
         cols = _columns(accounts, ACCOUNTS, m["account"]["read"], "hs", {})
-        owners_col = accounts["owner_email"].tolist() if "owner_email" in accounts.columns else [None] * len(accounts)
-        domains = accounts["domain"].tolist() if "domain" in accounts.columns else [None] * len(accounts)
         canon_ids = accounts["account_id"].astype(str).tolist()
-        rows = _rows(cols, len(accounts))
-        for canon_id, row, owner, domain in zip(canon_ids, rows, owners_col, domains):
-            row["hubspot_owner_id"] = owner_id(owner)
-            row["name"] = row.get("name") or f"Company {canon_id}"
-            if isinstance(domain, str) and domain:
-                row["domain"] = domain
-        comp_map = dict(zip(canon_ids, api.insert_many("companies", rows)))
+        cols["hubspot_owner_id"] = _resolve_owners(_emails(accounts), owner_ids, make_owner, None)
+        if "name" not in cols:
+            cols["name"] = [f"Company {c}" for c in canon_ids]
+        if "domain" in accounts.columns:
+            cols["domain"] = _py(accounts["domain"], "str", "hs")
+        comp_map = dict(zip(canon_ids, api.insert_columns("companies", cols, len(accounts))))
 
         if opportunities is not None and len(opportunities):
             cols = _columns(opportunities, OPPORTUNITIES, m["opportunity"]["read"], "hs",
                             {"type": (crm_values.HUBSPOT, "opportunity_type")})
             if "close_date" in opportunities.columns and "closedate" in cols:  # closedate is a datetime property
                 cols["closedate"] = _py(opportunities["close_date"], "datetime", "hs")
-            owners_col = (opportunities["owner_email"].tolist() if "owner_email" in opportunities.columns
-                          else [None] * len(opportunities))
-            rows = _rows(cols, len(opportunities))
-            for row, owner in zip(rows, owners_col):
-                row["hubspot_owner_id"] = owner_id(owner)
-                row["pipeline"] = "default"
-                row["dealname"] = row.get("dealname") or "Deal"
-            deal_ids = api.insert_many("deals", rows)
+            cols["hubspot_owner_id"] = _resolve_owners(_emails(opportunities), owner_ids, make_owner, None)
+            cols["pipeline"] = repeat("default")
+            deal_ids = api.insert_columns("deals", cols, len(opportunities))
             api.link_many("deals", deal_ids, "companies",
                           [comp_map.get(a) for a in opportunities["account_id"].astype(str).tolist()])
 
@@ -210,11 +199,9 @@ def seed_hubspot(api, accounts: pd.DataFrame, opportunities: pd.DataFrame, ticke
                             {"priority": (crm_values.HUBSPOT, "priority"),
                              "status": (crm_values.HUBSPOT, "ticket_status")})
             created = cols.pop("createdate", None)
-            rows = _rows(cols, len(tickets))
-            for tid, row in zip(tickets["ticket_id"].astype(str).tolist(), rows):
-                row["hs_pipeline"] = "0"
-                row["subject"] = f"Support ticket {tid}"
-            ticket_ids = api.insert_many("tickets", rows, created)
+            cols["hs_pipeline"] = repeat("0")
+            cols["subject"] = ("Support ticket " + tickets["ticket_id"].astype(str)).tolist()
+            ticket_ids = api.insert_columns("tickets", cols, len(tickets), created)
             api.link_many("tickets", ticket_ids, "companies",
                           [comp_map.get(a) for a in tickets["account_id"].astype(str).tolist()])
     return comp_map
