@@ -34,9 +34,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from config.settings import Settings
+from connectors.base import ConfigurationError
 from sync import report_charts as charts
 from sync.report_data import (
     DRILL_DOWN_CAP,
@@ -55,6 +58,10 @@ TEMPLATE = "report.html.j2"
 BOOK_ROWS_PER_OWNER = 25
 #: Renewals listed in the executive view.
 RENEWAL_ROWS = 25
+
+
+class ReportStateError(ConfigurationError):
+    """The state store named by `state.url` holds no healthsync state (nothing to report on)."""
 
 
 @dataclass
@@ -354,6 +361,14 @@ def _version() -> str:
         return "dev"
 
 
+def redact_url(url: str) -> str:
+    """The state URL without its password (PostgreSQL URLs may carry one)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL is shown as its scheme only
+        return url.split(":", 1)[0] + ":..."
+
+
 def write_report(store: StateStore, settings: Settings, path: str | Path, owner: str | None = None, *,
                  now: datetime | None = None, drill_down_cap: int = DRILL_DOWN_CAP) -> ReportInfo:
     """Render the report from the state store to `path` (written atomically; parent directories created).
@@ -362,6 +377,12 @@ def write_report(store: StateStore, settings: Settings, path: str | Path, owner:
     clock the SLA states are computed against (the sandbox clock in sandbox mode,
     real UTC time by default).
     """
+    try:
+        version = store.version()
+    except SQLAlchemyError:
+        version = 0
+    if version == 0:
+        raise ReportStateError(f"state.url: no healthsync state at {redact_url(store.url)}; run `healthsync run` first")
     data = load_report_data(store, settings, now=now, owner=owner, drill_down_cap=drill_down_cap)
     html, n_charts = render_report(data, settings)
     target = Path(path)

@@ -163,3 +163,16 @@ def test_given_an_empty_store_when_rendered_then_the_report_says_so(tmp_path, se
     html = info.path.read_text()
     assert info.accounts == 0 and "No scored run in the state store yet" in html
     assert json.loads('"' + by_id(parse(html), "kpi-accounts").get("data-value") + '"') == "0"
+
+
+def test_given_no_state_store_when_reporting_then_a_clear_error_names_the_key_without_the_password(tmp_path, settings):
+    from connectors.base import ConfigurationError
+    from sync.state import StateStore
+
+    store = StateStore(f"sqlite:///{tmp_path}/nothing.db")
+    with pytest.raises(ConfigurationError, match=r"state.url: no healthsync state .*healthsync run"):
+        write_report(store, settings, tmp_path / "r.html", now=NOW)
+    assert not (tmp_path / "r.html").exists()
+    from sync.report import redact_url
+
+    assert "s3cret" not in redact_url("postgresql://u:s3cret@db.example.com/hs")
