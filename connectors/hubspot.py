@@ -53,6 +53,7 @@ LIST_LIMIT = 100  # list paging maximum (2.2)
 SEARCH_LIMIT = 200  # search page maximum (2.4)
 SEARCH_CAP = 10_000  # search results per query; paging beyond answers 400 (2.4)
 SEARCH_PER_SECOND = 5
+PAGE_RECORDS = 2000  # rows per yielded Page (API pages are regrouped; see _regroup)
 TASK_TO_COMPANY = 192  # AssociationType.TASK_TO_COMPANY (2.6)
 _HS_ID = re.compile(r"^\d+$")
 
@@ -365,7 +366,7 @@ class HubSpotConnector(CrmConnector):
         seen: dict[str, str] = {}
         first = True
         yielded = False
-        for rows in pages:
+        for rows, last in _regroup(pages, PAGE_RECORDS):
             fresh = []
             for r in rows:
                 stamp = str((r.get("properties") or {}).get("hs_lastmodifieddate") or r.get("updated_at"))
@@ -380,6 +381,8 @@ class HubSpotConnector(CrmConnector):
                 fresh = [r for r in fresh if (r.get("properties") or {}).get(read["key"])]
             frame, page_problems = self._to_canonical(fresh, object, read, assoc)
             cursor = min(high_water.to_pydatetime(), run_start) if high_water is not None else cursor_base
+            if since is None and not last:
+                cursor = None  # list paging is not ordered by time: the cursor is safe only once every page is read
             yield Page(object, frame, cursor=cursor, problems=(problems if first else []) + page_problems)
             first = False
             yielded = True
@@ -733,6 +736,28 @@ class HubSpotConnector(CrmConnector):
         except (ConfigurationError, HubSpotApiError, RetryableError, StopRunError) as exc:
             problems.append(f"owners: {exc} (the private app needs the crm.objects.owners.read scope)")
         return CheckResult(ok=not problems, problems=problems, details={"tier": self.tier})
+
+
+def _regroup(pages: Iterator[list[dict]], size: int) -> Iterator[tuple[list[dict], bool]]:
+    """API pages (100-200 rows) regrouped into pages of about `size` rows, each flagged whether it is the last.
+
+    Mapping and validating a frame has a fixed cost per call, so a few large pages
+    are much cheaper than many small ones.
+    """
+    buffer: list[dict] = []
+    full: list[dict] | None = None
+    for rows in pages:
+        buffer.extend(rows)
+        if len(buffer) >= size:
+            if full is not None:
+                yield full, False
+            full, buffer = buffer, []
+    if buffer:
+        if full is not None:
+            yield full, False
+        yield buffer, True
+    elif full is not None:
+        yield full, True
 
 
 def _first_association(row: dict, to_type: str) -> str | None:

@@ -470,3 +470,15 @@ def test_no_secret_in_debug_logs_of_a_full_round_trip(small_sandbox, caplog):
     secrets += list(sb.salesforce.sessions)  # every token issued by re-logins too
     assert caplog.records  # DEBUG logging was on and the SDKs did log
     assert not any(s in caplog.text for s in secrets)
+
+
+def test_a_multi_page_full_pull_only_stores_a_cursor_that_cannot_skip_records(crm, big_sandbox):
+    pages = list(crm.connect(big_sandbox).pull("accounts"))
+    ids = [i for p in pages for i in p.records["account_id"]]
+    assert len(pages) >= 2 and len(ids) == len(set(ids)) == len(crm.ids(big_sandbox))
+    cursors = [p.cursor for p in pages]
+    assert cursors[-1] is not None
+    if crm.api == "salesforce":  # ordered by SystemModstamp: every page's high-water mark is safe to store
+        assert all(c is not None for c in cursors) and cursors == sorted(cursors)
+    else:  # list paging is unordered: only the last page carries the cursor
+        assert all(c is None for c in cursors[:-1])
