@@ -98,11 +98,13 @@ class _Pacer:
     _registry: dict[tuple[str, str, str], "_Pacer"] = {}
     _registry_lock = threading.Lock()
 
-    def __init__(self, budget: int, window: float):
+    def __init__(self, budget: int, window: float, *, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
         self.budget = budget
         self.window = window
         self.sent: deque[float] = deque()
         self.lock = threading.Lock()
+        self._clock = clock
+        self._sleep = sleep
 
     @classmethod
     def shared(cls, key: tuple[str, str, str], budget: int, window: float) -> "_Pacer":
@@ -115,13 +117,13 @@ class _Pacer:
     def wait(self) -> None:
         with self.lock:
             while True:
-                now = time.monotonic()
+                now = self._clock()
                 while self.sent and now - self.sent[0] >= self.window:
                     self.sent.popleft()
                 if len(self.sent) < self.budget:
                     self.sent.append(now)
                     return
-                time.sleep(max(0.001, self.window - (now - self.sent[0])))
+                self._sleep(max(0.001, self.window - (now - self.sent[0])))
 
 
 class HubSpotApiError(HealthsyncError):

@@ -413,17 +413,24 @@ class TestHubSpotSpecifics:
 
 
 def test_pacer_never_exceeds_its_budget_in_any_window():
-    import time
-
     from connectors.hubspot import _Pacer
 
-    pacer = _Pacer(budget=3, window=0.2)
+    now = [0.0]
+    sleeps = []
+
+    def sleep(seconds):
+        sleeps.append(seconds)
+        now[0] += seconds
+
+    pacer = _Pacer(budget=3, window=10.0, clock=lambda: now[0], sleep=sleep)
     stamps = []
     for _ in range(10):
         pacer.wait()
-        stamps.append(time.monotonic())
+        stamps.append(now[0])
+        now[0] += 0.5  # each request takes half a second
     for i, t in enumerate(stamps):
-        assert sum(1 for u in stamps[i:] if u - t < 0.2) <= 3
+        assert sum(1 for u in stamps[i:] if u - t < 10.0) <= 3
+    assert sleeps and stamps[3] == 10.0  # the 4th request waited for the window to slide, no longer
 
 
 def test_accounts_pulled_from_both_crms_are_matched_by_domain_and_the_rest_reported():
