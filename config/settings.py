@@ -184,6 +184,9 @@ class EscalationConfig(Strict):
         default_factory=dict, description="owner email -> manager email, when the CRM's owners carry no manager"
     )
     vp: str | None = Field(None, description="email of the VP of CS, when no owner has role 'vp'")
+    digest_from: int = Field(
+        2, ge=2, description="this many messages or more for one recipient in one run go as one digest message"
+    )
 
 
 class Schedule(Strict):

@@ -47,7 +47,7 @@ from connectors.slack import SlackUserNotFoundError
 from playbooks.definitions import PlaybookSet, load_playbooks
 from playbooks.render import plain, split_drivers
 from sync.playbooks_job import CLOSED_TASK_DONE
-from sync.slack_messages import AccountFacts, EpisodeFacts, episode_message
+from sync.slack_messages import AccountFacts, EpisodeFacts, digest_message, episode_message
 from sync.state import StateStore, utc_aware, utc_naive
 
 log = logging.getLogger(__name__)
@@ -280,15 +280,39 @@ def account_facts(row: dict | None, ep: dict, url: str | None) -> AccountFacts:
 # ----------------------------------------------------------------------------- sending, once
 
 
+@dataclass
+class Message:
+    """One message of the ladder for one episode, before grouping into digests."""
+
+    ep: dict
+    level: str
+    kind: str  # alert | escalation | recovery
+    email: str | None
+    channel: str | None
+    account: AccountFacts
+    facts: EpisodeFacts
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.ep["episode_id"], self.level, self.kind)
+
+
 class _Sender:
-    """Sends one message per (episode_id, level, kind), guarded by the escalations table."""
+    """Sends ladder messages once per (episode_id, level, kind), guarded by the escalations table.
+
+    Messages for the same recipient, kind and level in one run go as one digest
+    (`escalation.digest_from`): the first run on a book of 40 accounts is one DM
+    per CSM, not 40, and Slack's one-message-per-second-per-channel limit is not
+    what decides how long a run takes.
+    """
 
     def __init__(self, store: StateStore, settings, slack, result: EscalationResult, dry_run: bool, hook):
         self.store, self.settings, self.slack, self.result, self.dry_run, self.hook = store, settings, slack, result, dry_run, hook
         self.table = store.tables["escalations"]
         with store.engine.connect() as conn:
-            self.existing = {(r.episode_id, r.level, r.kind): r for r in conn.execute(select(self.table))}
+            self.existing = {(r.episode_id, r.level, r.kind) for r in conn.execute(select(self.table))}
         self.stopped: str | None = None
+        self.outbox: list[Message] = []
 
     def sent(self, episode_id: str, level: str, kind: str) -> bool:
         return (episode_id, level, kind) in self.existing
@@ -297,62 +321,119 @@ class _Sender:
         channels = self.settings.escalation.fallback_channels
         return channels.get(segment or "") or channels.get("default")
 
-    def send(self, ep: dict, level: str, kind: str, email: str | None, channel: str | None, account: AccountFacts, facts: EpisodeFacts) -> bool:
-        key = (ep["episode_id"], level, kind)
-        if key in self.existing or self.stopped:
-            return False
-        if email is None and channel is None:
-            channel = self.fallback_channel(account.segment)
-            facts.fallback_note = f"Posted here because no {level} is known for {ep.get('owner_email') or 'this account'} (set escalation.contacts / escalation.vp)."
-            if channel is None:
-                self.result.errors.append(f"episode {ep['episode_id']}: nobody to notify at level {level} and no fallback channel")
-                return False
+    def queue(self, msg: Message) -> None:
+        if msg.key in self.existing:
+            return
+        if msg.email is None and msg.channel is None:
+            msg.channel = self.fallback_channel(msg.account.segment)
+            msg.facts.fallback_note = (
+                f"Posted here because no {msg.level} is known for {msg.ep.get('owner_email') or 'this account'} "
+                "(set escalation.contacts / escalation.vp)."
+            )
+            if msg.channel is None:
+                self.result.errors.append(f"episode {msg.ep['episode_id']}: nobody to notify at level {msg.level} and no fallback channel")
+                return
+        self.existing.add(msg.key)
+        self.outbox.append(msg)
+
+    def flush(self) -> None:
+        groups: dict[tuple, list[Message]] = defaultdict(list)
+        for msg in self.outbox:
+            groups[((msg.email or "").lower(), msg.channel, msg.kind, msg.level)].append(msg)
+        self.outbox = []
+        for (_, channel, kind, level), msgs in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][1] or "")):
+            if self.stopped:
+                break
+            self._send_group(msgs, kind, level)
+
+    def _count(self, kind: str, n: int) -> None:
+        if kind == "alert":
+            self.result.alerts_sent += n
+        elif kind == "escalation":
+            self.result.escalations += n
+        else:
+            self.result.recoveries += n
+
+    def _send_group(self, msgs: list[Message], kind: str, level: str) -> None:
         if self.dry_run:
-            self.result.planned.append({"episode_id": ep["episode_id"], "level": level, "kind": kind, "recipient": email, "channel": channel})
-            self.existing[key] = None
-            return True
+            for m in msgs:
+                self.result.planned.append({"episode_id": m.ep["episode_id"], "level": level, "kind": kind, "recipient": m.email, "channel": m.channel})
+            self._count(kind, len(msgs))
+            return
+        mine: list[Message] = []
+        for m in msgs:  # the marker first; one transaction each so a row someone else wrote only skips that row
+            try:
+                with self.store.begin() as conn:
+                    conn.execute(insert(self.table).values(episode_id=m.key[0], level=level, kind=kind, recipient=m.email or m.channel, channel=m.channel))
+                mine.append(m)
+            except IntegrityError:
+                continue  # another worker got there first
+        if not mine:
+            return
         try:
-            with self.store.begin() as conn:
-                conn.execute(insert(self.table).values(episode_id=key[0], level=level, kind=kind, recipient=email or channel, channel=channel))
-        except IntegrityError:
-            return False  # another worker got there first
-        self.existing[key] = None
-        try:
-            ts, used_channel = self._post(email, channel, account, facts)
+            delivered = self._post(mine, kind, level)
         except RetryableError as exc:
             self.result.errors.append(
-                f"Slack {kind} for episode {ep['episode_id']} ({level}) may not have been delivered: {exc}; not retried, to never send it twice"
+                f"Slack {kind} ({level}) for {len(mine)} episode(s) may not have been delivered: {exc}; not retried, to never send it twice"
             )
-            return False
-        except (HealthsyncError, ConfigurationError) as exc:
-            with self.store.begin() as conn:  # Slack said no: nothing was sent, try again next run
-                conn.execute(delete(self.table).where(and_(self.table.c.episode_id == key[0], self.table.c.level == level, self.table.c.kind == kind)))
-            self.existing.pop(key, None)
-            self.result.errors.append(f"Slack {kind} for episode {ep['episode_id']} ({level}) not sent: {exc}")
+            return
+        except HealthsyncError as exc:  # Slack said no: nothing was sent, try again next run
+            self._forget(mine, level, kind)
+            self.result.errors.append(f"Slack {kind} ({level}) for {len(mine)} episode(s) not sent: {exc}")
             if isinstance(exc, ConfigurationError):
                 self.stopped = str(exc)
-            return False
+            return
         self.hook("after_slack_send")
+        sent_at = utc_naive(datetime.now(timezone.utc))
         with self.store.begin() as conn:
-            conn.execute(
-                update(self.table)
-                .where(and_(self.table.c.episode_id == key[0], self.table.c.level == level, self.table.c.kind == kind))
-                .values(ts=ts, channel=used_channel, sent_at=utc_naive(datetime.now(timezone.utc)))
-            )
-        return True
+            for m, (ts, channel) in delivered:
+                conn.execute(
+                    update(self.table)
+                    .where(and_(self.table.c.episode_id == m.key[0], self.table.c.level == level, self.table.c.kind == kind))
+                    .values(ts=ts, channel=channel, sent_at=sent_at)
+                )
+        self._count(kind, len(delivered))
 
-    def _post(self, email: str | None, channel: str | None, account: AccountFacts, facts: EpisodeFacts) -> tuple[str, str | None]:
+    def _forget(self, msgs: list[Message], level: str, kind: str) -> None:
+        with self.store.begin() as conn:
+            for m in msgs:
+                conn.execute(delete(self.table).where(and_(self.table.c.episode_id == m.key[0], self.table.c.level == level, self.table.c.kind == kind)))
+                self.existing.discard(m.key)
+
+    def _render(self, msgs: list[Message], kind: str, level: str, note: str | None) -> tuple[str, list[dict]]:
+        if len(msgs) < self.settings.escalation.digest_from:
+            m = msgs[0]
+            if note:
+                m.facts.fallback_note = note
+            return episode_message(m.account, m.facts)
+        ordered = sorted(msgs, key=lambda m: (m.account.score if m.account.score is not None else 101, m.ep["episode_id"]))
+        notes = {m.facts.fallback_note for m in msgs if m.facts.fallback_note}
+        return digest_message(kind, level, [(m.account, m.facts) for m in ordered], note or (notes.pop() if len(notes) == 1 else None))
+
+    def _post(self, msgs: list[Message], kind: str, level: str) -> list[tuple[Message, tuple[str, str | None]]]:
+        """Post one message (or digest) for these; a DM to an unknown email goes to the segments' fallback channels."""
+        email, channel = msgs[0].email, msgs[0].channel
         if email:
+            text, blocks = self._render(msgs, kind, level, None)
             try:
-                text, blocks = episode_message(account, facts)
-                return self.slack.post(user_email=email, text=text, blocks=blocks), None
+                ts = self.slack.post(user_email=email, text=text, blocks=blocks)
+                return [(m, (ts, None)) for m in msgs]
             except SlackUserNotFoundError:
-                channel = self.fallback_channel(account.segment)
-                if channel is None:
-                    raise
-                facts.fallback_note = f"Posted here because no Slack user has the email {email}."
-        text, blocks = episode_message(account, facts)
-        return self.slack.post(channel=channel, text=text, blocks=blocks), channel
+                by_channel: dict[str, list[Message]] = defaultdict(list)
+                for m in msgs:
+                    fallback = self.fallback_channel(m.account.segment)
+                    if fallback is None:
+                        raise
+                    by_channel[fallback].append(m)
+                out = []
+                for fallback, group in by_channel.items():
+                    text, blocks = self._render(group, kind, level, f"Posted here because no Slack user has the email {email}.")
+                    ts = self.slack.post(channel=fallback, text=text, blocks=blocks)
+                    out += [(m, (ts, fallback)) for m in group]
+                return out
+        text, blocks = self._render(msgs, kind, level, None)
+        ts = self.slack.post(channel=channel, text=text, blocks=blocks)
+        return [(m, (ts, channel)) for m in msgs]
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -395,41 +476,37 @@ def run_escalation(
         result.errors.append(f"Slack is not configured: {len(open_eps)} open episode(s) not notified")
         return result
 
-    facts_frame = scores if scores is not None else _latest_facts_from_store(store, {ep["crm"] for ep in open_eps + recover})
+    sender = _Sender(store, settings, slack, result, dry_run, hook)
+    ladder = settings.escalation.ladder
+    levels = [s.level for s in ladder]
+    todo_open = [ep for ep in open_eps if not _ladder_done(sender, ep, ladder, pset, levels, now)]
+    todo_recover = [ep for ep in recover if any(r["sent_at"] is not None and not sender.sent(ep["episode_id"], r["level"], "recovery") for r in escalated_by_episode[ep["episode_id"]])]
+    if not todo_open and not todo_recover:
+        return result
+
+    facts_frame = scores if scores is not None else _latest_facts_from_store(store, {ep["crm"] for ep in todo_open + todo_recover})
     rows = {}
     if facts_frame is not None and len(facts_frame) and "account_id" in facts_frame.columns:
         rows = {r["account_id"]: r for r in facts_frame.drop_duplicates("account_id").to_dict("records")}
     directory = Directory(owners, settings.escalation.contacts, settings.escalation.vp)
-    sender = _Sender(store, settings, slack, result, dry_run, hook)
-    ladder = settings.escalation.ladder
-    levels = [s.level for s in ladder]
 
-    for ep in sorted(open_eps, key=lambda e: e["episode_id"]):
+    for ep in sorted(todo_open, key=lambda e: e["episode_id"]):
         pb = pset.by_name(ep["playbook"])
         title = pb.title if pb else ep["playbook"]
-        top = levels.index(pb.escalate_to) if pb and pb.escalate_to in levels else 0
         due = utc_aware(ep["task_due_at"])
         account = account_facts(rows.get(ep["account_id"]), ep, record_url(settings, connectors, ep["crm"], ep["account_id"]))
         first = ladder[0]
         if not sender.sent(ep["episode_id"], first.level, "alert"):
             email, channel = recipient_for(first, ep["owner_email"], directory)
-            if sender.send(ep, first.level, "alert", email, channel, account, EpisodeFacts(ep["episode_id"], title, due, first.level, "alert")):
-                result.alerts_sent += 1
-        if due is None:
-            continue
-        trigger = due
-        for step in ladder[1 : top + 1]:
-            trigger = trigger + timedelta(hours=step.after_hours)
-            if now < trigger:
-                break
+            sender.queue(Message(ep, first.level, "alert", email, channel, account, EpisodeFacts(ep["episode_id"], title, due, first.level, "alert")))
+        for step in _due_steps(ep, ladder, pset, levels, now):
             if sender.sent(ep["episode_id"], step.level, "escalation"):
                 continue
             email, channel = recipient_for(step, ep["owner_email"], directory)
             facts = EpisodeFacts(ep["episode_id"], title, due, step.level, "escalation", hours_overdue=(now - due).total_seconds() / 3600)
-            if sender.send(ep, step.level, "escalation", email, channel, account, facts):
-                result.escalations += 1
+            sender.queue(Message(ep, step.level, "escalation", email, channel, account, facts))
 
-    for ep in sorted(recover, key=lambda e: e["episode_id"]):
+    for ep in sorted(todo_recover, key=lambda e: e["episode_id"]):
         pb = pset.by_name(ep["playbook"])
         title = pb.title if pb else ep["playbook"]
         account = account_facts(rows.get(ep["account_id"]), ep, record_url(settings, connectors, ep["crm"], ep["account_id"]))
@@ -440,9 +517,32 @@ def run_escalation(
             facts = EpisodeFacts(ep["episode_id"], title, utc_aware(ep["task_due_at"]), row["level"], "recovery", close_reason=reason)
             channel = row["channel"] if row["channel"] and row["recipient"] == row["channel"] else None
             email = None if channel else row["recipient"]
-            if sender.send(ep, row["level"], "recovery", email, channel, account, facts):
-                result.recoveries += 1
+            sender.queue(Message(ep, row["level"], "recovery", email, channel, account, facts))
+    sender.flush()
     return result
+
+
+def _due_steps(ep: dict, ladder, pset: PlaybookSet, levels: list[str], now: datetime) -> list:
+    """Ladder steps (after the first) whose time has come: due + cumulative after_hours, up to escalate_to."""
+    pb = pset.by_name(ep["playbook"])
+    top = levels.index(pb.escalate_to) if pb and pb.escalate_to in levels else 0
+    due = utc_aware(ep["task_due_at"])
+    if due is None:
+        return []
+    out, trigger = [], due
+    for step in ladder[1 : top + 1]:
+        trigger = trigger + timedelta(hours=step.after_hours)
+        if now < trigger:
+            break
+        out.append(step)
+    return out
+
+
+def _ladder_done(sender: _Sender, ep: dict, ladder, pset, levels, now) -> bool:
+    """Nothing to send for this open episode now (so its facts need not be loaded)."""
+    if not sender.sent(ep["episode_id"], ladder[0].level, "alert"):
+        return False
+    return all(sender.sent(ep["episode_id"], s.level, "escalation") for s in _due_steps(ep, ladder, pset, levels, now))
 
 
 def pending_markers(store: StateStore) -> list[dict]:

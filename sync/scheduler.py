@@ -101,7 +101,7 @@ def execute_job(name: str) -> Any:
         result = ctx.functions[name]()
     finally:
         ctx.store.release_lock(lock, ctx.holder)
-    code = getattr(result, "exit_code", result)
+    code = result.get("exit_code") if isinstance(result, dict) else getattr(result, "exit_code", result)
     if isinstance(code, int) and not isinstance(code, bool) and code >= 2:
         raise JobFailed(f"job {name} finished with exit code {code}")
     return result
@@ -219,8 +219,49 @@ def build_scheduler(
     return scheduler
 
 
-def serve(settings, job_functions: dict[str, Callable[[], Any]], *, slack: Any = None, store: StateStore | None = None, console=None) -> int:
-    """Run the blocking scheduler until interrupted; exit code 0, or 2 for a configuration error."""
+def default_job_functions(settings, ready: dict | None = None) -> dict[str, Callable[[], Any]]:
+    """The jobs `healthsync schedule` can run, each the same code path as its command."""
+    from sync import run
+
+    jobs: dict[str, Callable[[], Any]] = {
+        "run": lambda: run.run_cycle(settings, ready=ready, json_mode=True),
+        "escalate": lambda: run.escalate_stage(settings, ready=ready),
+        "pull": lambda: run.pull_stage(settings, ready=ready),
+        "score": lambda: run.score_stage(settings, ready=ready),
+        "sync": lambda: run.sync_stage(settings, ready=ready),
+    }
+    try:
+        from sync.report import write_report
+
+        jobs["report"] = lambda: write_report(StateStore(settings.state.url), settings, settings.report.path)
+    except ImportError:  # pragma: no cover - the report is optional in a build
+        pass
+    return jobs
+
+
+def serve(
+    settings,
+    job_functions: dict[str, Callable[[], Any]] | None = None,
+    *,
+    ready: dict | None = None,
+    slack: Any = None,
+    store: StateStore | None = None,
+    console=None,
+) -> int:
+    """Run the blocking scheduler until interrupted; exit code 0, or 2 for a configuration error.
+
+    Without `job_functions` the jobs are the commands' own stages; without `slack`
+    the ops channel is reached through the configured Slack (or the sandbox's).
+    """
+    if job_functions is None:
+        job_functions = default_job_functions(settings, ready)
+    if slack is None and settings.escalation.ops_channel:
+        from sync.connections import open_slack
+
+        try:
+            slack = open_slack(settings, ready)
+        except ConfigurationError as e:
+            (console.print if console else print)(f"sources.slack: {e}; failed runs will only be logged")
     try:
         scheduler = build_scheduler(settings, job_functions, blocking=True, store=store, slack=slack)
     except ConfigError as e:

@@ -157,3 +157,51 @@ def ops_message(job: str, outcome: str, detail: str, when: datetime) -> tuple[st
         {"type": "context", "elements": [{"type": "mrkdwn", "text": f"at {_when(when)}"}]},
     ]
     return _plain_fallback(f"{title}: {escape_mrkdwn(detail)}"), blocks
+
+
+#: items listed in one digest; the rest are counted (Slack allows 50 blocks of 3,000 characters)
+DIGEST_MAX_ITEMS = 40
+_DIGEST_TITLES = {
+    "alert": "{n} new playbook tasks",
+    "escalation": "{n} playbook tasks past due ({level})",
+    "recovery": "{n} escalated playbook tasks resolved",
+}
+
+
+def _digest_line(account: AccountFacts, episode: EpisodeFacts) -> str:
+    name = escape_mrkdwn(account.name or account.account_id)
+    if account.record_url:
+        name = f"<{escape_mrkdwn(account.record_url).replace('|', '%7C')}|{name}>"
+    band = f" ({escape_mrkdwn(account.band)})" if account.band else ""
+    owner = f", owner {escape_mrkdwn(account.owner_email)}" if account.owner_email and episode.kind != "alert" else ""
+    if episode.kind == "recovery":
+        tail = {"task_completed": "task completed", "condition_cleared": "condition cleared"}.get(
+            episode.close_reason or "", escape_mrkdwn(episode.close_reason or "closed")
+        )
+    else:
+        tail = f"due {_when(episode.task_due_at)}"
+    return f"• *{name}*: {_num(account.score)}{band}, {escape_mrkdwn(episode.playbook_title)}, {tail}{owner}"
+
+
+def digest_message(kind: str, level: str, entries: list[tuple[AccountFacts, EpisodeFacts]], fallback_note: str | None = None) -> tuple[str, list[dict]]:
+    """Several messages for one recipient in one run, as one message (a CSM with 40 new tasks gets 1 DM, not 40)."""
+    n = len(entries)
+    title = _DIGEST_TITLES[kind].format(n=n, level=escape_mrkdwn(level))
+    icon = {"alert": ":warning:", "escalation": ":rotating_light:", "recovery": ":white_check_mark:"}[kind]
+    blocks: list[dict] = [{"type": "section", "text": {"type": "mrkdwn", "text": f"*{icon} {title}*"}}]
+    if fallback_note:
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": escape_mrkdwn(fallback_note)}]})
+    chunk: list[str] = []
+    size = 0
+    for account, episode in entries[:DIGEST_MAX_ITEMS]:
+        line = _digest_line(account, episode)[:1000]
+        if chunk and size + len(line) + 1 > 2900:
+            blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(chunk)}})
+            chunk, size = [], 0
+        chunk.append(line)
+        size += len(line) + 1
+    if chunk:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(chunk)}})
+    if n > DIGEST_MAX_ITEMS:
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"… and {n - DIGEST_MAX_ITEMS} more: see your CRM tasks"}]})
+    return _plain_fallback(f"{icon} {title}"), blocks

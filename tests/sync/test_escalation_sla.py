@@ -225,3 +225,25 @@ def test_escalate_alone_reads_facts_from_the_state_store(world, store, accounts)
     assert result.alerts_sent == 1
     [msg] = new_messages(world, mark)
     assert msg["channel"] == dm(world, acc["owner_email"])
+
+
+def test_several_alerts_for_one_owner_in_one_run_go_as_one_digest(world, store, accounts):
+    sf = accounts[accounts["crm"] == "salesforce"]
+    owner = sf.iloc[10]["owner_email"]
+    mine = sf[sf["owner_email"] == owner].iloc[:3]
+    evil = "<!channel> Digest Co"
+    overrides = {a: RED for a in mine["account_id"]}
+    overrides[mine.iloc[0]["account_id"]] = {**RED, "name": evil, "score": 12.0}
+    scores = scores_frame(accounts, overrides)
+    assert run_playbooks(store, world.settings, scores, world.connectors, world.now(), "r1").tasks_created == 3
+    mark = len(world.sb.slack_messages())
+    result = escalate(world, store, scores)
+    assert (result.alerts_sent, result.errors) == (3, [])
+    [digest] = new_messages(world, mark)
+    assert digest["channel"] == dm(world, owner)
+    assert digest["text"] == "3 new playbook tasks"
+    body = json.dumps(digest["blocks"])
+    assert "<!channel>" not in body and "&lt;!channel&gt; Digest Co" in body
+    assert body.index("Digest Co") < body.index(mine.iloc[1]["name"])  # most at risk first
+    assert store.count("escalations", kind="alert") == 3
+    assert escalate(world, store, scores).alerts_sent == 0 and new_messages(world, mark) == [digest]
