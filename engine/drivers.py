@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from config.model import BooleanRule, CategoryRule, Metric, ModelConfig, RatioRule, TrendRule
-from engine.keys import arrow_strings, equals_any, positions
+from engine.keys import arrow_strings, equals_any, positions, row_chunks
 from engine.rules import TREND_CLASSES, _boolean, numeric_column, ratio_values, rule_max_points, text_column, trend_classes
 from engine.scoring import HealthScorer
 
@@ -122,7 +122,15 @@ def explain(scored: pd.DataFrame, features: pd.DataFrame, model: ModelConfig, to
             missing = scored_ids[int(np.flatnonzero(pos < 0)[0])].as_py()
             raise ValueError(f"drivers: account {missing} is scored but has no features row")
         features = features.iloc[pos].reset_index(drop=True)
+    pieces = [
+        _explain_rows(scored.iloc[start:stop], features.iloc[start:stop], model, top_n)
+        for start, stop in row_chunks(n, 131_072)
+    ]
+    return pd.Series(pd.arrays.ArrowStringArray(pa.concat_arrays(pieces)), index=scored.index)
 
+
+def _explain_rows(scored: pd.DataFrame, features: pd.DataFrame, model: ModelConfig, top_n: int) -> pa.Array:
+    n = len(scored)
     earned, lost = point_effects(scored, features, model)
     best = equals_any(scored["band"], (model.bands[-1].name,), case_insensitive=False)
     effect = np.where(best[:, None], earned, lost)
@@ -145,7 +153,7 @@ def explain(scored: pd.DataFrame, features: pd.DataFrame, model: ModelConfig, to
         texts = pa.concat_arrays([p.cast(pa.large_string()) for p in pieces])
         columns.append(texts.take(pa.array(np.where(where < 0, 0, where), mask=where < 0)))
     if not columns:
-        return pd.Series(pd.arrays.ArrowStringArray(pa.array([""] * n, pa.large_string())), index=scored.index)
+        return pa.array([""] * n, pa.large_string())
     # pyarrow drops a row whose inputs are all null under null_handling="skip" (26.0): keep it as ""
     no_driver = np.logical_and.reduce([c.is_null().to_numpy(zero_copy_only=False) for c in columns])
     columns[0] = pc.if_else(pa.array(no_driver), pa.scalar("", pa.large_string()), columns[0])
@@ -155,4 +163,4 @@ def explain(scored: pd.DataFrame, features: pd.DataFrame, model: ModelConfig, to
     if pc.any(too_long).as_py():
         cut = _join(pc.utf8_slice_codeunits(joined, 0, MAX_DRIVER_CHARS - 1), "…")
         joined = pc.if_else(too_long, cut, joined)
-    return pd.Series(pd.arrays.ArrowStringArray(joined), index=scored.index)
+    return joined

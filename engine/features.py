@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from config.model import ModelConfig
-from engine.keys import equals_any, has_duplicates, positions
+from engine.keys import KeyIndex, equals_any, has_duplicates, positions, row_chunks
 from engine.lifecycle import lifecycle_stage
 from engine.rules import _boolean, numeric_column
 
@@ -68,26 +68,20 @@ def _datetimes(values: pd.Series) -> np.ndarray:
     return _naive_utc(values).to_numpy()
 
 
-def _ticket_features(accounts: pd.DataFrame, tickets: pd.DataFrame, end: pd.Timestamp) -> dict[str, np.ndarray]:
-    n = len(accounts)
-    pos = _account_positions(accounts, tickets["account_id"])
+def _ticket_flags(tickets: pd.DataFrame, end: pd.Timestamp) -> tuple[np.ndarray, np.ndarray]:
+    """(in the 90-day window, flag bits) per ticket: bit 0 last 30 days, bit 1 escalated, bit 2 open P1."""
     created = _datetimes(tickets["created_at"])
     end64 = end.to_datetime64()
-    in_long = (pos >= 0) & (created < end64) & (created >= (end - pd.Timedelta(days=LONG_WINDOW_DAYS)).to_datetime64())
-    in_short = created >= (end - pd.Timedelta(days=SHORT_WINDOW_DAYS)).to_datetime64()  # NaT compares False
-
-    # one counting pass: each ticket in the 90-day window adds to (account, flag combination)
-    flags = in_short.astype(np.int64)
-    has_escalated = "escalated" in tickets.columns
-    if has_escalated:
+    in_long = (created < end64) & (created >= (end - pd.Timedelta(days=LONG_WINDOW_DAYS)).to_datetime64())
+    flags = (created >= (end - pd.Timedelta(days=SHORT_WINDOW_DAYS)).to_datetime64()).astype(np.int64)  # NaT: False
+    if "escalated" in tickets.columns:
         column = tickets["escalated"]
         if pd.api.types.is_bool_dtype(column.dtype):
             escalated = column.to_numpy(dtype=bool, na_value=False)
         else:  # "true"/"false" text or 0/1 from a file that skipped dtype coercion
             escalated = _boolean(tickets, "escalated") == 1.0
         flags |= escalated.astype(np.int64) << 1
-    has_priority = "priority" in tickets.columns
-    if has_priority:
+    if "priority" in tickets.columns:
         p1 = equals_any(tickets["priority"], ("P1",))
         # open as of `end`: not closed yet, or closed only after it
         if "closed_at" in tickets.columns:
@@ -100,8 +94,22 @@ def _ticket_features(accounts: pd.DataFrame, tickets: pd.DataFrame, end: pd.Time
         if "status" in tickets.columns:
             closed_by_then |= no_close_date & equals_any(tickets["status"], ("closed",))
         flags |= (p1 & ~closed_by_then).astype(np.int64) << 2
-    rows = np.flatnonzero(in_long)
-    counts = np.bincount(pos[rows] * 8 + flags[rows], minlength=n * 8).reshape(n, 8).astype("float64")
+    return in_long, flags
+
+
+def _ticket_features(accounts: pd.DataFrame, tickets: pd.DataFrame, end: pd.Timestamp) -> dict[str, np.ndarray]:
+    n = len(accounts)
+    lookup = KeyIndex(accounts["account_id"])
+    keys = []
+    for start, stop in row_chunks(len(tickets), 1_048_576):
+        chunk = tickets.iloc[start:stop]
+        pos = lookup.positions(chunk["account_id"])
+        in_long, flags = _ticket_flags(chunk, end)
+        rows = np.flatnonzero(in_long & (pos >= 0))
+        # one counting pass at the end: each ticket in the window adds to (account, flag combination)
+        keys.append(pos[rows] * 8 + flags[rows])
+    all_keys = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
+    counts = np.bincount(all_keys, minlength=n * 8).reshape(n, 8).astype("float64")
     combos = np.arange(8)
     out = {
         "tickets_30d": counts[:, (combos & 1) == 1].sum(axis=1),
@@ -109,9 +117,9 @@ def _ticket_features(accounts: pd.DataFrame, tickets: pd.DataFrame, end: pd.Time
     }
     out["tickets_rate_30d"] = out["tickets_30d"] / SHORT_WINDOW_DAYS
     out["tickets_rate_90d"] = out["tickets_90d"] / LONG_WINDOW_DAYS
-    if has_escalated:
+    if "escalated" in tickets.columns:
         out["escalations_90d"] = counts[:, (combos & 2) == 2].sum(axis=1)
-    if has_priority:
+    if "priority" in tickets.columns:
         out["open_p1_90d"] = counts[:, (combos & 4) == 4].sum(axis=1)
     return out
 

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from config.model import ForecastConfig
-from engine.keys import equals_any, has_duplicates, positions, take_strings
+from engine.keys import KeyIndex, equals_any, has_duplicates, row_chunks, take_strings
 from engine.rules import category_codes, numeric_column
 
 INSUFFICIENT_BAND_DEFAULT = "Insufficient data"
@@ -56,67 +56,66 @@ def adjust_opportunities(
     health = scored_with_trends
     if has_duplicates(health["account_id"]):
         health = health.drop_duplicates("account_id", keep="last")
-    pos = positions(opps["account_id"], health["account_id"])
-    matched = pos >= 0
-    take = np.where(matched, pos, 0)
+    lookup = KeyIndex(health["account_id"])
 
-    # account-level first (one row per account), then one gather per opportunity
-    n_acc = len(health)
+    # account-level first (one row per account), then gathers per opportunity, chunk by chunk
     acc_score = numeric_column(health, "score")
     window = "delta_90d" if config.delta_window_days >= 90 else "delta_30d"
     acc_delta = numeric_column(health, window)
-    band_names = sorted(set(pd.unique(health["band"].dropna()))) if n_acc else []
-    band_code = category_codes(health, "band", band_names) if n_acc else np.zeros(0, dtype=np.int64)
-    insufficient = equals_any(health["band"], (insufficient_band,), case_insensitive=False) if n_acc else np.zeros(0, bool)
+    band_names = sorted(set(pd.unique(health["band"].dropna()))) if len(health) else []
+    band_code = category_codes(health, "band", band_names) if len(health) else np.zeros(0, dtype=np.int64)
+    acc_usable = ~equals_any(health["band"], (insufficient_band,), case_insensitive=False) & ~np.isnan(acc_score)
+    # a sentinel row at the end answers for opportunities whose account was not scored
+    acc_score, acc_delta = np.append(acc_score, np.nan), np.append(acc_delta, np.nan)
+    band_code, acc_usable = np.append(band_code, -1), np.append(acc_usable, False)
+    unmatched = len(health)
+    if config.method == "band_multipliers" and not config.band_multipliers:
+        raise ValueError("forecast.band_multipliers: the band_multipliers method needs at least one range")
 
-    def gather(values: np.ndarray, fill):
-        if n_acc == 0:
-            return np.full(len(opps), fill, dtype=np.asarray(values).dtype if len(values) else type(fill))
-        return np.where(matched, values[take], fill)
-
-    score = gather(acc_score, np.nan)
-    delta = gather(acc_delta, np.nan)
-    code = gather(band_code, -1).astype(np.int64)
-    usable_account = gather(~insufficient & ~np.isnan(acc_score), False).astype(bool)
+    n = len(opps)
+    score_out = np.empty(n)
+    code_out = np.empty(n, dtype=np.int64)
+    adjusted_out = np.empty(n)
+    for start, stop in row_chunks(n):
+        chunk = opps.iloc[start:stop]
+        pos = lookup.positions(chunk["account_id"])
+        pos[pos < 0] = unmatched
+        score, delta = acc_score[pos], acc_delta[pos]
+        base = numeric_column(chunk, "probability")
+        closed = (
+            chunk["is_closed"].astype("boolean").fillna(False).to_numpy(dtype=bool)
+            if "is_closed" in chunk.columns
+            else np.zeros(len(chunk), dtype=bool)
+        )
+        usable = ~closed & acc_usable[pos] & bool(config.enabled)
+        if config.method == "delta":
+            factor = 1.0 + np.nan_to_num(delta) / 100.0 * config.sensitivity
+        else:
+            idx = _range_index(np.nan_to_num(score), config)
+            mult = np.array([b.multiplier for b in config.band_multipliers], dtype="float64")[idx]
+            if "type" in chunk.columns:
+                top, bottom = len(config.band_multipliers) - 1, 0
+                mult = np.where(equals_any(chunk["type"], ("expansion",)) & (idx == top), config.expansion_multiplier, mult)
+                mult = np.where(equals_any(chunk["type"], ("renewal",)) & (idx == bottom), config.churn_risk_multiplier, mult)
+            with np.errstate(invalid="ignore"):
+                trend = np.where(
+                    delta >= config.trend_points,
+                    config.improving_multiplier,
+                    np.where(delta <= -config.trend_points, config.declining_multiplier, 1.0),
+                )
+            factor = mult * trend
+        factor = np.clip(factor, 1.0 - config.max_swing, 1.0 + config.max_swing)
+        adjusted_out[start:stop] = np.round(np.where(usable, np.clip(base * factor, 0.0, 1.0), base), 6)
+        score_out[start:stop] = score
+        code_out[start:stop] = band_code[pos]
 
     base = numeric_column(opps, "probability")
     amount = numeric_column(opps, "amount")
-    closed = (
-        opps["is_closed"].astype("boolean").fillna(False).to_numpy(dtype=bool)
-        if "is_closed" in opps.columns
-        else np.zeros(len(opps), dtype=bool)
-    )
-    usable = ~closed & usable_account & bool(config.enabled)
-
-    if config.method == "delta":
-        factor = 1.0 + np.nan_to_num(delta) / 100.0 * config.sensitivity
-    else:
-        if not config.band_multipliers:
-            raise ValueError("forecast.band_multipliers: the band_multipliers method needs at least one range")
-        idx = _range_index(np.nan_to_num(score), config)
-        mult = np.array([b.multiplier for b in config.band_multipliers], dtype="float64")[idx]
-        if "type" in opps.columns:
-            top, bottom = len(config.band_multipliers) - 1, 0
-            expansion = equals_any(opps["type"], ("expansion",))
-            renewal = equals_any(opps["type"], ("renewal",))
-            mult = np.where(expansion & (idx == top), config.expansion_multiplier, mult)
-            mult = np.where(renewal & (idx == bottom), config.churn_risk_multiplier, mult)
-        with np.errstate(invalid="ignore"):
-            trend = np.where(
-                delta >= config.trend_points,
-                config.improving_multiplier,
-                np.where(delta <= -config.trend_points, config.declining_multiplier, 1.0),
-            )
-        factor = mult * trend
-
-    factor = np.clip(factor, 1.0 - config.max_swing, 1.0 + config.max_swing)
-    adjusted = np.round(np.where(usable, np.clip(base * factor, 0.0, 1.0), base), 6)
-
-    opps["health_score"] = score
-    opps["health_band"] = take_strings(band_names, code)
-    opps["adjusted_probability"] = adjusted
+    opps["health_score"] = score_out
+    opps["health_band"] = take_strings(band_names, code_out)
+    opps["adjusted_probability"] = adjusted_out
     opps["base_expected_arr"] = np.round(amount * base, 2)
-    opps["expected_arr"] = np.round(amount * adjusted, 2)
+    opps["expected_arr"] = np.round(amount * adjusted_out, 2)
     return opps
 
 

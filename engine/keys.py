@@ -58,40 +58,54 @@ def _mix(words: np.ndarray) -> np.ndarray:
     return h
 
 
-def _positions_fixed_width(keys: pa.Array, lookup: pa.Array) -> np.ndarray | None:
-    """Integer hash join for same-length ids (Salesforce ids, generated ids): several times faster."""
-    key_words, lookup_words = _fixed_width_words(keys), _fixed_width_words(lookup)
-    if key_words is None or lookup_words is None:
-        return None
-    if key_words.shape[1] != lookup_words.shape[1]:
-        return None
-    index = pd.Index(_mix(lookup_words))
-    if not index.is_unique:  # duplicate ids (or a hash collision): first-match semantics need Arrow
-        return None
-    pos = index.get_indexer(_mix(key_words)).astype(np.int64)
-    if key_words.shape[1] > 1:
-        # a hash hit on a different id means the key is absent (lookup hashes are unique)
-        hit = np.flatnonzero(pos >= 0)
-        same = (key_words[hit] == lookup_words[pos[hit]]).all(axis=1)
-        pos[hit[~same]] = -1
-    return pos
+class KeyIndex:
+    """A lookup of ids built once and probed many times (e.g. chunk by chunk).
+
+    Same-length ids (Salesforce ids, generated ids) go through an integer hash
+    join on their bytes; anything else falls back to Arrow's hash kernels
+    (keys dictionary-encoded first, so only distinct keys are looked up).
+    """
+
+    def __init__(self, lookup):
+        self._arrow = arrow_strings(lookup)
+        self._words = _fixed_width_words(self._arrow)
+        self._index = None
+        if self._words is not None:
+            index = pd.Index(_mix(self._words))
+            if index.is_unique:  # duplicate ids (or a hash collision): first-match semantics need Arrow
+                self._index = index
+
+    def positions(self, keys) -> np.ndarray:
+        """Row position in the lookup of each key (-1 when absent or null); first match wins."""
+        keys_arr = arrow_strings(keys)
+        if self._index is not None:
+            key_words = _fixed_width_words(keys_arr)
+            if key_words is not None and key_words.shape[1] == self._words.shape[1]:
+                pos = self._index.get_indexer(_mix(key_words)).astype(np.int64)
+                if key_words.shape[1] > 1:
+                    # a hash hit on a different id means the key is absent (lookup hashes are unique)
+                    hit = np.flatnonzero(pos >= 0)
+                    same = (key_words[hit] == self._words[pos[hit]]).all(axis=1)
+                    pos[hit[~same]] = -1
+                return pos
+        encoded = pc.dictionary_encode(keys_arr)
+        found = pc.fill_null(pc.index_in(encoded.dictionary, value_set=self._arrow), -1)
+        table = np.append(found.to_numpy(zero_copy_only=False).astype(np.int64), -1)
+        codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        return table[codes]
 
 
 def positions(keys, lookup) -> np.ndarray:
-    """Row position in `lookup` of each key (-1 when absent or null); first match wins.
+    """Row position in `lookup` of each key (-1 when absent or null); first match wins."""
+    return KeyIndex(lookup).positions(keys)
 
-    Same-length ids go through an integer hash join; others are dictionary-encoded
-    first (one hash pass), so only the distinct keys are looked up in Arrow.
-    """
-    keys_arr, lookup_arr = arrow_strings(keys), arrow_strings(lookup)
-    fast = _positions_fixed_width(keys_arr, lookup_arr)
-    if fast is not None:
-        return fast
-    encoded = pc.dictionary_encode(keys_arr)
-    found = pc.fill_null(pc.index_in(encoded.dictionary, value_set=lookup_arr), -1)
-    table = np.append(found.to_numpy(zero_copy_only=False).astype(np.int64), -1)
-    codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-    return table[codes]
+
+def row_chunks(n: int, size: int = 262_144):
+    """(start, stop) ranges. Large frames are processed in chunks so temporaries stay small
+    enough for the allocator to reuse instead of mapping fresh pages from the OS each time
+    (at a million rows that page-faulting was most of the engine's time)."""
+    for start in range(0, n, size):
+        yield start, min(n, start + size)
 
 
 def take_strings(names, codes: np.ndarray) -> pd.arrays.ArrowStringArray:

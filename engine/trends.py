@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from engine.features import as_of_timestamp
-from engine.keys import positions, take_strings
+from engine.keys import arrow_strings, positions, take_strings
 
 MOMENTUM = ("up", "stable", "down")
 
@@ -62,7 +64,7 @@ def compute_trends(
         keep = (pos >= 0) & ~np.isnat(at) & (at < day.to_datetime64())
         hist_pos, hist_at = pos[keep], at[keep]
         hist_score = pd.to_numeric(history["score"], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)[keep]
-        hist_band = history["band"].astype("string")[keep]
+        hist_band = history["band"][keep]
 
     out = pd.DataFrame(index=current.index)
     out["account_id"] = current["account_id"].to_numpy()
@@ -80,8 +82,8 @@ def compute_trends(
         return out
     pos = np.concatenate([hist_pos, np.arange(n)])
     when = np.concatenate([hist_at.view("int64"), np.full(n, today)])
-    bands = pd.concat([hist_band, current["band"].astype("string")], ignore_index=True).fillna("")
-    band_code, _ = pd.factorize(bands)
+    bands = pa.concat_arrays([arrow_strings(hist_band), arrow_strings(current["band"])])
+    band_code = pc.fill_null(pc.dictionary_encode(bands).indices, -1).to_numpy(zero_copy_only=False)
     order = np.lexsort((when, pos))
     pos, when, band_code = pos[order], when[order], band_code[order]
     new_run = np.ones(len(pos), dtype=bool)
