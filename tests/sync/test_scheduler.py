@@ -213,3 +213,18 @@ def test_a_run_missed_while_no_scheduler_was_up_is_reported_at_the_next_start(tm
         second.shutdown(wait=True)
     [run] = [r for r in store.recent_runs() if r["mode"] == "schedule:run"]
     assert json.loads(run["summary_json"])["event"] == "missed" and run["exit_code"] == 3
+
+
+def test_serve_reports_configuration_errors_with_exit_code_2(tmp_path, capsys):
+    s = settings_for(tmp_path, schedules=[{"job": "run", "cron": "0 6 * * *"}, {"job": "run", "interval_minutes": 5}])
+    assert sched.serve(s, {"run": noop}) == 2
+    assert "scheduled twice" in capsys.readouterr().out
+
+
+def test_every_schedulable_job_has_a_default_implementation(tmp_path):
+    from typing import get_args
+
+    from config.settings import Schedule
+
+    jobs = sched.default_job_functions(settings_for(tmp_path))
+    assert set(get_args(Schedule.model_fields["job"].annotation)) <= set(jobs)
