@@ -25,6 +25,7 @@ import pandas as pd
 import urllib3
 from hubspot import HubSpot
 
+from config.canonical import SPECS, empty_frame
 from connectors import crm_values
 from connectors.base import (
     CallStats,
@@ -771,8 +772,6 @@ def _first_association(row: dict, to_type: str) -> str | None:
 
 
 def _empty(object: str) -> pd.DataFrame:
-    from config.canonical import SPECS, empty_frame
-
     return empty_frame(SPECS[object])
 
 

@@ -17,8 +17,6 @@ Every HTTP request goes through `_SalesforceHttp`, a requests.Session that
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import re
@@ -35,6 +33,7 @@ from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSession
 from simple_salesforce.format import format_soql
 
+from config.canonical import SPECS, empty_frame
 from connectors import crm_values
 from connectors.base import (
     CallStats,
@@ -50,7 +49,7 @@ from connectors.base import (
     StopRunError,
     TaskSpec,
 )
-from connectors.mapping import finish, section, strip_prefix, translate_values
+from connectors.mapping import SECTIONS, finish, section, strip_prefix, translate_values
 from connectors.redact import Redactor, reveal
 from connectors.retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
 
@@ -425,7 +424,7 @@ class SalesforceConnector(CrmConnector):
         for column, field in read.items():
             if field.split(".")[0] not in existing:
                 problems.append(
-                    f"mapping.salesforce.{sec and section_name(object)}.read.{column}: field {field} not found on {sobject}; column left empty"
+                    f"mapping.salesforce.{section_name(object)}.read.{column}: field {field} not found on {sobject}; column left empty"
                 )
                 continue
             if field not in fields:
@@ -735,8 +734,6 @@ class SalesforceConnector(CrmConnector):
 
 
 def section_name(object: str) -> str:
-    from connectors.mapping import SECTIONS
-
     return SECTIONS.get(object, object)
 
 
@@ -747,8 +744,6 @@ def _aware(value: datetime) -> datetime:
 
 
 def _empty_like(object: str) -> pd.DataFrame:
-    from config.canonical import SPECS, empty_frame
-
     return empty_frame(SPECS[object]) if object in SPECS else pd.DataFrame()
 
 
