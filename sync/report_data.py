@@ -274,13 +274,13 @@ def _adjusted_from_pushed(store: StateStore, settings: Settings, opps: pd.DataFr
     if rows.empty:
         return None
     rows = rows[[fields.get(c) == f for c, f in zip(rows["crm"], rows["field"])]]
+    # written as a 0-1 fraction for both CRMs, like the canonical probability (sync/writeback.py)
     values = pd.to_numeric(pd.Series(_json_objects(rows["value_json"]), index=rows.index), errors="coerce")
-    # Salesforce percent fields hold 0-100 (crm-api-notes); the canonical probability is 0-1.
-    values = values.where(values <= 1, values / 100)
     by_id = pd.Series(values.to_numpy(), index=rows["record_id"].astype(str).to_numpy())
     by_id = by_id[~by_id.index.duplicated(keep="last")]
     adjusted = opps["opportunity_id"].astype(str).map(by_id)
-    return adjusted if adjusted.notna().any() else None
+    # an opportunity with nothing confirmed (unscored account, pending retry) counts at its CRM probability
+    return adjusted.fillna(opps["probability"]) if adjusted.notna().any() else None
 
 
 def _adjusted_from_engine(settings: Settings, opps: pd.DataFrame, accounts: pd.DataFrame) -> pd.Series | None:

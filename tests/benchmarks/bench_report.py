@@ -29,12 +29,13 @@ def test_report_for_10k_accounts_is_fast_and_small(tmp_path):
     store = build_store(f"sqlite:///{tmp_path}/state.db", n_accounts=ACCOUNTS, runs=RUNS)
     built = time.perf_counter() - started
     settings = load_settings(environ={})
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     info = write_report(store, settings, tmp_path / "report.html", now=NOW)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    # CPU time too: on a shared 2-core machine the wall time mostly measures the neighbours
     print(
         f"\nreport: {info.accounts} accounts, {RUNS} runs, {info.charts} charts, "
-        f"{info.size_bytes / 1e6:.2f} MB in {elapsed:.2f} s (store built in {built:.1f} s)"
+        f"{info.size_bytes / 1e6:.2f} MB in {elapsed:.2f} s wall, {cpu:.2f} s CPU (store built in {built:.1f} s)"
     )
     assert info.accounts == ACCOUNTS
     assert info.size_bytes < MAX_BYTES, f"{info.size_bytes} bytes"

@@ -90,7 +90,7 @@ def build_store(url: str, n_accounts: int = 200, runs: int = 6, seed: int = 3, n
     # the CRM confirmed an adjusted probability for every open opportunity: base x 0.8
     open_opps = opps[~opps["is_closed"].astype("boolean").fillna(False).astype(bool)]
     confirmed = {
-        str(oid): {"Health_Adjusted_Probability__c": dumps(round(float(p) * 80, 2))}  # Salesforce percent field
+        str(oid): {"Health_Adjusted_Probability__c": dumps(round(float(p) * 0.8, 4))}  # a 0-1 fraction, as sync.writeback writes it
         for oid, p in zip(open_opps["opportunity_id"], open_opps["probability"].fillna(0))
     }
     store.record_confirmed("salesforce", "opportunities", confirmed, f"run-{runs - 1:03d}", now)

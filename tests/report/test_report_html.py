@@ -64,7 +64,7 @@ def hand_store(tmp_path_factory):
              "trend": t or "new (no 30d history)"}
             for aid, (s, b, t) in values.items()
         ])
-    store.record_confirmed("salesforce", "opportunities", {"006X": {"Health_Adjusted_Probability__c": dumps(40.0)}}, "r2", NOW)
+    store.record_confirmed("salesforce", "opportunities", {"006X": {"Health_Adjusted_Probability__c": dumps(0.4)}}, "r2", NOW)
     with store.begin() as conn:
         for i, hours in enumerate((-1, 2, 48)):
             conn.execute(insert(store.tables["episodes"]).values(
@@ -88,7 +88,7 @@ def test_given_hand_checked_store_when_loaded_then_figures_match_the_arithmetic(
     assert list(data.trend["mean_score"]) == [55.0, 53.5]
     # renewals within 90 days outside Green: Alpha (10 d, Red), Charlie (20 d, Yellow); Delta is Green
     assert list(data.renewals_at_risk["account_id"]) == ["sf:A", "sf:C"]
-    # forecast: only the open opportunity; base 1000 x 0.5, adjusted 1000 x 40% (Salesforce percent field)
+    # forecast: only the open opportunity; base 1000 x 0.5, adjusted 1000 x 0.4 (the confirmed write-back value)
     q = data.forecast.set_index("quarter")
     assert list(q.index) == ["2026Q4"]
     assert q.loc["2026Q4", "base_expected"] == 500.0 and q.loc["2026Q4", "adjusted_expected"] == 400.0
@@ -113,31 +113,40 @@ def test_given_hand_checked_store_when_rendered_then_the_page_shows_the_same_fig
     assert all(chart_is_drawn(c) for c in charts(els))
 
 
-def test_given_crm_text_with_markup_when_rendered_then_it_is_escaped(tmp_path, settings):
-    store = build_store(f"sqlite:///{tmp_path}/s.db", n_accounts=40, runs=2, names={i: EVIL for i in range(40)})
-    html = write_report(store, settings, tmp_path / "r.html", now=NOW).path.read_text()
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory, settings):
+    """A generated portfolio (150 accounts, 3 runs; a few names carry markup) and its rendered report."""
+    tmp = tmp_path_factory.mktemp("generated")
+    store = build_store(f"sqlite:///{tmp}/s.db", n_accounts=150, runs=3, names={i: EVIL for i in range(0, 150, 15)})
+    info = write_report(store, settings, tmp / "r.html", now=NOW)
+    return store, info, info.path.read_text()
+
+
+def test_given_crm_text_with_markup_when_rendered_then_it_is_escaped(generated):
+    _store, _info, html = generated
     assert EVIL not in html
     assert "&lt;script&gt;alert(&#34;owned&#34;)&lt;/script&gt; &amp; &lt;b&gt;Co&lt;/b&gt;" in html
     assert len(re.findall(r"<script\b", html)) == 1  # only the report's own inline script
     assert not re.search(r"<(link|img|iframe)\b|src=|https?://(?!www\.w3\.org)", html)  # nothing to fetch
 
 
-def test_given_generated_store_when_rendered_then_figures_equal_the_store(tmp_path, settings):
-    store = build_store(f"sqlite:///{tmp_path}/s.db", n_accounts=150, runs=3)
-    els = parse(write_report(store, settings, tmp_path / "r.html", now=NOW).path.read_text())
+def test_given_generated_store_when_rendered_then_figures_equal_the_store(generated):
+    store, info, html = generated
+    els = parse(html)
     counts, arr_at_risk, top = expected_figures(store)
     shown = {r.get("data-band"): int(r.get("data-accounts")) for r in rows(els, "band-table", "data-band")}
     assert {k: v for k, v in shown.items() if v} == counts
     assert float(by_id(els, "kpi-arr-at-risk").get("data-value")) == pytest.approx(arr_at_risk, abs=0.01)
     assert [r.get("data-account-id") for r in rows(els, "top-at-risk", "data-account-id")] == top
+    assert info.size_bytes < 1_500_000  # 150 accounts; the 10,000-account figure (< 5 MB) is in tests/benchmarks/bench_report.py
 
 
-def test_given_owner_when_rendered_then_only_that_owners_book_is_shown(tmp_path, settings):
-    store = build_store(f"sqlite:///{tmp_path}/s.db", n_accounts=80, runs=2)
+def test_given_owner_when_rendered_then_only_that_owners_book_is_shown(generated, settings, tmp_path):
+    store, _info, _html = generated
     accounts = store.load_replica("salesforce", "accounts")
     owner = accounts[0]["owner_email"]
     mine = {a["account_id"] for a in accounts if a["owner_email"] == owner}
-    info = write_report(store, settings, tmp_path / "r.html", owner=owner.upper(), now=NOW)
+    info = write_report(store, settings, tmp_path / "r.html", owner=owner.upper(), now=NOW, drill_down_cap=5)
     els = parse(info.path.read_text())
     assert info.accounts == len(mine)
     owners = {e.get("data-owner") for e in els if e.tag == "details" and "owner" in e.classes}
@@ -146,15 +155,17 @@ def test_given_owner_when_rendered_then_only_that_owners_book_is_shown(tmp_path,
     assert shown and shown <= mine
 
 
-def test_given_a_bigger_portfolio_when_rendered_then_drill_down_is_capped_and_said_so(tmp_path, settings):
-    store = build_store(f"sqlite:///{tmp_path}/s.db", n_accounts=700, runs=2)
-    info = write_report(store, settings, tmp_path / "r.html", now=NOW)
+def test_given_more_qualifying_accounts_than_the_cap_when_rendered_then_drill_down_is_capped_and_said_so(generated, settings, tmp_path):
+    store, _info, _html = generated
+    info = write_report(store, settings, tmp_path / "r.html", now=NOW, drill_down_cap=20)
     els = parse(info.path.read_text())
     scope = by_id(els, "drill-scope")
-    assert int(scope.get("data-shown")) == 200 < int(scope.get("data-qualified"))
-    assert "capped at 200" in scope.text
-    assert len([e for e in els if e.tag == "details" and "account" in e.classes]) == 200
-    assert info.size_bytes < 2_500_000  # the 10,000-account figure (< 5 MB) is in tests/benchmarks/bench_report.py
+    assert int(scope.get("data-shown")) == 20 < int(scope.get("data-qualified"))
+    assert "capped at 20" in scope.text
+    drilled = [e.get("data-account-id") for e in els if e.tag == "details" and "account" in e.classes]
+    assert len(drilled) == 20
+    # the at-risk accounts with the most ARR come first: the top-10 list is all drilled into
+    assert [r.get("data-account-id") for r in rows(els, "top-at-risk", "data-account-id")] == drilled[:10]
 
 
 def test_given_an_empty_store_when_rendered_then_the_report_says_so(tmp_path, settings):
