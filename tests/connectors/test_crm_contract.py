@@ -489,3 +489,16 @@ def test_a_multi_page_full_pull_only_stores_a_cursor_that_cannot_skip_records(cr
         assert all(c is not None for c in cursors) and cursors == sorted(cursors)
     else:  # list paging is unordered: only the last page carries the cursor
         assert all(c is None for c in cursors[:-1])
+
+
+def test_an_incremental_pull_of_opportunities_keeps_their_account(crm):
+    obj, change = ("Opportunity", {"Name": "Changed deal"}) if crm.api == "salesforce" else ("deals", {"dealname": "Changed deal"})
+    with Sandbox(accounts=4, seed=3, precreate_fields=True) as sb:
+        sb.advance_clock(3600)
+        rid = crm.ids(sb, obj)[0]
+        sb.modify(crm.api, obj, rid, change)
+        pages = list(crm.connect(sb).pull("opportunities", datetime.now(timezone.utc) + timedelta(minutes=30)))
+        rows = [r for p in pages for r in p.records.to_dict("records")]
+        raw = sb.record(crm.api, obj, rid)
+        account = raw["AccountId"] if crm.api == "salesforce" else raw["associations"]["companies"][0]
+        assert [(r["opportunity_id"], r["account_id"], r["name"]) for r in rows] == [(f"{crm.prefix}:{rid}", f"{crm.prefix}:{account}", "Changed deal")]
