@@ -723,8 +723,13 @@ class HubSpotConnector(CrmConnector):
             object_type = sec.get("object") or "tasks"
             try:
                 names = self._property_names(object_type)
-            except (ConfigurationError, StopRunError, HubSpotApiError, RetryableError) as exc:
-                problems.append(f"{object_type}: {exc} (the private app needs the crm.objects.{object_type}.read scope and crm.schemas.{object_type}.read)")
+            except ConfigurationError as exc:
+                if "access token" in str(exc):  # nothing else can be checked without a valid token
+                    return CheckResult(ok=False, problems=[str(exc)], details={"tier": self.tier})
+                problems.append(f"{object_type}: {exc}")
+                continue
+            except (StopRunError, HubSpotApiError, RetryableError) as exc:
+                problems.append(f"{object_type}: cannot read its properties ({exc}); the private app needs the crm.schemas.{object_type}.read scope")
                 continue
             for column, prop in (sec.get("read") or {}).items():
                 if not prop.startswith("associations.") and prop not in names and prop != "hs_object_id":
