@@ -243,10 +243,10 @@ def status(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt):
 
     def body():
         settings = _settings(config)
-        from sync.state import StateStore
+        from sync.state import open_store
         from sync.status import status as status_of
 
-        result = status_of(StateStore(settings.state.url))
+        result = status_of(open_store(settings.state.url))
         _emit(result, as_json)
         return EXIT_OK
 
@@ -272,7 +272,7 @@ def backtest(
         from sync.validation_job import run_backtest
 
         report, text = run_backtest(settings, history, challenger_settings)
-        _emit(report, as_json, lambda: Console().print(text, highlight=False))
+        _emit(report, as_json, lambda: Console().print(text, highlight=False, soft_wrap=True))
         return EXIT_OK
 
     _guard(body)
@@ -297,7 +297,7 @@ def calibrate(
         from sync.validation_job import run_calibrate
 
         report, text = run_calibrate(settings, history, out, method=method, target_recall=target_recall)
-        _emit(report, as_json, lambda: Console().print(text, highlight=False))
+        _emit(report, as_json, lambda: Console().print(text, highlight=False, soft_wrap=True))
         return EXIT_OK
 
     _guard(body)
@@ -316,9 +316,9 @@ def report(
     def body():
         settings = _settings(config)
         from sync.report import write_report
-        from sync.state import StateStore
+        from sync.state import open_store
 
-        info = write_report(StateStore(settings.state.url), settings, out, owner=owner)
+        info = write_report(open_store(settings.state.url), settings, out, owner=owner)
         data = info if isinstance(info, dict) else getattr(info, "__dict__", {"path": str(out)})
         _emit(data, as_json, lambda: Console().print(f"report written: {out}"))
         return EXIT_OK

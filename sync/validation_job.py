@@ -8,12 +8,16 @@ the state store so the portfolio report can show model accuracy.
 from __future__ import annotations
 
 import json
+import logging
+from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
 
 from connectors.base import ConfigurationError
 from connectors.files import read_history
+
+log = logging.getLogger("healthsync.validation")
 
 
 def _history(path: Path):
@@ -27,12 +31,18 @@ def _history(path: Path):
 def _record_backtest(settings, report: dict) -> None:
     """Keep the latest backtest for the report; a missing or locked store never fails the command."""
     try:
-        from sync.state import StateStore
+        from sync.state import dumps, open_store
 
-        store = StateStore(settings.state.url)
-        store.record_backtest(report)
-    except Exception:  # noqa: BLE001 - recording is a convenience, the printed report is the result
-        pass
+        store = open_store(settings.state.url)
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        with store.begin() as conn:
+            conn.execute(
+                store.tables["backtests"].insert().values(
+                    run_id=f"backtest-{now:%Y%m%dT%H%M%S}", created_at=now, report_json=dumps(report)
+                )
+            )
+    except Exception as e:  # noqa: BLE001 - recording is a convenience; the printed report is the result
+        log.warning("could not record the backtest in the state store: %s", e)
 
 
 def run_backtest(settings, history_dir: Path, challenger=None) -> tuple[dict, str]:
