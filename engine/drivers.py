@@ -139,24 +139,20 @@ def _explain_rows(scored: pd.DataFrame, features: pd.DataFrame, model: ModelConf
     order = np.argsort(-effect, axis=1, kind="stable")[:, :k]
     valid = np.take_along_axis(effect, order, axis=1) > -np.inf
 
-    columns = []
-    for r in range(k):
-        pieces, where, offset = [], np.full(n, -1, dtype=np.int64), 0
-        for j, metric in enumerate(model.metrics):
-            rows = np.flatnonzero((order[:, r] == j) & valid[:, r])
-            if rows.size:
-                pieces.append(_metric_text(metric, features, rows))
-                where[rows] = offset + np.arange(rows.size)
-                offset += rows.size
-        if not pieces:
-            continue
-        texts = pa.concat_arrays([p.cast(pa.large_string()) for p in pieces])
-        columns.append(texts.take(pa.array(np.where(where < 0, 0, where), mask=where < 0)))
-    if not columns:
+    # one text pass per metric over the rows where it is a driver at any rank, then one gather per rank
+    texts, where, offset = [], np.full((n, k), -1, dtype=np.int64), 0
+    for j, metric in enumerate(model.metrics):
+        rows, ranks = np.nonzero((order == j) & valid)
+        if rows.size:
+            texts.append(_metric_text(metric, features, rows).cast(pa.large_string()))
+            where[rows, ranks] = offset + np.arange(rows.size)
+            offset += rows.size
+    if not texts:
         return pa.array([""] * n, pa.large_string())
-    # pyarrow drops a row whose inputs are all null under null_handling="skip" (26.0): keep it as ""
-    no_driver = np.logical_and.reduce([c.is_null().to_numpy(zero_copy_only=False) for c in columns])
-    columns[0] = pc.if_else(pa.array(no_driver), pa.scalar("", pa.large_string()), columns[0])
+    all_texts = pa.concat_arrays(texts)
+    columns = [
+        all_texts.take(pa.array(np.where(where[:, r] < 0, 0, where[:, r]), mask=where[:, r] < 0)) for r in range(k)
+    ]
     joined = pc.binary_join_element_wise(*columns, pa.scalar("; ", pa.large_string()), null_handling="skip")
     joined = pc.fill_null(joined, "")
     too_long = pc.greater(pc.utf8_length(joined), MAX_DRIVER_CHARS)

@@ -162,8 +162,8 @@ class HealthScorer:
             normalised = raw
             composite = np.where(present, raw * weights, 0.0).sum(axis=1) / safe_conf
 
-        out = pd.DataFrame(index=features.index)
-        out["account_id"] = features["account_id"] if "account_id" in features.columns else features.index
+        out: dict[str, object] = {}  # columns collected first, one DataFrame built at the end
+        out["account_id"] = (features["account_id"] if "account_id" in features.columns else features.index.to_series()).array
 
         score = composite
         if model.method == "percentile":
@@ -197,15 +197,15 @@ class HealthScorer:
             with np.errstate(invalid="ignore", divide="ignore"):
                 out[f"{dim}_score"] = np.where(wsum > 0, round_score(dim_score / np.where(wsum > 0, wsum, 1.0)), np.nan)
         for i, name in enumerate(metric_names):
-            out[f"m_{name}"] = raw[:, i]
+            out[f"m_{name}"] = np.ascontiguousarray(raw[:, i])
         out["override"] = final_idx != idx
         out["override_reason"] = pd.arrays.ArrowStringArray(pa.array(reason, type=pa.large_string(), from_pandas=True))
         out["method"] = take_strings([model.method], np.zeros(n, dtype=np.int64))
-        out["segment"] = features["segment"] if "segment" in features.columns else pd.NA
+        out["segment"] = features["segment"].array if "segment" in features.columns else take_strings([], np.full(n, -1))
         out["lifecycle_stage"] = stage.array
         out["in_renewal_window"] = renewal
         out["raw_band"] = take_strings(band_names, idx)
-        return out.reset_index(drop=True)
+        return pd.DataFrame(out, copy=False)
 
     # ------------------------------------------------------------------ methods
 
