@@ -146,7 +146,10 @@ def start_embedded_sandbox(settings: Settings):
     """Start the embedded sandbox with demo data; returns (sandbox, ready dict)."""
     from connectors.sandbox import Sandbox
 
-    sandbox = Sandbox(accounts=settings.sandbox.accounts, seed=settings.sandbox.seed)
+    # Slack's one-message-per-second-per-channel pacing is off in the embedded demo: a first run
+    # alerts hundreds of episodes to a handful of owner DMs, which would make `make demo` take
+    # ten minutes of sleeping. Tests of the pacing use a sandbox they start themselves.
+    sandbox = Sandbox(accounts=settings.sandbox.accounts, seed=settings.sandbox.seed, slack_message_interval_s=0)
     started = sandbox.start()
     ready = started if isinstance(started, dict) else sandbox.ready
     return sandbox, ready

@@ -154,7 +154,7 @@ class WritePlan:
     records: list[RecordPlan] = field(default_factory=list)
     invalid: list[InvalidRecord] = field(default_factory=list)
     unchanged: dict[tuple[str, str], int] = field(default_factory=dict)
-    dropped_from_queue: int = 0  # queued records that no longer exist / are no longer written
+    stale: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # queued records no longer written
 
     def counts(self) -> dict[str, int]:
         return {"changed": len(self.records), "unchanged": sum(self.unchanged.values()), "invalid": len(self.invalid)}
@@ -199,7 +199,7 @@ def assert_allowed(settings: Settings, crm: str, object: str, fields: dict[str, 
 
 
 def plan_writes(store: StateStore, settings: Settings, desired: dict[str, pd.DataFrame], crms: list[str]) -> WritePlan:
-    """Diff desired values against what each CRM confirmed; queue retries; catch invalid records."""
+    """Diff desired values against what each CRM confirmed; queue retries; catch invalid records. Reads only."""
     plan = WritePlan()
     for crm in crms:
         prefix = {"salesforce": "sf:", "hubspot": "hs:"}.get(crm, f"{crm}:")
@@ -255,8 +255,7 @@ def plan_writes(store: StateStore, settings: Settings, desired: dict[str, pd.Dat
             plan.unchanged[(crm, obj)] = unchanged
             stale = [rid for (_, _, rid) in queue if rid not in seen]
             if stale:
-                plan.dropped_from_queue += len(stale)
-                _drop_from_queue(store, crm, obj, stale)
+                plan.stale[(crm, obj)] = stale
     return plan
 
 
@@ -334,6 +333,8 @@ def execute_plan(
     outcome of the batch in flight; it propagates with the reports so far on `.reports`.
     """
     reports = {crm: CrmWriteReport() for crm in connectors}
+    for (crm, obj), ids in plan.stale.items():
+        _drop_from_queue(store, crm, obj, ids)
     for inv in plan.invalid:
         if inv.crm in reports:
             reports[inv.crm].invalid += 1
