@@ -130,6 +130,7 @@ __all__ = [
     "read_history",
     "STAGES",
     "HIDDEN_WEIGHTS",
+    "BAD_RECORD_KINDS",
 ]
 
 DEFAULT_AS_OF = date(2026, 1, 1)
@@ -178,9 +179,10 @@ HIDDEN_WEIGHTS = {
     "email_response": 0.00,
 }
 _HIDDEN_MEAN, _HIDDEN_SCALE = 72.0, 15.0  # mean and sd of the weighted points at the first snapshot, so z is ~N(0, 1)
+#: Churn decision per 90 days: sigmoid(CHURN_INTERCEPT - CHURN_SLOPE * z) (see "Churn" above).
 CHURN_INTERCEPT = -5.3
-_NEW_CUSTOMERS_PER_90_DAYS = 0.06  # about the churn per quarter, so the book keeps its size
 CHURN_SLOPE = 4.0
+_NEW_CUSTOMERS_PER_90_DAYS = 0.06  # about the churn per quarter, so the book keeps its size
 _WIN_HEALTH_MEAN, _WIN_HEALTH_SD = 70.0, 15.0
 _WIN_MULTIPLIER = ([0, 30, 45, 60, 75, 90, 100], [0.45, 0.6, 0.9, 1.1, 1.4, 1.6, 1.7])
 
