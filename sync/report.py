@@ -23,6 +23,7 @@ all-owners view to `BOOK_ROWS_PER_OWNER`; the report says so where it applies.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -153,7 +154,9 @@ def _hours_left(v: Any) -> str:
     return f"in {_hours(v)}" if v >= 0 else f"{_hours(-v)} overdue"
 
 
+@functools.lru_cache(maxsize=1)
 def _environment() -> Environment:
+    """One environment per process: jinja2 caches the compiled template in it (the scheduler reports every run)."""
     env = Environment(
         loader=FileSystemLoader(str(TEMPLATE_DIR)),
         autoescape=select_autoescape(default=True, default_for_string=True),

@@ -127,8 +127,7 @@ def distribution_chart(scores: pd.Series, bands: pd.Series, band_colors: Sequenc
         ax = fig.subplots()
         values = pd.to_numeric(scores, errors="coerce")
         edges = np.arange(0, 105, 5, dtype=float)
-        centers = (edges[:-1] + edges[1:]) / 2
-        bottom = np.zeros(len(centers))
+        bottom = np.zeros(len(edges) - 1)
         labels = bands.astype("string").fillna("").to_numpy(dtype=object)
         known = values.notna().to_numpy()
         for name, color in band_colors:
@@ -136,8 +135,10 @@ def distribution_chart(scores: pd.Series, bands: pd.Series, band_colors: Sequenc
             if not mask.any():
                 continue
             counts, _ = np.histogram(np.clip(values.to_numpy()[mask], 0, 100), bins=edges)
-            ax.bar(centers, counts, width=4.6, bottom=bottom, color=color, label=name)
-            bottom += counts
+            # one filled step outline per band (not one rectangle per bin): a fraction of the SVG and the time
+            ax.stairs(bottom + counts, edges, baseline=bottom.copy(), fill=True, color=color, label=name,
+                      edgecolor="white", linewidth=0.6)
+            bottom = bottom + counts
         ax.set_xlim(0, 100)
         ax.set_xlabel("Health score")
         ax.set_ylabel("Accounts")
@@ -145,7 +146,7 @@ def distribution_chart(scores: pd.Series, bands: pd.Series, band_colors: Sequenc
         _style(ax)
         ax.grid(False, axis="x")
         if known.any():
-            ax.legend(frameon=False, fontsize=8, loc="upper left")
+            ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         else:
             _empty(ax, "No scored accounts")
         fig.tight_layout()

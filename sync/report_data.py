@@ -500,8 +500,36 @@ def _backtest(store: StateStore) -> dict[str, Any] | None:
     return {"run_id": row["run_id"], "created_at": row["created_at"], "report": report if isinstance(report, dict) else {"value": report}}
 
 
+#: The backtest report's contract keys (engine/backtest.py) with the label a reader needs.
+BACKTEST_FIGURES = (
+    ("auc", "AUC (ranks churners below renewers)"),
+    ("pr_auc", "PR-AUC"),
+    ("brier", "Brier score (lower is better)"),
+    ("precision", "Precision: flagged at-risk that churned"),
+    ("recall", "Recall: churners flagged at-risk"),
+    ("f1", "F1"),
+    ("accuracy", "Accuracy"),
+    ("forecast.mape_before", "Forecast MAPE before health adjustment (%)"),
+    ("forecast.mape_after", "Forecast MAPE after health adjustment (%)"),
+    ("forecast.mae_before", "Forecast MAE before"),
+    ("forecast.mae_after", "Forecast MAE after"),
+    ("rows", "Account snapshots tested"),
+    ("churned", "Churned in the horizon"),
+)
+
+
 def backtest_metrics(report: dict[str, Any], limit: int = 24) -> list[tuple[str, Any]]:
-    """The scalar figures of a backtest report, flattened (`forecast.mape_after`), for a small table."""
+    """The backtest's headline figures with labels; any other report is flattened (`a.b`) to its scalars."""
+    def lookup(dotted: str) -> Any:
+        node: Any = report
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
+
+    known = [(label, lookup(key)) for key, label in BACKTEST_FIGURES]
+    known = [(label, v) for label, v in known if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+    if known:
+        return known
     out: list[tuple[str, Any]] = []
 
     def walk(prefix: str, value: Any) -> None:

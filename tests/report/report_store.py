@@ -121,7 +121,8 @@ def build_store(url: str, n_accounts: int = 200, runs: int = 6, seed: int = 3, n
         ])
         conn.execute(insert(store.tables["backtests"]).values(
             run_id=None, created_at=utc_naive(now - timedelta(days=2)),
-            report_json=dumps({"model": {"auc": 0.78, "pr_auc": 0.41, "brier": 0.09}, "forecast": {"mape_before": 0.23, "mape_after": 0.14}}),
+            report_json=dumps({"auc": 0.78, "pr_auc": 0.41, "brier": 0.09, "rows": 4000, "churned": 410,
+                               "forecast": {"mape_before": 23.1, "mape_after": 14.2}, "by_period": [{"auc": 0.7}]}),
         ))
     return store
 

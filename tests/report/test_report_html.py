@@ -187,3 +187,19 @@ def test_given_no_state_store_when_reporting_then_a_clear_error_names_the_key_wi
     from sync.report import redact_url
 
     assert "s3cret" not in redact_url("postgresql://u:s3cret@db.example.com/hs")
+
+
+def test_given_a_recorded_backtest_when_rendered_then_its_headline_figures_are_shown(generated):
+    _store, _info, html = generated
+    table = by_id(parse(html), "backtest")
+    shown = [tuple(td.text.strip() for td in tr.children if td.tag == "td") for tr in table.descendants() if tr.tag == "tr"]
+    # the contract keys present in the stored report, in BACKTEST_FIGURES order; lists (by_period) are not flattened
+    assert shown == [
+        ("AUC (ranks churners below renewers)", "0.78"),
+        ("PR-AUC", "0.41"),
+        ("Brier score (lower is better)", "0.09"),
+        ("Forecast MAPE before health adjustment (%)", "23.1"),
+        ("Forecast MAPE after health adjustment (%)", "14.2"),
+        ("Account snapshots tested", "4,000"),
+        ("Churned in the horizon", "410"),
+    ]
