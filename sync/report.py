@@ -97,6 +97,11 @@ def _num(v: Any) -> str:
     return "-" if _missing(v) else f"{v:,.0f}"
 
 
+def _fixed2(v: Any) -> str:
+    """Machine-readable amounts for data-* attributes: two decimals, empty when unknown."""
+    return "" if _missing(v) else f"{float(v):.2f}"
+
+
 def _money(v: Any) -> str:
     return "-" if _missing(v) else charts.money(float(v))
 
@@ -165,7 +170,7 @@ def _environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters.update(
-        num=_num, money=_money, signed_money=_signed_money, pct=_pct, score=_score, signed=_signed,
+        num=_num, fixed2=_fixed2, money=_money, signed_money=_signed_money, pct=_pct, score=_score, signed=_signed,
         metric=_metric, d=_d, dt=_dt, hours=_hours, hours_left=_hours_left,
     )
     return env
