@@ -85,7 +85,9 @@ class HubSpotApi(Api):
                                      "displayOrder": -1, "archived": False}} for t in schema.HS_OBJECTS}
         self.objects: dict[str, dict[str, dict]] = {t: {} for t in schema.HS_OBJECTS}
         self.order: dict[str, list[int]] = {t: [] for t in schema.HS_OBJECTS}
-        self.assoc: dict[tuple[str, str], dict[str, dict[str, set[int]]]] = {}
+        self.assoc: dict[tuple[str, str], dict[str, dict[str, frozenset]]] = {}
+        self._seed_fwd: dict[tuple[str, str], dict[str, str]] = {}  # seeded links not yet touched (link_many)
+        self._seed_back: dict[tuple[str, str], dict[str, list[str]]] = {}
         self.owners: list[dict] = []
         self._next_id = {"companies": 4_000_000_001, "deals": 8_000_000_001, "tickets": 2_000_000_001,
                          "tasks": 6_000_000_001}
@@ -355,30 +357,51 @@ class HubSpotApi(Api):
         cols["hs_object_id"] = ids
         cols["hs_lastmodifieddate"] = repeat(stamp)
         names = list(cols)
-        props = [dict(zip(names, vals)) for vals in zip(*cols.values())]
+        props = list(map(dict, map(zip, repeat(names), zip(*cols.values()))))
         self.objects[t].update((rid, {"id": rid, "properties": p, "createdAt": p["createdate"], "updatedAt": stamp,
                                       "archived": False}) for rid, p in zip(ids, props))
         self.order[t].extend(range(first, first + n))
         return ids
 
     def link_many(self, from_t: str, from_ids: list[str], to_t: str, to_ids: list[str | None]) -> None:
-        """Default associations for many pairs (seeding); a None target is skipped."""
-        fwd, inv = ASSOC_TYPES[(from_t, to_t)]
-        fwd_types, inv_types = frozenset((fwd,)), frozenset((inv,))  # shared: type sets are replaced, never mutated
-        assoc = self.assoc
-        assoc.update(((from_t, fid), {to_t: {tid: fwd_types}}) for fid, tid in zip(from_ids, to_ids) if tid is not None)
+        """Default associations for many pairs (seeding); a None target is skipped.
+
+        Kept in two flat dicts and moved into `self.assoc` the first time either end is touched
+        (`links`), so seeding 1.5 million deal/ticket links costs one dict insert per pair.
+        """
+        fwd = self._seed_fwd.setdefault((from_t, to_t), {})
+        back = self._seed_back.setdefault((to_t, from_t), {})
         for fid, tid in zip(from_ids, to_ids):
             if tid is None:
                 continue
-            back = assoc.get((to_t, tid))
-            if back is None:
-                assoc[(to_t, tid)] = {from_t: {fid: inv_types}}
+            fwd[fid] = tid
+            ids = back.get(tid)
+            if ids is None:
+                back[tid] = [fid]
             else:
-                links = back.get(from_t)
-                if links is None:
-                    back[from_t] = {fid: inv_types}
-                else:
-                    links[fid] = inv_types
+                ids.append(fid)
+
+    def links(self, t: str, rid: str) -> dict[str, dict[str, frozenset]]:
+        """All associations of one record: {to_type: {to_id: frozenset(type ids)}} (materialises seeded ones)."""
+        mine = self.assoc.get((t, rid))
+        for (f, to_t), pairs in self._seed_fwd.items():
+            if f == t and rid in pairs:
+                tid = pairs.pop(rid)
+                mine = self.assoc.setdefault((t, rid), {})
+                mine.setdefault(to_t, {})[tid] = frozenset((ASSOC_TYPES[(t, to_t)][0],))
+                self._seed_back[(to_t, t)][tid].remove(rid)
+                self.assoc.setdefault((to_t, tid), {}).setdefault(t, {})[rid] = frozenset((ASSOC_TYPES[(to_t, t)][0],))
+        for (f, to_t), groups in self._seed_back.items():
+            if f == t and groups.get(rid):
+                type_set = frozenset((ASSOC_TYPES[(t, to_t)][0],))
+                inverse = frozenset((ASSOC_TYPES[(to_t, t)][0],))
+                mine = self.assoc.setdefault((t, rid), {})
+                targets = mine.setdefault(to_t, {})
+                for other in groups.pop(rid):
+                    targets[other] = type_set
+                    self._seed_fwd[(to_t, t)].pop(other, None)
+                    self.assoc.setdefault((to_t, other), {}).setdefault(t, {})[rid] = inverse
+        return mine if mine is not None else {}
 
     def apply_update(self, t: str, rec: dict, values: dict) -> dict:
         stamp = hs_datetime(self.clock.now())
@@ -403,6 +426,8 @@ class HubSpotApi(Api):
         if pair is None:
             raise HttpError(hs_error(400, "VALIDATION_ERROR", f"{from_t} cannot be associated with {to_t}"))
         fwd, inv = pair if type_id is None or type_id == pair[0] else (type_id, pair[1])
+        self.links(from_t, from_id)
+        self.links(to_t, to_id)
         fwd_links = self.assoc.setdefault((from_t, from_id), {}).setdefault(to_t, {})
         fwd_links[to_id] = frozenset(fwd_links.get(to_id, frozenset()) | {fwd})
         inv_links = self.assoc.setdefault((to_t, to_id), {}).setdefault(from_t, {})
@@ -421,7 +446,7 @@ class HubSpotApi(Api):
                 to_t = TYPE_ALIASES.get(a.lower())
                 if to_t is None:
                     continue
-                targets = self.assoc.get((t, rec["id"]), {}).get(to_t, {})
+                targets = self.links(t, rec["id"]).get(to_t, {})
                 results = []
                 for tid, types in targets.items():
                     for type_id in sorted(types):
@@ -929,13 +954,13 @@ class HubSpotApi(Api):
         with self.lock:
             f, t = self._type(req.params["from"]), self._type(req.params["to"])
             fid, tid = req.params["id"], req.params["to_id"]
-            self.assoc.get((f, fid), {}).get(t, {}).pop(tid, None)
-            self.assoc.get((t, tid), {}).get(f, {}).pop(fid, None)
+            self.links(f, fid).get(t, {}).pop(tid, None)
+            self.links(t, tid).get(f, {}).pop(fid, None)
         return Response(204)
 
     def _assoc_targets(self, f: str, fid: str, t: str) -> list[dict]:
         out = []
-        for tid, types in self.assoc.get((f, fid), {}).get(t, {}).items():
+        for tid, types in self.links(f, fid).get(t, {}).items():
             if self.objects[t].get(tid, {}).get("archived"):
                 continue
             out.append({"toObjectId": int(tid), "associationTypes": [

@@ -387,7 +387,7 @@ class SalesforceApi(Api):
         cols.update({"Id": ids, "IsDeleted": repeat(False), "LastModifiedDate": repeat(now),
                      "SystemModstamp": repeat(now), "CreatedById": repeat(uid), "LastModifiedById": repeat(uid)})
         names = list(cols)
-        rows = [dict(zip(names, vals)) for vals in zip(*cols.values())]
+        rows = list(map(dict, map(zip, repeat(names), zip(*cols.values()))))
         self.records[obj].update(zip(ids, rows))
         if any(f.external_id for f in self.fields[obj].values()):
             for row in rows:

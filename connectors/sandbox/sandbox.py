@@ -208,7 +208,7 @@ class Sandbox:
                 out = []
                 for r in self.hubspot.objects[t].values():
                     rec = {**r, "properties": dict(r["properties"])}
-                    links = self.hubspot.assoc.get((t, r["id"]), {})
+                    links = self.hubspot.links(t, r["id"])
                     rec["associations"] = {k: sorted(v) for k, v in links.items() if v}
                     out.append(rec)
                 return out

@@ -41,13 +41,23 @@ def _py(values: pd.Series, kind: str, style: str) -> list[Any]:
         num = pd.to_numeric(values, errors="coerce").astype("float64").to_numpy()
         missing = np.isnan(num)
         whole = np.where(missing, 0.0, num)
-        if style == "sf":
-            out = whole.astype(np.int64).astype(object) if kind == "int" else num.astype(object)
-        else:
-            integral = whole == np.floor(whole)
-            out = np.where(integral, whole.astype(np.int64).astype(str), num.astype(str)).astype(object)
+        if style == "hs":  # HubSpot number strings: "12" for whole numbers, shortest repr otherwise
+            return [None if m else (str(int(v)) if v.is_integer() else repr(v))
+                    for v, m in zip(whole.tolist(), missing.tolist())]
+        out = whole.astype(np.int64).astype(object) if kind == "int" else num.astype(object)
         out[missing] = None
         return out.tolist()
+    if kind == "str" and not isinstance(values.dtype, pd.CategoricalDtype):
+        out = values.to_numpy(dtype=object, na_value=None)
+        if values.dtype == object:  # plain object columns may hold non-strings
+            return [v if v is None or isinstance(v, str) else str(v) for v in out.tolist()]
+        return out.tolist()
+    if kind == "bool" and isinstance(values.dtype, pd.BooleanDtype):
+        out = values.to_numpy(dtype=object, na_value=None).tolist()
+        if style == "sf":
+            return out
+        spell = {True: "true", False: "false", None: None}
+        return [spell[v] for v in out]
     present = values.notna().to_numpy()
     if kind == "bool":
         truth = values.astype(object).astype(str).str.strip().str.lower().isin(["true", "1", "yes", "t", "y"]).to_numpy()
@@ -67,10 +77,12 @@ def _columns(frame: pd.DataFrame, spec, read_map: dict, style: str, enums: dict[
             continue
         kind = spec.column(column).kind
         values = frame[column]
-        if column in enums:
+        if column in enums:  # canonical enum -> the CRM's spelling (unknown values pass through unchanged)
             table, key = enums[column]
-            values = values.astype(object).replace(table[key])
-            kind = "str"
+            get = table[key].get
+            out[crm_field] = [None if v is None else get(v, v)
+                              for v in _py(values, "str", style)]
+            continue
         out[crm_field] = _py(values, kind, style)
     return out
 
@@ -81,19 +93,30 @@ def _split_name(name: str, email: str) -> tuple[str, str]:
     return first, last or first
 
 
-def _emails(frame: pd.DataFrame) -> pd.Series:
+def _emails(frame: pd.DataFrame) -> list:
+    """Lower-cased owner emails (None when blank), vectorised."""
     if "owner_email" not in frame.columns:
-        return pd.Series([None] * len(frame), index=frame.index, dtype=object)
-    return frame["owner_email"].astype(object).where(frame["owner_email"].notna(), None)
+        return [None] * len(frame)
+    lowered = frame["owner_email"].astype("string").str.strip().str.lower()
+    return lowered.where(lowered != "", pd.NA).to_numpy(dtype=object, na_value=None).tolist()
 
 
-def _resolve_owners(emails: pd.Series, ids: dict[str, str], make, default) -> list:
+def _resolve_owners(emails: list, ids: dict[str, str], make, default) -> list:
     """Owner email -> CRM user/owner id; unknown emails get a user made for them, blanks the default."""
-    lowered = emails.map(lambda e: e.lower() if isinstance(e, str) and e else None)
-    for e in pd.unique(lowered.dropna()):
-        if e not in ids:
+    for e in set(emails):
+        if e is not None and e not in ids:
             ids[e] = make(e)
-    return [default if e is None else ids[e] for e in lowered.tolist()]
+    get = ids.get
+    return [default if e is None else get(e) for e in emails]
+
+
+def _account_refs(frame: pd.DataFrame, ids: dict[str, str]) -> list:
+    get = ids.get
+    return [get(a) for a in frame["account_id"].astype(str).tolist()]
+
+
+def _subjects(frame: pd.DataFrame) -> list[str]:
+    return ["Support ticket " + t for t in frame["ticket_id"].astype(str).tolist()]
 
 
 def seed_salesforce(api, accounts: pd.DataFrame, opportunities: pd.DataFrame, tickets: pd.DataFrame,
@@ -140,8 +163,7 @@ def seed_salesforce(api, accounts: pd.DataFrame, opportunities: pd.DataFrame, ti
                 opp["probability"] = pd.to_numeric(opp["probability"], errors="coerce") * 100.0
             cols = _columns(opp, OPPORTUNITIES, m["opportunity"]["read"], "sf",
                             {"type": (crm_values.SALESFORCE, "opportunity_type")})
-            cols["AccountId"] = opp["account_id"].astype(str).map(acc_map).astype(object).where(
-                lambda x: x.notna(), None).tolist()
+            cols["AccountId"] = _account_refs(opp, acc_map)
             cols["OwnerId"] = _resolve_owners(_emails(opp), user_ids, make_user, uid)
             api.insert_columns("Opportunity", cols, len(opp), now)
 
@@ -149,9 +171,8 @@ def seed_salesforce(api, accounts: pd.DataFrame, opportunities: pd.DataFrame, ti
             cols = _columns(tickets, TICKETS, m["ticket"]["read"], "sf",
                             {"priority": (crm_values.SALESFORCE, "priority"),
                              "status": (crm_values.SALESFORCE, "ticket_status")})
-            cols["AccountId"] = tickets["account_id"].astype(str).map(acc_map).astype(object).where(
-                lambda x: x.notna(), None).tolist()
-            cols["Subject"] = ("Support ticket " + tickets["ticket_id"].astype(str)).tolist()
+            cols["AccountId"] = _account_refs(tickets, acc_map)
+            cols["Subject"] = _subjects(tickets)
             if "Status" in cols:
                 cols["IsClosed"] = [s == "Closed" for s in cols["Status"]]
             cols["OwnerId"] = repeat(uid)
@@ -191,8 +212,7 @@ def seed_hubspot(api, accounts: pd.DataFrame, opportunities: pd.DataFrame, ticke
             cols["hubspot_owner_id"] = _resolve_owners(_emails(opportunities), owner_ids, make_owner, None)
             cols["pipeline"] = repeat("default")
             deal_ids = api.insert_columns("deals", cols, len(opportunities))
-            api.link_many("deals", deal_ids, "companies",
-                          [comp_map.get(a) for a in opportunities["account_id"].astype(str).tolist()])
+            api.link_many("deals", deal_ids, "companies", _account_refs(opportunities, comp_map))
 
         if tickets is not None and len(tickets):
             cols = _columns(tickets, TICKETS, m["ticket"]["read"], "hs",
@@ -200,10 +220,9 @@ def seed_hubspot(api, accounts: pd.DataFrame, opportunities: pd.DataFrame, ticke
                              "status": (crm_values.HUBSPOT, "ticket_status")})
             created = cols.pop("createdate", None)
             cols["hs_pipeline"] = repeat("0")
-            cols["subject"] = ("Support ticket " + tickets["ticket_id"].astype(str)).tolist()
+            cols["subject"] = _subjects(tickets)
             ticket_ids = api.insert_columns("tickets", cols, len(tickets), created)
-            api.link_many("tickets", ticket_ids, "companies",
-                          [comp_map.get(a) for a in tickets["account_id"].astype(str).tolist()])
+            api.link_many("tickets", ticket_ids, "companies", _account_refs(tickets, comp_map))
     return comp_map
 
 

@@ -19,9 +19,9 @@ from connectors.sandbox import Sandbox
 
 
 def main(n: int) -> None:
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with Sandbox(accounts=n, seed=7) as sb:
-        started = time.perf_counter() - t0
+        started, started_cpu = time.perf_counter() - t0, time.process_time() - c0
         r = sb.ready["salesforce"]
         s = requests.Session()
         s.verify, s.trust_env = r["ca_file"], False
@@ -33,7 +33,8 @@ def main(n: int) -> None:
         pages = sum(sb.requests(since=seq)["counts"]["salesforce"].values())
         sizes = {o: len(v) for o, v in sb.salesforce.records.items()}
         hs_sizes = {o: len(v) for o, v in sb.hubspot.objects.items()}
-    print(f"accounts={n} start_s={started:.1f} query_all_s={queried:.1f} records={res['totalSize']} pages={pages}")
+    print(f"accounts={n} start_s={started:.1f} (cpu {started_cpu:.1f}) query_all_s={queried:.1f} "
+          f"records={res['totalSize']} pages={pages}")
     print(f"salesforce={sizes} hubspot={hs_sizes}")
 
 

@@ -223,3 +223,19 @@ def test_wrong_token_is_401(sandbox):
     with pytest.raises(Exception) as denied:
         bad.crm.companies.basic_api.get_page()
     assert denied.value.status == 401
+
+
+def test_seeded_associations_read_from_both_ends_and_delete_cleanly(sandbox):
+    hs = hs_client(sandbox)
+    company = _company(hs, "Acme 2").id
+    got = hs.crm.companies.basic_api.get_by_id(company, associations=["deals", "tickets"])
+    deals = sorted(a.id for a in got.associations["deals"].results)
+    assert len(deals) == 2 and len(got.associations["tickets"].results) == 1
+    assert {a.type for a in got.associations["deals"].results} == {"company_to_deal"}
+    hs.crm.associations.v4.basic_api.archive("deals", deals[0], "companies", company)
+    gone = hs.crm.deals.basic_api.get_by_id(deals[0], associations=["companies"])
+    assert gone.associations is None
+    kept = hs.crm.deals.basic_api.get_by_id(deals[1], associations=["companies"])
+    assert [a.id for a in kept.associations["companies"].results] == [company]
+    after = hs.crm.associations.v4.basic_api.get_page("companies", company, "deals")
+    assert [str(r.to_object_id) for r in after.results] == [deals[1]]
