@@ -33,6 +33,10 @@ on the future):
    threshold — the other bands', and segment / lifecycle / renewal-window
    overrides — moves with it through the same piecewise-linear map of 0-100,
    so their order and relative meaning ("SMB needs more to be Green") hold.
+   Before that, the CSM sentiment override and the segment / lifecycle
+   threshold overrides are each tried off: a variant that flags churn with
+   clearly better precision at the target recall on the training period
+   replaces the configured rules (with a warning in the report).
 5. The validation report: the calibrated model on the held-out snapshots, in
    the shape of `engine.backtest.backtest`, plus the base model on the same
    snapshots for comparison.
@@ -54,6 +58,8 @@ from sklearn.linear_model import LogisticRegression
 
 from config.model import FittedModel, ForecastConfig, ModelConfig
 from engine import metrics as m
+from engine.rules import text_column
+from engine.scoring import HealthScorer
 from engine.backtest import (
     HistoryFrames,
     Snapshot,
@@ -259,7 +265,57 @@ def with_boundary(model: ModelConfig, new_boundary: int) -> ModelConfig:
     return ModelConfig.model_validate(data)
 
 
-def tune_boundary(snapshots: list[Snapshot], model: ModelConfig, target_recall: float) -> tuple[ModelConfig, float]:
+class BandFlags:
+    """At-risk flags of many candidate threshold sets, without re-scoring (the tuning loop's hot path).
+
+    Thresholds change only the band step: the score, confidence, lifecycle
+    stage, renewal window and CSM sentiment shift do not depend on them. So
+    the snapshots are scored once, and each candidate's flags come from the
+    scorer's own `band_minimums` and the CSM rule of `engine.scoring` (shift
+    by at most `max_tiers`, never past the ends, insufficient data never
+    moved). A test checks the flags equal the full scorer's for tuned models.
+    """
+
+    def __init__(self, snapshots: list[Snapshot], model: ModelConfig):
+        scored = score_snapshots(snapshots, model)
+        self.features = pd.concat([snap.features for snap in snapshots], ignore_index=True)
+        self.as_of = scored["as_of"].to_numpy()
+        self.churned = scored["churned"].to_numpy(dtype="int64")
+        self.score = scored["score"].to_numpy(dtype="float64")
+        self.stage = scored["lifecycle_stage"].reset_index(drop=True)
+        self.renewal = scored["in_renewal_window"].to_numpy(dtype=bool)
+        self.insufficient = (scored["band"] == model.insufficient_band).to_numpy(dtype=bool)
+        csm = model.csm_override
+        self.shift = np.zeros(len(scored), dtype=np.int64)
+        if csm.column in self.features.columns:
+            shifts = {str(k).lower(): v for k, v in csm.shifts.items()}
+            raw = text_column(self.features, csm.column).reset_index(drop=True).map(shifts)
+            self.shift = np.clip(raw.to_numpy(dtype="float64", na_value=0.0), -csm.max_tiers, csm.max_tiers).astype(np.int64)
+
+    def flagged(self, model: ModelConfig) -> np.ndarray:
+        mins = HealthScorer(model).band_minimums(self.features, self.stage, self.renewal)
+        last = len(model.bands) - 1
+        with np.errstate(invalid="ignore"):
+            idx = np.clip((self.score[:, None] >= mins).sum(axis=1) - 1, 0, last)
+        if model.csm_override.enabled and model.csm_override.max_tiers > 0:
+            idx = np.clip(idx + self.shift, 0, last)
+        risky = np.array([b.at_risk for b in model.bands])
+        return risky[idx] & ~self.insufficient
+
+    def periods(self, dates=None) -> np.ndarray:
+        return np.ones(len(self.as_of), dtype=bool) if dates is None else np.isin(self.as_of, np.asarray(dates))
+
+    def worst_recall(self, flagged: np.ndarray, rows: np.ndarray) -> float:
+        """The lowest recall over the snapshots (within `rows`) that have churners."""
+        churners = rows & (self.churned == 1)
+        if not churners.any():
+            return 0.0
+        caught = pd.Series(flagged[churners]).groupby(self.as_of[churners]).mean()
+        return float(caught.min())
+
+
+def tune_boundary(flags: BandFlags, model: ModelConfig, target_recall: float,
+                  dates=None) -> tuple[ModelConfig, float]:
     """Lowest integer at-risk boundary whose bands reach `target_recall` in every snapshot (binary search).
 
     Every snapshot, not just the pooled period: a RevOps admin reads the
@@ -268,14 +324,15 @@ def tune_boundary(snapshots: list[Snapshot], model: ModelConfig, target_recall: 
     with hard ones. Recall can only grow as the boundary rises (every
     threshold moves up with it), so the search is exact. If even the highest
     boundary misses the target, that boundary is returned with its recall.
+    `dates` restricts the tuning to those snapshots.
     """
     k, _ = _risk_boundary(model)
     lo, hi = k, 100 - (len(model.bands) - k) + 1  # room for one point per band above
+    rows = flags.periods(dates)
 
     def recall_at(boundary: int) -> tuple[ModelConfig, float]:
         candidate = with_boundary(model, boundary)
-        scored = score_snapshots(snapshots, candidate)
-        return candidate, worst_period_recall(scored)
+        return candidate, flags.worst_recall(flags.flagged(candidate), rows)
 
     best = recall_at(hi)
     if best[1] < target_recall:
@@ -292,30 +349,83 @@ def tune_boundary(snapshots: list[Snapshot], model: ModelConfig, target_recall: 
     return best
 
 
-def worst_period_recall(scored: pd.DataFrame) -> float:
-    """The lowest recall of the at-risk bands over the snapshots that have churners."""
-    churners = scored[scored["churned"] == 1]
-    if churners.empty:
-        return 0.0
-    return float(churners.groupby("as_of")["flagged"].mean().min())
+CONFIGURED = "as configured"
+WITHOUT_CSM = "without the CSM sentiment override"
+WITHOUT_OVERRIDES = "without segment/lifecycle threshold overrides"
+WITHOUT_BOTH = "without the CSM override and threshold overrides"
+#: a variant must beat the configured band rules by this much precision to replace them
+RULE_CHANGE_MIN_GAIN = 0.02
 
 
-def recall_margin(train: list[Snapshot], model: ModelConfig, target_recall: float, horizon: int) -> float:
+def without_threshold_overrides(model: ModelConfig) -> ModelConfig:
+    """Segment, lifecycle and renewal-window thresholds set to the base bands' (neutral, still expressible
+    in an overlay, which cannot delete a key)."""
+    base_min = {b.name: b.min for b in model.bands}
+    data = model.model_dump()
+    for seg in data["segments"].values():
+        seg["thresholds"] = {name: base_min[name] for name in seg["thresholds"]}
+    for stage in data["lifecycle"]["stages"]:
+        stage["thresholds"] = {}
+    if data["lifecycle"].get("renewal_window"):
+        window = data["lifecycle"]["renewal_window"]
+        window["thresholds"] = {name: base_min[name] for name in window["thresholds"]}
+    return ModelConfig.model_validate(data)
+
+
+def _has_threshold_overrides(model: ModelConfig) -> bool:
+    window = model.lifecycle.renewal_window
+    return (any(seg.thresholds for seg in model.segments.values())
+            or any(st.thresholds for st in model.lifecycle.stages)
+            or bool(window and window.thresholds))
+
+
+def choose_band_rules(flags: BandFlags, model: ModelConfig, target_recall: float):
+    """Keep the CSM override and threshold overrides only if they help (seed 001, "Refine Model").
+
+    Each variant's at-risk boundary is tuned to the target recall on the
+    training period; the variant flagging churn with the best precision there
+    wins, and the configured rules are kept unless another variant beats them
+    by RULE_CHANGE_MIN_GAIN. Returns (label, model, {label: precision}).
+    """
+    variants = {CONFIGURED: model}
+    csm_off = model.model_copy(update={"csm_override": model.csm_override.model_copy(update={"enabled": False})})
+    if model.csm_override.enabled:
+        variants[WITHOUT_CSM] = csm_off
+    if _has_threshold_overrides(model):
+        variants[WITHOUT_OVERRIDES] = without_threshold_overrides(model)
+        if model.csm_override.enabled:
+            variants[WITHOUT_BOTH] = without_threshold_overrides(csm_off)
+    if len(variants) == 1:
+        return CONFIGURED, model, {}
+    precision = {}
+    for label, variant in variants.items():
+        tuned, _ = tune_boundary(flags, variant, target_recall)
+        precision[label] = m.confusion(flags.churned, flags.flagged(tuned))["precision"] or 0.0
+    best = max(precision, key=precision.get)
+    if precision[best] < precision[CONFIGURED] + RULE_CHANGE_MIN_GAIN:
+        best = CONFIGURED
+    return best, variants[best], precision
+
+
+def recall_margin(flags: BandFlags, dates: list, model: ModelConfig, target_recall: float, horizon: int) -> float:
     """How much recall a boundary tuned on the past loses on the next `horizon` snapshots (walk-forward).
 
     A boundary tuned to exactly the target on the training period tends to
     miss it later when the book changes (churners move up the score range as
     the weakest accounts leave). Inside the training period, the split is
     repeated once: tune on all but the last `horizon` training snapshots,
-    measure recall on those; the shortfall (never negative) is added to the
-    target for the final tuning. One repetition keeps `calibrate` cheap.
+    measure the pooled recall on those; the shortfall (never negative) is
+    added to the target for the final tuning. (Pooled, not worst-snapshot:
+    the final tuning already asks every snapshot to reach the target, and
+    stacking two worst cases overshoots recall at the cost of precision.)
     """
-    horizon = min(horizon, len(train) - 1)
+    horizon = min(horizon, len(dates) - 1)
     if horizon < 1:
         return 0.0
-    tuned, _ = tune_boundary(train[:-horizon], model, target_recall)
-    ahead = score_snapshots(train[-horizon:], tuned)
-    return max(0.0, target_recall - worst_period_recall(ahead))
+    tuned, _ = tune_boundary(flags, model, target_recall, dates[:-horizon])
+    ahead = flags.periods(dates[-horizon:])
+    recall = m.confusion(flags.churned[ahead], flags.flagged(tuned)[ahead])["recall"]
+    return max(0.0, target_recall - recall) if recall is not None else 0.0
 
 
 # ----------------------------------------------------------------------------- public
@@ -334,6 +444,8 @@ def _overlay(base: ModelConfig, tuned: ModelConfig, weights: dict[str, float]) -
         model["segments"] = segments
     if base.lifecycle.stages or base.lifecycle.renewal_window:
         model["lifecycle"] = dumped["lifecycle"]  # stages are a list: an overlay replaces it whole
+    if tuned.csm_override.enabled != base.csm_override.enabled:
+        model["csm_override"] = {"enabled": tuned.csm_override.enabled}
     model["fitted"] = {k: v for k, v in dumped["fitted"].items() if v not in ([], None)}
     return {"model": model}
 
@@ -385,12 +497,20 @@ def calibrate(
                                  composite["churned"].to_numpy(dtype="int64"), probability)
     candidate = weighted.model_copy(update={"fitted": fitted, "method": base.method})
 
-    # 4. thresholds to the target recall, on the scores the final method produces
-    margin = recall_margin(train, candidate, target_recall, len(val))
+    # 4. which band rules earn their place, then thresholds to the target recall
+    flags = BandFlags(train, candidate)
+    label, candidate, choices = choose_band_rules(flags, candidate, target_recall)
+    if label != CONFIGURED:
+        warnings.append(
+            f"band rules: {label} flags churn more precisely on the training period "
+            f"({choices[label]:.1%} vs {choices[CONFIGURED]:.1%} precision at the target recall); "
+            "the overlay applies it - review before use"
+        )
+    train_dates_np = [np.datetime64(d) for d in train_dates]
+    margin = recall_margin(flags, train_dates_np, candidate, target_recall, len(val))
     aim = min(1.0, target_recall + margin)
-    tuned, worst_recall = tune_boundary(train, candidate, aim)
-    train_tuned = score_snapshots(train, tuned)
-    train_recall = m.confusion(train_tuned["churned"], train_tuned["flagged"])["recall"]
+    tuned, worst_recall = tune_boundary(flags, candidate, aim)
+    train_recall = m.confusion(flags.churned, flags.flagged(tuned))["recall"]
     if worst_recall < aim:
         warnings.append(f"target recall {target_recall:.0%} not reachable on the training period "
                         f"in every snapshot (worst {worst_recall:.1%} with the highest at-risk boundary)")
@@ -414,6 +534,8 @@ def calibrate(
         "train_recall": train_recall,
         "train_worst_period_recall": worst_recall,
         "at_risk_boundary": tuned.bands[k].min,
+        "band_rules": label,
+        "band_rule_precision": choices,
         "at_risk_bands": at_risk_bands(tuned),
         "warnings": warnings,
     })

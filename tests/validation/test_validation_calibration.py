@@ -104,13 +104,52 @@ def test_calibrated_model_on_the_held_out_period_of_the_demo_history(calibrated)
         json.dumps(report, allow_nan=False)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "generator mechanism: churn = sigmoid(-3.5 - 1.55 z) caps precision at ~25-30 % at 75 % recall even for "
-    "the hidden z itself, and the book only shrinks, so held-out recall drifts 2-7 points below the "
-    "training recall; the 60 % precision / 75 % recall targets need a steeper churn slope (see report)"))
-def test_calibrated_bands_reach_75_recall_at_60_precision_on_held_out(calibrated):
+def test_logistic_calibration_reaches_75_recall_at_60_precision_on_held_out(calibrated):
+    # issue 7 targets for the at-risk bands; the correlation method (seed 001 method 1) ranks less sharply
+    # (weights proportional to marginal correlations ignore that the metrics share one latent health)
     report = calibrated["logistic"].report
-    assert report["recall"] >= 0.75 and report["precision"] >= 0.60
+    assert report["recall"] >= 0.75
+    assert report["precision"] >= 0.60
+    assert calibrated["correlation"].report["precision"] > calibrated["correlation"].report["baseline"]["precision"]
+
+
+def test_band_rules_that_cost_precision_are_switched_off_with_a_warning(calibrated, settings):
+    result = calibrated["logistic"]
+    cal = result.report["calibration"]
+    precision = cal["band_rule_precision"]
+    assert set(precision) == {"as configured", "without the CSM sentiment override",
+                              "without segment/lifecycle threshold overrides",
+                              "without the CSM override and threshold overrides"}
+    chosen = cal["band_rules"]
+    assert precision[chosen] == max(precision.values())
+    if chosen != "as configured":
+        assert precision[chosen] >= precision["as configured"] + 0.02
+        assert any(w.startswith("band rules:") for w in cal["warnings"])
+    if "CSM" in chosen:
+        assert result.overlay["model"]["csm_override"] == {"enabled": False}
+        assert not result.model.csm_override.enabled
+    else:
+        assert "csm_override" not in result.overlay["model"]
+
+
+def test_fast_band_flags_equal_the_scorer_bands(calibrated, demo_history, settings):
+    """The tuning loop's shortcut (engine.calibration.BandFlags) must agree with the real scorer."""
+    from engine.backtest import build_snapshots, history_frames, score_snapshots
+    from engine.calibration import BandFlags, with_boundary
+
+    acc = demo_history.accounts_history
+    frames = history_frames({"accounts_history": acc[acc["as_of"] <= sorted(acc["as_of"].unique())[1]],
+                             "tickets": demo_history.tickets})
+    model = calibrated["correlation"].model
+    configured = model.model_copy(update={"lifecycle": settings.model.lifecycle, "segments": settings.model.segments,
+                                          "csm_override": settings.model.csm_override})
+    snaps = build_snapshots(frames, configured)
+    flags = BandFlags(snaps, configured)
+    for boundary in (30, 55, 75):
+        candidate = with_boundary(configured, boundary)
+        expected = score_snapshots(snaps, candidate)["flagged"].to_numpy()
+        assert (flags.flagged(candidate) == expected).all(), boundary
+    assert flags.shift.min() == -1 and flags.shift.max() == 1  # the CSM override really is exercised
 
 
 def test_overlay_loads_as_a_config_and_the_fitted_method_uses_its_probabilities(calibrated, demo_history,
