@@ -263,6 +263,7 @@ class SalesforceConnector(CrmConnector):
             self._http.verify = ca_file
         self._describes: dict[str, dict] = {}
         self._owner_emails: dict[str, str] = {}
+        self._owner_info: dict[str, tuple] = {}  # user id -> (name, title, manager id), for the escalation ladder
         self._owner_ids: dict[str, str] = {}
         self._sf: Salesforce | None = None
         if auth == "token" and not self._token:
@@ -499,10 +500,11 @@ class SalesforceConnector(CrmConnector):
 
     def _load_owners(self) -> None:
         with self._errors("query User"):
-            for r in self.sf.query_all_iter("SELECT Id, Email FROM User"):
+            for r in self.sf.query_all_iter("SELECT Id, Email, Name, Title, ManagerId FROM User"):
                 if r.get("Email"):
                     self._owner_emails[r["Id"]] = r["Email"]
                     self._owner_ids[r["Email"].lower()] = r["Id"]
+                    self._owner_info[r["Id"]] = (r.get("Name"), r.get("Title"), r.get("ManagerId"))
 
     def _owner_email_series(self, owner_ids: pd.Series) -> pd.Series:
         ids = owner_ids.dropna().astype(str)
@@ -512,8 +514,16 @@ class SalesforceConnector(CrmConnector):
 
     def _pull_owners(self) -> Page:
         self._load_owners()
+        info = [self._owner_info.get(i, (None, None, None)) for i in self._owner_emails]
         frame = pd.DataFrame(
-            {"owner_id": [f"sf:{i}" for i in self._owner_emails], "email": list(self._owner_emails.values())}
+            {
+                "owner_id": [f"sf:{i}" for i in self._owner_emails],
+                "email": list(self._owner_emails.values()),
+                # name, title and manager (User.ManagerId -> email): who the escalation ladder reaches
+                "name": [n for n, _, _ in info],
+                "role": [t for _, t, _ in info],
+                "manager_email": [self._owner_emails.get(m) if m else None for _, _, m in info],
+            }
         )
         return Page("owners", frame)
 

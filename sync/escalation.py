@@ -31,8 +31,8 @@ known recipient at all) gets the fallback channel of the account's segment
 
 from __future__ import annotations
 
-import json
 import logging
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -82,10 +82,11 @@ class Directory:
         self.people: dict[str, dict] = {}
         if owners is not None and len(owners) and "email" in owners.columns:
             cols = [c for c in ("email", "name", "role", "manager_email") if c in owners.columns]
-            for rec in owners[cols].to_dict("records"):
-                email = plain(rec.get("email"))
-                if email:
-                    self.people[str(email).lower()] = {k: plain(v) for k, v in rec.items()}
+            frame = owners[cols].dropna(subset=["email"]).astype({"email": "string"})
+            # one person may appear once per CRM (HubSpot owners carry no manager): first known value per column
+            merged = frame.assign(_key=frame["email"].str.lower()).groupby("_key", sort=False).first()
+            for key, rec in zip(merged.index, merged.to_dict("records")):
+                self.people[str(key)] = {k: plain(v) for k, v in rec.items()}
         self.contacts = {k.lower(): v for k, v in contacts.items()}
         self.vp_email = vp
 
@@ -99,16 +100,21 @@ class Directory:
         current, seen = email, set()
         while current and current.lower() not in seen:
             seen.add(current.lower())
-            if (self.people.get(current.lower()) or {}).get("role") == "vp":
+            if _is_vp((self.people.get(current.lower()) or {}).get("role")):
                 return current
             current = self.manager_of(current)
         if self.vp_email:
             return self.vp_email
-        vps = [p["email"] for p in self.people.values() if p.get("role") == "vp"]
+        vps = [p["email"] for p in self.people.values() if _is_vp(p.get("role"))]
         return vps[0] if len(vps) == 1 else None
 
     def name_of(self, email: str | None) -> str | None:
         return (self.people.get((email or "").lower()) or {}).get("name")
+
+
+def _is_vp(role: Any) -> bool:
+    """The sandbox says `vp`; a real Salesforce User.Title says e.g. "VP Customer Success" or "Vice President, CS"."""
+    return isinstance(role, str) and re.search(r"\b(vp|svp|evp|vice president)\b", role, re.IGNORECASE) is not None
 
 
 def recipient_for(step, owner_email: str | None, directory: Directory) -> tuple[str | None, str | None]:

@@ -21,10 +21,11 @@ from connectors.sandbox import Sandbox
 from connectors.sandbox.slack import DEFAULT_CHANNELS
 from connectors.slack import slack_from_ready
 from sync.clock import now_for
+from sync.run import load_owners
 from sync.state import StateStore, open_store
 
-#: the channels the default config names (fallback by segment, ops)
-CHANNELS = DEFAULT_CHANNELS + ("cs-enterprise", "cs-mid-market", "cs-smb", "customer-success", "healthsync-ops")
+#: the sandbox's channels plus per-segment fallback channels some tests configure
+CHANNELS = DEFAULT_CHANNELS + ("cs-enterprise", "cs-mid-market", "cs-smb")
 ACCOUNTS = 40
 SEED = 3
 
@@ -63,7 +64,10 @@ def start_world(tmp_path, **sections) -> World:
             "salesforce": salesforce_from_ready(sb.ready, settings.mapping.salesforce.model_dump()),
             "hubspot": hubspot_from_ready(sb.ready, settings.mapping.hubspot.model_dump()),
         }
-        owners = generate_portfolio(ACCOUNTS, SEED).owners[["email", "name", "role", "manager_email"]]
+        # as `healthsync run` does: the CRM users (Salesforce User.Title / ManagerId) are the ladder
+        owners = load_owners(connectors)
+        expected = generate_portfolio(ACCOUNTS, SEED).owners
+        assert set(owners.dropna(subset=["manager_email"])["email"]) == set(expected.dropna(subset=["manager_email"])["email"])
         return World(sb, settings, open_store(settings.state.url), connectors, slack_from_ready(sb.ready), owners)
     except BaseException:
         sb.stop()

@@ -18,7 +18,7 @@ from sync.playbooks_job import run_playbooks  # noqa: E402
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    w = start_world(tmp_path_factory.mktemp("world"))
+    w = start_world(tmp_path_factory.mktemp("world"), escalation={"fallback_channels": {"smb": "#cs-smb"}})
     yield w
     w.close()
 
@@ -54,7 +54,8 @@ def escalate(world, store, scores=None, **kw):
 
 
 def manager_of(world, email):
-    return world.owners.set_index("email").loc[email, "manager_email"]
+    people = world.owners.dropna(subset=["manager_email"]).set_index("email")
+    return people.loc[email.lower(), "manager_email"]
 
 
 def episode_row(store) -> dict:

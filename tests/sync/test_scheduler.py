@@ -139,13 +139,12 @@ import json  # noqa: E402
 import time  # noqa: E402
 
 from connectors.sandbox import Sandbox  # noqa: E402
-from connectors.sandbox.slack import DEFAULT_CHANNELS  # noqa: E402
 from connectors.slack import slack_from_ready  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def slack_sandbox():
-    with Sandbox(accounts=0, slack_channels=DEFAULT_CHANNELS + ("healthsync-ops",), slack_message_interval_s=0) as sb:
+    with Sandbox(accounts=0, slack_message_interval_s=0) as sb:  # the default ops channel exists in the sandbox
         yield sb
 
 
@@ -160,7 +159,7 @@ def wait_for(predicate, seconds=5.0):
 
 
 def ops_messages(sb, since):
-    return [m for m in sb.slack_messages()[since:] if m["channel_name"] == "#healthsync-ops"]
+    return [m for m in sb.slack_messages()[since:] if m["channel_name"] == "#healthsync-alerts"]
 
 
 def test_a_failing_job_is_recorded_and_reported_to_the_ops_channel(tmp_path, slack_sandbox):
