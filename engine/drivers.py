@@ -153,8 +153,13 @@ def _explain_rows(scored: pd.DataFrame, features: pd.DataFrame, model: ModelConf
     columns = [
         all_texts.take(pa.array(np.where(where[:, r] < 0, 0, where[:, r]), mask=where[:, r] < 0)) for r in range(k)
     ]
-    joined = pc.binary_join_element_wise(*columns, pa.scalar("; ", pa.large_string()), null_handling="skip")
-    joined = pc.fill_null(joined, "")
+    # (not null_handling="skip": Arrow 26 returns a short array for it when a column is all null)
+    joined = pc.fill_null(columns[0], "")
+    for column in columns[1:]:
+        column = pc.fill_null(column, "")
+        both = pc.and_(pc.greater(pc.utf8_length(joined), 0), pc.greater(pc.utf8_length(column), 0))
+        separator = pc.if_else(both, pa.scalar("; ", pa.large_string()), pa.scalar("", pa.large_string()))
+        joined = pc.binary_join_element_wise(joined, separator, column, pa.scalar("", pa.large_string()))
     too_long = pc.greater(pc.utf8_length(joined), MAX_DRIVER_CHARS)
     if pc.any(too_long).as_py():
         cut = _join(pc.utf8_slice_codeunits(joined, 0, MAX_DRIVER_CHARS - 1), "…")

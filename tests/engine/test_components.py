@@ -250,3 +250,18 @@ def test_pipeline_scores_default_settings_end_to_end():
     row = result.scores.iloc[0]
     assert row["score"] == 100.0 and row["band"] == "Insufficient data" and row["confidence"] == 0.15
     assert result.opportunities is None
+
+
+def test_drivers_when_fewer_metrics_than_top_n_cost_points():
+    # regression: an all-empty rank column once made Arrow return fewer rows than accounts
+    model = ModelConfig(
+        metrics=[{"name": f"m{i}", "label": f"M{i}", "dimension": "d", "weight": w,
+                  "rule": {"type": "identity", "column": f"c{i}"}} for i, w in enumerate([0.5, 0.5, 0.0, 0.0])],
+        bands=BANDS, csm_override={"enabled": False},
+    )
+    feats = pd.DataFrame({"account_id": list("abcd"), "c0": [100.0, 0, 100, 0], "c1": [100.0, 100, 60, 0],
+                          "c2": [0.0] * 4, "c3": [0.0] * 4})
+    scored = HealthScorer(model).score(feats)
+    text = explain(scored.iloc[::-1].reset_index(drop=True), feats, model)
+    # d Red: both cost 50 (tie -> config order); c Green (80): what adds most; b Yellow: only M0 costs
+    assert text.tolist() == ["M0 0; M1 0", "M0 100; M1 60", "M0 0", "M0 100; M1 100"]
