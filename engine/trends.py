@@ -57,6 +57,11 @@ def compute_trends(
         hist_score = np.zeros(0)
         hist_band = pd.Series([], dtype="string")
     else:
+        if "scored_at" not in history.columns and "as_of" in history.columns:
+            history = history.rename(columns={"as_of": "scored_at"})  # accounts-history snapshots
+        missing = [c for c in ("account_id", "scored_at", "score", "band") if c not in history.columns]
+        if missing:
+            raise ValueError(f"score history: missing columns {missing} (need account_id, scored_at, score, band)")
         scored_at = pd.to_datetime(history["scored_at"], errors="coerce", utc=True).dt.tz_localize(None).dt.normalize()
         at = scored_at.to_numpy(dtype="datetime64[ns]")
         pos = positions(history["account_id"], current["account_id"])
