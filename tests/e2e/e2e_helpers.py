@@ -112,8 +112,8 @@ def assert_no_duplicate_messages(sb: Sandbox, store: StateStore) -> int:
     assert all(n == 1 for n in ts_seen.values())
     with store.engine.connect() as conn:
         keys = conn.execute(select(escalations.c.episode_id, escalations.c.level, escalations.c.kind, escalations.c.ts)).all()
-    recorded = [k.ts for k in keys if k.ts]
-    assert len(recorded) == len(set(recorded)), "two keys recorded the same message"
-    assert set(recorded) <= set(ts_seen), "a recorded message is not in Slack"
-    assert len(messages) <= len(keys), f"{len(messages)} messages for {len(keys)} idempotency keys: something was sent twice"
+    recorded = {k.ts for k in keys if k.ts}  # one message may cover several keys (a digest)
+    pending = [k for k in keys if not k.ts]  # "maybe sent" markers (at-most-once)
+    assert recorded <= set(ts_seen), "a recorded message is not in Slack"
+    assert len(messages) <= len(recorded) + len(pending), f"{len(messages)} messages for {len(recorded)} recorded sends: something was sent twice"
     return len(messages)

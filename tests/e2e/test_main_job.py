@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sync.run import run_cycle
 from sync.state import episodes, pushed
 
-from e2e_helpers import assert_crm_matches_pushed, assert_no_duplicate_tasks, crm_values, field_writes, slack_posts, task_creates, writes
+from e2e_helpers import assert_crm_matches_pushed, assert_no_duplicate_messages, assert_no_duplicate_tasks, crm_values, field_writes, slack_posts, task_creates, writes
 
 CONTRACT_KEYS = {"run_id", "mode", "accounts_scored", "bands", "writes", "tasks_created", "alerts_sent", "escalations", "errors", "duration_s"}
 ACCOUNT_FIELDS = {
@@ -76,7 +76,8 @@ def test_main_job_first_run_rerun_changes_and_dry_run_parity(make_sandbox, setti
     tasks = assert_no_duplicate_tasks(sb)
     assert open_eps and body["tasks_created"] == len(open_eps) == len(tasks)
     assert {k for _, k in tasks} == {e.task_key for e in open_eps}
-    assert body["alerts_sent"] >= 1 and len(sb.slack_messages()) == body["alerts_sent"]
+    assert body["alerts_sent"] >= 1 and 1 <= len(sb.slack_messages()) <= body["alerts_sent"]  # alerts may be digested
+    assert_no_duplicate_messages(sb, store)
     assert_crm_matches_pushed(sb, store)
 
     # ---- second run, nothing changed: no write, no task, no message
