@@ -37,7 +37,9 @@ import pandas as pd
 from config.model import ForecastConfig, ModelConfig
 from engine import metrics as m
 from engine.drift import drift_report
+from engine.drivers import explain
 from engine.features import build_features
+from engine.forecast import adjust_opportunities
 from engine.scoring import HealthScorer
 from engine.trends import compute_trends
 
@@ -214,8 +216,6 @@ def lead_time(scored: pd.DataFrame, dates: list[pd.Timestamp]) -> dict:
 def _cases(scored: pd.DataFrame, snapshots: list[Snapshot], model: ModelConfig, mask: np.ndarray,
            ascending: bool, top_n: int) -> list[dict]:
     """The `top_n` most confidently wrong accounts (one row each, latest wrong snapshot), with drivers."""
-    from engine.drivers import explain
-
     wrong = scored[mask].sort_values(["score", "as_of"], ascending=[ascending, False], kind="stable")
     wrong = wrong.drop_duplicates("account_id").head(top_n)
     if wrong.empty:
@@ -246,7 +246,8 @@ def _period_rows(scored: pd.DataFrame) -> list[dict]:
     return rows
 
 
-def forecast_backtest(frames: HistoryFrames, scored: pd.DataFrame, forecast: ForecastConfig) -> dict | None:
+def forecast_backtest(frames: HistoryFrames, scored: pd.DataFrame, forecast: ForecastConfig,
+                      stable_within: float = 5.0) -> dict | None:
     """Per period: won ARR vs expected ARR before and after the health adjustment (seed 000).
 
     Expected before = sum(amount x stage probability); after = the adjusted
@@ -256,13 +257,11 @@ def forecast_backtest(frames: HistoryFrames, scored: pd.DataFrame, forecast: For
     """
     if frames.opportunities_history is None:
         return None
-    from engine.forecast import adjust_opportunities
-
     periods = []
     history = None
     for as_of, current in scored.groupby("as_of", sort=True):
         current = current.reset_index(drop=True)
-        trends = compute_trends(current, history, as_of=as_of)
+        trends = compute_trends(current, history, as_of=as_of, stable_within=stable_within)
         with_trends = pd.concat([current, trends.drop(columns=["account_id"])], axis=1)
         opps = frames.opportunities_history[frames.opportunities_history["as_of"] == as_of]
         if len(opps):
@@ -344,7 +343,8 @@ def evaluate(frames: HistoryFrames, snapshots: list[Snapshot], model: ModelConfi
         "false_negatives": _cases(scored, snapshots, model, (y == 1) & ~flagged, ascending=False, top_n=top_n),
         "false_positives": _cases(scored, snapshots, model, (y == 0) & flagged, ascending=True, top_n=top_n),
         "by_period": _period_rows(scored),
-        "forecast": forecast_backtest(frames, scored, forecast) if forecast is not None else None,
+        "forecast": (forecast_backtest(frames, scored, forecast, model.trend_stable_within)
+                     if forecast is not None else None),
         "drift": _drift(scored, snapshots, model),
     }
     return m.json_safe(report)

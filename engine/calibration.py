@@ -517,7 +517,10 @@ def calibrate(
 
     # 5. validation on the held-out snapshots
     report = evaluate(frames, val, tuned, forecast)
-    baseline = evaluate(frames, val, model, forecast)
+    configured = model
+    if model.method == "fitted" and model.fitted is None:  # nothing fitted yet: the configured scores are weighted
+        configured = model.model_copy(update={"method": "weighted"})
+    baseline = evaluate(frames, val, configured, forecast)
     k, _ = _risk_boundary(tuned)
     report["calibration"] = m.json_safe({
         "method": method,

@@ -202,3 +202,14 @@ def test_moving_the_at_risk_boundary_moves_every_threshold_in_order(settings):
     # extreme boundaries still give a valid model (overrides squeezed, never overlapping)
     assert with_boundary(settings.model, 99).bands[-1].min == 100
     assert with_boundary(settings.model, 1).bands[1].min == 1
+
+
+def test_calibrating_a_fitted_method_model_tunes_bands_on_health_as_100_minus_100p(settings):
+    model = settings.model.model_copy(update={"method": "fitted"})  # nothing fitted yet
+    result = calibrate(synthetic_history(n=2000), model)
+    assert result.model.method == "fitted" and result.model.fitted.kind == "platt"
+    assert "method" not in result.overlay["model"]  # unchanged from the configuration
+    report = result.report
+    assert report["probability_method"] == "model.fitted (method fitted)"
+    assert report["calibration"]["train_recall"] >= 0.75
+    assert report["auc"] > report["baseline"]["auc"]
