@@ -40,7 +40,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from config.settings import ConfigError
 from connectors.base import ConfigurationError, HealthsyncError, StopRunError
 from sync.slack_messages import ops_message
-from sync.state import StateStore, dumps, open_store
+from sync.state import StateStore, open_store
 
 log = logging.getLogger(__name__)
 
