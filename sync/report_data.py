@@ -216,24 +216,27 @@ def _history(store: StateStore) -> pd.DataFrame:
     return frame
 
 
-def _replica_frame(store: StateStore, object: str) -> pd.DataFrame:
+def _replica_frame(store: StateStore, kind: str, columns: list[str]) -> pd.DataFrame:
+    """The live canonical records of one object kind from every CRM, only `columns` (plus `crm`)."""
     rep = store.tables["replica"]
     with store.engine.connect() as conn:
         rows = conn.execute(
-            select(rep.c.crm, rep.c.data_json).where(rep.c.object == object, rep.c.deleted == False)  # noqa: E712
+            select(rep.c.crm, rep.c.data_json).where(rep.c.object == kind, rep.c.deleted == False)  # noqa: E712
         ).all()
     if not rows:
         return pd.DataFrame()
-    crm = [r[0] for r in rows]
-    frame = pd.DataFrame.from_records(_json_objects(pd.Series([r[1] for r in rows])))
-    frame["crm"] = crm
+    records = _json_objects(pd.Series([r[1] for r in rows], dtype=object))
+    # column lists instead of DataFrame(list of dicts): pandas' key inference over 50k dicts is the slow part
+    data = {c: [rec.get(c) if rec else None for rec in records] for c in columns}
+    frame = pd.DataFrame(data)
+    frame["crm"] = [r[0] for r in rows]
     return frame
 
 
 def _accounts(store: StateStore, settings: Settings, run_id: str, history: pd.DataFrame) -> pd.DataFrame:
     latest = _read(store, "score_history", lambda t: t.c.run_id == run_id)
-    replica = _replica_frame(store, ACCOUNT_OBJECT)
     keep = ["account_id", "crm", "name", "segment", "arr", "renewal_date", "owner_email", "csm_sentiment", "customer_since"]
+    replica = _replica_frame(store, ACCOUNT_OBJECT, [c for c in keep if c != "crm"])
     if replica.empty:
         replica = pd.DataFrame(columns=keep)
     replica = replica[[c for c in keep if c in replica.columns]].drop_duplicates("account_id", keep="last")
@@ -270,9 +273,16 @@ def _adjusted_from_pushed(store: StateStore, settings: Settings, opps: pd.DataFr
     fields = {crm: f for crm, f in fields.items() if f}
     if not fields:
         return None
-    rows = _read(store, "pushed", lambda t: t.c.object == OPEN_OPPORTUNITY_OBJECT, lambda t: t.c.field.in_(sorted(set(fields.values()))))
-    if rows.empty:
+    pushed = store.tables["pushed"]
+    with store.engine.connect() as conn:
+        found = conn.execute(
+            select(pushed.c.crm, pushed.c.record_id, pushed.c.field, pushed.c.value_json).where(
+                pushed.c.object == OPEN_OPPORTUNITY_OBJECT, pushed.c.field.in_(sorted(set(fields.values())))
+            )
+        ).all()
+    if not found:
         return None
+    rows = pd.DataFrame.from_records([tuple(r) for r in found], columns=["crm", "record_id", "field", "value_json"])
     rows = rows[[fields.get(c) == f for c, f in zip(rows["crm"], rows["field"])]]
     # written as a 0-1 fraction for both CRMs, like the canonical probability (sync/writeback.py)
     values = pd.to_numeric(pd.Series(_json_objects(rows["value_json"]), index=rows.index), errors="coerce")
@@ -303,7 +313,7 @@ def _adjusted_from_engine(settings: Settings, opps: pd.DataFrame, accounts: pd.D
 
 def _opportunities(store: StateStore, settings: Settings, accounts: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     cols = ["opportunity_id", "account_id", "name", "stage", "amount", "probability", "close_date", "type", "forecast_category", "owner_email"]
-    frame = _replica_frame(store, OPEN_OPPORTUNITY_OBJECT)
+    frame = _replica_frame(store, OPEN_OPPORTUNITY_OBJECT, cols + ["is_closed"])
     if frame.empty:
         return pd.DataFrame(columns=cols + ["crm", "adjusted_probability", "quarter"]), "none"
     for c in cols + ["is_closed"]:
