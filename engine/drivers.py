@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from config.model import BooleanRule, CategoryRule, Metric, ModelConfig, RatioRule, TrendRule
-from engine.keys import arrow_strings, equals_any, positions, row_chunks
+from engine.keys import arrow_strings, equals_any, map_chunks, positions
 from engine.rules import TREND_CLASSES, _boolean, numeric_column, ratio_values, rule_max_points, text_column, trend_classes
 from engine.scoring import HealthScorer
 
@@ -122,10 +122,9 @@ def explain(scored: pd.DataFrame, features: pd.DataFrame, model: ModelConfig, to
             missing = scored_ids[int(np.flatnonzero(pos < 0)[0])].as_py()
             raise ValueError(f"drivers: account {missing} is scored but has no features row")
         features = features.iloc[pos].reset_index(drop=True)
-    pieces = [
-        _explain_rows(scored.iloc[start:stop], features.iloc[start:stop], model, top_n)
-        for start, stop in row_chunks(n, 131_072)
-    ]
+    pieces = map_chunks(
+        lambda start, stop: _explain_rows(scored.iloc[start:stop], features.iloc[start:stop], model, top_n), n, 131_072
+    )
     return pd.Series(pd.arrays.ArrowStringArray(pa.concat_arrays(pieces)), index=scored.index)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from config.model import ModelConfig
-from engine.keys import KeyIndex, equals_any, has_duplicates, positions, row_chunks
+from engine.keys import KeyIndex, equals_any, has_duplicates, map_chunks, positions
 from engine.lifecycle import lifecycle_stage
 from engine.rules import _boolean, numeric_column
 
@@ -100,14 +100,16 @@ def _ticket_flags(tickets: pd.DataFrame, end: pd.Timestamp) -> tuple[np.ndarray,
 def _ticket_features(accounts: pd.DataFrame, tickets: pd.DataFrame, end: pd.Timestamp) -> dict[str, np.ndarray]:
     n = len(accounts)
     lookup = KeyIndex(accounts["account_id"])
-    keys = []
-    for start, stop in row_chunks(len(tickets), 1_048_576):
+
+    def chunk_keys(start: int, stop: int) -> np.ndarray:
         chunk = tickets.iloc[start:stop]
         pos = lookup.positions(chunk["account_id"])
         in_long, flags = _ticket_flags(chunk, end)
         rows = np.flatnonzero(in_long & (pos >= 0))
         # one counting pass at the end: each ticket in the window adds to (account, flag combination)
-        keys.append(pos[rows] * 8 + flags[rows])
+        return pos[rows] * 8 + flags[rows]
+
+    keys = map_chunks(chunk_keys, len(tickets), 1_048_576)
     all_keys = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
     counts = np.bincount(all_keys, minlength=n * 8).reshape(n, 8).astype("float64")
     combos = np.arange(8)

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from config.model import ForecastConfig
-from engine.keys import KeyIndex, equals_any, has_duplicates, row_chunks, take_strings
+from engine.keys import KeyIndex, equals_any, has_duplicates, map_chunks, take_strings
 from engine.rules import category_codes, numeric_column
 
 INSUFFICIENT_BAND_DEFAULT = "Insufficient data"
@@ -76,7 +76,8 @@ def adjust_opportunities(
     score_out = np.empty(n)
     code_out = np.empty(n, dtype=np.int64)
     adjusted_out = np.empty(n)
-    for start, stop in row_chunks(n):
+
+    def adjust_chunk(start: int, stop: int) -> None:  # writes disjoint slices of the outputs
         chunk = opps.iloc[start:stop]
         pos = lookup.positions(chunk["account_id"])
         pos[pos < 0] = unmatched
@@ -108,6 +109,8 @@ def adjust_opportunities(
         adjusted_out[start:stop] = np.round(np.where(usable, np.clip(base * factor, 0.0, 1.0), base), 6)
         score_out[start:stop] = score
         code_out[start:stop] = band_code[pos]
+
+    map_chunks(adjust_chunk, n)
 
     base = numeric_column(opps, "probability")
     amount = numeric_column(opps, "amount")

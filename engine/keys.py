@@ -7,6 +7,9 @@ and object-backed string columns alike (object columns are converted once).
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -106,6 +109,20 @@ def row_chunks(n: int, size: int = 262_144):
     (at a million rows that page-faulting was most of the engine's time)."""
     for start in range(0, n, size):
         yield start, min(n, start + size)
+
+
+def map_chunks(function, n: int, size: int = 262_144, workers: int | None = None) -> list:
+    """[function(start, stop) for each chunk], in order, on up to `workers` threads.
+
+    NumPy and Arrow release the GIL inside their kernels, so chunks overlap on a
+    multi-core machine; with one chunk (small frames) nothing is threaded.
+    """
+    chunks = list(row_chunks(n, size))
+    workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+    if len(chunks) <= 1 or workers <= 1:
+        return [function(start, stop) for start, stop in chunks]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="healthsync-engine") as pool:
+        return list(pool.map(lambda bounds: function(*bounds), chunks))
 
 
 def take_strings(names, codes: np.ndarray) -> pd.arrays.ArrowStringArray:

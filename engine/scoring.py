@@ -48,7 +48,7 @@ import pandas as pd
 import pyarrow as pa
 
 from config.model import ModelConfig
-from engine.keys import take_strings
+from engine.keys import map_chunks, take_strings
 from engine.lifecycle import in_renewal_window, lifecycle_stage
 from engine.rules import category_codes, lookup, rule_columns, rule_max_points, score_rule
 
@@ -135,7 +135,7 @@ class HealthScorer:
         n = len(features)
         if n <= self.chunk_size or self.model.method == "percentile":
             return self._score(features)
-        parts = [self._score(features.iloc[i : i + self.chunk_size]) for i in range(0, n, self.chunk_size)]
+        parts = map_chunks(lambda start, stop: self._score(features.iloc[start:stop]), n, self.chunk_size)
         self.missing_columns_ = self.missing_columns(features)
         return pd.concat(parts, ignore_index=True)
 

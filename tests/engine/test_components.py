@@ -265,3 +265,16 @@ def test_drivers_when_fewer_metrics_than_top_n_cost_points():
     text = explain(scored.iloc[::-1].reset_index(drop=True), feats, model)
     # d Red: both cost 50 (tie -> config order); c Green (80): what adds most; b Yellow: only M0 costs
     assert text.tolist() == ["M0 0; M1 0", "M0 100; M1 60", "M0 0", "M0 100; M1 100"]
+
+
+def test_chunked_threaded_scoring_matches_one_pass():
+    from pathlib import Path
+
+    from connectors.files import read_frames
+
+    settings = load_settings()
+    frames, _ = read_frames(Path(__file__).resolve().parents[2] / "fixtures" / "portfolio")
+    feats = build_features(frames["accounts"], frames["tickets"], as_of="2026-11-01", model=settings.model)
+    whole = HealthScorer(settings.model).score(feats)
+    chunked = HealthScorer(settings.model, chunk_size=4).score(feats)
+    pd.testing.assert_frame_equal(whole, chunked)
