@@ -264,6 +264,21 @@ def _owner_sections(data: ReportData, colors: dict[str, str], drill_ids: set[str
     return sections, cap
 
 
+#: Keys the score history may carry next to the dimension scores (the engine's override columns).
+OVERRIDE_KEYS = ("override", "override_reason", "raw_band")
+
+
+def _override_text(recorded: dict, sentiment: Any) -> str:
+    """The CSM override as recorded with the score when it is, else the sentiment that feeds it."""
+    if recorded.get("override"):
+        reason = recorded.get("override_reason") or "CSM sentiment"
+        before = f" (computed band {recorded['raw_band']})" if recorded.get("raw_band") else ""
+        return f"{reason}{before}"
+    if "override" in recorded:
+        return "none"
+    return f"sentiment {sentiment}; moves the band at most one tier" if sentiment else "no CSM sentiment"
+
+
 def _drill_rows(data: ReportData, colors: dict[str, str], drill_ids: set[str], band_ranges: list[tuple]) -> list[dict]:
     drill = data.drill_down
     if drill.empty:
@@ -284,9 +299,10 @@ def _drill_rows(data: ReportData, colors: dict[str, str], drill_ids: set[str], b
         r["history_runs"] = int(len(scores))
         r["history_min"] = float(np.nanmin(scores)) if np.isfinite(scores).any() else None
         r["history_max"] = float(np.nanmax(scores)) if np.isfinite(scores).any() else None
-        r["dimensions"] = [(k, v) for k, v in (r.get("dimensions") or {}).items()]
-        sentiment = r.get("csm_sentiment")
-        r["override"] = f"{sentiment} (moves the band at most one tier)" if sentiment else "none"
+        dims = dict(r.get("dimensions") or {})
+        recorded = {k: dims.pop(k) for k in OVERRIDE_KEYS if k in dims}
+        r["dimensions"] = [(k, v) for k, v in dims.items() if not isinstance(v, (str, bool, dict, list))]
+        r["override"] = _override_text(recorded, r.get("csm_sentiment"))
         r["opps"] = opps_by_account.get(r["account_id"], [])
         r["search"] = " ".join(str(r.get(k) or "") for k in ("name", "owner_email", "band", "account_id")).lower()
     return rows

@@ -21,6 +21,7 @@ from sync.report import write_report
 from sync.report_data import load_report_data
 from sync.state import dumps, open_store, utc_naive
 
+OVERRIDDEN = {"override": True, "override_reason": "CSM sentiment red: one tier down", "raw_band": "Yellow"}
 EVIL = '<script>alert("owned")</script> & <b>Co</b>'
 
 
@@ -60,7 +61,8 @@ def hand_store(tmp_path_factory):
         store.add_score_history([
             {"run_id": run_id, "account_id": aid, "scored_at": utc_naive(at), "score": s,
              "band": b or ("Red" if s <= 40 else "Yellow" if s <= 70 else "Green"), "confidence": 0.8,
-             "dimension_json": dumps({"product": s, "support": 100 - s}), "drivers": "Logins down to 0.4/user/week",
+             "dimension_json": dumps({"product": s, "support": 100 - s, **(OVERRIDDEN if (run_id, aid) == ("r2", "sf:A") else {})}),
+             "drivers": "Logins down to 0.4/user/week",
              "trend": t or "new (no 30d history)"}
             for aid, (s, b, t) in values.items()
         ])
@@ -110,6 +112,18 @@ def test_given_hand_checked_store_when_rendered_then_the_page_shows_the_same_fig
     assert [r.get("data-account-id") for r in rows(els, "top-at-risk", "data-account-id")] == ["sf:B", "sf:A"]
     assert [r.get("data-sla") for r in rows(els, "owner-ann_40_example_2e_com", "data-sla")] == ["breached", "due soon", "on time"]
     assert info.accounts == 4 and info.charts == 4 + 4  # four portfolio charts, a history chart per drilled-down account
+    alpha = by_id(els, "acct-sf_3a_A")
+    facts_box = next(d for d in alpha.descendants() if d.tag == "div" and "facts" in d.classes)
+    facts = {}
+    for fact in (c for c in facts_box.children if c.tag == "div"):
+        label = fact.children[0].text
+        facts[label] = fact.text[len(label):].strip()
+    assert facts["CSM override"] == "CSM sentiment red: one tier down (computed band Yellow)"
+    assert facts["Trend"] == "down -12.0 (30d)"
+    table = next(d for d in alpha.descendants() if d.tag == "table" and "dimensions" in d.classes)
+    dims = [tuple(td.text for td in tr.children if td.tag == "td") for tr in table.descendants() if tr.tag == "tr"]
+    dims = [d for d in dims if d]
+    assert dims == [("product", "38.0"), ("support", "62.0")]  # the override keys are not listed as dimensions
     assert all(chart_is_drawn(c) for c in charts(els))
 
 
