@@ -136,4 +136,13 @@ def test_ready_file_and_serve_until_stopped(tmp_path):
         stop.set()
         worker.join(10)
     assert codes == [0] and not ready.exists()
+    for url in (info["inspect_url"], info["hubspot"]["host"], info["slack"]["base_url"]):
+        with pytest.raises(requests.exceptions.ConnectionError):  # every server is gone
+            requests.get(url, timeout=2)
     assert serve(0, 7, "starter", "bogus", None) == 2
+
+
+def test_only_loopback_is_bound(sandbox):
+    bound = [s._server.server_address for s in sandbox._servers]
+    assert len(bound) == 4 and {host for host, _ in bound} == {"127.0.0.1"}
+    assert all(0 < port < 65536 for _, port in bound)
