@@ -258,11 +258,13 @@ def test_engine_benchmark():
           f"and {len(history):,} history rows in {generated:.1f} s")
 
     with PeakRss() as mem:
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), os.times()
         scores, adjusted, timings = run_engine(accounts, tickets, opps, history, model, forecast, as_of)
         wall = time.perf_counter() - t
+        cpu_s = sum(os.times()[:2]) - sum(cpu[:2])
     peak_gb = mem.peak / 1e9
-    print("engine: " + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()) + f"; total {wall:.2f} s")
+    print("engine: " + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()) + f"; total {wall:.2f} s wall, "
+          f"{cpu_s:.2f} s CPU; machine load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"memory: {mem.start / 1e9:.2f} GB resident before (inputs), peak {peak_gb:.2f} GB while scoring")
     assert len(scores) == len(accounts) and len(adjusted) == len(opps)
     assert scores["score"].between(0, 100).all() or scores["score"].isna().any()
