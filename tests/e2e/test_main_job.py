@@ -108,14 +108,12 @@ def test_main_job_first_run_rerun_changes_and_dry_run_parity(make_sandbox, setti
     diff = dry["diff"]
     account_records = {r["record_id"] for r in diff["records"] if r["object"] == "accounts"}
     assert account_records == changed
-    opp_accounts = {}
-    for crm in ("salesforce", "hubspot"):
-        for rid, rec in _open_opportunities(sb, crm).items():
-            acct = rec.get("AccountId") if crm == "salesforce" else None
-            opp_accounts[rid] = f"sf:{acct}" if acct else None
+    opp_accounts = {f"sf:{o['Id']}": {f"sf:{o['AccountId']}"} for o in sb.records("salesforce", "Opportunity")}
+    opp_accounts.update({f"hs:{d['id']}": {f"hs:{c}" for c in d["associations"].get("companies", [])}
+                         for d in sb.records("hubspot", "deals")})
     for r in diff["records"]:
-        if r["object"] == "opportunities" and r["crm"] == "salesforce":
-            assert opp_accounts[r["record_id"]] in changed  # only opportunities of changed accounts move
+        if r["object"] == "opportunities":
+            assert opp_accounts[r["record_id"]] & changed, r  # only opportunities of changed accounts move
     assert diff["counts"]["changed"] == len(diff["records"]) and diff["counts"]["invalid"] == 0
     assert diff["counts"]["unchanged"] > 0
 

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from config.settings import load_settings
 from connectors.sandbox import Sandbox
-from sync.run import pull_stage, retry_failed, run_cycle, score_stage, sync_stage
+from sync.run import escalate_stage, pull_stage, retry_failed, run_cycle, score_stage, sync_stage
 from sync.state import open_store
 from sync.status import status
 
@@ -29,7 +29,7 @@ def _secrets(ready: dict) -> list[str]:
     return [ready["salesforce"]["access_token"], ready["salesforce"]["password"], ready["hubspot"]["access_token"], ready["slack"]["token"]]
 
 
-def test_given_the_quota_runs_out_then_the_run_stops_with_exit_3_keeps_state_and_the_next_run_resumes(settings):
+def test_given_the_quota_runs_out_then_the_run_stops_with_exit_3_keeps_state_and_the_next_run_resumes(settings, tmp_path):
     settings.sources.salesforce.quota_stop_share = 0.5
     with Sandbox(accounts=12, seed=2, precreate_fields=True, salesforce_daily_limit=18, slack_message_interval_s=0) as sb:
         stopped = run_cycle(settings, ready=sb.ready, json_mode=True)
@@ -47,12 +47,16 @@ def test_given_the_quota_runs_out_then_the_run_stops_with_exit_3_keeps_state_and
         assert resumed.status == "ok", resumed.errors
         accounts = [a for a in sb.records("salesforce", "Account") if not a["IsDeleted"]]
         assert all(a["Health_Score__c"] is not None for a in accounts)
+        settings.report.enabled = True
+        settings.report.path = str(tmp_path / "report.html")
         again = run_cycle(settings, ready=sb.ready, json_mode=True)
         assert all(w["records_changed"] == 0 for w in again.writes.values())
+        assert again.report_path == settings.report.path and (tmp_path / "report.html").stat().st_size > 0
 
         report = status(store)
         assert [r["status"] for r in report["runs"]] == ["ok", "ok", "stopped"]
-        assert report["queues"]["failed_records"] == 0 and report["queues"]["open_episodes"] >= 0
+        assert report["queues"]["failed_records"] == 0
+        assert report["queues"]["open_episodes"] == store.count("episodes", status="open") > 0
         store.close()
 
 
@@ -112,3 +116,5 @@ def test_stages_and_the_dry_run_table(settings):
         done = sync_stage(settings, ready=sb.ready)
         assert done["status"] == "ok" and done["writes"]["salesforce"]["records_changed"] == dry["by_crm"]["salesforce"]["changed"]
         assert retry_failed(settings, ready=sb.ready)["writes"]["salesforce"]["records_changed"] == 0
+        escalated = escalate_stage(settings, ready=sb.ready)  # no episode yet: nothing to say
+        assert escalated["status"] == "ok" and escalated["alerts_sent"] == 0 and escalated["escalations"] == 0
