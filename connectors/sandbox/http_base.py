@@ -16,7 +16,7 @@ import socket
 import ssl
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
@@ -121,11 +121,15 @@ class RequestRecord:
 
 
 class Recorder:
-    """Every request every emulator saw, for the inspection endpoint and for tests."""
+    """Requests the emulators saw, for the inspection endpoint and for tests.
 
-    def __init__(self) -> None:
+    Keeps the most recent `keep` requests (a long-running `sandbox serve` must not grow
+    without bound); sequence numbers keep counting, so `since=` stays meaningful.
+    """
+
+    def __init__(self, keep: int = 200_000) -> None:
         self._lock = threading.Lock()
-        self._items: list[RequestRecord] = []
+        self._items: deque[RequestRecord] = deque(maxlen=keep)
         self._seq = 0
 
     def add(self, api: str, method: str, path: str, endpoint: str, status: int, fault: str | None, at: str) -> int:
