@@ -102,14 +102,17 @@ def _dead_inputs(frame: pd.DataFrame, metric) -> str | None:
     return None
 
 
-def drift_report(reference: pd.DataFrame, current: pd.DataFrame, model: ModelConfig) -> dict:
+def drift_report(reference: pd.DataFrame | None, current: pd.DataFrame, model: ModelConfig) -> dict:
     """Per-metric PSI (reference -> current) and the warnings a RevOps admin must see (JSON-safe).
 
     `reference` is usually the training period's scored rows (all snapshots
-    stacked), `current` the latest snapshot. Both are the scorer's output,
-    optionally joined with the feature columns (needed to tell "zero" from
-    "missing" for the broken-integration warning).
+    stacked) or the previous run's, `current` the latest snapshot. Both are
+    the scorer's output, optionally joined with the feature columns (needed to
+    tell "zero" from "missing" for the broken-integration warning). With no
+    reference (a first run) PSI is None and only the warnings are computed.
     """
+    if reference is None:
+        reference = current.iloc[0:0]
     metrics = {}
     warnings: list[str] = []
     for metric in model.metrics:
