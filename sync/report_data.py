@@ -249,7 +249,7 @@ def _accounts(store: StateStore, settings: Settings, run_id: str, history: pd.Da
     frame["score"] = pd.to_numeric(frame["score"], errors="coerce").astype("float64")
     frame["confidence"] = pd.to_numeric(frame["confidence"], errors="coerce").astype("float64")
     frame["owner_email"] = frame["owner_email"].astype("string").fillna(NO_OWNER)
-    frame["renewal_date"] = pd.to_datetime(frame["renewal_date"], errors="coerce", utc=True).dt.tz_localize(None)
+    frame["renewal_date"] = pd.to_datetime(frame["renewal_date"], errors="coerce", utc=True, format="ISO8601").dt.tz_localize(None)
     if "crm" not in frame.columns or frame["crm"].isna().all():
         frame["crm"] = np.where(frame["account_id"].astype(str).str.startswith("hs:"), "hubspot", "salesforce")
     frame["drivers"] = [_drivers_text(v) for v in frame["drivers"]]
@@ -324,7 +324,7 @@ def _opportunities(store: StateStore, settings: Settings, accounts: pd.DataFrame
     frame = frame[frame["account_id"].isin(accounts["account_id"])].reset_index(drop=True)
     frame["amount"] = pd.to_numeric(frame["amount"], errors="coerce").astype("float64")
     frame["probability"] = pd.to_numeric(frame["probability"], errors="coerce").astype("float64")
-    frame["close_date"] = pd.to_datetime(frame["close_date"], errors="coerce", utc=True).dt.tz_localize(None)
+    frame["close_date"] = pd.to_datetime(frame["close_date"], errors="coerce", utc=True, format="ISO8601").dt.tz_localize(None)
     frame["quarter"] = frame["close_date"].dt.to_period("Q").astype("string")
     source = "none"
     adjusted = _adjusted_from_pushed(store, settings, frame) if len(frame) else None
