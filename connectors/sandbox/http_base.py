@@ -317,7 +317,7 @@ class EmulatorServer:
         self._server = _Server(api, recorder, faults, clock_now, tls)
         self.port = self._server.server_address[1]
         self.scheme = "https" if tls else "http"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name=f"sandbox-{api.name}", daemon=True)
 
     @property
