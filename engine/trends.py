@@ -20,24 +20,25 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.features import as_of_timestamp
+from engine.features import _naive_utc, as_of_timestamp
 from engine.keys import arrow_strings, positions, take_strings
 
 MOMENTUM = ("up", "stable", "down")
 
 
-def _delta(score: np.ndarray, hist_pos: np.ndarray, hist_at: np.ndarray, hist_score: np.ndarray,
-           cutoff: pd.Timestamp) -> np.ndarray:
-    """current score - the latest history score on or before `cutoff` (NaN if none)."""
-    rows = np.flatnonzero(hist_at <= cutoff.to_datetime64())
-    prior = np.full(len(score), np.nan)
-    if rows.size:
-        # sort by (account, time); the last row of each account is its latest snapshot
-        order = rows[np.lexsort((hist_at[rows].view("int64"), hist_pos[rows]))]
-        last = np.ones(order.size, dtype=bool)
-        last[:-1] = hist_pos[order][1:] != hist_pos[order][:-1]
-        prior[hist_pos[order][last]] = hist_score[order][last]
-    return score - prior
+def _latest_before(pos: np.ndarray, when: np.ndarray, value: np.ndarray, is_history: np.ndarray,
+                   cutoff: int, n: int) -> np.ndarray:
+    """Per account, the value of its latest history row at or before `cutoff` (NaN if none).
+
+    Rows are sorted by (account, time), so the rows at or before the cutoff form a
+    prefix of each account's run and the last row of that prefix is the answer.
+    """
+    eligible = is_history & (when <= cutoff)
+    last = eligible.copy()
+    last[:-1] &= (pos[1:] != pos[:-1]) | ~eligible[1:]
+    prior = np.full(n, np.nan)
+    prior[pos[last]] = value[last]
+    return prior
 
 
 def compute_trends(
@@ -62,8 +63,7 @@ def compute_trends(
         missing = [c for c in ("account_id", "scored_at", "score", "band") if c not in history.columns]
         if missing:
             raise ValueError(f"score history: missing columns {missing} (need account_id, scored_at, score, band)")
-        scored_at = pd.to_datetime(history["scored_at"], errors="coerce", utc=True).dt.tz_localize(None).dt.normalize()
-        at = scored_at.to_numpy(dtype="datetime64[ns]")
+        at = _naive_utc(history["scored_at"]).dt.normalize().to_numpy(dtype="datetime64[ns]")
         pos = positions(history["account_id"], current["account_id"])
         # never the future, nor an earlier run of today; accounts not scored now are irrelevant
         keep = (pos >= 0) & ~np.isnat(at) & (at < day.to_datetime64())
@@ -73,24 +73,33 @@ def compute_trends(
 
     out = pd.DataFrame(index=current.index)
     out["account_id"] = current["account_id"].to_numpy()
-    delta_30 = _delta(score, hist_pos, hist_at, hist_score, day - pd.Timedelta(days=30))
-    delta_90 = _delta(score, hist_pos, hist_at, hist_score, day - pd.Timedelta(days=90))
+    today = day.to_datetime64().astype("datetime64[ns]").view("int64")
+    if hist_pos.size == 0:
+        nothing = np.full(n, np.nan)
+        out["delta_30d"], out["delta_90d"] = nothing, nothing.copy()
+        out["momentum"] = take_strings(MOMENTUM, np.full(n, -1))
+        out["days_in_band"] = np.zeros(n, dtype=np.int64)
+        return out
+
+    # one sort of history + today's rows by (account, time); today's row ends each account's run
+    pos = np.concatenate([hist_pos, np.arange(n)])
+    when = np.concatenate([hist_at.astype("datetime64[ns]").view("int64"), np.full(n, today)])
+    value = np.concatenate([hist_score, np.full(n, np.nan)])
+    is_history = np.concatenate([np.ones(hist_pos.size, dtype=bool), np.zeros(n, dtype=bool)])
+    bands = pa.concat_arrays([arrow_strings(hist_band), arrow_strings(current["band"])])
+    band_code = pc.fill_null(pc.dictionary_encode(bands).indices, -1).to_numpy(zero_copy_only=False)
+    order = np.lexsort((when, pos))
+    pos, when, value, is_history, band_code = pos[order], when[order], value[order], is_history[order], band_code[order]
+
+    day_ns = 86_400 * 10**9
+    delta_30 = score - _latest_before(pos, when, value, is_history, today - 30 * day_ns, n)
+    delta_90 = score - _latest_before(pos, when, value, is_history, today - 90 * day_ns, n)
     out["delta_30d"] = np.round(delta_30, 1)
     out["delta_90d"] = np.round(delta_90, 1)
     momentum = np.where(delta_30 > stable_within, 0, np.where(delta_30 < -stable_within, 2, 1))
     out["momentum"] = take_strings(MOMENTUM, np.where(np.isnan(delta_30), -1, momentum))
 
-    # days in band: stack history and today, find where each account's last run of its band began
-    today = day.to_datetime64().astype("datetime64[ns]").view("int64")
-    if hist_pos.size == 0:
-        out["days_in_band"] = np.zeros(n, dtype=np.int64)
-        return out
-    pos = np.concatenate([hist_pos, np.arange(n)])
-    when = np.concatenate([hist_at.view("int64"), np.full(n, today)])
-    bands = pa.concat_arrays([arrow_strings(hist_band), arrow_strings(current["band"])])
-    band_code = pc.fill_null(pc.dictionary_encode(bands).indices, -1).to_numpy(zero_copy_only=False)
-    order = np.lexsort((when, pos))
-    pos, when, band_code = pos[order], when[order], band_code[order]
+    # days in band: where each account's last run of its current band began
     new_run = np.ones(len(pos), dtype=bool)
     new_run[1:] = (pos[1:] != pos[:-1]) | (band_code[1:] != band_code[:-1])
     entered_at = np.full(n, today)
@@ -99,5 +108,5 @@ def compute_trends(
     last_start = np.ones(starts.size, dtype=bool)
     last_start[:-1] = pos[starts][1:] != pos[starts][:-1]
     entered_at[pos[starts][last_start]] = when[starts][last_start]
-    out["days_in_band"] = (today - entered_at) // (86_400 * 10**9)
+    out["days_in_band"] = (today - entered_at) // day_ns
     return out
