@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import and_, insert, select, update
 
@@ -61,14 +62,15 @@ class PlaybookResult:
         }
 
 
-def task_key(playbook: str, account_id: str, opened: datetime, taken: set[str]) -> str:
+def task_key(playbook: str, account_id: str, opened: datetime | str, taken: set[str]) -> str:
     """`<playbook>:<account_id>:<YYYYMMDD>` (+ `.N` if that day already had an episode).
 
     The playbook comes first because connectors read it back from the key
     (`key.split(':')[0]`). The date (not the run id) keeps the key stable if the
     state database is lost and the same episode is opened again the same day.
     """
-    base = f"{playbook}:{account_id}:{opened:%Y%m%d}"
+    day = opened if isinstance(opened, str) else f"{opened:%Y%m%d}"
+    base = f"{playbook}:{account_id}:{day}"
     key, n = base, 1
     while key in taken:
         n += 1
@@ -109,12 +111,19 @@ def run_playbooks(
     rearm: list[str] = []
     seen: list[str] = []
     new_rows: list[dict] = []
+    # plain Python lists once (iterating Arrow-backed strings element by element is slow at 1M accounts)
+    crms = frame["crm"].astype(object).tolist()
+    ids = frame["account_id"].astype(object).tolist()
+    owners = frame["owner_email"].astype(object).where(frame["owner_email"].notna(), None).tolist() if "owner_email" in frame.columns else [None] * len(frame)
+    segments = frame["segment"].astype(object).where(frame["segment"].notna(), None).tolist() if "segment" in frame.columns else [None] * len(frame)
+    opened_n = utc_naive(now)
+    day = f"{now:%Y%m%d}"
     for pb in pset.playbooks:
         state = evaluate(pb.condition, frame)
-        known_true = frame.loc[state.fillna(False).astype(bool), ["crm", "account_id"]]
-        known_false = frame.loc[(~state).fillna(False).astype(bool), ["crm", "account_id"]]
-        true_keys = set(zip(known_true["crm"], known_true["account_id"]))
-        false_keys = set(zip(known_false["crm"], known_false["account_id"]))
+        true_pos = np.flatnonzero(state.fillna(False).to_numpy(dtype=bool)).tolist()
+        false_pos = np.flatnonzero((~state).fillna(False).to_numpy(dtype=bool)).tolist()
+        true_keys = {(crms[i], ids[i]) for i in true_pos}
+        false_keys = {(crms[i], ids[i]) for i in false_pos}
         mine = existing[existing["playbook"] == pb.name]
         open_eps = mine[mine["status"] == "open"]
         blocking = mine[(mine["status"] == "closed") & (mine["close_reason"] == CLOSED_TASK_DONE)]
@@ -130,27 +139,25 @@ def run_playbooks(
         busy = set(zip(open_eps["crm"], open_eps["account_id"])) | {
             (e.crm, e.account_id) for e in blocking.itertuples(index=False) if e.episode_id not in rearm
         }
-        fresh = known_true[[k not in busy for k in zip(known_true["crm"], known_true["account_id"])]]
-        rows = frame.loc[fresh.index]
-        for crm, account_id, owner, segment in zip(
-            rows["crm"], rows["account_id"], rows.get("owner_email", pd.Series(pd.NA, index=rows.index)),
-            rows.get("segment", pd.Series(pd.NA, index=rows.index)),
-        ):
-            key = task_key(pb.name, account_id, now, taken)
+        due_n = utc_naive(now + timedelta(hours=pb.sla_hours))
+        for i in true_pos:
+            if (crms[i], ids[i]) in busy:
+                continue
+            key = task_key(pb.name, ids[i], day, taken)
             taken.add(key)
             new_rows.append(
                 {
                     "episode_id": key,
-                    "crm": crm,
-                    "account_id": account_id,
+                    "crm": crms[i],
+                    "account_id": ids[i],
                     "playbook": pb.name,
                     "status": "open",
-                    "opened_at": utc_naive(now),
+                    "opened_at": opened_n,
                     "task_key": key,
-                    "task_due_at": utc_naive(now + timedelta(hours=pb.sla_hours)),
+                    "task_due_at": due_n,
                     "task_status": "pending",
-                    "owner_email": None if pd.isna(owner) else str(owner),
-                    "segment": None if pd.isna(segment) else str(segment),
+                    "owner_email": None if owners[i] is None else str(owners[i]),
+                    "segment": None if segments[i] is None else str(segments[i]),
                     "last_seen_run": run_id,
                 }
             )
@@ -160,7 +167,7 @@ def run_playbooks(
     if dry_run:
         result.planned = [
             {"episode_id": r["episode_id"], "crm": r["crm"], "account_id": r["account_id"], "playbook": r["playbook"],
-             "owner_email": r["owner_email"], "due_at": utc_aware(r["task_due_at"]).isoformat()}
+             "owner_email": r["owner_email"], "due_at": r["task_due_at"]}
             for r in new_rows
         ]
         return result
