@@ -21,7 +21,7 @@ from itertools import repeat
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
-from urllib.parse import unquote
+from urllib.parse import unquote_plus
 
 from connectors.sandbox import schema
 from connectors.sandbox.clock import Clock, parse_datetime, sf_datetime
@@ -695,7 +695,7 @@ class SalesforceApi(Api):
             fname = self._ext_field(obj, req.params["field"])
             if any(k.lower() in ("id", fname.lower()) for k in body):
                 return sf_error(400, "INVALID_FIELD", f"Do not set {fname} or Id in the body of an upsert")
-            rec, created, errors = self.upsert_one(obj, fname, unquote(req.params["value"]), body, req.params["_user"],
+            rec, created, errors = self.upsert_one(obj, fname, unquote_plus(req.params["value"]), body, req.params["_user"],
                                                    (req.arg("updateOnly") or "").lower() == "true")
         if errors:
             e = errors[0]
@@ -707,7 +707,7 @@ class SalesforceApi(Api):
         obj = self._obj(req.params["obj"])
         with self.lock:
             fname = self._ext_field(obj, req.params["field"])
-            rid = self.ext_index.get((obj, fname), {}).get(unquote(req.params["value"]))
+            rid = self.ext_index.get((obj, fname), {}).get(unquote_plus(req.params["value"]))
             rec = self._live(obj, rid) if rid else None
             if rec is None:
                 return sf_error(404, "NOT_FOUND", "The requested resource does not exist")

@@ -239,3 +239,25 @@ def test_seeded_associations_read_from_both_ends_and_delete_cleanly(sandbox):
     assert [a.id for a in kept.associations["companies"].results] == [company]
     after = hs.crm.associations.v4.basic_api.get_page("companies", company, "deals")
     assert [str(r.to_object_id) for r in after.results] == [deals[1]]
+
+
+def test_v4_batch_associations_property_listing_and_batch_archive(sandbox):
+    from hubspot.crm.associations.v4 import BatchInputPublicFetchAssociationsBatchRequest
+    hs = hs_client(sandbox)
+    deals = [d.id for d in hs.crm.deals.basic_api.get_page(limit=3).results]
+    links = hs.crm.associations.v4.batch_api.get_page(
+        "deals", "companies", BatchInputPublicFetchAssociationsBatchRequest(inputs=[{"id": d} for d in deals]))
+    by_deal = {r._from.id: [str(t.to_object_id) for t in r.to] for r in links.results}
+    company0 = _company(hs, "Acme 0").id
+    assert by_deal[deals[0]] == [company0] and by_deal[deals[1]] == [company0]
+    assert by_deal[deals[2]] == [_company(hs, "Acme 1").id]
+    made = hs.crm.associations.v4.batch_api.create("tasks", "companies", {"inputs": []})
+    assert made is not None and made.results == []  # 201 with nothing to do
+    names = {p.name for p in hs.crm.properties.core_api.get_all("companies").results}
+    assert {"name", "domain", "arr", "segment", "hubspot_owner_id"} <= names and "health_score" not in names
+    assert [g.name for g in hs.crm.properties.groups_api.get_all("companies").results] == ["companyinformation"]
+    hs.crm.deals.batch_api.archive({"inputs": [{"id": deals[0]}, {"id": "404"}]})
+    assert sandbox.record("hubspot", "deals", deals[0])["archived"] is True
+    again = hs.crm.associations.v4.batch_api.get_page(
+        "companies", "deals", BatchInputPublicFetchAssociationsBatchRequest(inputs=[{"id": company0}]))
+    assert [str(t.to_object_id) for t in again.results[0].to] == [deals[1]]  # archived deals are not listed

@@ -239,3 +239,22 @@ def test_jwt_bearer_login_accepts_the_string_exp_and_rejects_strangers():
         unknown = requests.get(r["instance_url"] + "/services/data/v59.0/limits/", verify=r["ca_file"],
                                headers={"Authorization": "Bearer nope"})
         assert unknown.status_code == 401 and unknown.json()[0]["errorCode"] == "INVALID_SESSION_ID"
+
+
+def test_global_describe_metadata_external_id_read_and_collection_delete():
+    with Sandbox(portfolio=tiny_portfolio(5), precreate_fields=True) as sb:
+        sf = sf_client(sb)
+        described = sf.describe()
+        assert {o["name"]: o["keyPrefix"] for o in described["sobjects"]} == {
+            "Account": "001", "Opportunity": "006", "Case": "500", "Task": "00T", "User": "005"}
+        assert sf.Account.metadata()["objectDescribe"]["name"] == "Account"
+        key_field = next(f for f in sf.Task.describe()["fields"] if f["name"] == "Healthsync_Key__c")
+        assert key_field["externalId"] and key_field["unique"] and key_field["custom"]
+        sf.Task.upsert("Healthsync_Key__c/a b", {"Subject": "spaces in the key"})
+        assert sf.Task.get_by_custom_id("Healthsync_Key__c", "a b")["Subject"] == "spaces in the key"
+        ids = [r["Id"] for r in sf.query("SELECT Id FROM Account ORDER BY Name LIMIT 2")["records"]]
+        res = sf.restful(f"composite/sobjects?ids={ids[0]},001000000000000AAA&allOrNone=false", method="DELETE")
+        assert [r["success"] for r in res] == [True, False]
+        assert res[1]["errors"][0]["statusCode"] == "INVALID_CROSS_REFERENCE_KEY"
+        assert sb.record("salesforce", "Account", ids[0])["IsDeleted"] is True
+        assert sf.query("SELECT COUNT() FROM Account")["totalSize"] == 4
