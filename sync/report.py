@@ -44,7 +44,8 @@ from connectors.base import ConfigurationError
 from sync import report_charts as charts
 from sync.report_data import (
     DRILL_DOWN_CAP,
-    DUE_SOON_HOURS,
+    DUE_SOON_MIN_HOURS,
+    DUE_SOON_SHARE,
     RENEWAL_HORIZON_DAYS,
     ReportData,
     backtest_metrics,
@@ -57,6 +58,7 @@ TEMPLATE_DIR = Path(__file__).with_name("templates")
 TEMPLATE = "report.html.j2"
 #: Accounts listed per owner in the all-owners view (`--owner` lists the whole book).
 BOOK_ROWS_PER_OWNER = 25
+CRM_SHORT = {"salesforce": "SF", "hubspot": "HS"}
 #: Renewals listed in the executive view.
 RENEWAL_ROWS = 25
 
@@ -222,6 +224,7 @@ def _account_rows(frame: pd.DataFrame | list[dict], colors: dict[str, str], dril
     for r in rows:
         r["color"] = colors.get(r.get("band"), "#9aa0a6")
         r["anchor"] = anchor("acct-", r["account_id"])
+        r["crm_short"] = CRM_SHORT.get(r.get("crm"), r.get("crm") or "")  # same names exist in both CRMs
         r["drill"] = r["account_id"] in drill_ids
         r["trend_label"] = _trend_label(r.get("momentum"), r.get("delta_30d"), r.get("delta"))
         change = r.get("delta_30d")
@@ -368,7 +371,7 @@ def render_report(data: ReportData, settings: Settings) -> tuple[str, int]:
         "drift_warnings": data.drift_warnings,
         "owners": owners,
         "book_cap": book_cap,
-        "due_soon_hours": DUE_SOON_HOURS,
+        "due_soon": f"in the last {DUE_SOON_SHARE:.0%} of the task's SLA window (at least the last {DUE_SOON_MIN_HOURS} h)",
         "drill_rows": drill_rows,
         "drill_total": data.drill_down_total,
     }

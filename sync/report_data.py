@@ -32,7 +32,11 @@ from sqlalchemy import select
 from config.settings import Settings
 from sync.state import StateStore
 
-#: An open task due within this many hours is "due soon" (seed 003: Red accounts get a 24 h response SLA).
+#: "Due soon" = the last quarter of the task's SLA window, and never less than the last 4 hours. A Red
+#: account's task (24 h SLA, seed 003) turns "due soon" 6 h before its due time, a Yellow one (a week) 42 h
+#: before. A task with no known open time uses the 24 h window.
+DUE_SOON_SHARE = 0.25
+DUE_SOON_MIN_HOURS = 4
 DUE_SOON_HOURS = 24
 #: A CRM object whose last pull is older than this is flagged stale (the default schedule runs daily).
 STALE_AFTER_HOURS = 36
@@ -436,9 +440,11 @@ def _tasks(store: StateStore, accounts: pd.DataFrame, now: datetime) -> pd.DataF
     eps["owner_email"] = eps["owner_email"].astype("string").fillna(NO_OWNER)
     due = pd.to_datetime(eps["task_due_at"])
     hours_left = (due - _naive_ts(now)).dt.total_seconds() / 3600
+    window = (due - pd.to_datetime(eps["opened_at"])).dt.total_seconds() / 3600
+    soon = (window * DUE_SOON_SHARE).clip(lower=DUE_SOON_MIN_HOURS).fillna(DUE_SOON_HOURS * DUE_SOON_SHARE)
     done = eps["task_status"].astype("string").str.lower().isin(["completed", "closed", "done"]).fillna(False).astype(bool)
     eps["sla_status"] = np.select(
-        [done, due.isna(), hours_left < 0, hours_left <= DUE_SOON_HOURS],
+        [done, due.isna(), hours_left < 0, hours_left <= soon],
         ["completed", "no due date", "breached", "due soon"],
         "on time",
     )

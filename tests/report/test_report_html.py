@@ -68,10 +68,11 @@ def hand_store(tmp_path_factory):
         ])
     store.record_confirmed("salesforce", "opportunities", {"006X": {"Health_Adjusted_Probability__c": dumps(0.4)}}, "r2", NOW)
     with store.begin() as conn:
-        for i, hours in enumerate((-1, 2, 48)):
+        for i, (opened, hours) in enumerate(((None, -1), (None, 2), (None, 48), (-14, 10), (-160, 30))):
             conn.execute(insert(store.tables["episodes"]).values(
                 episode_id=f"e{i}", crm="salesforce", account_id="sf:A", playbook="at_risk_intervention", status="open",
                 task_key=f"k{i}", task_id=f"00T{i}", task_due_at=utc_naive(NOW + timedelta(hours=hours)), task_status="open",
+                opened_at=utc_naive(NOW + timedelta(hours=opened)) if opened is not None else None,
                 owner_email="ann@example.com"))
     return store
 
@@ -95,8 +96,10 @@ def test_given_hand_checked_store_when_loaded_then_figures_match_the_arithmetic(
     assert list(q.index) == ["2026Q4"]
     assert q.loc["2026Q4", "base_expected"] == 500.0 and q.loc["2026Q4", "adjusted_expected"] == 400.0
     assert data.adjusted_source == "crm write-back"
-    # SLA at NOW: due 1 h ago breached, due in 2 h "due soon" (<= 24 h), due in 48 h on time
-    assert list(data.tasks.sort_values("episode_id")["sla_status"]) == ["breached", "due soon", "on time"]
+    # SLA at NOW. "Due soon" = the last quarter of the window, at least 4 h; no open time -> a 24 h window (6 h):
+    # e0 due 1 h ago: breached; e1 due in 2 h: due soon; e2 due in 48 h: on time;
+    # e3 opened 14 h ago, due in 10 h (24 h window, last 6 h): on time; e4 a 190 h window due in 30 h (last 47.5 h): due soon
+    assert list(data.tasks.sort_values("episode_id")["sla_status"]) == ["breached", "due soon", "on time", "on time", "due soon"]
     # CSM priority: Red first, then the steeper 30-day decline (Alpha -12 before Bravo -10)
     from sync.report_data import priority_order
 
@@ -110,7 +113,8 @@ def test_given_hand_checked_store_when_rendered_then_the_page_shows_the_same_fig
     assert by_id(els, "kpi-arr-at-risk").get("data-value") == "300.00"
     assert {r.get("data-band"): int(r.get("data-accounts")) for r in rows(els, "band-table", "data-band")} == {"Red": 2, "Yellow": 1, "Green": 1}
     assert [r.get("data-account-id") for r in rows(els, "top-at-risk", "data-account-id")] == ["sf:B", "sf:A"]
-    assert [r.get("data-sla") for r in rows(els, "owner-ann_40_example_2e_com", "data-sla")] == ["breached", "due soon", "on time"]
+    # most urgent first
+    assert [r.get("data-sla") for r in rows(els, "owner-ann_40_example_2e_com", "data-sla")] == ["breached", "due soon", "due soon", "on time", "on time"]
     assert info.accounts == 4 and info.charts == 4 + 4  # four portfolio charts, a history chart per drilled-down account
     alpha = by_id(els, "acct-sf_3a_A")
     facts_box = next(d for d in alpha.descendants() if d.tag == "div" and "facts" in d.classes)
