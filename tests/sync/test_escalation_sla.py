@@ -248,3 +248,26 @@ def test_several_alerts_for_one_owner_in_one_run_go_as_one_digest(world, store, 
     assert body.index("Digest Co") < body.index(mine.iloc[1]["name"])  # most at risk first
     assert store.count("escalations", kind="alert") == 3
     assert escalate(world, store, scores).alerts_sent == 0 and new_messages(world, mark) == [digest]
+
+
+def test_slack_faults_are_retried_without_duplicate_messages(world, store, accounts):
+    from connectors.retry import RetryPolicy
+    from connectors.slack import slack_from_ready
+
+    picked = pd.concat([accounts[accounts["crm"] == "salesforce"].iloc[20:23], accounts[accounts["crm"] == "hubspot"].iloc[20:23]])
+    scores = scores_frame(accounts, {a: RED for a in picked["account_id"]})
+    assert run_playbooks(store, world.settings, scores, world.connectors, world.now(), "r1").tasks_created == 6
+    recipients = set(picked["owner_email"].str.lower())
+    slack = slack_from_ready(world.sb.ready, retry=RetryPolicy(base_wait=0.01, max_wait=0.05, max_attempts=8))
+    mark = len(world.sb.slack_messages())
+    world.sb.set_faults(api="slack", error_rate=0.3, drop_rate=0.2, burst_429=1)
+    try:
+        result = run_escalation(store, world.settings, slack, world.connectors, world.now(), "esc", scores=scores, owners=world.owners)
+    finally:
+        world.sb.clear_faults()
+    assert (result.alerts_sent, result.errors) == (6, [])
+    assert slack.stats.retries >= 2  # the faults did hit
+    sent = new_messages(world, mark)
+    assert sorted(m["channel"] for m in sent) == sorted(dm(world, e) for e in recipients)  # one per owner, none twice
+    assert pending_markers(store) == []
+    assert escalate(world, store, scores).alerts_sent == 0 and len(new_messages(world, mark)) == len(recipients)
