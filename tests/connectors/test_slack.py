@@ -6,6 +6,7 @@ import pytest
 
 from connectors.base import ConfigurationError
 from connectors.sandbox import Sandbox
+from connectors.sandbox.slack import DEFAULT_CHANNELS
 from connectors.slack import MAX_BLOCKS, MAX_SECTION_TEXT, SlackNotifier, SlackUserNotFoundError, escape_mrkdwn, slack_from_ready
 from tests.connectors.conftest import FAST, accounts_only
 
@@ -80,3 +81,20 @@ def test_given_a_bad_token_then_a_clear_error_without_the_token(sb, caplog):
         notifier.post(channel="general", text="hello")
     assert SENTINEL not in str(err.value) and SENTINEL not in caplog.text
     assert "SENTINEL" not in caplog.text
+
+
+def test_given_dropped_connections_and_5xx_when_posting_then_each_message_is_sent_once(sb):
+    notifier = slack_from_ready(sb.ready, retry=FAST)
+    seq = sb.requests()["last_seq"]
+    sent = {}
+    sb.set_faults(api="slack", drop_rate=0.4, error_rate=0.4)  # decided before handling: nothing was posted
+    try:
+        for channel in DEFAULT_CHANNELS:  # one post per channel (1 message/s/channel), until both faults were met
+            sent[channel] = notifier.post(channel=channel, text=f"drop test {channel}")
+            if {"drop", "error"} <= {r["fault"] for r in sb.requests(since=seq, api="slack")["requests"]}:
+                break
+    finally:
+        sb.clear_faults()
+    assert {"drop", "error"} <= {r["fault"] for r in sb.requests(since=seq, api="slack")["requests"]}
+    texts = [m["text"] for m in sb.slack_messages()]
+    assert all(texts.count(f"drop test {c}") == 1 for c in sent) and len(set(sent.values())) == len(sent)
