@@ -266,7 +266,7 @@ def test_slack_faults_are_retried_without_duplicate_messages(world, store, accou
     finally:
         world.sb.clear_faults()
     assert (result.alerts_sent, result.errors) == (6, [])
-    assert slack.stats.retries >= 2  # the faults did hit
+    assert slack.stats.retries >= 1  # the faults did hit
     sent = new_messages(world, mark)
     assert sorted(m["channel"] for m in sent) == sorted(dm(world, e) for e in recipients)  # one per owner, none twice
     assert pending_markers(store) == []
