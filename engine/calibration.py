@@ -419,13 +419,38 @@ def recall_margin(flags: BandFlags, dates: list, model: ModelConfig, target_reca
     the final tuning already asks every snapshot to reach the target, and
     stacking two worst cases overshoots recall at the cost of precision.)
     """
-    horizon = min(horizon, len(dates) - 1)
-    if horizon < 1:
+    inner = min(horizon, len(dates) - 1)
+    if inner < 1:
         return 0.0
-    tuned, _ = tune_boundary(flags, model, target_recall, dates[:-horizon])
-    ahead = flags.periods(dates[-horizon:])
+    tuned, _ = tune_boundary(flags, model, target_recall, dates[:-inner])
+    ahead = flags.periods(dates[-inner:])
     recall = m.confusion(flags.churned[ahead], flags.flagged(tuned)[ahead])["recall"]
-    return max(0.0, target_recall - recall) if recall is not None else 0.0
+    shortfall = max(0.0, target_recall - recall) if recall is not None else 0.0
+    return max(shortfall, recall_trend_loss(flags, dates, model, target_recall, horizon))
+
+
+def recall_trend_loss(flags: BandFlags, dates: list, model: ModelConfig, target_recall: float, horizon: int) -> float:
+    """Recall a steady decline across the training snapshots would cost by the middle of the validation period.
+
+    At the boundary tuned on the whole training period, fit a line to each
+    snapshot's recall (snapshots are evenly spaced); a falling line projected
+    (horizon + 1) / 2 snapshots past the last training one gives the loss.
+    A flat or rising line costs nothing. Needs three snapshots to see a trend.
+    """
+    if len(dates) < 3:
+        return 0.0
+    tuned, _ = tune_boundary(flags, model, target_recall)
+    flagged = flags.flagged(tuned)
+    recalls = []
+    for d in dates:
+        rows = flags.periods([d]) & (flags.churned == 1)
+        recalls.append(flagged[rows].mean() if rows.any() else np.nan)
+    recalls = np.asarray(recalls, dtype="float64")
+    ok = ~np.isnan(recalls)
+    if ok.sum() < 3:
+        return 0.0
+    slope = np.polyfit(np.flatnonzero(ok).astype("float64"), recalls[ok], 1)[0]
+    return max(0.0, -float(slope)) * (horizon + 1) / 2.0
 
 
 # ----------------------------------------------------------------------------- public
