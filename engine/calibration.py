@@ -23,20 +23,19 @@ on the future):
 3. The churn-probability map on the new composite score of the training
    period: Platt (logistic on the score) or isotonic knots; stored in
    `model.fitted`, so `method: fitted` (health = 100 - 100 x p) works.
-4. Band thresholds on the training period: the boundary between the at-risk
-   bands and the rest moves to the lowest integer score at which the at-risk
-   bands catch `target_recall` of the churned accounts in every training
-   snapshot (as the scorer really assigns bands: segment, lifecycle and CSM
-   overrides included), plus a
-   margin: the recall a boundary tuned on the past lost on the following
-   snapshots, measured by repeating the time split inside the training period. Every other
-   threshold — the other bands', and segment / lifecycle / renewal-window
-   overrides — moves with it through the same piecewise-linear map of 0-100,
-   so their order and relative meaning ("SMB needs more to be Green") hold.
-   Before that, the CSM sentiment override and the segment / lifecycle
-   threshold overrides are each tried off: a variant that flags churn with
+4. Band rules first: the CSM sentiment override and the segment / lifecycle
+   threshold overrides are each tried off; a variant that flags churn with
    clearly better precision at the target recall on the training period
    replaces the configured rules (with a warning in the report).
+   Then band thresholds on the training period: the boundary between the
+   at-risk bands and the rest moves to the lowest integer score at which the
+   at-risk bands catch `target_recall` of the churned accounts in every
+   training snapshot (as the scorer really assigns bands: segment, lifecycle
+   and CSM overrides included), plus a margin for the recall a boundary tuned
+   on the past loses later (`recall_margin`). Every other threshold — the
+   other bands', and segment / lifecycle / renewal-window overrides — moves
+   with it through the same piecewise-linear map of 0-100, so their order and
+   relative meaning ("SMB needs more to be Green") hold.
 5. The validation report: the calibrated model on the held-out snapshots, in
    the shape of `engine.backtest.backtest`, plus the base model on the same
    snapshots for comparison.
