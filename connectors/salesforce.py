@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import requests
 from simple_salesforce import Salesforce
-from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSession
+from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSession, SalesforceOperationError
 from simple_salesforce.format import format_soql
 
 from config.canonical import SPECS, empty_frame
@@ -372,11 +372,14 @@ class SalesforceConnector(CrmConnector):
                 f"Salesforce {what}: the session expired and re-authentication did not help; "
                 "check the Salesforce credentials (sources.salesforce.*)"
             ) from None
+        except SalesforceOperationError as exc:  # a Bulk 2.0 job failed or was aborted (not a SalesforceError)
+            raise HealthsyncError(self._redact(f"Salesforce {what}: {exc}")) from None
         except SalesforceError as exc:
             detail = _describe_sf_error(exc)
-            if exc.status in (400, 404):
+            status = getattr(exc, "status", None)
+            if status in (400, 404):
                 raise HealthsyncError(self._redact(f"Salesforce {what}: {detail}")) from None
-            if exc.status == 403:
+            if status == 403:
                 raise ConfigurationError(self._redact(f"Salesforce {what}: permission refused: {detail}")) from None
             raise StopRunError(self._redact(f"Salesforce {what}: {detail}")) from None
 
@@ -592,8 +595,16 @@ class SalesforceConnector(CrmConnector):
         columns = sorted({k for _, _, f in valid for k in f})
         rows = [{"Id": rid, **{c: _bulk_value(f.get(c)) if c in f else "" for c in columns}} for _, rid, f in valid]
         handler = getattr(self.sf.bulk2, sobject)
-        with self._errors(f"Bulk API 2.0 update {sobject}"):
-            jobs = handler.update(records=rows, wait=self.bulk_poll_seconds)
+        try:
+            with self._errors(f"Bulk API 2.0 update {sobject}"):
+                jobs = handler.update(records=rows, wait=self.bulk_poll_seconds)
+        except HealthsyncError as exc:
+            if isinstance(exc, (StopRunError, ConfigurationError, RetryableError)):
+                raise
+            for i, _, _ in valid:  # the job failed as a whole: every row is retried next run
+                results[i] = RecordResult(changes[i].record_id, "failed", "BULK_JOB_FAILED", str(exc), True)
+            return
+        with self._errors(f"Bulk API 2.0 results {sobject}"):
             for job in jobs:
                 outcome = handler.get_all_ingest_records(job["job_id"])
                 for row in outcome["successfulRecords"]:

@@ -375,6 +375,14 @@ class TestSalesforceSpecifics:
         assert record["Health_Score__c"] == 61.5 and record["Health_Updated__c"].startswith("2026-11-01T10:00:00")
 
 
+    def test_given_a_bulk_job_that_fails_as_a_whole_then_every_row_is_reported_failed_not_raised(self):
+        with Sandbox(portfolio=accounts_only(4, 3), seed=3) as sb:  # healthsync fields NOT created
+            ids = SalesforceSide().ids(sb)
+            results = SalesforceSide().connect(sb, bulk_threshold=2).push("accounts", [Change(f"sf:{i}", {"Health_Score__c": 1}) for i in ids])
+        assert [r.outcome for r in results] == ["failed"] * len(ids)
+        assert all(r.error_code == "BULK_JOB_FAILED" and "Health_Score__c" in r.message for r in results)
+
+
 class TestHubSpotSpecifics:
     def test_given_one_bad_value_when_the_batch_is_rejected_then_it_is_split_until_isolated(self, small_sandbox):
         import pandas as pd
