@@ -86,6 +86,40 @@ class _Progress:
             yield lambda n=1: progress.advance(task_id, n)
 
 
+#: The state lock of a run: one cycle at a time per state database (manual runs, the scheduler,
+#: several workers). Renewed as the run makes progress, so a killed run blocks the next one
+#: for at most this long.
+RUN_LOCK = "run_cycle"
+RUN_LOCK_TTL_S = 600.0
+
+
+class _RunLock:
+    """The run's lease in the `locks` table, renewed (at most every 30 s) whenever the run makes progress."""
+
+    def __init__(self, store: StateStore, holder: str):
+        self.store, self.holder = store, holder
+        self._renewed = 0.0
+
+    def acquire(self) -> bool:
+        self._renewed = time.monotonic()
+        return self.store.acquire_lock(RUN_LOCK, self.holder, RUN_LOCK_TTL_S)
+
+    def renew(self) -> None:
+        if time.monotonic() - self._renewed >= 30:
+            self.acquire()
+
+    def release(self) -> None:
+        self.store.release_lock(RUN_LOCK, self.holder)
+
+    def wrap(self, hooks: Hooks | None) -> Hooks:
+        def renewing(point: str) -> None:
+            self.renew()
+            if hooks is not None:
+                hooks(point)
+
+        return renewing
+
+
 def _hook(hooks: Hooks | None, point: str) -> None:
     if hooks is not None:
         hooks(point)
@@ -162,11 +196,22 @@ def _run(settings: Settings, conns: Connections, *, dry_run: bool, hooks, progre
         for note in conns.notes:
             Console(stderr=True).print(note)
     store.start_run(run_id, conns.mode, now)
+    lock = _RunLock(store, run_id)
+    if not lock.acquire():
+        summary.status = "stopped"
+        summary.stopped_reason = (
+            "another healthsync run is in progress on this state database; try again when it has finished "
+            f"(a run that died releases it {RUN_LOCK_TTL_S / 60:.0f} minutes after its last progress)"
+        )
+        summary.errors.append(f"stopped: {summary.stopped_reason}")
+        _finish(store, summary)
+        return summary
     try:
         created = ensure_fields(conns)
         if created:
             summary.notes.append(f"created healthsync fields in the sandbox: {len(created)}")
-        _cycle(settings, conns, store, summary, now=now, dry_run=dry_run, hooks=hooks, progress=progress)
+        _cycle(settings, conns, store, summary, now=now, dry_run=dry_run, hooks=lock.wrap(hooks), progress=progress,
+               on_progress=lock.renew)
         summary.finish_status()
     except StopRunError as exc:
         summary.status = "stopped"
@@ -185,6 +230,8 @@ def _run(settings: Settings, conns: Connections, *, dry_run: bool, hooks, progre
         summary.errors.append(f"crashed: {type(exc).__name__}")
         _finish(store, summary)
         raise
+    finally:
+        lock.release()
     _finish(store, summary)
     return summary
 
@@ -196,13 +243,14 @@ def _finish(store: StateStore, summary: RunSummary) -> None:
         log.warning("could not record run %s", summary.run_id, exc_info=True)
 
 
-def _cycle(settings, conns: Connections, store: StateStore, summary: RunSummary, *, now, dry_run, hooks, progress) -> None:
+def _cycle(settings, conns: Connections, store: StateStore, summary: RunSummary, *, now, dry_run, hooks, progress,
+           on_progress: Callable[[], None] = lambda: None) -> None:
     connectors = conns.connectors
     crms = list(connectors)
 
     # pull
     with progress.task("pull", None) as advance:
-        stats = pull_all(store, connectors, now=now, on_page=advance)
+        stats = pull_all(store, connectors, now=now, on_page=lambda n: (advance(n), on_progress()))
     for s in stats:
         summary.pulled.setdefault(s.crm, {})[s.object] = {"records": s.records, "deleted": s.deleted}
         summary.data_problems += len(s.problems)

@@ -118,3 +118,19 @@ def test_stages_and_the_dry_run_table(settings):
         assert retry_failed(settings, ready=sb.ready)["writes"]["salesforce"]["records_changed"] == 0
         escalated = escalate_stage(settings, ready=sb.ready)  # no episode yet: nothing to say
         assert escalated["status"] == "ok" and escalated["alerts_sent"] == 0 and escalated["escalations"] == 0
+
+
+def test_given_another_run_holds_the_state_lock_then_the_run_stops_without_touching_anything(settings):
+    from sync.run import RUN_LOCK
+
+    store = open_store(settings.state.url)
+    assert store.acquire_lock(RUN_LOCK, "someone-else", 600)
+    with Sandbox(accounts=3, seed=1, precreate_fields=True) as sb:
+        seq = sb.requests()["last_seq"]
+        blocked = run_cycle(settings, ready=sb.ready, json_mode=True)
+        assert blocked.status == "stopped" and blocked.exit_code == 3 and "in progress" in blocked.stopped_reason
+        assert sb.requests(since=seq)["requests"] == []
+        store.release_lock(RUN_LOCK, "someone-else")
+        assert run_cycle(settings, ready=sb.ready, json_mode=True).status == "ok"
+        assert store.acquire_lock(RUN_LOCK, "next", 600)  # the finished run released it
+    store.close()
