@@ -32,6 +32,9 @@ from connectors.sandbox.slack import DEFAULT_CHANNELS, SlackApi
 from connectors.sandbox.tls import make_tls
 
 
+LARGE_SEED = 200_000  # records; above this the seeded objects are frozen out of the cyclic GC
+
+
 def _generate(n_accounts: int, seed: int):
     try:
         from connectors.demo_data import generate_portfolio
@@ -77,6 +80,11 @@ class Sandbox:
         finally:
             if gc_was_enabled:
                 gc.enable()
+        seeded = sum(len(v) for v in self.salesforce.records.values()) + sum(
+            len(v) for v in self.hubspot.objects.values())
+        if seeded > LARGE_SEED:
+            # the seeded records live as long as the sandbox; keep full collections from rescanning them
+            gc.freeze()
         self._servers: list[EmulatorServer] = []
         self._tmp: Path | None = None
         self.ready: dict = {}
