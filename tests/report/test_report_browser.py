@@ -1,6 +1,6 @@
 """The report written by a real sandbox run, opened in headless Chromium.
 
-The main job (`run_cycle` with `report.enabled`) writes the report; Chromium
+The main job (`run_cycle` with `report.enabled`, conftest.py) writes the report; Chromium
 loads it from disk (file://, no server) and we read back the DOM it built:
 the figures shown must equal the state store's (bands, ARR at risk, top-10),
 every chart must be an inline SVG with something drawn, the page's script must
@@ -20,13 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from config.settings import load_settings
-from connectors.sandbox import Sandbox
 from dom import by_id, chart_is_drawn, charts, parse, rows
 from report_store import expected_figures
 from sync.report import anchor
-from sync.run import run_cycle
-from sync.state import open_store
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -51,23 +47,6 @@ def chromium(url: str, profile: Path, *extra: str, timeout: float = 90) -> subpr
 
 def console_messages(stderr: str) -> list[str]:
     return [m.group(1) for m in CONSOLE.finditer(stderr)]
-
-
-@pytest.fixture(scope="module")
-def sandbox_report(tmp_path_factory):
-    """One sandbox run with the report switched on; returns (summary json, report path, store)."""
-    tmp = tmp_path_factory.mktemp("report-run")
-    report_path = tmp / "out" / "report.html"
-    settings = load_settings(environ={
-        "HEALTHSYNC__STATE__URL": f"sqlite:///{tmp}/state.db",
-        "HEALTHSYNC__REPORT__ENABLED": "true",
-        "HEALTHSYNC__REPORT__PATH": str(report_path),
-    })
-    with Sandbox(accounts=60, seed=5, slack_message_interval_s=0) as sb:
-        summary = run_cycle(settings, ready=sb.ready, json_mode=True).to_json()
-    store = open_store(settings.state.url)
-    yield summary, report_path, store, settings
-    store.close()
 
 
 @pytest.fixture(scope="module")
