@@ -451,7 +451,7 @@ class SalesforceApi(Api):
         out: dict = {}
         errors: list[WriteError] = []
         for key, value in values.items():
-            if key in ("attributes", "Id", "id") and not (key == "Id" and value is None):
+            if key in ("attributes", "Id", "id"):
                 continue
             name = lower.get(key.lower())
             if name is None:
@@ -554,27 +554,35 @@ class SalesforceApi(Api):
             rec["LastModifiedDate"] = rec["SystemModstamp"] = now
             rec["LastModifiedById"] = user_id
             self._index(obj, rec, old)
-        self._derive(obj, rec, now)
+        self._derive(obj, rec, now, set(values) if existing is not None else None)
         return rec
 
-    def _derive(self, obj: str, rec: dict, now: str) -> None:
+    def _derive(self, obj: str, rec: dict, now: str, changed: set[str] | None) -> None:
+        """Recompute read-only fields from the fields just written (`changed` None = a new record).
+
+        Only what changed is re-derived, so a write-back of a custom field never rewrites,
+        say, a seeded Opportunity's IsClosed.
+        """
+        def touched(name: str) -> bool:
+            return changed is None or name in changed
+
         if obj == "Task":
-            rec["IsClosed"] = rec.get("Status") == "Completed"
-            what = self.find(rec["WhatId"]) if rec.get("WhatId") else None
-            rec["AccountId"] = None if what is None else (what[1]["Id"] if what[0] == "Account" else what[1].get("AccountId"))
-        elif obj == "Case":
+            if touched("Status"):
+                rec["IsClosed"] = rec.get("Status") == "Completed"
+            if touched("WhatId"):
+                what = self.find(rec["WhatId"]) if rec.get("WhatId") else None
+                rec["AccountId"] = None if what is None else (
+                    what[1]["Id"] if what[0] == "Account" else what[1].get("AccountId"))
+        elif obj == "Case" and touched("Status"):
             closed = rec.get("Status") == "Closed"
             if closed and not rec.get("IsClosed"):
                 rec["ClosedDate"] = rec.get("ClosedDate") or now
             if not closed:
                 rec["ClosedDate"] = None
             rec["IsClosed"] = closed
-        elif obj == "Opportunity" and rec.get("StageName"):
-            stage = str(rec["StageName"])
-            if stage.lower().startswith("closed"):
-                rec["IsClosed"], rec["IsWon"] = True, stage.lower() == "closed won"
-            elif rec.get("IsClosed") is None or not stage.lower().startswith("closed"):
-                rec["IsClosed"], rec["IsWon"] = False, False
+        elif obj == "Opportunity" and touched("StageName") and rec.get("StageName"):
+            stage = str(rec["StageName"]).lower()
+            rec["IsClosed"], rec["IsWon"] = stage.startswith("closed"), stage == "closed won"
 
     def _live(self, obj: str, rid: str) -> dict:
         rec = self.records[obj].get(self._id18(obj, rid))

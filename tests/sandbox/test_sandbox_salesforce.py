@@ -258,3 +258,20 @@ def test_global_describe_metadata_external_id_read_and_collection_delete():
         assert res[1]["errors"][0]["statusCode"] == "INVALID_CROSS_REFERENCE_KEY"
         assert sb.record("salesforce", "Account", ids[0])["IsDeleted"] is True
         assert sf.query("SELECT COUNT() FROM Account")["totalSize"] == 4
+
+
+def test_derived_fields_follow_only_the_fields_written():
+    with Sandbox(portfolio=tiny_portfolio(3), precreate_fields=True) as sb:
+        sf = sf_client(sb)
+        opp = sf.query("SELECT Id, IsClosed FROM Opportunity WHERE StageName = 'Closed Won' LIMIT 1")["records"][0]
+        sb.salesforce.records["Opportunity"][opp["Id"]]["StageName"] = "Renewal Signed"  # a customised stage name
+        sf.Opportunity.update(opp["Id"], {"Health_Adjusted_Probability__c": 90})
+        assert sb.record("salesforce", "Opportunity", opp["Id"])["IsClosed"] is True  # untouched by the write-back
+        sf.Opportunity.update(opp["Id"], {"StageName": "Negotiation"})
+        assert sb.record("salesforce", "Opportunity", opp["Id"])["IsClosed"] is False
+        sf.Opportunity.update(opp["Id"], {"StageName": "Closed Won"})
+        assert sb.record("salesforce", "Opportunity", opp["Id"])["IsWon"] is True
+        case = sf.query("SELECT Id FROM Case WHERE Status = 'New' LIMIT 1")["records"][0]["Id"]
+        sf.Case.update(case, {"Status": "Closed"})
+        closed = sb.record("salesforce", "Case", case)
+        assert closed["IsClosed"] is True and closed["ClosedDate"] is not None
