@@ -15,7 +15,9 @@
   lease with expiry) stops it across processes: two schedulers on one state
   database never run the same job at once, and a crashed holder's lease expires.
 - A failed run (exception, or an exit code >= 2) and a missed run are recorded
-  in `runs` (status `failed`) and reported to `escalation.ops_channel` in Slack.
+  in `runs` (mode `schedule:<job>`, status `failed`) and reported to
+  `escalation.ops_channel` in Slack once per change of state, with a recovery
+  note when the job next succeeds.
 """
 
 from __future__ import annotations
@@ -29,13 +31,15 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+
+from sqlalchemy import select
 
 from config.settings import ConfigError
 from connectors.base import ConfigurationError, HealthsyncError, StopRunError
@@ -115,24 +119,48 @@ def _exit_code(exc: BaseException | None) -> int:
     return 1
 
 
+def _last_state(store: StateStore, name: str) -> str | None:
+    """'failed' or 'ok': the last health change recorded for this scheduled job (None: nothing yet)."""
+    runs = store.tables["runs"]
+    with store.engine.connect() as conn:
+        row = conn.execute(
+            select(runs.c.status).where(runs.c.mode == f"schedule:{name}").order_by(runs.c.finished_at.desc()).limit(1)
+        ).first()
+    return row.status if row else None
+
+
 def report(event_kind: str, name: str, detail: str, scheduled: datetime | None, exit_code: int) -> None:
-    """Record a failed/missed run in `runs` and tell the ops channel (never raises: it runs in a listener)."""
+    """Record a failed/missed/recovered run in `runs`; tell the ops channel once per change of state.
+
+    Every failure is recorded; only the first of a streak is posted (a job failing
+    every 15 minutes posts once, not 96 times a day), and the first success after
+    it posts a recovery note. Never raises: it runs in a scheduler listener.
+    """
     ctx = _CONTEXT
     if ctx is None:
         return
     now = datetime.now(timezone.utc)
-    run_id = f"schedule-{name}-{event_kind}-{now:%Y%m%dT%H%M%S%f}"
-    summary = {"job": name, "event": event_kind, "error": detail, "scheduled_for": scheduled.isoformat() if scheduled else None}
+    failed = event_kind != "recovered"
     try:
+        previous = _last_state(ctx.store, name)
+        if not failed and previous != "failed":
+            return  # healthy and already known to be healthy: nothing to record or say
+        run_id = f"schedule-{name}-{event_kind}-{now:%Y%m%dT%H%M%S%f}"
+        summary = {"job": name, "event": event_kind, "error": detail if failed else None,
+                   "scheduled_for": scheduled.isoformat() if scheduled else None}
         ctx.store.start_run(run_id, f"schedule:{name}", scheduled or now)
-        ctx.store.finish_run(run_id, "failed", summary, exit_code, finished_at=now)
+        ctx.store.finish_run(run_id, "failed" if failed else "ok", summary, exit_code, finished_at=now)
     except Exception:  # noqa: BLE001 - a listener must not kill the scheduler; say so in the log
         log.exception("could not record the %s run of job %s", event_kind, name)
+        previous = None
+    if failed and previous == "failed":
+        log.warning("job %s %s again (%s); already reported", name, event_kind, detail)
+        return
     if ctx.slack is None or not ctx.ops_channel:
         log.warning("job %s %s (%s); no Slack ops channel configured", name, event_kind, detail)
         return
-    outcome = "failed" if event_kind == "error" else "missed its run"
-    text, blocks = ops_message(name, outcome, detail, scheduled or now)
+    outcome = {"error": "failed", "missed": "missed its run", "recovered": "is running again"}[event_kind]
+    text, blocks = ops_message(name, outcome, detail, scheduled or now, ok=not failed)
     try:
         ctx.slack.post(channel=ctx.ops_channel, text=text, blocks=blocks)
     except Exception as exc:  # noqa: BLE001
@@ -146,6 +174,8 @@ def _listener(event: JobExecutionEvent) -> None:
     elif event.code == EVENT_JOB_ERROR:
         exc = event.exception
         report("error", name, f"{type(exc).__name__}: {exc}", event.scheduled_run_time, _exit_code(exc))
+    elif event.code == EVENT_JOB_EXECUTED and event.retval != "skipped":
+        report("recovered", name, "the last run succeeded", event.scheduled_run_time, 0)
 
 
 def _same_job(existing, trigger, schedule) -> bool:
@@ -195,7 +225,7 @@ def build_scheduler(
     jobstore.jobs_t.create(store.engine, checkfirst=True)
     cls = BlockingScheduler if blocking else BackgroundScheduler
     scheduler = cls(jobstores={"default": jobstore}, timezone=timezone.utc)
-    scheduler.add_listener(_listener, EVENT_JOB_ERROR | EVENT_JOB_MISSED)
+    scheduler.add_listener(_listener, EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_EXECUTED)
 
     wanted = {job_id(s.job) for s in settings.schedules}
     for job in jobstore.get_all_jobs():

@@ -149,11 +149,12 @@ def _plain_fallback(text: str) -> str:
     return " ".join(part for part in text.split(" ") if not (part.startswith(":") and part.endswith(":") and len(part) > 2))
 
 
-def ops_message(job: str, outcome: str, detail: str, when: datetime) -> tuple[str, list[dict]]:
-    """A scheduler report for the ops channel (failed or missed run); `detail` is escaped here."""
+def ops_message(job: str, outcome: str, detail: str, when: datetime, ok: bool = False) -> tuple[str, list[dict]]:
+    """A scheduler report for the ops channel (failed, missed or recovered run); `detail` is escaped here."""
     title = f"healthsync job `{escape_mrkdwn(job)}` {escape_mrkdwn(outcome)}"
+    icon = ":white_check_mark:" if ok else ":x:"
     blocks = [
-        {"type": "section", "text": {"type": "mrkdwn", "text": f"*:x: {title}*\n{escape_mrkdwn(detail)}"}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"*{icon} {title}*\n{escape_mrkdwn(detail)}"}},
         {"type": "context", "elements": [{"type": "mrkdwn", "text": f"at {_when(when)}"}]},
     ]
     return _plain_fallback(f"{title}: {escape_mrkdwn(detail)}"), blocks

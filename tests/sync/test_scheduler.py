@@ -227,3 +227,33 @@ def test_every_schedulable_job_has_a_default_implementation(tmp_path):
 
     jobs = sched.default_job_functions(settings_for(tmp_path))
     assert set(get_args(Schedule.model_fields["job"].annotation)) <= set(jobs)
+
+
+def test_a_failure_streak_is_reported_once_and_the_recovery_once(tmp_path, slack_sandbox):
+    s = settings_for(tmp_path)
+    store = open_store(s.state.url)
+    outcomes = [ValueError("first"), ValueError("second"), 0, 0]
+    done = []
+
+    def flaky():
+        outcome = outcomes[len(done)]
+        done.append(outcome)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    mark = len(slack_sandbox.slack_messages())
+    scheduler = sched.build_scheduler(s, {"run": noop, "escalate": flaky}, blocking=False, store=store, slack=slack_from_ready(slack_sandbox.ready))
+    scheduler.start()
+    try:
+        for n in range(1, 5):
+            scheduler.modify_job("healthsync.escalate", next_run_time=datetime.now(timezone.utc))
+            assert wait_for(lambda: len(done) >= n)
+            # the listener runs right after the job; its record is the last thing written
+            assert wait_for(lambda: len([r for r in store.recent_runs(50) if r["mode"] == "schedule:escalate"]) >= min(n, 3))
+    finally:
+        scheduler.shutdown(wait=True)
+    texts = [m["text"] for m in ops_messages(slack_sandbox, mark)]
+    assert texts == ["healthsync job `escalate` failed: ValueError: first", "healthsync job `escalate` is running again: the last run succeeded"]
+    statuses = [r["status"] for r in sorted(store.recent_runs(50), key=lambda r: r["finished_at"]) if r["mode"] == "schedule:escalate"]
+    assert statuses == ["failed", "failed", "ok"]  # every failure recorded, one recovery
