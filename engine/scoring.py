@@ -189,13 +189,14 @@ class HealthScorer:
         out["score"] = score
         out["band"] = take_strings(band_names, final_idx)
         out["confidence"] = np.round(confidence, 4)
-        for dim in model.dimensions:
-            cols = [i for i, m in enumerate(model.metrics) if m.dimension == dim]
-            w = present_weight[:, cols]
-            wsum = w.sum(axis=1)
-            dim_score = np.where(w > 0, np.nan_to_num(normalised[:, cols]) * w, 0.0).sum(axis=1)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out[f"{dim}_score"] = np.where(wsum > 0, round_score(dim_score / np.where(wsum > 0, wsum, 1.0)), np.nan)
+        # dimension scores: weighted sums per dimension as one matrix product with a metric->dimension indicator
+        membership = np.array([[m.dimension == d for d in model.dimensions] for m in model.metrics], dtype="float64")
+        contributions = np.where(present_weight > 0, np.nan_to_num(normalised) * present_weight, 0.0)
+        dim_num, dim_den = contributions @ membership, present_weight @ membership
+        with np.errstate(invalid="ignore", divide="ignore"):
+            dim_scores = np.where(dim_den > 0, round_score(dim_num / np.where(dim_den > 0, dim_den, 1.0)), np.nan)
+        for d, dim in enumerate(model.dimensions):
+            out[f"{dim}_score"] = dim_scores[:, d].copy()
         for i, name in enumerate(metric_names):
             out[f"m_{name}"] = np.ascontiguousarray(raw[:, i])
         out["override"] = final_idx != idx

@@ -274,14 +274,19 @@ def test_engine_benchmark():
     s_acc = accounts.iloc[:N_LOOP]
     s_tk = tickets[tickets["account_id"].isin(sample_ids)]
     s_op = opps[opps["account_id"].isin(sample_ids)]
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), os.times()
     looped = plain_loop(s_acc, s_tk, s_op, model, forecast, as_of)
     loop_s = time.perf_counter() - t
+    loop_cpu_s = sum(os.times()[:2]) - sum(cpu[:2])
     per_account_loop = loop_s / N_LOOP
     per_account_engine = wall / len(accounts)
     speedup = per_account_loop / per_account_engine
-    print(f"plain loop: {loop_s:.2f} s for {N_LOOP:,} accounts ({per_account_loop * 1e6:.0f} us/account) vs "
-          f"engine {per_account_engine * 1e6:.2f} us/account -> {speedup:.0f}x")
+    # the 2 cores are shared with other jobs, so wall-clock ratios swing with the load of the moment;
+    # CPU time (all threads) is the steadier comparison and is what the target is checked on
+    cpu_speedup = (loop_cpu_s / N_LOOP) / (cpu_s / len(accounts))
+    print(f"plain loop: {loop_s:.2f} s wall / {loop_cpu_s:.2f} s CPU for {N_LOOP:,} accounts "
+          f"({per_account_loop * 1e6:.0f} us/account) vs engine {per_account_engine * 1e6:.2f} us/account -> "
+          f"{speedup:.0f}x wall, {cpu_speedup:.0f}x CPU; load average {os.getloadavg()[0]:.1f}")
 
     engine_sample = scores.iloc[:N_LOOP]
     same_score = np.isclose(engine_sample["score"].to_numpy(dtype=float), looped["score"].to_numpy(dtype=float),
@@ -292,4 +297,4 @@ def test_engine_benchmark():
 
     assert wall < WALL_TARGET_S, f"engine took {wall:.1f} s"
     assert peak_gb < MEMORY_TARGET_GB, f"peak memory {peak_gb:.2f} GB"
-    assert speedup >= SPEEDUP_TARGET, f"only {speedup:.0f}x the plain loop"
+    assert cpu_speedup >= SPEEDUP_TARGET, f"only {cpu_speedup:.0f}x the plain loop (CPU time)"
