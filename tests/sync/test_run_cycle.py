@@ -134,3 +134,25 @@ def test_given_another_run_holds_the_state_lock_then_the_run_stops_without_touch
         assert run_cycle(settings, ready=sb.ready, json_mode=True).status == "ok"
         assert store.acquire_lock(RUN_LOCK, "next", 600)  # the finished run released it
     store.close()
+
+
+def test_given_a_record_the_crm_rejects_then_exit_1_with_its_reason_and_the_next_run_settles_it(settings):
+    with Sandbox(accounts=4, seed=6, precreate_fields=True, slack_message_interval_s=0) as sb:
+        victim = sorted(a["Id"] for a in sb.records("salesforce", "Account"))[0]
+
+        def delete_after_scoring(point):  # a user deletes the account while the run is computing
+            if point == "after_score":
+                sb.delete("salesforce", "Account", victim)
+
+        failed = run_cycle(settings, ready=sb.ready, json_mode=True, hooks=delete_after_scoring)
+        assert failed.status == "record_errors" and failed.exit_code == 1
+        assert failed.writes["salesforce"]["failed"] >= 1
+        assert any(victim in e for e in failed.errors)
+        store = open_store(settings.state.url)
+        assert ("salesforce", "accounts", f"sf:{victim}") in store.failed_queue()
+        assert status(store)["queues"]["failed_records"] >= 1
+
+        settled = run_cycle(settings, ready=sb.ready, json_mode=True)  # the pull sees the deletion
+        assert settled.status == "ok", settled.errors
+        assert store.failed_queue() == {}
+        store.close()
