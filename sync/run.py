@@ -70,7 +70,6 @@ class _Progress:
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
-        self._progress: Progress | None = None
 
     @contextmanager
     def task(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
@@ -258,7 +257,8 @@ def _cycle(settings, conns: Connections, store: StateStore, summary: RunSummary,
     _hook(hooks, "after_pull")
 
     # score + forecast
-    scored = score_replica(store, settings, crms, now)
+    with progress.task("score", None):
+        scored = score_replica(store, settings, crms, now)
     summary.accounts_scored = len(scored.scores)
     summary.bands = scored.bands
     summary.opportunities_adjusted = len(scored.opportunities)
@@ -287,7 +287,8 @@ def _cycle(settings, conns: Connections, store: StateStore, summary: RunSummary,
     if run_playbooks is None:
         summary.stages_skipped.append("playbooks (not in this build)")
     else:
-        result = run_playbooks(store, settings, scored.scores, connectors, now, summary.run_id, dry_run=dry_run, hooks=hooks)
+        with progress.task("playbooks", None):
+            result = run_playbooks(store, settings, scored.scores, connectors, now, summary.run_id, dry_run=dry_run, hooks=hooks)
         summary.tasks_created = result.tasks_created
         summary.episodes_opened = result.episodes_opened
         summary.episodes_closed = result.episodes_closed
@@ -301,9 +302,10 @@ def _cycle(settings, conns: Connections, store: StateStore, summary: RunSummary,
     elif conns.slack is None:
         summary.stages_skipped.append("escalation (Slack not configured)")
     else:
-        owners = load_owners(connectors)
-        result = run_escalation(store, settings, conns.slack, connectors, now, summary.run_id,
-                                scores=scored.scores, owners=owners, dry_run=dry_run, hooks=hooks)
+        with progress.task("escalation", None):
+            owners = load_owners(connectors)
+            result = run_escalation(store, settings, conns.slack, connectors, now, summary.run_id,
+                                    scores=scored.scores, owners=owners, dry_run=dry_run, hooks=hooks)
         summary.alerts_sent = result.alerts_sent
         summary.escalations = result.escalations
         summary.recoveries = getattr(result, "recoveries", 0)

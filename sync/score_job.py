@@ -12,8 +12,9 @@ and the write-back read (notes/sync_contract.md):
 
 `previous_*` come from the latest score-history row of each account (NA when
 it was never scored). Score history itself is written by `record_history` at
-the end of the run (the "record" stage), so a run that crashes before the end
-leaves no history behind and its rerun sees the same previous scores.
+the end of the run (the "record" stage), so a run that crashes or stops before
+the end leaves no history behind and its rerun sees the same previous scores;
+a dry run records none either.
 """
 
 from __future__ import annotations
