@@ -71,9 +71,14 @@ def _datetimes(values: pd.Series) -> np.ndarray:
 def _ticket_flags(tickets: pd.DataFrame, end: pd.Timestamp) -> tuple[np.ndarray, np.ndarray]:
     """(in the 90-day window, flag bits) per ticket: bit 0 last 30 days, bit 1 escalated, bit 2 open P1."""
     created = _datetimes(tickets["created_at"])
-    end64 = end.to_datetime64()
-    in_long = (created < end64) & (created >= (end - pd.Timedelta(days=LONG_WINDOW_DAYS)).to_datetime64())
-    flags = (created >= (end - pd.Timedelta(days=SHORT_WINDOW_DAYS)).to_datetime64()).astype(np.int64)  # NaT: False
+    unit = np.datetime_data(created.dtype)[0]  # compare in the column's own unit: no per-row cast
+
+    def at(ts: pd.Timestamp) -> np.datetime64:
+        return np.datetime64(ts.to_datetime64(), unit)
+
+    end64 = at(end)
+    in_long = (created < end64) & (created >= at(end - pd.Timedelta(days=LONG_WINDOW_DAYS)))
+    flags = (created >= at(end - pd.Timedelta(days=SHORT_WINDOW_DAYS))).astype(np.int64)  # NaT compares False
     if "escalated" in tickets.columns:
         column = tickets["escalated"]
         if pd.api.types.is_bool_dtype(column.dtype):
@@ -87,7 +92,7 @@ def _ticket_flags(tickets: pd.DataFrame, end: pd.Timestamp) -> tuple[np.ndarray,
         if "closed_at" in tickets.columns:
             closed = _datetimes(tickets["closed_at"])
             no_close_date = np.isnat(closed)
-            closed_by_then = ~no_close_date & (closed < end64)
+            closed_by_then = ~no_close_date & (closed < np.datetime64(end.to_datetime64(), np.datetime_data(closed.dtype)[0]))
         else:
             no_close_date = np.ones(len(tickets), dtype=bool)
             closed_by_then = np.zeros(len(tickets), dtype=bool)

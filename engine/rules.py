@@ -66,9 +66,13 @@ def category_codes(frame: pd.DataFrame, column: str, choices: list[str]) -> np.n
     """Index into `choices` of each row's value (case-insensitive, stripped); -1 if missing or unlisted."""
     if column not in frame.columns or len(frame) == 0:
         return np.full(len(frame), -1, dtype=np.int64)
-    values = pc.utf8_lower(pc.utf8_trim_whitespace(arrow_strings(frame[column])))
+    raw = arrow_strings(frame[column])
     keys = pa.array([str(c).strip().lower() for c in choices], pa.large_string())
-    return pc.fill_null(pc.index_in(values, value_set=keys), -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    codes = pc.index_in(raw, value_set=keys)
+    if codes.null_count > raw.null_count:
+        # some values are not already lower-case and trimmed (canonical values are): normalise them all
+        codes = pc.index_in(pc.utf8_lower(pc.utf8_trim_whitespace(raw)), value_set=keys)
+    return pc.fill_null(codes, -1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def lookup(codes: np.ndarray, values: list[float], missing: float = np.nan) -> np.ndarray:

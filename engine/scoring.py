@@ -80,12 +80,13 @@ class HealthScorer:
         cols = [score_rule(features, m.rule) for m in self.model.metrics]
         return np.column_stack(cols) if cols else np.empty((len(features), 0))
 
-    def weight_matrix(self, features: pd.DataFrame) -> np.ndarray:
+    def weight_matrix(self, features: pd.DataFrame, segments: np.ndarray | None = None) -> np.ndarray:
         """(n_accounts, n_metrics) weights, segment weights applied per row."""
         model = self.model
         base = np.array([m.weight for m in model.metrics], dtype="float64")
         weights = np.broadcast_to(base, (len(features), len(base))).copy()
-        segments = self._segment_codes(features)
+        if segments is None:
+            segments = self._segment_codes(features)
         for code, (name, seg) in enumerate(model.segments.items()):
             if seg.weights:
                 rows = segments == code
@@ -101,7 +102,8 @@ class HealthScorer:
         """Index into `model.segments` of each row's segment (-1: none of them)."""
         return category_codes(features, "segment", list(self.model.segments))
 
-    def band_minimums(self, features: pd.DataFrame, stage: pd.Series, renewal: np.ndarray) -> np.ndarray:
+    def band_minimums(self, features: pd.DataFrame, stage: pd.Series, renewal: np.ndarray,
+                      segments: np.ndarray | None = None) -> np.ndarray:
         """(n_accounts, n_bands) band minimums after segment, stage and renewal overrides."""
         model = self.model
         names = [b.name for b in model.bands]
@@ -111,7 +113,8 @@ class HealthScorer:
             for band, value in thresholds.items():
                 mins[rows, names.index(band)] = value
 
-        segments = self._segment_codes(features)
+        if segments is None:
+            segments = self._segment_codes(features)
         for code, (name, seg) in enumerate(model.segments.items()):
             if seg.thresholds:
                 overlay(segments == code, seg.thresholds)
@@ -146,7 +149,8 @@ class HealthScorer:
         self.missing_columns_ = self.missing_columns(features)
 
         raw = self.metric_matrix(features)
-        weights = self.weight_matrix(features)
+        segments = self._segment_codes(features)
+        weights = self.weight_matrix(features, segments)
         present = ~np.isnan(raw)
         present_weight = np.where(present, weights, 0.0)
         confidence = present_weight.sum(axis=1)
@@ -174,7 +178,7 @@ class HealthScorer:
 
         stage = lifecycle_stage(features, model)
         renewal = in_renewal_window(features, model)
-        mins = self.band_minimums(features, stage, renewal)
+        mins = self.band_minimums(features, stage, renewal, segments)
         band_names = np.array([b.name for b in model.bands] + [model.insufficient_band], dtype=object)
         insufficient_idx = len(model.bands)
         with np.errstate(invalid="ignore"):
