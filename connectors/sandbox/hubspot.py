@@ -9,6 +9,7 @@ X-HubSpot-RateLimit-* headers, 5 searches per second (no headers on search), a d
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -301,8 +302,7 @@ class HubSpotApi(Api):
         if any(e["error"] == "DUPLICATE_UNIQUE_VALUE" for e in errors):
             e = next(e for e in errors if e["error"] == "DUPLICATE_UNIQUE_VALUE")
             return hs_error(409, "CONFLICT", e["message"])
-        import json as _json
-        detail = _json.dumps([{"isValid": False, "message": e["message"], "error": e["error"], "name": e["name"]}
+        detail = json.dumps([{"isValid": False, "message": e["message"], "error": e["error"], "name": e["name"]}
                               for e in errors])
         return hs_error(400, "VALIDATION_ERROR", f"Property values were not valid: {detail}",
                         errors=[{"message": e["message"], "code": e["error"],
@@ -328,23 +328,6 @@ class HubSpotApi(Api):
         self.objects[t][rid] = rec
         self.order[t].append(int(rid))
         return rec
-
-    def insert_many(self, t: str, rows: list[dict], created: list[str | None] | None = None) -> list[str]:
-        """Seed many records at once (values already strings, one timestamp): the fast path for big starts."""
-        stamp = hs_datetime(self.clock.now())
-        n = self._next_id[t]
-        self._next_id[t] = n + len(rows)
-        ids = [str(i) for i in range(n, n + len(rows))]
-        store, order = self.objects[t], self.order[t]
-        created = created or [None] * len(rows)
-        for rid, row, c in zip(ids, rows, created):
-            c = c or stamp
-            row["hs_object_id"] = rid
-            row["createdate"] = c
-            row["hs_lastmodifieddate"] = stamp
-            store[rid] = {"id": rid, "properties": row, "createdAt": c, "updatedAt": stamp, "archived": False}
-        order.extend(range(n, n + len(rows)))
-        return ids
 
     def insert_columns(self, t: str, cols: dict, n: int, created: list | None = None) -> list[str]:
         """Seed `n` records given as string-valued columns (lists or itertools.repeat), one timestamp."""
@@ -605,9 +588,8 @@ class HubSpotApi(Api):
                 try:
                     links = self._inline_associations(t, (it or {}).get("associations"))
                 except HttpError as e:
-                    import json as _json
                     errors = [{"name": "associations", "error": "INVALID_ASSOCIATION",
-                               "message": _json.loads(e.response.body)["message"]}]
+                               "message": json.loads(e.response.body)["message"]}]
             checked.append((it or {}, values, links, errors))
         traced = all(it.get("objectWriteTraceId") for it, *_ in checked)
         if any(errs for *_, errs in checked) and not traced:
@@ -845,8 +827,7 @@ class HubSpotApi(Api):
             for item in self._body(req).get("inputs") or []:
                 p = self._make_property(t, item or {})
                 if isinstance(p, Response):
-                    import json as _json
-                    e = _json.loads(p.body)
+                    e = json.loads(p.body)
                     errors.append({"status": "error", "category": e["category"], "message": e["message"],
                                    "context": {"name": [str((item or {}).get("name"))]}})
                     continue

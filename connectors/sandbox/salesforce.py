@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from itertools import repeat
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Callable
 from urllib.parse import unquote_plus
 
@@ -389,24 +389,6 @@ class SalesforceApi(Api):
         names = list(cols)
         rows = list(map(dict, map(zip, repeat(names), zip(*cols.values()))))
         self.records[obj].update(zip(ids, rows))
-        if any(f.external_id for f in self.fields[obj].values()):
-            for row in rows:
-                self._index(obj, row)
-        return ids
-
-    def insert_many(self, obj: str, rows: list[dict], now: str) -> list[str]:
-        """Seed many records at once (no validation, one timestamp): the fast path for 100k-account starts."""
-        ids = self.ids.new_many(schema.SF_PREFIX[obj], len(rows))
-        uid = self.integration_user_id
-        common = {"IsDeleted": False, "LastModifiedDate": now, "SystemModstamp": now, "CreatedById": uid,
-                  "LastModifiedById": uid}
-        store = self.records[obj]
-        for rid, row in zip(ids, rows):
-            row.update(common)
-            row["Id"] = rid
-            if row.get("CreatedDate") is None:
-                row["CreatedDate"] = now
-            store[rid] = row
         if any(f.external_id for f in self.fields[obj].values()):
             for row in rows:
                 self._index(obj, row)

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from connectors.sandbox import schema, seed as seeding
-from connectors.sandbox.clock import Clock, sf_datetime
+from connectors.sandbox.clock import Clock
 from connectors.sandbox.faults import APIS, FaultInjector, parse_spec
-from connectors.sandbox.http_base import EmulatorServer, HttpError, Recorder
+from connectors.sandbox.http_base import EmulatorServer, Recorder
 from connectors.sandbox.hubspot import HubSpotApi
 from connectors.sandbox.inspect_api import InspectApi
 from connectors.sandbox.salesforce import SalesforceApi
