@@ -77,8 +77,8 @@ class HealthScorer:
 
     def metric_matrix(self, features: pd.DataFrame) -> np.ndarray:
         """(n_accounts, n_metrics) metric scores, NaN where absent."""
-        cols = [score_rule(features, m.rule) for m in self.model.metrics]
-        return np.column_stack(cols) if cols else np.empty((len(features), 0))
+        # stacked metric-major, returned transposed: each metric's scores stay one contiguous block
+        return np.vstack([score_rule(features, m.rule) for m in self.model.metrics]).T
 
     def weight_matrix(self, features: pd.DataFrame, segments: np.ndarray | None = None) -> np.ndarray:
         """(n_accounts, n_metrics) weights, segment weights applied per row."""
@@ -164,7 +164,12 @@ class HealthScorer:
             normalised = raw / np.where(max_points > 0, max_points, np.nan) * 100.0
         else:
             normalised = raw
-            composite = np.where(present, raw * weights, 0.0).sum(axis=1) / safe_conf
+        # weight x metric score of the metrics present (0 for the absent), reused by the dimension scores
+        contributions = np.where(present, normalised * weights, 0.0)
+        if model.method == "points":
+            np.nan_to_num(contributions, copy=False)  # a rule whose maximum is 0 points has no 0-100 score
+        else:
+            composite = contributions.sum(axis=1) / safe_conf
 
         out: dict[str, object] = {}  # columns collected first, one DataFrame built at the end
         out["account_id"] = (features["account_id"] if "account_id" in features.columns else features.index.to_series()).array
@@ -195,14 +200,13 @@ class HealthScorer:
         out["confidence"] = np.round(confidence, 4)
         # dimension scores: weighted sums per dimension as one matrix product with a metric->dimension indicator
         membership = np.array([[m.dimension == d for d in model.dimensions] for m in model.metrics], dtype="float64")
-        contributions = np.where(present_weight > 0, np.nan_to_num(normalised) * present_weight, 0.0)
         dim_num, dim_den = contributions @ membership, present_weight @ membership
         with np.errstate(invalid="ignore", divide="ignore"):
             dim_scores = np.where(dim_den > 0, round_score(dim_num / np.where(dim_den > 0, dim_den, 1.0)), np.nan)
         for d, dim in enumerate(model.dimensions):
             out[f"{dim}_score"] = dim_scores[:, d].copy()
         for i, name in enumerate(metric_names):
-            out[f"m_{name}"] = np.ascontiguousarray(raw[:, i])
+            out[f"m_{name}"] = raw.T[i]
         out["override"] = final_idx != idx
         out["override_reason"] = pd.arrays.ArrowStringArray(pa.array(reason, type=pa.large_string(), from_pandas=True))
         out["method"] = take_strings([model.method], np.zeros(n, dtype=np.int64))

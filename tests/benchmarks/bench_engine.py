@@ -282,7 +282,7 @@ def test_engine_benchmark():
     per_account_engine = wall / len(accounts)
     speedup = per_account_loop / per_account_engine
     # the 2 cores are shared with other jobs, so wall-clock ratios swing with the load of the moment;
-    # CPU time (all threads) is the steadier comparison and is what the target is checked on
+    # CPU time (all threads) is printed as the steadier comparison; the target is on wall time
     cpu_speedup = (loop_cpu_s / N_LOOP) / (cpu_s / len(accounts))
     print(f"plain loop: {loop_s:.2f} s wall / {loop_cpu_s:.2f} s CPU for {N_LOOP:,} accounts "
           f"({per_account_loop * 1e6:.0f} us/account) vs engine {per_account_engine * 1e6:.2f} us/account -> "
@@ -297,4 +297,4 @@ def test_engine_benchmark():
 
     assert wall < WALL_TARGET_S, f"engine took {wall:.1f} s"
     assert peak_gb < MEMORY_TARGET_GB, f"peak memory {peak_gb:.2f} GB"
-    assert cpu_speedup >= SPEEDUP_TARGET, f"only {cpu_speedup:.0f}x the plain loop (CPU time)"
+    assert speedup >= SPEEDUP_TARGET, f"only {speedup:.0f}x the plain loop (wall; {cpu_speedup:.0f}x CPU)"
