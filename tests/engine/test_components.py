@@ -278,3 +278,19 @@ def test_chunked_threaded_scoring_matches_one_pass():
     whole = HealthScorer(settings.model).score(feats)
     chunked = HealthScorer(settings.model, chunk_size=4).score(feats)
     pd.testing.assert_frame_equal(whole, chunked)
+
+
+def test_daily_usage_overrides_account_usage_columns_inside_the_window():
+    acc = pd.DataFrame({"account_id": ["a", "b"], "logins_per_user_week": [1.0, 2.0], "active_users_30d": [5, 6],
+                        "seats_purchased": [10, 10]})
+    usage = pd.DataFrame({
+        "account_id": ["a", "a", "a", "b"],
+        "date": pd.to_datetime(["2026-10-20", "2026-10-25", "2026-11-05", "2026-09-01"]),
+        "active_users": [4, 8, 50, 9], "logins": [40.0, 40.0, 999.0, 99.0],
+    })
+    f = build_features(acc, usage=usage, as_of="2026-11-01").set_index("account_id")
+    # a: 80 logins over 4 weeks / peak 8 users = 2.5; the Nov 5 row is after as_of
+    assert f.loc["a", "logins_per_user_week"] == 2.5 and f.loc["a", "active_users_30d"] == 8
+    assert f.loc["a", "license_utilization"] == 0.8
+    # b: its only row is outside the 28-day window, so the accounts values stay
+    assert f.loc["b", "logins_per_user_week"] == 2.0 and f.loc["b", "active_users_30d"] == 6
