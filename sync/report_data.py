@@ -22,12 +22,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from config.settings import Settings
 from sync.state import StateStore
@@ -184,8 +184,6 @@ def _momentum(delta_prev: pd.Series, trend: pd.Series, stable_within: float) -> 
 def _latest_run(store: StateStore) -> tuple[str | None, pd.DataFrame, dict[str, Any]]:
     """The most recent run that recorded scores, every scored run in order, and its runs row (summary parsed)."""
     sh = store.tables["score_history"]
-    from sqlalchemy import func
-
     with store.engine.connect() as conn:
         rows = conn.execute(
             select(sh.c.run_id, func.max(sh.c.scored_at).label("scored_at"), func.count().label("accounts")).group_by(sh.c.run_id)
@@ -470,8 +468,6 @@ def _escalations(store: StateStore, accounts: pd.DataFrame) -> pd.DataFrame:
 def _freshness(store: StateStore, now: datetime) -> pd.DataFrame:
     """Per CRM object: live records, last change stored, cursor and when it last moved."""
     rep = store.tables["replica"]
-    from sqlalchemy import func
-
     with store.engine.connect() as conn:
         rows = conn.execute(
             select(rep.c.crm, rep.c.object, func.count().label("records"), func.max(rep.c.modified_at).label("last_modified"))
