@@ -33,6 +33,13 @@ class TemplateNames(Strict):
     description: str
 
 
+class BandOverride(Strict):
+    """Per-band SLA and ladder top (seed 003: Red within 24 h up to the VP; Yellow within a week, the manager)."""
+
+    sla_hours: float | None = Field(None, gt=0)
+    escalate_to: str | None = None
+
+
 class PlaybookSpec(Strict):
     name: str
     title: str
@@ -40,6 +47,7 @@ class PlaybookSpec(Strict):
     sla_hours: float = Field(gt=0)
     priority: Literal["high", "normal", "low"] = "normal"
     escalate_to: str = Field("owner", description="highest escalation.ladder level this playbook reaches")
+    band_overrides: dict[str, BandOverride] = Field(default_factory=dict, description="band name -> sla_hours / escalate_to")
     templates: TemplateNames
 
     @field_validator("name")
@@ -67,6 +75,24 @@ class Playbook:
     escalate_to: str
     subject_template: str
     description_template: str
+    band_overrides: tuple[tuple[str, float | None, str | None], ...] = ()  # (band, sla_hours, escalate_to)
+
+    def sla_for(self, band: str | None) -> float:
+        """The SLA in hours for an account in `band` (the band it had when the episode opened)."""
+        for name, hours, _ in self.band_overrides:
+            if name == band and hours is not None:
+                return hours
+        return self.sla_hours
+
+    def top_for(self, band: str | None) -> str:
+        """The highest ladder level for an account now in `band` (a Yellow account turning Red climbs further)."""
+        for name, _, level in self.band_overrides:
+            if name == band and level is not None:
+                return level
+        return self.escalate_to
+
+    def possible_tops(self) -> set[str]:
+        return {self.escalate_to} | {level for _, _, level in self.band_overrides if level}
 
 
 @dataclass
@@ -90,11 +116,14 @@ def load_playbooks(settings: Settings) -> PlaybookSet:
     except OSError:
         stamp = None
     levels = tuple(step.level for step in settings.escalation.ladder)
-    return _load_cached(str(path), stamp, bool(settings.playbooks.definitions), tuple(settings.playbooks.enabled), levels)
+    bands = tuple(b.name for b in settings.model.bands)
+    return _load_cached(str(path), stamp, bool(settings.playbooks.definitions), tuple(settings.playbooks.enabled), levels, bands)
 
 
 @lru_cache(maxsize=16)
-def _load_cached(path_text: str, _stamp, user_file: bool, enabled_names: tuple[str, ...], ladder_levels: tuple[str, ...]) -> PlaybookSet:
+def _load_cached(
+    path_text: str, _stamp, user_file: bool, enabled_names: tuple[str, ...], ladder_levels: tuple[str, ...], band_names: tuple[str, ...]
+) -> PlaybookSet:
     path = Path(path_text)
     source = str(path)
     try:
@@ -126,13 +155,21 @@ def _load_cached(path_text: str, _stamp, user_file: bool, enabled_names: tuple[s
             continue
         if spec.escalate_to not in ladder_levels:
             problems.append(f"{where}.escalate_to: {spec.escalate_to!r} is not a level of escalation.ladder ({', '.join(ladder_levels)})")
+        for band, override in spec.band_overrides.items():
+            if band not in band_names:
+                problems.append(f"{where}.band_overrides.{band}: unknown band (model.bands: {', '.join(band_names)})")
+            if override.escalate_to is not None and override.escalate_to not in ladder_levels:
+                problems.append(
+                    f"{where}.band_overrides.{band}.escalate_to: {override.escalate_to!r} is not a level of escalation.ladder ({', '.join(ladder_levels)})"
+                )
         for key, template in (("subject", spec.templates.subject), ("description", spec.templates.description)):
             problem = check_template(renderer, template)
             if problem:
                 problems.append(f"{where}.templates.{key}: {problem}")
         built.append(
             Playbook(spec.name, spec.title, condition, spec.sla_hours, spec.priority, spec.escalate_to,
-                     spec.templates.subject, spec.templates.description)
+                     spec.templates.subject, spec.templates.description,
+                     tuple((band, o.sla_hours, o.escalate_to) for band, o in spec.band_overrides.items()))
         )
     unknown = [n for n in enabled_names if n not in seen]
     if unknown:

@@ -8,8 +8,10 @@ For every open episode (sync.playbooks_job) with a CRM task:
 2. Ladder step 0 (`escalation.ladder[0]`, default: the owner) is notified when the
    episode opens. Step k >= 1 fires once `now >= task due + sum(after_hours of
    steps 1..k)` while the task is still open, up to the playbook's `escalate_to`
-   level. Default (seed 003_cec208348d92c0f6.txt, "Intervention playbook
-   structure"): owner on open, CS manager at the due time, VP of CS 48 h later.
+   level (or its `band_overrides` entry for the account's current band).
+   Default (seed 003_cec208348d92c0f6.txt, "Intervention playbook structure"):
+   owner on open, CS manager at the due time, VP of CS 48 h later; a Yellow
+   at-risk account has a week and stops at the manager unless it turns Red.
 3. When an episode closes, everyone it was escalated to gets a recovery note.
 
 Exactly once per (episode_id, level, kind): that key is the primary key of the
@@ -505,7 +507,8 @@ def run_escalation(
         if not sender.sent(ep["episode_id"], first.level, "alert"):
             email, channel = recipient_for(first, ep["owner_email"], directory)
             sender.queue(Message(ep, first.level, "alert", email, channel, account, EpisodeFacts(ep["episode_id"], title, due, first.level, "alert")))
-        for step in _due_steps(ep, ladder, pset, levels, now):
+        band = plain((rows.get(ep["account_id"]) or {}).get("band"))
+        for step in _due_steps(ep, ladder, pset, levels, now, band=band):
             if sender.sent(ep["episode_id"], step.level, "escalation"):
                 continue
             email, channel = recipient_for(step, ep["owner_email"], directory)
@@ -528,10 +531,17 @@ def run_escalation(
     return result
 
 
-def _due_steps(ep: dict, ladder, pset: PlaybookSet, levels: list[str], now: datetime) -> list:
-    """Ladder steps (after the first) whose time has come: due + cumulative after_hours, up to escalate_to."""
+def _due_steps(ep: dict, ladder, pset: PlaybookSet, levels: list[str], now: datetime, band: str | None = None, any_band: bool = False) -> list:
+    """Ladder steps (after the first) whose time has come: due + cumulative after_hours, up to the top level.
+
+    The top is the playbook's `escalate_to`, or its band override for the account's
+    current `band`; with `any_band` the highest any band could reach (a cheap pre-check).
+    """
     pb = pset.by_name(ep["playbook"])
-    top = levels.index(pb.escalate_to) if pb and pb.escalate_to in levels else 0
+    if pb is None:
+        return []
+    tops = pb.possible_tops() if any_band else {pb.top_for(band)}
+    top = max((levels.index(t) for t in tops if t in levels), default=0)
     due = utc_aware(ep["task_due_at"])
     if due is None:
         return []
@@ -545,10 +555,10 @@ def _due_steps(ep: dict, ladder, pset: PlaybookSet, levels: list[str], now: date
 
 
 def _ladder_done(sender: _Sender, ep: dict, ladder, pset, levels, now) -> bool:
-    """Nothing to send for this open episode now (so its facts need not be loaded)."""
+    """Nothing to send for this open episode now, whatever its band (so its facts need not be loaded)."""
     if not sender.sent(ep["episode_id"], ladder[0].level, "alert"):
         return False
-    return all(sender.sent(ep["episode_id"], s.level, "escalation") for s in _due_steps(ep, ladder, pset, levels, now))
+    return all(sender.sent(ep["episode_id"], s.level, "escalation") for s in _due_steps(ep, ladder, pset, levels, now, any_band=True))
 
 
 def pending_markers(store: StateStore) -> list[dict]:

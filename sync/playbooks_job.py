@@ -116,6 +116,7 @@ def run_playbooks(
     ids = frame["account_id"].astype(object).tolist()
     owners = frame["owner_email"].astype(object).where(frame["owner_email"].notna(), None).tolist() if "owner_email" in frame.columns else [None] * len(frame)
     segments = frame["segment"].astype(object).where(frame["segment"].notna(), None).tolist() if "segment" in frame.columns else [None] * len(frame)
+    bands = frame["band"].astype(object).where(frame["band"].notna(), None).tolist() if "band" in frame.columns else [None] * len(frame)
     opened_n = utc_naive(now)
     day = f"{now:%Y%m%d}"
     for pb in pset.playbooks:
@@ -139,7 +140,8 @@ def run_playbooks(
         busy = set(zip(open_eps["crm"], open_eps["account_id"])) | {
             (e.crm, e.account_id) for e in blocking.itertuples(index=False) if e.episode_id not in rearm
         }
-        due_n = utc_naive(now + timedelta(hours=pb.sla_hours))
+        due_by_band = {b: utc_naive(now + timedelta(hours=pb.sla_for(b))) for b, _, _ in pb.band_overrides}
+        due_default = utc_naive(now + timedelta(hours=pb.sla_hours))
         for i in true_pos:
             if (crms[i], ids[i]) in busy:
                 continue
@@ -154,7 +156,7 @@ def run_playbooks(
                     "status": "open",
                     "opened_at": opened_n,
                     "task_key": key,
-                    "task_due_at": due_n,
+                    "task_due_at": due_by_band.get(bands[i], due_default),
                     "task_status": "pending",
                     "owner_email": None if owners[i] is None else str(owners[i]),
                     "segment": None if segments[i] is None else str(segments[i]),
@@ -248,7 +250,8 @@ def _create_pending_tasks(store, pset: PlaybookSet, frame: pd.DataFrame, connect
 
 
 def _task_spec(pb: Playbook, pset: PlaybookSet, row: dict, ep: dict, due: datetime) -> TaskSpec:
-    ctx = task_context(row, playbook_title=pb.title, sla_hours=pb.sla_hours, due_at=due, task_key=ep["task_key"])
+    sla = round((due - utc_aware(ep["opened_at"])).total_seconds() / 3600, 1) if ep.get("opened_at") else pb.sla_hours
+    ctx = task_context(row, playbook_title=pb.title, sla_hours=sla, due_at=due, task_key=ep["task_key"])
     return TaskSpec(
         key=ep["task_key"],
         account_id=ep["account_id"],

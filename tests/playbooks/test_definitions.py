@@ -114,3 +114,21 @@ def test_sandbox_blocks_unsafe_attribute_access_in_templates(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_playbooks(s)
     assert "SecurityError" in e.value.problems[0]
+
+
+def test_band_overrides_are_validated_against_bands_and_ladder(tmp_path):
+    d = defaults()
+    d["playbooks"][0]["band_overrides"] = {"Yelow": {"sla_hours": 168}, "Red": {"escalate_to": "ceo"}}
+    with pytest.raises(ConfigError) as e:
+        load_playbooks(settings_with(tmp_path, d))
+    assert sorted(e.value.problems) == [
+        "playbooks.at_risk_intervention.band_overrides.Red.escalate_to: 'ceo' is not a level of escalation.ladder (owner, manager, vp)",
+        "playbooks.at_risk_intervention.band_overrides.Yelow: unknown band (model.bands: Red, Yellow, Green)",
+    ]
+
+
+def test_at_risk_sla_and_ladder_by_band_follow_seed_003():
+    pb = {p.name: p for p in load_playbooks(load_settings(environ={})).playbooks}["at_risk_intervention"]
+    assert (pb.sla_for("Red"), pb.top_for("Red")) == (24, "vp")
+    assert (pb.sla_for("Yellow"), pb.top_for("Yellow")) == (168, "manager")  # "Yellow: within 1 week"
+    assert pb.sla_for(None) == 24

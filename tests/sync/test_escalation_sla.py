@@ -271,3 +271,23 @@ def test_slack_faults_are_retried_without_duplicate_messages(world, store, accou
     assert sorted(m["channel"] for m in sent) == sorted(dm(world, e) for e in recipients)  # one per owner, none twice
     assert pending_markers(store) == []
     assert escalate(world, store, scores).alerts_sent == 0 and len(new_messages(world, mark)) == len(recipients)
+
+
+def test_a_yellow_at_risk_account_has_a_week_and_reaches_the_vp_only_if_it_turns_red(world, store, accounts):
+    acc = pick(accounts, "salesforce", 30)
+    yellow = scores_frame(accounts, {acc["account_id"]: {"score": 45.0, "band": "Yellow"}})  # < 50: at risk, but Yellow
+    now = world.now()
+    assert run_playbooks(store, world.settings, yellow, world.connectors, now, "r1").tasks_created == 1
+    ep = episode_row(store)
+    assert pd.Timestamp(ep["task_due_at"]) == pd.Timestamp(now + timedelta(hours=168)).tz_localize(None)
+    task = next(t for t in world.sb.records("salesforce", "Task") if t["Id"] == ep["task_id"])
+    assert task["ActivityDate"] == (now + timedelta(hours=168)).date().isoformat()
+    escalate(world, store, yellow)
+    world.sb.advance_clock(167 * 3600)
+    assert escalate(world, store, yellow).escalations == 0
+    world.sb.advance_clock(2 * 3600)
+    assert escalate(world, store, yellow).escalations == 1  # the manager
+    world.sb.advance_clock(60 * 3600)
+    assert escalate(world, store, yellow).escalations == 0  # Yellow stops at the manager
+    red = scores_frame(accounts, {acc["account_id"]: {**RED, "score": 38.0}})
+    assert escalate(world, store, red).escalations == 1  # trending into Red: the VP
