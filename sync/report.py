@@ -27,7 +27,7 @@ import functools
 import math
 import os
 import re
-import tempfile
+import uuid
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -415,12 +415,13 @@ def write_report(store: StateStore, settings: Settings, path: str | Path, owner:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     payload = html.encode("utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".html", dir=str(target.parent))
+    # a sibling temp file with the usual permissions (mkstemp's 0600 would stop the team reading a shared report)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "xb") as fh:
             fh.write(payload)
         os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return ReportInfo(path=target, size_bytes=len(payload), accounts=len(data.accounts), charts=n_charts)
