@@ -282,7 +282,7 @@ def backtest(
 def calibrate(
     history: Path = typer.Option(..., "--history"),
     out: Path = typer.Option(..., "--out", help="Where to write the config overlay (YAML)."),
-    method: str = typer.Option("correlation", "--method", help="correlation | logistic"),
+    method: str = typer.Option("logistic", "--method", help="logistic (class-weighted regression; default) | correlation (seed 001 method 1)"),
     target_recall: float = typer.Option(0.75, "--target-recall"),
     config: Optional[Path] = ConfigOpt,
     as_json: bool = JsonOpt,

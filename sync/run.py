@@ -314,9 +314,38 @@ def _cycle(settings, conns: Connections, store: StateStore, summary: RunSummary,
 
     # record
     _hook(hooks, "before_record")
+    _drift(store, settings, scored, summary, record=not dry_run)
     if not dry_run:
         record_history(store, settings, scored.scores, summary.run_id, now)
         _report(store, settings, summary, now)
+
+
+def _drift(store: StateStore, settings: Settings, scored, summary: RunSummary, *, record: bool) -> None:
+    """Drift warnings of this run (issue 7): a metric dead for every account, one band holding most accounts.
+
+    Recorded per metric in the `drift` table for the report; a failure here never fails the sync.
+    """
+    try:
+        from engine.drift import drift_report
+
+        current = scored.scores
+        if scored.features is not None and len(scored.features):
+            extra = [c for c in scored.features.columns if c not in current.columns or c == "account_id"]
+            current = current.merge(scored.features[extra], on="account_id", how="left")
+        report = drift_report(None, current, settings.model)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("drift check failed", exc_info=True)
+        summary.warnings.append(f"drift check failed: {type(exc).__name__}")
+        return
+    summary.drift_warnings = list(report["warnings"])
+    if not record:
+        return
+    rows = []
+    for name, m in report["metrics"].items():
+        warned = any(w.startswith(f"metric {name}:") for w in report["warnings"])
+        rows.append({"run_id": summary.run_id, "metric": name, "psi": m.get("psi"), "warning": warned})
+    with store.begin() as conn:
+        conn.execute(store.tables["drift"].insert(), rows)
 
 
 def _report(store: StateStore, settings: Settings, summary: RunSummary, now: datetime) -> None:

@@ -24,7 +24,11 @@ def _history(path: Path):
     path = Path(path)
     if not path.is_dir():
         raise ConfigurationError(f"--history {path}: not a directory")
-    frames, _problems = read_history(path)  # (frames, ValidationReport): the engine takes the frames
+    frames, problems = read_history(path)  # (frames, ValidationReport): the engine takes the frames
+    if "accounts_history" not in frames:
+        raise ConfigurationError(f"--history {path}: no accounts_history.csv or accounts_history.parquet found")
+    if problems:
+        log.warning("%d history record problems (skipped or ignored); first: %s", len(problems), problems.lines(1)[0])
     return frames
 
 
