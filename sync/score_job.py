@@ -128,13 +128,22 @@ def dimension_columns(scores: pd.DataFrame, settings: Settings) -> list[str]:
     return dims
 
 
+#: Engine columns kept with each history row so the report can say when and why a CSM moved the band.
+OVERRIDE_COLUMNS = ("override", "override_reason", "raw_band")
+
+
+def _plain_override(value):
+    return bool(value) if isinstance(value, (bool, np.bool_)) else value
+
+
 def history_rows(scores: pd.DataFrame, settings: Settings, run_id: str, now: datetime) -> list[dict]:
     """One score-history row per scored account for this run."""
     if scores.empty:
         return []
     dims = dimension_columns(scores, settings)
     scored_at = utc_naive(now)
-    frame = scores[["account_id", "score", "band", "confidence", "drivers", "trend", *dims]]
+    overrides = [c for c in OVERRIDE_COLUMNS if c in scores.columns]
+    frame = scores[["account_id", "score", "band", "confidence", "drivers", "trend", *dims, *overrides]]
     records = frame.astype(object).where(frame.notna(), None).to_dict("records")
     return [
         {
@@ -144,7 +153,9 @@ def history_rows(scores: pd.DataFrame, settings: Settings, run_id: str, now: dat
             "score": None if r["score"] is None else float(r["score"]),
             "band": r["band"],
             "confidence": None if r["confidence"] is None else float(r["confidence"]),
-            "dimension_json": dumps({d.removesuffix("_score"): r[d] for d in dims}),
+            # the dimension scores, plus the CSM override as the engine recorded it (shown in the report)
+            "dimension_json": dumps({**{d.removesuffix("_score"): r[d] for d in dims},
+                                     **{c: _plain_override(r[c]) for c in overrides}}),
             "drivers": r["drivers"],
             "trend": r["trend"],
         }
