@@ -52,6 +52,7 @@ class Sandbox:
                  slack_channels: tuple[str, ...] | list[str] = DEFAULT_CHANNELS,
                  session_timeout_s: float | None = None, search_lag_seconds: float = 0.0,
                  slack_message_interval_s: float = 1.0) -> None:
+        self.hubspot_tier = hubspot_tier
         self.clock = Clock()
         self.recorder = Recorder()
         spec = parse_spec(faults) if isinstance(faults, str) else (faults or {})
@@ -112,7 +113,7 @@ class Sandbox:
             "salesforce": {"instance_url": sf.base_url, "access_token": self.salesforce.access_token,
                            "ca_file": str(ca_file), "username": self.salesforce.username,
                            "password": self.salesforce.password, "consumer_key": self.salesforce.consumer_key},
-            "hubspot": {"host": hs.base_url, "access_token": self.hubspot.access_token},
+            "hubspot": {"host": hs.base_url, "access_token": self.hubspot.access_token, "tier": self.hubspot_tier},
             "slack": {"base_url": sl.base_url + "/api/", "token": self.slack.token},
             "inspect_url": ins.base_url,
         }
