@@ -48,6 +48,9 @@ def status(store: StateStore, *, runs: int = 10, failures: int = 20) -> dict[str
         ).all()
         oldest = conn.execute(select(failed_records).order_by(failed_records.c.first_failed_at).limit(failures)).mappings().all()
         open_episodes = conn.execute(select(func.count()).select_from(episodes).where(episodes.c.status == "open")).scalar() or 0
+    from sync.escalation import pending_markers
+
+    maybe_sent = pending_markers(store)
     queue = {}
     for crm, object, n in by_object:
         queue.setdefault(crm, {})[object] = int(n)
@@ -58,7 +61,12 @@ def status(store: StateStore, *, runs: int = 10, failures: int = 20) -> dict[str
             "failed_records": sum(sum(v.values()) for v in queue.values()),
             "failed_records_by_object": queue,
             "open_episodes": int(open_episodes),
+            "slack_maybe_sent": len(maybe_sent),
         },
+        # Slack sends that started but were never confirmed (crash or lost answer): not resent, listed here
+        "slack_maybe_sent": [
+            {k: (_iso(v) if k.endswith("_at") else v) for k, v in m.items()} for m in maybe_sent[:failures]
+        ],
         "failed_records": [
             {
                 "crm": f["crm"],

@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "playbooks"))
 from sandbox_world import RED, crm_accounts, open_store, scores_frame, start_world  # noqa: E402
 
 from sync.escalation import pending_markers, run_escalation  # noqa: E402
+from sync.status import status  # noqa: E402
 from sync.playbooks_job import run_playbooks  # noqa: E402
 
 
@@ -187,6 +188,8 @@ def test_a_crash_after_sending_never_sends_twice(world, store, accounts):
         escalate(world, store, scores, hooks=crash)
     assert len(new_messages(world, mark)) == 1
     assert [m["kind"] for m in pending_markers(store)] == ["alert"]  # visible as "maybe sent"
+    shown = status(store)
+    assert shown["queues"]["slack_maybe_sent"] == 1 and shown["slack_maybe_sent"][0]["kind"] == "alert"
     assert escalate(world, store, scores).alerts_sent == 0
     assert len(new_messages(world, mark)) == 1
 
