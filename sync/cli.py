@@ -384,9 +384,14 @@ def config_schema():
 # ----------------------------------------------------------------------------- crm
 
 
-def _crm_connectors(settings: Settings, ready: dict | None):
+def _crm_connectors(config: Optional[Path], sandbox: Optional[Path]) -> dict:
+    """The configured CRM connectors, or those of a running sandbox; a clear error when there are none."""
     from sync.connections import open_crm_connectors
 
+    settings = _settings(config)
+    ready = _ready(sandbox)
+    if ready is None and not settings.live:
+        _fail("no CRM credentials configured and no --sandbox given (see README, Configuration)", EXIT_CONFIG)
     return open_crm_connectors(settings, ready)
 
 
@@ -396,11 +401,7 @@ def crm_setup(config: Optional[Path] = ConfigOpt, sandbox: Optional[Path] = Sand
     configure_logging(False)
 
     def body():
-        settings = _settings(config)
-        ready = _ready(sandbox)
-        if ready is None and not settings.live:
-            _fail("no CRM credentials configured and no --sandbox given (see README, Configuration)", EXIT_CONFIG)
-        result = {name: {"created": c.setup()} for name, c in _crm_connectors(settings, ready).items()}
+        result = {name: {"created": c.setup()} for name, c in _crm_connectors(config, sandbox).items()}
         _emit(result, as_json)
         return EXIT_OK
 
@@ -413,12 +414,8 @@ def crm_check(config: Optional[Path] = ConfigOpt, sandbox: Optional[Path] = Sand
     configure_logging(False)
 
     def body():
-        settings = _settings(config)
-        ready = _ready(sandbox)
-        if ready is None and not settings.live:
-            _fail("no CRM credentials configured and no --sandbox given (see README, Configuration)", EXIT_CONFIG)
         result, ok = {}, True
-        for name, c in _crm_connectors(settings, ready).items():
+        for name, c in _crm_connectors(config, sandbox).items():
             r = c.check()
             ok &= r.ok
             result[name] = {"ok": r.ok, "problems": r.problems}
