@@ -33,6 +33,7 @@ known recipient at all) gets the fallback channel of the account's segment
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections import defaultdict
@@ -418,13 +419,19 @@ class _Sender:
         notes = {m.facts.fallback_note for m in msgs if m.facts.fallback_note}
         return digest_message(kind, level, [(m.account, m.facts) for m in ordered], note or (notes.pop() if len(notes) == 1 else None))
 
+    @staticmethod
+    def _message_key(msgs: list[Message], kind: str, level: str) -> str:
+        """Deterministic idempotency key of one message/digest: the connector never posts it twice on a lost answer."""
+        ids = ",".join(sorted(m.ep["episode_id"] for m in msgs))
+        return "hs-" + hashlib.sha256(f"{kind}|{level}|{ids}".encode()).hexdigest()[:32]
+
     def _post(self, msgs: list[Message], kind: str, level: str) -> list[tuple[Message, tuple[str, str | None]]]:
         """Post one message (or digest) for these; a DM to an unknown email goes to the segments' fallback channels."""
         email, channel = msgs[0].email, msgs[0].channel
         if email:
             text, blocks = self._render(msgs, kind, level, None)
             try:
-                ts = self.slack.post(user_email=email, text=text, blocks=blocks)
+                ts = self.slack.post(user_email=email, text=text, blocks=blocks, idempotency_key=self._message_key(msgs, kind, level))
                 return [(m, (ts, None)) for m in msgs]
             except SlackUserNotFoundError:
                 by_channel: dict[str, list[Message]] = defaultdict(list)
@@ -436,11 +443,11 @@ class _Sender:
                 out = []
                 for fallback, group in by_channel.items():
                     text, blocks = self._render(group, kind, level, f"Posted here because no Slack user has the email {email}.")
-                    ts = self.slack.post(channel=fallback, text=text, blocks=blocks)
+                    ts = self.slack.post(channel=fallback, text=text, blocks=blocks, idempotency_key=self._message_key(group, kind, level))
                     out += [(m, (ts, fallback)) for m in group]
                 return out
         text, blocks = self._render(msgs, kind, level, None)
-        ts = self.slack.post(channel=channel, text=text, blocks=blocks)
+        ts = self.slack.post(channel=channel, text=text, blocks=blocks, idempotency_key=self._message_key(msgs, kind, level))
         return [(m, (ts, channel)) for m in msgs]
 
 

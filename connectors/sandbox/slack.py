@@ -1,10 +1,12 @@
-"""Slack Web API emulator: auth.test, chat.postMessage, users.lookupByEmail, conversations.open.
+"""Slack Web API emulator: auth.test, chat.postMessage, users.lookupByEmail, conversations.open, conversations.history.
 
 Wire facts follow shared/reference/crm-api-notes.md §3 and §4: methods answer POST or GET
 with JSON, form or query arguments (form `blocks` arrive as a JSON string); errors are
 HTTP 200 `{"ok": false, "error": ...}`; chat.postMessage allows one message per second
 per channel and answers 429 with an integer Retry-After and `{"ok":false,"error":"ratelimited"}`.
-Every accepted message is recorded for tests and the inspection endpoint.
+Every accepted message is recorded (with its `metadata`) for tests and the inspection endpoint.
+conversations.history is a read (never a lost response, no per-channel rate limit): the
+notifier uses it to find a message whose chat.postMessage answer was lost.
 """
 
 from __future__ import annotations
@@ -60,6 +62,11 @@ class SlackApi(Api):
             r(method, r"/api/chat\.postMessage/?", self.post_message, "chat.postMessage")
             r(method, r"/api/users\.lookupByEmail/?", self.lookup_by_email, "users.lookupByEmail")
             r(method, r"/api/conversations\.open/?", self.conversations_open, "conversations.open")
+            r(method, r"/api/conversations\.history/?", self.conversations_history, "conversations.history")
+
+    def is_write(self, req: Request) -> bool:
+        """Every Slack call is a POST, but reading history changes nothing, so its answer is never 'lost'."""
+        return super().is_write(req) and "conversations.history" not in req.path
 
     def add_channel(self, name: str) -> str:
         name = name.lstrip("#")
@@ -210,7 +217,7 @@ class SlackApi(Api):
             self.messages.append({"channel": cid, "channel_name": label, "ts": ts, "text": text, "blocks": blocks,
                                   "thread_ts": message.get("thread_ts"), "attachments": attachments,
                                   "at": self.clock.now().isoformat(),
-                                  "metadata": args.get("metadata")})
+                                  "metadata": _metadata(args.get("metadata"))})
         return ok({"channel": cid, "ts": ts, "message": message})
 
     def lookup_by_email(self, req: Request) -> Response:
@@ -250,3 +257,67 @@ class SlackApi(Api):
         if existed:
             payload.update(no_op=True, already_open=True)
         return ok(payload)
+
+    def conversations_history(self, req: Request) -> Response:
+        """Top-level messages of a channel, newest first, within (oldest, latest); metadata only when asked for."""
+        args = self._args(req)
+        if "_error" in args:
+            return fail("invalid_json")
+        denied = self._authed(req, args)
+        if denied:
+            return denied
+        target = self._resolve_channel(str(args.get("channel") or ""))
+        if target is None:
+            return fail("channel_not_found")
+        try:
+            oldest = float(args.get("oldest") or 0)
+            latest = float(args["latest"]) if args.get("latest") else float("inf")
+            limit = int(args.get("limit") or 100)
+            cursor = str(args.get("cursor") or "")
+            start = int(cursor.removeprefix("next_ts:")) if cursor else 0
+        except (TypeError, ValueError):
+            return fail("invalid_cursor" if args.get("cursor") else "invalid_arguments")
+        if start < 0:
+            return fail("invalid_cursor")
+        limit = max(1, min(limit, 999))
+        inclusive = _truthy(args.get("inclusive"))
+        with_metadata = _truthy(args.get("include_all_metadata"))
+        cid = target[0]
+        with self.lock:
+            found = []
+            for m in reversed(self.messages):
+                if m["channel"] != cid or (m.get("thread_ts") and m["thread_ts"] != m["ts"]):
+                    continue
+                t = float(m["ts"])
+                inside = (oldest <= t <= latest) if inclusive else (oldest < t < latest)
+                if inside:
+                    found.append(m)
+        page = found[start:start + limit]
+        more = start + limit < len(found)
+        out = []
+        for m in page:
+            item = {"type": "message", "subtype": "bot_message", "user": self.bot_user, "bot_id": "B0HSBOT001",
+                    "ts": m["ts"], "text": m["text"]}
+            if m.get("blocks"):
+                item["blocks"] = m["blocks"]
+            if with_metadata and m.get("metadata"):
+                item["metadata"] = m["metadata"]
+            out.append(item)
+        # the cursor is opaque to clients; here it is "next_ts:" plus the offset into the result
+        return ok({"messages": out, "has_more": more, "pin_count": 0,
+                   "response_metadata": {"next_cursor": f"next_ts:{start + limit}" if more else ""}})
+
+
+def _truthy(value: Any) -> bool:
+    """Slack booleans arrive as true/1 (slack_sdk sends 1/0), JSON true, or absent."""
+    return value is True or str(value).strip().lower() in ("1", "true")
+
+
+def _metadata(value: Any) -> dict | None:
+    """Message metadata as sent: a JSON object, or (form bodies) its JSON string."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value else None
+        except ValueError:
+            return None
+    return value if isinstance(value, dict) else None

@@ -10,10 +10,11 @@ from sync.run import run_cycle
 
 from e2e_helpers import assert_crm_matches_pushed, assert_no_duplicate_messages, assert_no_duplicate_tasks, writes
 
-# Slack gets no lost responses: a chat.postMessage whose answer is lost cannot be told apart from
-# one never sent (Slack has no idempotency key), so the escalation stage accepts at-most-once there.
+# Slack loses answers too: a keyed chat.postMessage whose answer is lost is found again with
+# conversations.history (message metadata) instead of being posted twice.
 FAULTS = (
     "all.error_rate=0.1,all.drop_rate=0.03,salesforce.lost_response_rate=0.05,hubspot.lost_response_rate=0.05,"
+    "slack.lost_response_rate=0.05,"
     "salesforce.burst_429=3,salesforce.burst_every=40,hubspot.burst_429=4,hubspot.burst_every=40,slack.burst_429=2,slack.burst_every=30"
 )
 
