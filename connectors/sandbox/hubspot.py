@@ -77,7 +77,7 @@ class HubSpotApi(Api):
         self.clock, self.faults, self.tier = clock, faults, tier
         self.burst_max, default_daily = TIERS[tier]
         self.daily_limit = daily_limit or default_daily
-        self.access_token = access_token or "pat-na1-" + str(uuid.uuid4())
+        self.access_token = access_token or "sandbox-hubspot-" + str(uuid.uuid4())  # not a real token format, on purpose
         self.search_lag_seconds = search_lag_seconds
         self.lock = threading.RLock()
         self.props = schema.hubspot_properties()

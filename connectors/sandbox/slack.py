@@ -41,7 +41,7 @@ class SlackApi(Api):
     name = "slack"
     write_methods = ("POST",)
 
-    def __init__(self, clock: Clock, faults: FaultInjector | None, *, token: str = "xoxb-sandbox-token",
+    def __init__(self, clock: Clock, faults: FaultInjector | None, *, token: str = "sandbox-slack-bot-token",
                  channels: tuple[str, ...] | list[str] = DEFAULT_CHANNELS, per_channel_interval_s: float = 1.0) -> None:
         super().__init__(Router())
         self.clock, self.faults, self.token = clock, faults, token
