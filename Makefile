@@ -33,6 +33,10 @@ test: $(STAMP) browser
 # Speed and memory targets; not run by CI.
 bench: $(STAMP)
 	$(BIN)/python -m pytest -q -s tests/benchmarks -o python_files="bench_*.py" -o norecursedirs="" --timeout=3600
+	$(BIN)/python tests/benchmarks/bench_sandbox.py 100000
+	$(BIN)/python tests/benchmarks/bench_connectors.py 10000
+	$(BIN)/python tests/benchmarks/bench_playbooks.py 1000000
+	$(BIN)/python tests/benchmarks/bench_validation.py 5000
 
 clean:
 	rm -rf $(VENV) .healthsync build *.egg-info
