@@ -229,15 +229,27 @@ class Sandbox:
                 return r
         raise KeyError(f"{api} {obj} {rid} does not exist")
 
+    def _live_salesforce(self, o: str, rid: str) -> dict:
+        """A Salesforce record that exists and is not deleted (caller holds the emulator's lock)."""
+        rec = self.salesforce.records[o].get(rid)
+        if rec is None or rec["IsDeleted"]:
+            raise KeyError(f"salesforce {o} {rid} does not exist")
+        return rec
+
+    def _live_hubspot(self, t: str, rid: str) -> dict:
+        """A HubSpot record that exists and is not archived (caller holds the emulator's lock)."""
+        rec = self.hubspot.objects[t].get(rid)
+        if rec is None or rec["archived"]:
+            raise KeyError(f"hubspot {t} {rid} does not exist")
+        return rec
+
     def modify(self, api: str, obj: str, rid: str, fields: dict) -> dict:
         """Change a record as a user would: validated like an API write, timestamps move."""
         if api == "salesforce":
             sf = self.salesforce
             o = sf._obj(obj)
             with sf.lock:
-                rec = sf.records[o].get(rid)
-                if rec is None or rec["IsDeleted"]:
-                    raise KeyError(f"salesforce {o} {rid} does not exist")
+                rec = self._live_salesforce(o, rid)
                 values, errors = sf._normalize(o, fields, False, rec)
                 if errors:
                     raise ValueError(f"salesforce {o} {rid}: {errors[0].code}: {errors[0].message}")
@@ -246,9 +258,7 @@ class Sandbox:
             hs = self.hubspot
             t = hs._type(obj)
             with hs.lock:
-                rec = hs.objects[t].get(rid)
-                if rec is None or rec["archived"]:
-                    raise KeyError(f"hubspot {t} {rid} does not exist")
+                rec = self._live_hubspot(t, rid)
                 values, errors = hs._validate(t, fields, rec)
                 if errors:
                     raise ValueError(f"hubspot {t} {rid}: {errors[0]['error']}: {errors[0]['message']}")
@@ -280,18 +290,12 @@ class Sandbox:
             sf = self.salesforce
             o = sf._obj(obj)
             with sf.lock:
-                rec = sf.records[o].get(rid)
-                if rec is None or rec["IsDeleted"]:
-                    raise KeyError(f"salesforce {o} {rid} does not exist")
-                sf._soft_delete(o, rec, sf.integration_user_id)
+                sf._soft_delete(o, self._live_salesforce(o, rid), sf.integration_user_id)
             return
         if api == "hubspot":
             hs = self.hubspot
             t = hs._type(obj)
             with hs.lock:
-                rec = hs.objects[t].get(rid)
-                if rec is None or rec["archived"]:
-                    raise KeyError(f"hubspot {t} {rid} does not exist")
-                hs.archive_record(t, rec)
+                hs.archive_record(t, self._live_hubspot(t, rid))
             return
         raise KeyError(f"unknown api {api!r} (expected salesforce or hubspot)")
