@@ -94,7 +94,8 @@ def trend_classes(frame: pd.DataFrame, rule: TrendRule) -> np.ndarray:
     """-1 declining, 0 stable, +1 increasing, NaN missing; change = short / long - 1."""
     short = numeric_column(frame, rule.short)
     long = numeric_column(frame, rule.long)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # a tiny long-window rate overflows to +inf: still "increasing", which is right
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         change = short / long - 1.0
     # long == 0: nothing in the long window; any short activity is an increase, none is stable
     change = np.where(long == 0, np.where(short > 0, np.inf, 0.0), change)
