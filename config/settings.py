@@ -27,7 +27,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from config.model import ForecastConfig, ModelConfig, Strict
+from healthsync.config.model import ForecastConfig, ModelConfig, Strict
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("default.yaml")
 ENV_PREFIX = "HEALTHSYNC__"

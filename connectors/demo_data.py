@@ -105,7 +105,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from config.canonical import (
+from healthsync.config.canonical import (
     ACCOUNTS,
     ACCOUNTS_HISTORY,
     EXEC_SPONSOR,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from config.canonical import SPECS, FrameSpec, ValidationReport, canonical_columns, validate_frame
-from connectors.base import ConfigurationError
+from healthsync.config.canonical import SPECS, FrameSpec, ValidationReport, canonical_columns, validate_frame
+from healthsync.connectors.base import ConfigurationError
 
 SUFFIXES = (".csv", ".parquet", ".pq")
 #: canonical frames `read_frames` looks for, and whether a directory must hold it

@@ -25,9 +25,9 @@ import pandas as pd
 import urllib3
 from hubspot import HubSpot
 
-from config.canonical import SPECS, empty_frame
-from connectors import crm_values
-from connectors.base import (
+from healthsync.config.canonical import SPECS, empty_frame
+from healthsync.connectors import crm_values
+from healthsync.connectors.base import (
     CallStats,
     Change,
     CheckResult,
@@ -41,9 +41,9 @@ from connectors.base import (
     StopRunError,
     TaskSpec,
 )
-from connectors.mapping import SECTIONS, finish, section, strip_prefix, translate_values
-from connectors.redact import Redactor, reveal
-from connectors.retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
+from healthsync.connectors.mapping import SECTIONS, finish, section, strip_prefix, translate_values
+from healthsync.connectors.redact import Redactor, reveal
+from healthsync.connectors.retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
 
 log = logging.getLogger(__name__)
 

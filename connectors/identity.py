@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from connectors.base import ConfigurationError
+from healthsync.connectors.base import ConfigurationError
 
 MATCH_KEYS = ("domain", "salesforce_id")
 

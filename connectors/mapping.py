@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from config.canonical import SPECS, FrameSpec, validate_frame
-from connectors import crm_values
+from healthsync.config.canonical import SPECS, FrameSpec, validate_frame
+from healthsync.connectors import crm_values
 
 #: mapping section (config `mapping.<crm>.<section>`) for each canonical object
 SECTIONS = {"accounts": "account", "opportunities": "opportunity", "tickets": "ticket", "tasks": "task"}
@@ -35,7 +35,7 @@ ID_COLUMNS = {
 
 def section(mapping: dict, object: str, crm: str) -> dict:
     """The mapping section of one canonical object; a clear error names the missing key."""
-    from connectors.base import ConfigurationError
+    from healthsync.connectors.base import ConfigurationError
 
     name = SECTIONS.get(object)
     if name is None:

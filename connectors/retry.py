@@ -23,7 +23,7 @@ from typing import Callable, TypeVar
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
 from tenacity.wait import wait_random_exponential
 
-from connectors.base import CallStats, RetryableError
+from healthsync.connectors.base import CallStats, RetryableError
 
 log = logging.getLogger(__name__)
 

@@ -33,9 +33,9 @@ from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSession, SalesforceOperationError
 from simple_salesforce.format import format_soql
 
-from config.canonical import SPECS, empty_frame
-from connectors import crm_values
-from connectors.base import (
+from healthsync.config.canonical import SPECS, empty_frame
+from healthsync.connectors import crm_values
+from healthsync.connectors.base import (
     CallStats,
     Change,
     CheckResult,
@@ -49,9 +49,9 @@ from connectors.base import (
     StopRunError,
     TaskSpec,
 )
-from connectors.mapping import SECTIONS, finish, section, strip_prefix, translate_values
-from connectors.redact import Redactor, reveal
-from connectors.retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
+from healthsync.connectors.mapping import SECTIONS, finish, section, strip_prefix, translate_values
+from healthsync.connectors.redact import Redactor, reveal
+from healthsync.connectors.retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,9 @@ from typing import Any
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
-from connectors.base import CallStats, ConfigurationError, HealthsyncError, RecordError, RetryableError
-from connectors.redact import Redactor, reveal
-from connectors.retry import RetryPolicy, parse_retry_after
+from healthsync.connectors.base import CallStats, ConfigurationError, HealthsyncError, RecordError, RetryableError
+from healthsync.connectors.redact import Redactor, reveal
+from healthsync.connectors.retry import RetryPolicy, parse_retry_after
 
 log = logging.getLogger(__name__)
 

@@ -34,14 +34,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from config.model import ForecastConfig, ModelConfig
-from engine import metrics as m
-from engine.drift import drift_report
-from engine.drivers import explain
-from engine.features import build_features
-from engine.forecast import adjust_opportunities
-from engine.scoring import HealthScorer
-from engine.trends import compute_trends
+from healthsync.config.model import ForecastConfig, ModelConfig
+from healthsync.engine import metrics as m
+from healthsync.engine.drift import drift_report
+from healthsync.engine.drivers import explain
+from healthsync.engine.features import build_features
+from healthsync.engine.forecast import adjust_opportunities
+from healthsync.engine.scoring import HealthScorer
+from healthsync.engine.trends import compute_trends
 
 #: outcome columns of the history files: never passed to features or scoring
 OUTCOME_COLUMNS = ("churned", "won", "won_amount")

@@ -55,11 +55,11 @@ import pandas as pd
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
-from config.model import FittedModel, ForecastConfig, ModelConfig
-from engine import metrics as m
-from engine.rules import text_column
-from engine.scoring import HealthScorer
-from engine.backtest import (
+from healthsync.config.model import FittedModel, ForecastConfig, ModelConfig
+from healthsync.engine import metrics as m
+from healthsync.engine.rules import text_column
+from healthsync.engine.scoring import HealthScorer
+from healthsync.engine.backtest import (
     HistoryFrames,
     Snapshot,
     at_risk_bands,

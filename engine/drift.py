@@ -24,8 +24,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from config.model import ModelConfig
-from engine.rules import numeric_column, rule_columns
+from healthsync.config.model import ModelConfig
+from healthsync.engine.rules import numeric_column, rule_columns
 
 PSI_MODERATE = 0.1
 PSI_SIGNIFICANT = 0.25

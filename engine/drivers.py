@@ -26,10 +26,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from config.model import BooleanRule, CategoryRule, Metric, ModelConfig, RatioRule, TrendRule
-from engine.keys import arrow_strings, equals_any, map_chunks, positions
-from engine.rules import TREND_CLASSES, _boolean, numeric_column, ratio_values, rule_max_points, text_column, trend_classes
-from engine.scoring import HealthScorer
+from healthsync.config.model import BooleanRule, CategoryRule, Metric, ModelConfig, RatioRule, TrendRule
+from healthsync.engine.keys import arrow_strings, equals_any, map_chunks, positions
+from healthsync.engine.rules import TREND_CLASSES, _boolean, numeric_column, ratio_values, rule_max_points, text_column, trend_classes
+from healthsync.engine.scoring import HealthScorer
 
 MAX_DRIVER_CHARS = 255  # Salesforce/HubSpot single-line text field
 

@@ -21,10 +21,10 @@ from datetime import date, datetime
 import numpy as np
 import pandas as pd
 
-from config.model import ModelConfig
-from engine.keys import KeyIndex, equals_any, has_duplicates, map_chunks, positions
-from engine.lifecycle import lifecycle_stage
-from engine.rules import _boolean, numeric_column
+from healthsync.config.model import ModelConfig
+from healthsync.engine.keys import KeyIndex, equals_any, has_duplicates, map_chunks, positions
+from healthsync.engine.lifecycle import lifecycle_stage
+from healthsync.engine.rules import _boolean, numeric_column
 
 SHORT_WINDOW_DAYS = 30
 LONG_WINDOW_DAYS = 90  # seed 003: escalations and P1s "in the last 90 days"; ticket trend 30 vs 90

@@ -29,9 +29,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from config.model import ForecastConfig
-from engine.keys import KeyIndex, equals_any, has_duplicates, map_chunks, take_strings
-from engine.rules import category_codes, numeric_column
+from healthsync.config.model import ForecastConfig
+from healthsync.engine.keys import KeyIndex, equals_any, has_duplicates, map_chunks, take_strings
+from healthsync.engine.rules import category_codes, numeric_column
 
 INSUFFICIENT_BAND_DEFAULT = "Insufficient data"
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from config.model import ModelConfig
-from engine.keys import take_strings
-from engine.rules import numeric_column
+from healthsync.config.model import ModelConfig
+from healthsync.engine.keys import take_strings
+from healthsync.engine.rules import numeric_column
 
 
 def lifecycle_stage(features: pd.DataFrame, model: ModelConfig) -> pd.Series:

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from config.model import ForecastConfig, ModelConfig
-from engine.drivers import explain
-from engine.features import OPPORTUNITY_FEATURES, as_of_timestamp, build_features
-from engine.rules import rule_columns
-from engine.forecast import adjust_opportunities
-from engine.scoring import HealthScorer
-from engine.trends import compute_trends
+from healthsync.config.model import ForecastConfig, ModelConfig
+from healthsync.engine.drivers import explain
+from healthsync.engine.features import OPPORTUNITY_FEATURES, as_of_timestamp, build_features
+from healthsync.engine.rules import rule_columns
+from healthsync.engine.forecast import adjust_opportunities
+from healthsync.engine.scoring import HealthScorer
+from healthsync.engine.trends import compute_trends
 
 
 @dataclass

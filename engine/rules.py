@@ -16,11 +16,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from engine.keys import arrow_strings
+from healthsync.engine.keys import arrow_strings
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from config.model import (
+from healthsync.config.model import (
     BooleanRule,
     CategoryRule,
     IdentityRule,

@@ -47,10 +47,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from config.model import ModelConfig
-from engine.keys import map_chunks, take_strings
-from engine.lifecycle import in_renewal_window, lifecycle_stage
-from engine.rules import category_codes, lookup, rule_columns, rule_max_points, score_rule
+from healthsync.config.model import ModelConfig
+from healthsync.engine.keys import map_chunks, take_strings
+from healthsync.engine.lifecycle import in_renewal_window, lifecycle_stage
+from healthsync.engine.rules import category_codes, lookup, rule_columns, rule_max_points, score_rule
 
 
 def round_score(values: np.ndarray) -> np.ndarray:

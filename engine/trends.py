@@ -20,8 +20,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.features import _naive_utc, as_of_timestamp
-from engine.keys import arrow_strings, positions, take_strings
+from healthsync.engine.features import _naive_utc, as_of_timestamp
+from healthsync.engine.keys import arrow_strings, positions, take_strings
 
 MOMENTUM = ("up", "stable", "down")
 

@@ -17,10 +17,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
-from config.model import Strict
-from config.settings import ConfigError, Settings, format_validation_error
-from playbooks.render import TemplateRenderer, check_template
-from playbooks.triggers import Condition, ConditionError, parse_condition
+from healthsync.config.model import Strict
+from healthsync.config.settings import ConfigError, Settings, format_validation_error
+from healthsync.playbooks.render import TemplateRenderer, check_template
+from healthsync.playbooks.triggers import Condition, ConditionError, parse_condition
 
 PACKAGED_DEFINITIONS = Path(__file__).with_name("default.yaml")
 

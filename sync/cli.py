@@ -19,8 +19,8 @@ from typing import Any, Callable, Optional
 import typer
 from rich.console import Console
 
-from config.settings import ConfigError, Settings, load_settings
-from sync.logs import configure_logging, register_settings_secrets, scrub
+from healthsync.config.settings import ConfigError, Settings, load_settings
+from healthsync.sync.logs import configure_logging, register_settings_secrets, scrub
 
 EXIT_OK, EXIT_RECORD_ERRORS, EXIT_CONFIG, EXIT_STOPPED = 0, 1, 2, 3
 SANDBOX_ENV = "HEALTHSYNC_SANDBOX"
@@ -98,7 +98,7 @@ def _emit(data: Any, as_json: bool, text: Callable[[], None] | None = None) -> N
 
 def _guard(fn: Callable[[], int | None]) -> None:
     """Run a command body, mapping healthsync's error tree to exit codes and clean messages."""
-    from connectors.base import ConfigurationError, StopRunError
+    from healthsync.connectors.base import ConfigurationError, StopRunError
 
     try:
         code = fn() or EXIT_OK
@@ -144,7 +144,7 @@ def run(
     def body():
         settings = _settings(config)
         ready = _ready(sandbox)
-        from sync.run import run_cycle
+        from healthsync.sync.run import run_cycle
 
         summary = run_cycle(settings, ready=ready, dry_run=dry_run, json_mode=as_json)
         if as_json:
@@ -160,7 +160,7 @@ def _stage(name: str, config, sandbox, as_json, **kwargs):
     def body():
         settings = _settings(config)
         ready = _ready(sandbox)
-        import sync.run as run_module
+        import healthsync.sync.run as run_module
 
         fn = getattr(run_module, f"{name}_stage", None)
         if fn is None:
@@ -197,7 +197,7 @@ def score(
         if input is None or output is None:
             _fail("--input and --output go together", EXIT_CONFIG)
         settings = _settings(config)
-        from sync.offline import score_files
+        from healthsync.sync.offline import score_files
 
         result = score_files(input, output, settings, as_of=as_of)
         _emit(result, as_json, lambda: _print_offline(result))
@@ -243,8 +243,8 @@ def status(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt):
 
     def body():
         settings = _settings(config)
-        from sync.state import open_store
-        from sync.status import status as status_of
+        from healthsync.sync.state import open_store
+        from healthsync.sync.status import status as status_of
 
         result = status_of(open_store(settings.state.url))
         _emit(result, as_json)
@@ -269,7 +269,7 @@ def backtest(
     def body():
         settings = _settings(config)
         challenger_settings = _settings(challenger) if challenger else None
-        from sync.validation_job import run_backtest
+        from healthsync.sync.validation_job import run_backtest
 
         report, text = run_backtest(settings, history, challenger_settings)
         _emit(report, as_json, lambda: Console().print(text, highlight=False, soft_wrap=True))
@@ -294,7 +294,7 @@ def calibrate(
         if method not in ("correlation", "logistic"):
             _fail(f"--method: {method!r} is not one of correlation, logistic", EXIT_CONFIG)
         settings = _settings(config)
-        from sync.validation_job import run_calibrate
+        from healthsync.sync.validation_job import run_calibrate
 
         report, text = run_calibrate(settings, history, out, method=method, target_recall=target_recall)
         _emit(report, as_json, lambda: Console().print(text, highlight=False, soft_wrap=True))
@@ -315,8 +315,8 @@ def report(
 
     def body():
         settings = _settings(config)
-        from sync.report import write_report
-        from sync.state import open_store
+        from healthsync.sync.report import write_report
+        from healthsync.sync.state import open_store
 
         info = write_report(open_store(settings.state.url), settings, out, owner=owner)
         data = info if isinstance(info, dict) else getattr(info, "__dict__", {"path": str(out)})
@@ -333,7 +333,7 @@ def schedule(config: Optional[Path] = ConfigOpt, sandbox: Optional[Path] = Sandb
 
     def body():
         settings = _settings(config)
-        from sync.scheduler import serve
+        from healthsync.sync.scheduler import serve
 
         return serve(settings, ready=_ready(sandbox))
 
@@ -376,7 +376,7 @@ def config_show(config: Optional[Path] = ConfigOpt):
 @config_app.command("schema")
 def config_schema():
     """The JSON Schema of the configuration."""
-    from config.settings import json_schema
+    from healthsync.config.settings import json_schema
 
     sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
 
@@ -386,7 +386,7 @@ def config_schema():
 
 def _crm_connectors(config: Optional[Path], sandbox: Optional[Path]) -> dict:
     """The configured CRM connectors, or those of a running sandbox; a clear error when there are none."""
-    from sync.connections import open_crm_connectors
+    from healthsync.sync.connections import open_crm_connectors
 
     settings = _settings(config)
     ready = _ready(sandbox)
@@ -449,7 +449,7 @@ def sandbox_serve(
     def body():
         if hubspot_tier not in ("starter", "professional"):
             _fail(f"--hubspot-tier: {hubspot_tier!r} is not one of starter, professional", EXIT_CONFIG)
-        from connectors.sandbox.serve import serve
+        from healthsync.connectors.sandbox.serve import serve
 
         return serve(accounts=accounts, seed=seed, hubspot_tier=hubspot_tier, faults_spec=faults, ready_file=ready_file)
 
@@ -469,7 +469,7 @@ def demo_data(
     def body():
         if fmt not in ("csv", "parquet"):
             _fail(f"--format: {fmt!r} is not one of csv, parquet", EXIT_CONFIG)
-        from connectors import demo_data as dd
+        from healthsync.connectors import demo_data as dd
 
         out.mkdir(parents=True, exist_ok=True)
         if history:

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 
 import requests
 
-from connectors.base import StopRunError
+from healthsync.connectors.base import StopRunError
 
 
 def utc_now() -> datetime:

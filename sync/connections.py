@@ -18,8 +18,8 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from config.settings import Settings
-from connectors.base import ConfigurationError, CrmConnector
+from healthsync.config.settings import Settings
+from healthsync.connectors.base import ConfigurationError, CrmConnector
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,8 @@ def open_crm_connectors(settings: Settings, ready: dict | None = None) -> dict[s
     sources = settings.sources
     out: dict[str, CrmConnector] = {}
     if ready is not None:
-        from connectors.hubspot import hubspot_from_ready
-        from connectors.salesforce import salesforce_from_ready
+        from healthsync.connectors.hubspot import hubspot_from_ready
+        from healthsync.connectors.salesforce import salesforce_from_ready
 
         sf, hs = sources.salesforce, sources.hubspot
         if sf.enabled and ready.get("salesforce"):
@@ -72,7 +72,7 @@ def open_crm_connectors(settings: Settings, ready: dict | None = None) -> dict[s
         return out
     sf = sources.salesforce
     if sf.configured:
-        from connectors.salesforce import SalesforceConnector
+        from healthsync.connectors.salesforce import SalesforceConnector
 
         out["salesforce"] = SalesforceConnector(
             sf.instance_url or "",
@@ -95,7 +95,7 @@ def open_crm_connectors(settings: Settings, ready: dict | None = None) -> dict[s
         )
     hs = sources.hubspot
     if hs.configured:
-        from connectors.hubspot import HubSpotConnector
+        from healthsync.connectors.hubspot import HubSpotConnector
 
         out["hubspot"] = HubSpotConnector(
             hs.access_token,
@@ -113,7 +113,7 @@ def open_slack(settings: Settings, ready: dict | None = None):
     src = settings.sources.slack
     if not src.enabled:
         return None
-    from connectors import slack
+    from healthsync.connectors import slack
 
     if ready is not None:
         return slack.slack_from_ready(ready) if ready.get("slack") else None
@@ -144,7 +144,7 @@ def _reset_sqlite(url: str) -> None:
 
 def start_embedded_sandbox(settings: Settings):
     """Start the embedded sandbox with demo data; returns (sandbox, ready dict)."""
-    from connectors.sandbox import Sandbox
+    from healthsync.connectors.sandbox import Sandbox
 
     # Slack's one-message-per-second-per-channel pacing is off in the embedded demo: a first run
     # alerts hundreds of episodes to a handful of owner DMs, which would make `make demo` take

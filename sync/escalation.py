@@ -45,13 +45,13 @@ import pandas as pd
 from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from connectors.base import ConfigurationError, CrmConnector, HealthsyncError, RetryableError, StopRunError
-from connectors.slack import SlackUserNotFoundError
-from playbooks.definitions import PlaybookSet, load_playbooks
-from playbooks.render import plain, split_drivers
-from sync.playbooks_job import CLOSED_TASK_DONE
-from sync.slack_messages import AccountFacts, EpisodeFacts, digest_message, episode_message
-from sync.state import StateStore, utc_aware, utc_naive
+from healthsync.connectors.base import ConfigurationError, CrmConnector, HealthsyncError, RetryableError, StopRunError
+from healthsync.connectors.slack import SlackUserNotFoundError
+from healthsync.playbooks.definitions import PlaybookSet, load_playbooks
+from healthsync.playbooks.render import plain, split_drivers
+from healthsync.sync.playbooks_job import CLOSED_TASK_DONE
+from healthsync.sync.slack_messages import AccountFacts, EpisodeFacts, digest_message, episode_message
+from healthsync.sync.state import StateStore, utc_aware, utc_naive
 
 log = logging.getLogger(__name__)
 

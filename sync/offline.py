@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from connectors.base import ConfigurationError
-from connectors.files import read_frames, write_frame
-from engine.pipeline import score_portfolio
+from healthsync.connectors.base import ConfigurationError
+from healthsync.connectors.files import read_frames, write_frame
+from healthsync.engine.pipeline import score_portfolio
 
 #: The scored file's leading columns (the rest: dimension and metric scores).
 OUTPUT_LEAD = [

@@ -32,11 +32,11 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import and_, insert, select, update
 
-from connectors.base import CrmConnector, TaskSpec
-from playbooks.definitions import Playbook, PlaybookSet, load_playbooks
-from playbooks.render import TemplateProblem, task_context
-from playbooks.triggers import evaluate, prepare_frame
-from sync.state import StateStore, utc_aware, utc_naive
+from healthsync.connectors.base import CrmConnector, TaskSpec
+from healthsync.playbooks.definitions import Playbook, PlaybookSet, load_playbooks
+from healthsync.playbooks.render import TemplateProblem, task_context
+from healthsync.playbooks.triggers import evaluate, prepare_frame
+from healthsync.sync.state import StateStore, utc_aware, utc_naive
 
 CLOSED_TASK_DONE = "task_completed"
 CLOSED_CLEARED = "condition_cleared"

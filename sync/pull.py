@@ -20,9 +20,9 @@ from typing import Callable
 
 import pandas as pd
 
-from config.canonical import SPECS, as_records
-from connectors.base import CrmConnector
-from sync.state import StateStore, dumps
+from healthsync.config.canonical import SPECS, as_records
+from healthsync.connectors.base import CrmConnector
+from healthsync.sync.state import StateStore, dumps
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def pull_all(
 
 def replica_frame(store: StateStore, crms: list[str], object: str) -> pd.DataFrame:
     """The live replica of one object across CRMs, coerced to the canonical dtypes, with a `crm` column."""
-    from config.canonical import coerce_dtypes, empty_frame
+    from healthsync.config.canonical import coerce_dtypes, empty_frame
 
     frames = []
     for crm in crms:

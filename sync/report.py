@@ -39,10 +39,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from config.settings import Settings
-from connectors.base import ConfigurationError
-from sync import report_charts as charts
-from sync.report_data import (
+from healthsync.config.settings import Settings
+from healthsync.connectors.base import ConfigurationError
+from healthsync.sync import report_charts as charts
+from healthsync.sync.report_data import (
     DRILL_DOWN_CAP,
     DUE_SOON_MIN_HOURS,
     DUE_SOON_SHARE,
@@ -52,7 +52,7 @@ from sync.report_data import (
     load_report_data,
     priority_order,
 )
-from sync.state import StateStore
+from healthsync.sync.state import StateStore
 
 TEMPLATE_DIR = Path(__file__).with_name("templates")
 TEMPLATE = "report.html.j2"

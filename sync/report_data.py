@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import func, select
 
-from config.settings import Settings
-from sync.state import StateStore
+from healthsync.config.settings import Settings
+from healthsync.sync.state import StateStore
 
 #: "Due soon" = the last quarter of the task's SLA window, and never less than the last 4 hours. A Red
 #: account's task (24 h SLA, seed 003) turns "due soon" 6 h before its due time, a Yellow one (a week) 42 h
@@ -298,7 +298,7 @@ def _adjusted_from_pushed(store: StateStore, settings: Settings, opps: pd.DataFr
 def _adjusted_from_engine(settings: Settings, opps: pd.DataFrame, accounts: pd.DataFrame) -> pd.Series | None:
     """Recompute with the engine's forecast adjustment when nothing was written back (dry runs, first runs)."""
     try:
-        from engine.forecast import adjust_opportunities
+        from healthsync.engine.forecast import adjust_opportunities
     except ImportError:
         return None
     scores = accounts[["account_id", "score", "band", "delta_30d"]]

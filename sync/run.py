@@ -35,15 +35,15 @@ import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from config.settings import Settings
-from connectors.base import ConfigurationError, HealthsyncError, StopRunError
-from sync.clock import now_for
-from sync.connections import Connections, connect, ensure_fields
-from sync.pull import pull_all
-from sync.score_job import ScoreResult, record_history, score_replica
-from sync.state import StateStore, open_store
-from sync.summary import RunSummary, render_diff
-from sync.writeback import desired_outputs, execute_plan, plan_writes
+from healthsync.config.settings import Settings
+from healthsync.connectors.base import ConfigurationError, HealthsyncError, StopRunError
+from healthsync.sync.clock import now_for
+from healthsync.sync.connections import Connections, connect, ensure_fields
+from healthsync.sync.pull import pull_all
+from healthsync.sync.score_job import ScoreResult, record_history, score_replica
+from healthsync.sync.state import StateStore, open_store
+from healthsync.sync.summary import RunSummary, render_diff
+from healthsync.sync.writeback import desired_outputs, execute_plan, plan_writes
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ def _cycle(settings, conns: Connections, store: StateStore, summary: RunSummary,
     _hook(hooks, "after_writeback")
 
     # playbooks -> CRM tasks
-    run_playbooks = _optional("sync.playbooks_job", "run_playbooks")
+    run_playbooks = _optional("healthsync.sync.playbooks_job", "run_playbooks")
     if run_playbooks is None:
         summary.stages_skipped.append("playbooks (not in this build)")
     else:
@@ -296,7 +296,7 @@ def _cycle(settings, conns: Connections, store: StateStore, summary: RunSummary,
     _hook(hooks, "after_playbooks")
 
     # escalation in Slack
-    run_escalation = _optional("sync.escalation", "run_escalation")
+    run_escalation = _optional("healthsync.sync.escalation", "run_escalation")
     if run_escalation is None:
         summary.stages_skipped.append("escalation (not in this build)")
     elif conns.slack is None:
@@ -326,7 +326,7 @@ def _drift(store: StateStore, settings: Settings, scored, summary: RunSummary, *
     Recorded per metric in the `drift` table for the report; a failure here never fails the sync.
     """
     try:
-        from engine.drift import drift_report
+        from healthsync.engine.drift import drift_report
 
         current = scored.scores
         if scored.features is not None and len(scored.features):
@@ -352,7 +352,7 @@ def _report(store: StateStore, settings: Settings, summary: RunSummary, now: dat
     """The portfolio report, when enabled and built (sync.report is another module's job)."""
     if not settings.report.enabled:
         return
-    write_report = _optional("sync.report", "write_report")
+    write_report = _optional("healthsync.sync.report", "write_report")
     if write_report is None:
         summary.stages_skipped.append("report (not in this build)")
         return
@@ -446,7 +446,7 @@ def retry_failed(settings: Settings, *, ready: dict | None = None) -> dict[str, 
 
 def escalate_stage(settings: Settings, *, ready: dict | None = None) -> dict[str, Any]:
     """`healthsync escalate`: only the SLA/escalation stage (task status read back from the CRM)."""
-    run_escalation = _optional("sync.escalation", "run_escalation")
+    run_escalation = _optional("healthsync.sync.escalation", "run_escalation")
     if run_escalation is None:
         raise ConfigurationError("`healthsync escalate` is not part of this build (sync.escalation missing)")
     with _stage_connections(settings, ready) as (conns, store, now):

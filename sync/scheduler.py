@@ -41,10 +41,10 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from sqlalchemy import select
 
-from config.settings import ConfigError
-from connectors.base import ConfigurationError, HealthsyncError, StopRunError
-from sync.slack_messages import ops_message
-from sync.state import StateStore, open_store
+from healthsync.config.settings import ConfigError
+from healthsync.connectors.base import ConfigurationError, HealthsyncError, StopRunError
+from healthsync.sync.slack_messages import ops_message
+from healthsync.sync.state import StateStore, open_store
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ def build_scheduler(
 
 def default_job_functions(settings, ready: dict | None = None) -> dict[str, Callable[[], Any]]:
     """The jobs `healthsync schedule` can run, each the same code path as its command."""
-    from sync import run
+    from healthsync.sync import run
 
     jobs: dict[str, Callable[[], Any]] = {
         "run": lambda: run.run_cycle(settings, ready=ready, json_mode=True),
@@ -261,7 +261,7 @@ def default_job_functions(settings, ready: dict | None = None) -> dict[str, Call
         "sync": lambda: run.sync_stage(settings, ready=ready),
     }
     try:
-        from sync.report import write_report
+        from healthsync.sync.report import write_report
 
         jobs["report"] = lambda: write_report(StateStore(settings.state.url), settings, settings.report.path)
     except ImportError:  # pragma: no cover - the report is optional in a build
@@ -286,7 +286,7 @@ def serve(
     if job_functions is None:
         job_functions = default_job_functions(settings, ready)
     if slack is None and settings.escalation.ops_channel:
-        from sync.connections import open_slack
+        from healthsync.sync.connections import open_slack
 
         try:
             slack = open_slack(settings, ready)

@@ -25,9 +25,9 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from config.settings import Settings
-from sync.pull import replica_frame
-from sync.state import StateStore, dumps, utc_naive
+from healthsync.config.settings import Settings
+from healthsync.sync.pull import replica_frame
+from healthsync.sync.state import StateStore, dumps, utc_naive
 
 #: columns copied from the accounts replica next to the engine's scores
 ACCOUNT_CONTEXT = ("name", "segment", "arr", "renewal_date", "owner_email", "crm")
@@ -66,7 +66,7 @@ def trend_text(momentum: pd.Series, delta_30d: pd.Series) -> pd.Series:
 
 def score_replica(store: StateStore, settings: Settings, crms: list[str], now: datetime) -> ScoreResult:
     """Run the engine over the replica of `crms`; nothing is written to the store."""
-    from engine.pipeline import score_portfolio
+    from healthsync.engine.pipeline import score_portfolio
 
     accounts = replica_frame(store, crms, "accounts")
     opportunities = replica_frame(store, crms, "opportunities")

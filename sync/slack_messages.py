@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from connectors.slack import escape_mrkdwn
+from healthsync.connectors.slack import escape_mrkdwn
 
 CRM_LABELS = {"salesforce": "Salesforce", "hubspot": "HubSpot"}
 

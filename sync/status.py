@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from sync.state import StateStore, episodes, failed_records, utc_aware
+from healthsync.sync.state import StateStore, episodes, failed_records, utc_aware
 
 
 def _iso(value) -> str | None:
@@ -48,7 +48,7 @@ def status(store: StateStore, *, runs: int = 10, failures: int = 20) -> dict[str
         ).all()
         oldest = conn.execute(select(failed_records).order_by(failed_records.c.first_failed_at).limit(failures)).mappings().all()
         open_episodes = conn.execute(select(func.count()).select_from(episodes).where(episodes.c.status == "open")).scalar() or 0
-    from sync.escalation import pending_markers
+    from healthsync.sync.escalation import pending_markers
 
     maybe_sent = pending_markers(store)
     queue = {}
@@ -86,6 +86,6 @@ def status(store: StateStore, *, runs: int = 10, failures: int = 20) -> dict[str
 
 def retry_failed(settings, *, ready: dict | None = None) -> dict[str, Any]:
     """`healthsync sync --retry-failed` (implemented with the write-back in sync.run)."""
-    from sync.run import retry_failed as run_retry
+    from healthsync.sync.run import retry_failed as run_retry
 
     return run_retry(settings, ready=ready)

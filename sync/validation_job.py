@@ -14,8 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from connectors.base import ConfigurationError
-from connectors.files import read_history
+from healthsync.connectors.base import ConfigurationError
+from healthsync.connectors.files import read_history
 
 log = logging.getLogger("healthsync.validation")
 
@@ -35,7 +35,7 @@ def _history(path: Path):
 def _record_backtest(settings, report: dict) -> None:
     """Keep the latest backtest for the report; a missing or locked store never fails the command."""
     try:
-        from sync.state import dumps, open_store
+        from healthsync.sync.state import dumps, open_store
 
         store = open_store(settings.state.url)
         now = datetime.now(timezone.utc).replace(tzinfo=None)
@@ -50,7 +50,7 @@ def _record_backtest(settings, report: dict) -> None:
 
 
 def run_backtest(settings, history_dir: Path, challenger=None) -> tuple[dict, str]:
-    from engine.backtest import backtest, format_text
+    from healthsync.engine.backtest import backtest, format_text
 
     history = _history(history_dir)
     report = backtest(
@@ -65,8 +65,8 @@ def run_backtest(settings, history_dir: Path, challenger=None) -> tuple[dict, st
 
 
 def run_calibrate(settings, history_dir: Path, out: Path, method: str = "correlation", target_recall: float = 0.75):
-    from engine.backtest import format_text
-    from engine.calibration import InsufficientHistoryError, calibrate
+    from healthsync.engine.backtest import format_text
+    from healthsync.engine.calibration import InsufficientHistoryError, calibrate
 
     history = _history(history_dir)
     try:

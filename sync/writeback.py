@@ -46,8 +46,8 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from config.settings import Settings
-from connectors.base import (
+from healthsync.config.settings import Settings
+from healthsync.connectors.base import (
     Change,
     ConfigurationError,
     CrmConnector,
@@ -57,7 +57,7 @@ from connectors.base import (
     RetryableError,
     StopRunError,
 )
-from sync.state import StateStore, dumps, utc_naive
+from healthsync.sync.state import StateStore, dumps, utc_naive
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +277,7 @@ def _drop_from_queue(store: StateStore, crm: str, object: str, ids: list[str]) -
     """Records no longer desired (deleted, closed, gone from the replica) leave the retry queue."""
     from sqlalchemy import delete
 
-    from sync.state import failed_records
+    from healthsync.sync.state import failed_records
 
     with store.begin() as conn:
         conn.execute(

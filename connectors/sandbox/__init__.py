@@ -5,7 +5,7 @@ SIGTERM/SIGINT for `healthsync sandbox serve`. See BEHAVIOR.md for the behaviour
 where the API notes are unverified, and for the `--faults` SPEC syntax.
 """
 
-from connectors.sandbox.faults import FaultSettings, parse_spec
-from connectors.sandbox.sandbox import Sandbox
+from healthsync.connectors.sandbox.faults import FaultSettings, parse_spec
+from healthsync.connectors.sandbox.sandbox import Sandbox
 
 __all__ = ["Sandbox", "FaultSettings", "parse_spec"]

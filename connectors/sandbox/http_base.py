@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
-from connectors.sandbox.faults import FaultDecision, FaultInjector
+from healthsync.connectors.sandbox.faults import FaultDecision, FaultInjector
 
 LOOPBACK = "127.0.0.1"
 

@@ -19,10 +19,10 @@ from itertools import repeat
 from datetime import datetime, timezone
 from typing import Any
 
-from connectors.sandbox import schema
-from connectors.sandbox.clock import Clock, hs_datetime, parse_datetime
-from connectors.sandbox.faults import FaultDecision, FaultInjector
-from connectors.sandbox.http_base import Api, HttpError, Request, Response, Router
+from healthsync.connectors.sandbox import schema
+from healthsync.connectors.sandbox.clock import Clock, hs_datetime, parse_datetime
+from healthsync.connectors.sandbox.faults import FaultDecision, FaultInjector
+from healthsync.connectors.sandbox.http_base import Api, HttpError, Request, Response, Router
 
 TIERS = {  # crm-api-notes 2.8: (burst per 10 s, daily)
     "starter": (100, 250_000),

@@ -12,7 +12,7 @@ POST /reset_counters                  forget recorded requests (sequence numbers
 
 from __future__ import annotations
 
-from connectors.sandbox.http_base import Api, HttpError, Request, Response, Router
+from healthsync.connectors.sandbox.http_base import Api, HttpError, Request, Response, Router
 
 
 class InspectApi(Api):

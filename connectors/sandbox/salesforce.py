@@ -23,11 +23,11 @@ from datetime import datetime
 from typing import Any, Callable
 from urllib.parse import unquote_plus
 
-from connectors.sandbox import schema
-from connectors.sandbox.clock import Clock, parse_datetime, sf_datetime
-from connectors.sandbox.faults import FaultDecision, FaultInjector
-from connectors.sandbox.http_base import Api, HttpError, Request, Response, Router
-from connectors.sandbox.soql import NUMERIC, SoqlError, compile_where, parse, sort_records
+from healthsync.connectors.sandbox import schema
+from healthsync.connectors.sandbox.clock import Clock, parse_datetime, sf_datetime
+from healthsync.connectors.sandbox.faults import FaultDecision, FaultInjector
+from healthsync.connectors.sandbox.http_base import Api, HttpError, Request, Response, Router
+from healthsync.connectors.sandbox.soql import NUMERIC, SoqlError, compile_where, parse, sort_records
 
 V = r"/services/data/v(?P<version>\d+\.\d+)"
 BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase

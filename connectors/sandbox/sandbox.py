@@ -21,15 +21,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from connectors.sandbox import schema, seed as seeding
-from connectors.sandbox.clock import Clock
-from connectors.sandbox.faults import APIS, FaultInjector, parse_spec
-from connectors.sandbox.http_base import EmulatorServer, Recorder
-from connectors.sandbox.hubspot import HubSpotApi
-from connectors.sandbox.inspect_api import InspectApi
-from connectors.sandbox.salesforce import SalesforceApi
-from connectors.sandbox.slack import DEFAULT_CHANNELS, SlackApi
-from connectors.sandbox.tls import make_tls
+from healthsync.connectors.sandbox import schema, seed as seeding
+from healthsync.connectors.sandbox.clock import Clock
+from healthsync.connectors.sandbox.faults import APIS, FaultInjector, parse_spec
+from healthsync.connectors.sandbox.http_base import EmulatorServer, Recorder
+from healthsync.connectors.sandbox.hubspot import HubSpotApi
+from healthsync.connectors.sandbox.inspect_api import InspectApi
+from healthsync.connectors.sandbox.salesforce import SalesforceApi
+from healthsync.connectors.sandbox.slack import DEFAULT_CHANNELS, SlackApi
+from healthsync.connectors.sandbox.tls import make_tls
 
 
 LARGE_SEED = 200_000  # records; above this the seeded objects are frozen out of the cyclic GC
@@ -37,7 +37,7 @@ LARGE_SEED = 200_000  # records; above this the seeded objects are frozen out of
 
 def _generate(n_accounts: int, seed: int):
     try:
-        from connectors.demo_data import generate_portfolio
+        from healthsync.connectors.demo_data import generate_portfolio
     except ImportError as e:  # the generator lives in another module; say what is missing
         raise RuntimeError("Sandbox(accounts=N) needs connectors.demo_data.generate_portfolio; pass portfolio=... "
                            "(an object with accounts, opportunities, tickets, owners frames) instead") from e
@@ -209,7 +209,7 @@ class Sandbox:
                 names = list(self.salesforce.fields[o])
                 return [{n: r.get(n) for n in names} for r in self.salesforce.records[o].values()]
         if api == "hubspot":
-            from connectors.sandbox.hubspot import TYPE_ALIASES
+            from healthsync.connectors.sandbox.hubspot import TYPE_ALIASES
             t = TYPE_ALIASES.get(obj.lower())
             if t is None:
                 raise KeyError(f"unknown HubSpot object {obj!r} (expected one of {', '.join(schema.HS_OBJECTS)})")

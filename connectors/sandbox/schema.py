@@ -15,8 +15,8 @@ from pathlib import Path
 
 import yaml
 
-import config
-from config.canonical import ACCOUNTS, OPPORTUNITIES, TICKETS
+from healthsync import config
+from healthsync.config.canonical import ACCOUNTS, OPPORTUNITIES, TICKETS
 
 
 @lru_cache(maxsize=1)

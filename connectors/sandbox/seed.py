@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from config.canonical import ACCOUNTS, OPPORTUNITIES, TICKETS
-from connectors import crm_values
-from connectors.sandbox.clock import sf_datetime
-from connectors.sandbox.schema import mapping
+from healthsync.config.canonical import ACCOUNTS, OPPORTUNITIES, TICKETS
+from healthsync.connectors import crm_values
+from healthsync.connectors.sandbox.clock import sf_datetime
+from healthsync.connectors.sandbox.schema import mapping
 
 _REF_COLUMNS = {"account_id", "opportunity_id", "ticket_id", "owner_email"}
 

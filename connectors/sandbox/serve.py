@@ -8,8 +8,8 @@ import sys
 import threading
 from pathlib import Path
 
-from connectors.sandbox.faults import parse_spec
-from connectors.sandbox.sandbox import Sandbox
+from healthsync.connectors.sandbox.faults import parse_spec
+from healthsync.connectors.sandbox.sandbox import Sandbox
 
 
 def serve(accounts: int = 500, seed: int = 7, hubspot_tier: str = "professional", faults_spec: str | None = None,

@@ -16,9 +16,9 @@ import threading
 import time
 from typing import Any
 
-from connectors.sandbox.clock import Clock
-from connectors.sandbox.faults import FaultDecision, FaultInjector
-from connectors.sandbox.http_base import Api, Request, Response, Router
+from healthsync.connectors.sandbox.clock import Clock
+from healthsync.connectors.sandbox.faults import FaultDecision, FaultInjector
+from healthsync.connectors.sandbox.http_base import Api, Request, Response, Router
 
 MAX_BLOCKS, MAX_SECTION_TEXT, MAX_TEXT = 50, 3000, 40_000  # crm-api-notes 3.2, 3.5
 DEFAULT_CHANNELS = ("cs-escalations", "cs-leadership", "revops", "general", "healthsync", "healthsync-alerts")

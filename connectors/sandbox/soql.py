@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
-from connectors.sandbox.clock import parse_datetime, sf_datetime
+from healthsync.connectors.sandbox.clock import parse_datetime, sf_datetime
 
 
 class SoqlError(Exception):

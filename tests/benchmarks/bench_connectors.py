@@ -15,17 +15,17 @@ import time
 
 import pandas as pd
 
-from config.settings import load_settings
-from connectors.base import Change
-from connectors.hubspot import hubspot_from_ready
-from connectors.salesforce import salesforce_from_ready
-from connectors.sandbox import Sandbox
+from healthsync.config.settings import load_settings
+from healthsync.connectors.base import Change
+from healthsync.connectors.hubspot import hubspot_from_ready
+from healthsync.connectors.salesforce import salesforce_from_ready
+from healthsync.connectors.sandbox import Sandbox
 
 
 def accounts_only(n: int, seed: int):
     import dataclasses
 
-    from connectors.demo_data import generate_portfolio
+    from healthsync.connectors.demo_data import generate_portfolio
 
     p = generate_portfolio(n, seed)
     return dataclasses.replace(p, opportunities=p.opportunities.iloc[:0], tickets=p.tickets.iloc[:0])

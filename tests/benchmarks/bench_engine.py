@@ -24,14 +24,14 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 
-from config.model import BooleanRule, CategoryRule, IdentityRule, LinearRule, RatioRule, StepsRule, TrendRule
-from config.settings import load_settings
-from connectors.demo_data import generate_portfolio
-from engine.drivers import explain
-from engine.features import build_features
-from engine.forecast import adjust_opportunities
-from engine.scoring import HealthScorer
-from engine.trends import compute_trends
+from healthsync.config.model import BooleanRule, CategoryRule, IdentityRule, LinearRule, RatioRule, StepsRule, TrendRule
+from healthsync.config.settings import load_settings
+from healthsync.connectors.demo_data import generate_portfolio
+from healthsync.engine.drivers import explain
+from healthsync.engine.features import build_features
+from healthsync.engine.forecast import adjust_opportunities
+from healthsync.engine.scoring import HealthScorer
+from healthsync.engine.trends import compute_trends
 
 N_ACCOUNTS = int(os.environ.get("BENCH_ENGINE_ACCOUNTS", "1000000"))
 N_LOOP = 10_000

@@ -17,7 +17,7 @@ import pytest
 SCENARIO = textwrap.dedent(
     """
     import json, resource, sys, tempfile, time
-    from connectors.demo_data import generate_history, generate_portfolio, write_history, write_portfolio
+    from healthsync.connectors.demo_data import generate_history, generate_portfolio, write_history, write_portfolio
 
     kind, n, fmt = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     started = time.perf_counter()

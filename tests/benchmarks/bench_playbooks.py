@@ -13,11 +13,11 @@ from datetime import datetime, timezone
 import numpy as np
 import pandas as pd
 
-from config.settings import load_settings
-from playbooks.definitions import load_playbooks
-from playbooks.triggers import holds, prepare_frame
-from sync.playbooks_job import run_playbooks
-from sync.state import open_store
+from healthsync.config.settings import load_settings
+from healthsync.playbooks.definitions import load_playbooks
+from healthsync.playbooks.triggers import holds, prepare_frame
+from healthsync.sync.playbooks_job import run_playbooks
+from healthsync.sync.state import open_store
 
 
 def scores(n: int, seed: int = 1) -> pd.DataFrame:

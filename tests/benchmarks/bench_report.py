@@ -14,9 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "report"))
 
-from config.settings import load_settings  # noqa: E402
+from healthsync.config.settings import load_settings  # noqa: E402
 from report_store import NOW, build_store  # noqa: E402
-from sync.report import write_report  # noqa: E402
+from healthsync.sync.report import write_report  # noqa: E402
 
 ACCOUNTS = 10_000
 RUNS = 8

@@ -15,7 +15,7 @@ import time
 import requests
 from simple_salesforce import Salesforce
 
-from connectors.sandbox import Sandbox
+from healthsync.connectors.sandbox import Sandbox
 
 
 def main(n: int) -> None:

@@ -9,11 +9,11 @@ import time
 import numpy as np
 import pandas as pd
 
-from config.settings import load_settings
-from connectors.demo_data import generate_history
-from engine.backtest import backtest
-from engine.calibration import calibrate
-from engine.drift import drift_report
+from healthsync.config.settings import load_settings
+from healthsync.connectors.demo_data import generate_history
+from healthsync.engine.backtest import backtest
+from healthsync.engine.calibration import calibrate
+from healthsync.engine.drift import drift_report
 
 
 def _timed(label, fn):

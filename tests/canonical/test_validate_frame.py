@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from config.canonical import ACCOUNTS, TICKETS, validate_frame
+from healthsync.config.canonical import ACCOUNTS, TICKETS, validate_frame
 
 
 def accounts(rows):

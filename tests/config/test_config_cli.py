@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from config.settings import DEFAULT_CONFIG_PATH, load_settings
+from healthsync.config.settings import DEFAULT_CONFIG_PATH, load_settings
 
 BIN = Path(sys.executable).with_name("healthsync")
 
@@ -148,7 +148,7 @@ def test_four_band_scheme_is_expressible(tmp_path):
 
 @pytest.mark.parametrize("override,expected", [({"Green": 80}, "Yellow"), ({"Yellow": 50}, "Red")])
 def test_threshold_override_referencing_bands_is_checked(tmp_path, override, expected):
-    from config.model import apply_thresholds
+    from healthsync.config.model import apply_thresholds
 
     s = load_settings()
     bands = apply_thresholds(s.model.bands, override)

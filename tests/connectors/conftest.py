@@ -6,11 +6,11 @@ import dataclasses
 
 import pytest
 
-from config.settings import load_settings
+from healthsync.config.settings import load_settings
 
-from connectors.demo_data import generate_portfolio
-from connectors.retry import RetryPolicy
-from connectors.sandbox import Sandbox
+from healthsync.connectors.demo_data import generate_portfolio
+from healthsync.connectors.retry import RetryPolicy
+from healthsync.connectors.sandbox import Sandbox
 
 #: the mapping exactly as the CLI passes it (the validated settings, dumped to plain dicts)
 _MAPPING = load_settings(environ={}).mapping

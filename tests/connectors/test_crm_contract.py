@@ -11,10 +11,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from connectors.base import Change, ConfigurationError, QuotaExhaustedError, StopRunError, TaskSpec
-from connectors.hubspot import HubSpotConnector, hubspot_from_ready
-from connectors.salesforce import SalesforceConnector, salesforce_from_ready
-from connectors.sandbox import Sandbox
+from healthsync.connectors.base import Change, ConfigurationError, QuotaExhaustedError, StopRunError, TaskSpec
+from healthsync.connectors.hubspot import HubSpotConnector, hubspot_from_ready
+from healthsync.connectors.salesforce import SalesforceConnector, salesforce_from_ready
+from healthsync.connectors.sandbox import Sandbox
 from tests.connectors.conftest import FAST, MAPPING, accounts_only
 
 
@@ -398,8 +398,8 @@ class TestHubSpotSpecifics:
         assert float(stored["health_score"]) == 33 and stored["health_updated"].startswith("2026-11-01T10:00:00")
 
     def test_given_more_results_than_the_search_cap_then_the_query_is_rewindowed_and_paced(self, monkeypatch):
-        import connectors.sandbox.hubspot as emulator
-        from connectors.hubspot import HubSpotApiError
+        import healthsync.connectors.sandbox.hubspot as emulator
+        from healthsync.connectors.hubspot import HubSpotApiError
 
         monkeypatch.setattr(emulator, "SEARCH_CAP", 400)  # the emulator answers 400 past 400 results per query
         with Sandbox(portfolio=accounts_only(900, 6), seed=6) as sb:
@@ -421,7 +421,7 @@ class TestHubSpotSpecifics:
 
 
 def test_pacer_never_exceeds_its_budget_in_any_window():
-    from connectors.hubspot import _Pacer
+    from healthsync.connectors.hubspot import _Pacer
 
     now = [0.0]
     sleeps = []
@@ -444,7 +444,7 @@ def test_pacer_never_exceeds_its_budget_in_any_window():
 def test_accounts_pulled_from_both_crms_are_matched_by_domain_and_the_rest_reported():
     import pandas as pd
 
-    from connectors.identity import match_accounts
+    from healthsync.connectors.identity import match_accounts
 
     with Sandbox(portfolio=accounts_only(6, 8), seed=8, precreate_fields=True) as sb:
         extra = sb.create("hubspot", "companies", {"name": "Only in HubSpot", "domain": "www.solo.example.org"})
@@ -471,7 +471,7 @@ def test_a_mapped_field_missing_in_the_crm_is_reported_and_the_pull_goes_on(crm,
 
 
 def test_no_secret_in_debug_logs_of_a_full_round_trip(small_sandbox, caplog):
-    from connectors.slack import slack_from_ready
+    from healthsync.connectors.slack import slack_from_ready
 
     caplog.set_level("DEBUG")
     sb = small_sandbox

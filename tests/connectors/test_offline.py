@@ -7,12 +7,12 @@ import time
 import pandas as pd
 import pytest
 
-from connectors.base import CallStats, ConfigurationError, RetryableError
-from connectors.files import read_frame, read_frames, read_history, write_frame
-from connectors.identity import match_accounts, normalize_domain
-from connectors.redact import Redactor
-from connectors.retry import RetryPolicy
-from connectors.slack import ELLIPSIS, MAX_BLOCKS, MAX_SECTION_TEXT, escape_mrkdwn, fit_blocks
+from healthsync.connectors.base import CallStats, ConfigurationError, RetryableError
+from healthsync.connectors.files import read_frame, read_frames, read_history, write_frame
+from healthsync.connectors.identity import match_accounts, normalize_domain
+from healthsync.connectors.redact import Redactor
+from healthsync.connectors.retry import RetryPolicy
+from healthsync.connectors.slack import ELLIPSIS, MAX_BLOCKS, MAX_SECTION_TEXT, escape_mrkdwn, fit_blocks
 
 FAST = RetryPolicy(max_attempts=4, max_total_seconds=5, base_wait=0.001, max_wait=0.01, timeout=5)
 

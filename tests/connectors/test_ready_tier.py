@@ -1,8 +1,8 @@
 """The ready file tells connectors which HubSpot tier the sandbox enforces, so pacing matches it."""
 
-from config.settings import load_settings
-from connectors.hubspot import hubspot_from_ready
-from connectors.sandbox import Sandbox
+from healthsync.config.settings import load_settings
+from healthsync.connectors.hubspot import hubspot_from_ready
+from healthsync.connectors.sandbox import Sandbox
 
 
 def test_given_a_starter_sandbox_then_the_connector_paces_for_100_requests_per_10_seconds():

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from connectors.base import ConfigurationError
-from connectors.sandbox import Sandbox
-from connectors.sandbox.slack import DEFAULT_CHANNELS
-from connectors.slack import MAX_BLOCKS, MAX_SECTION_TEXT, SlackNotifier, SlackUserNotFoundError, escape_mrkdwn, slack_from_ready
+from healthsync.connectors.base import ConfigurationError
+from healthsync.connectors.sandbox import Sandbox
+from healthsync.connectors.sandbox.slack import DEFAULT_CHANNELS
+from healthsync.connectors.slack import MAX_BLOCKS, MAX_SECTION_TEXT, SlackNotifier, SlackUserNotFoundError, escape_mrkdwn, slack_from_ready
 from tests.connectors.conftest import FAST, accounts_only
 
 SENTINEL = "xoxb-SENTINEL-5ec7e7-do-not-leak"

@@ -13,9 +13,9 @@ import pytest
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from connectors.base import RetryableError
-from connectors.sandbox import Sandbox
-from connectors.slack import METADATA_EVENT_TYPE, SlackDeliveryUncertainError, slack_from_ready
+from healthsync.connectors.base import RetryableError
+from healthsync.connectors.sandbox import Sandbox
+from healthsync.connectors.slack import METADATA_EVENT_TYPE, SlackDeliveryUncertainError, slack_from_ready
 from tests.connectors.conftest import FAST, accounts_only
 
 

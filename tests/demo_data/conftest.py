@@ -2,7 +2,7 @@
 
 import pytest
 
-from connectors.demo_data import generate_history, generate_portfolio
+from healthsync.connectors.demo_data import generate_history, generate_portfolio
 
 
 @pytest.fixture(scope="session")

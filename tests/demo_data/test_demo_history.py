@@ -6,8 +6,8 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
-from config.canonical import ACCOUNTS, ACCOUNTS_HISTORY, OPPORTUNITIES_HISTORY, TICKETS, validate_frame
-from connectors.demo_data import generate_history, read_history, write_history
+from healthsync.config.canonical import ACCOUNTS, ACCOUNTS_HISTORY, OPPORTUNITIES_HISTORY, TICKETS, validate_frame
+from healthsync.connectors.demo_data import generate_history, read_history, write_history
 from seed003_model import default_score, metric_scores, ticket_features
 
 

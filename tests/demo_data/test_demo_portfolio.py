@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from config.canonical import ACCOUNTS, OPPORTUNITIES, TICKETS, validate_frame
-from connectors.demo_data import STAGES, generate_portfolio, write_portfolio
+from healthsync.config.canonical import ACCOUNTS, OPPORTUNITIES, TICKETS, validate_frame
+from healthsync.connectors.demo_data import STAGES, generate_portfolio, write_portfolio
 
 SPECS = {"accounts": ACCOUNTS, "opportunities": OPPORTUNITIES, "tickets": TICKETS}
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from config.settings import load_settings
-from connectors.sandbox import Sandbox
-from sync.state import StateStore, open_store
+from healthsync.config.settings import load_settings
+from healthsync.connectors.sandbox import Sandbox
+from healthsync.sync.state import StateStore, open_store
 
 
 @pytest.fixture

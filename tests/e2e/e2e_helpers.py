@@ -9,8 +9,8 @@ from collections import Counter
 
 import pandas as pd
 
-from connectors.sandbox import Sandbox
-from sync.state import StateStore
+from healthsync.connectors.sandbox import Sandbox
+from healthsync.sync.state import StateStore
 #: POST endpoints that only read (everything else that is not GET is a write)
 _READ_POSTS = re.compile(r"(/search|/batch/read|oauth2/token|users\.lookupByEmail|conversations\.open|/query)")
 
@@ -105,7 +105,7 @@ def assert_no_duplicate_messages(sb: Sandbox, store: StateStore) -> int:
     """
     from sqlalchemy import select
 
-    from sync.state import escalations
+    from healthsync.sync.state import escalations
 
     messages = sb.slack_messages()
     ts_seen = Counter(m["ts"] for m in messages)

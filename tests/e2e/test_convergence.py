@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from sync.run import run_cycle
+from healthsync.sync.run import run_cycle
 
 from e2e_helpers import assert_crm_matches_pushed, assert_no_duplicate_messages, assert_no_duplicate_tasks, writes
 

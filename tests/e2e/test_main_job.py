@@ -7,8 +7,8 @@ import json
 import pytest
 from sqlalchemy import select
 
-from sync.run import run_cycle
-from sync.state import episodes, pushed
+from healthsync.sync.run import run_cycle
+from healthsync.sync.state import episodes, pushed
 
 from e2e_helpers import assert_crm_matches_pushed, assert_no_duplicate_messages, assert_no_duplicate_tasks, crm_values, field_writes, slack_posts, task_creates, writes
 

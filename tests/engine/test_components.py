@@ -4,14 +4,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from config.model import ForecastConfig, ModelConfig
-from config.settings import load_settings
-from engine.drivers import MAX_DRIVER_CHARS, explain
-from engine.features import build_features
-from engine.forecast import adjust_opportunities, rollup
-from engine.rules import score_rule
-from engine.scoring import HealthScorer
-from engine.trends import compute_trends
+from healthsync.config.model import ForecastConfig, ModelConfig
+from healthsync.config.settings import load_settings
+from healthsync.engine.drivers import MAX_DRIVER_CHARS, explain
+from healthsync.engine.features import build_features
+from healthsync.engine.forecast import adjust_opportunities, rollup
+from healthsync.engine.rules import score_rule
+from healthsync.engine.scoring import HealthScorer
+from healthsync.engine.trends import compute_trends
 
 BANDS = [{"name": "Red", "min": 0, "max": 40}, {"name": "Yellow", "min": 41, "max": 70},
          {"name": "Green", "min": 71, "max": 100}]
@@ -20,7 +20,7 @@ BANDS = [{"name": "Red", "min": 0, "max": 40}, {"name": "Yellow", "min": 41, "ma
 def rule(spec, **columns):
     from pydantic import TypeAdapter
 
-    from config.model import Rule
+    from healthsync.config.model import Rule
 
     return score_rule(pd.DataFrame(columns), TypeAdapter(Rule).validate_python(spec))
 
@@ -242,7 +242,7 @@ def test_delta_method_limited_by_max_swing_and_unknown_delta_keeps_base():
 
 
 def test_pipeline_scores_default_settings_end_to_end():
-    from engine.pipeline import score_portfolio
+    from healthsync.engine.pipeline import score_portfolio
 
     settings = load_settings()
     acc = pd.DataFrame({"account_id": ["a"], "segment": ["smb"], "logins_per_user_week": [6.0]})
@@ -270,7 +270,7 @@ def test_drivers_when_fewer_metrics_than_top_n_cost_points():
 def test_chunked_threaded_scoring_matches_one_pass():
     from pathlib import Path
 
-    from connectors.files import read_frames
+    from healthsync.connectors.files import read_frames
 
     settings = load_settings()
     frames, _ = read_frames(Path(__file__).resolve().parents[2] / "fixtures" / "portfolio")

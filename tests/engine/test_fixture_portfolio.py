@@ -5,10 +5,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from config.settings import load_settings
-from connectors.files import read_frames
-from engine.forecast import rollup
-from engine.pipeline import score_portfolio
+from healthsync.config.settings import load_settings
+from healthsync.connectors.files import read_frames
+from healthsync.engine.forecast import rollup
+from healthsync.engine.pipeline import score_portfolio
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "portfolio"
 AS_OF = "2026-11-01"

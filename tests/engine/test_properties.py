@@ -7,9 +7,9 @@ import pandas as pd
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from config.model import ModelConfig
-from config.settings import load_settings
-from engine.scoring import HealthScorer
+from healthsync.config.model import ModelConfig
+from healthsync.config.settings import load_settings
+from healthsync.engine.scoring import HealthScorer
 
 DEFAULT = load_settings().model
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

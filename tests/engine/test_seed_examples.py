@@ -4,10 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from config.model import ForecastConfig, ModelConfig
-from config.settings import load_settings
-from engine.forecast import adjust_opportunities
-from engine.scoring import HealthScorer
+from healthsync.config.model import ForecastConfig, ModelConfig
+from healthsync.config.settings import load_settings
+from healthsync.engine.forecast import adjust_opportunities
+from healthsync.engine.scoring import HealthScorer
 
 SEED_BANDS = [  # seed 001: "Final Health Score: 74 (Moderate)"
     {"name": "At risk", "min": 0, "max": 59},

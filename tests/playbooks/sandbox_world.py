@@ -13,16 +13,16 @@ from datetime import datetime
 import pandas as pd
 import yaml
 
-from config.settings import Settings, load_settings
-from connectors.demo_data import generate_portfolio
-from connectors.hubspot import hubspot_from_ready
-from connectors.salesforce import salesforce_from_ready
-from connectors.sandbox import Sandbox
-from connectors.sandbox.slack import DEFAULT_CHANNELS
-from connectors.slack import slack_from_ready
-from sync.clock import now_for
-from sync.run import load_owners
-from sync.state import StateStore, open_store
+from healthsync.config.settings import Settings, load_settings
+from healthsync.connectors.demo_data import generate_portfolio
+from healthsync.connectors.hubspot import hubspot_from_ready
+from healthsync.connectors.salesforce import salesforce_from_ready
+from healthsync.connectors.sandbox import Sandbox
+from healthsync.connectors.sandbox.slack import DEFAULT_CHANNELS
+from healthsync.connectors.slack import slack_from_ready
+from healthsync.sync.clock import now_for
+from healthsync.sync.run import load_owners
+from healthsync.sync.state import StateStore, open_store
 
 #: the sandbox's channels plus per-segment fallback channels some tests configure
 CHANNELS = DEFAULT_CHANNELS + ("cs-enterprise", "cs-mid-market", "cs-smb")

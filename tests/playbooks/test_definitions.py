@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from config.settings import ConfigError, load_settings
-from playbooks.definitions import PACKAGED_DEFINITIONS, load_playbooks
-from playbooks.render import SAMPLE_ROW, TemplateRenderer, task_context
+from healthsync.config.settings import ConfigError, load_settings
+from healthsync.playbooks.definitions import PACKAGED_DEFINITIONS, load_playbooks
+from healthsync.playbooks.render import SAMPLE_ROW, TemplateRenderer, task_context
 
 
 def settings_with(tmp_path: Path, definitions: dict | None = None, enabled: list[str] | None = None, templates: dict | None = None):

@@ -5,9 +5,9 @@ from datetime import datetime, timezone
 import pandas as pd
 import pytest
 
-from config.settings import load_settings
-from playbooks.definitions import load_playbooks
-from playbooks.triggers import ConditionError, holds, parse_condition, prepare_frame
+from healthsync.config.settings import load_settings
+from healthsync.playbooks.definitions import load_playbooks
+from healthsync.playbooks.triggers import ConditionError, holds, parse_condition, prepare_frame
 
 NOW = datetime(2026, 11, 25, 6, 0, tzinfo=timezone.utc)
 

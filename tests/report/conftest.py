@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from config.settings import load_settings
-from connectors.sandbox import Sandbox
-from sync.run import run_cycle
-from sync.state import open_store
+from healthsync.config.settings import load_settings
+from healthsync.connectors.sandbox import Sandbox
+from healthsync.sync.run import run_cycle
+from healthsync.sync.state import open_store
 
 
 @pytest.fixture(scope="session")

@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import insert, select
 
-from config.canonical import as_records
-from connectors.demo_data import generate_portfolio
-from sync.score_job import trend_text
-from sync.state import StateStore, dumps, open_store, utc_naive
+from healthsync.config.canonical import as_records
+from healthsync.connectors.demo_data import generate_portfolio
+from healthsync.sync.score_job import trend_text
+from healthsync.sync.state import StateStore, dumps, open_store, utc_naive
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 BANDS = (("Red", 0, 40), ("Yellow", 41, 70), ("Green", 71, 100))

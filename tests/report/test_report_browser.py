@@ -22,7 +22,7 @@ import pytest
 
 from dom import by_id, chart_is_drawn, charts, parse, rows
 from report_store import expected_figures
-from sync.report import anchor
+from healthsync.sync.report import anchor
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"

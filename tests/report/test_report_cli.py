@@ -7,7 +7,7 @@ import json
 from typer.testing import CliRunner
 
 from dom import by_id, parse
-from sync.cli import app
+from healthsync.sync.cli import app
 
 
 def test_given_a_run_when_reporting_for_one_owner_then_the_file_holds_only_their_book(sandbox_report, tmp_path):

@@ -14,12 +14,12 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import insert
 
-from config.settings import load_settings
+from healthsync.config.settings import load_settings
 from dom import by_id, chart_is_drawn, charts, parse, rows
 from report_store import NOW, build_store, expected_figures
-from sync.report import write_report
-from sync.report_data import load_report_data
-from sync.state import dumps, open_store, utc_naive
+from healthsync.sync.report import write_report
+from healthsync.sync.report_data import load_report_data
+from healthsync.sync.state import dumps, open_store, utc_naive
 
 OVERRIDDEN = {"override": True, "override_reason": "CSM sentiment red: one tier down", "raw_band": "Yellow"}
 EVIL = '<script>alert("owned")</script> & <b>Co</b>'
@@ -101,7 +101,7 @@ def test_given_hand_checked_store_when_loaded_then_figures_match_the_arithmetic(
     # e3 opened 14 h ago, due in 10 h (24 h window, last 6 h): on time; e4 a 190 h window due in 30 h (last 47.5 h): due soon
     assert list(data.tasks.sort_values("episode_id")["sla_status"]) == ["breached", "due soon", "on time", "on time", "due soon"]
     # CSM priority: Red first, then the steeper 30-day decline (Alpha -12 before Bravo -10)
-    from sync.report_data import priority_order
+    from healthsync.sync.report_data import priority_order
 
     assert list(priority_order(data.accounts, data.bands)["account_id"]) == ["sf:A", "sf:B", "sf:C", "sf:D"]
 
@@ -195,14 +195,14 @@ def test_given_an_empty_store_when_rendered_then_the_report_says_so(tmp_path, se
 
 
 def test_given_no_state_store_when_reporting_then_a_clear_error_names_the_key_without_the_password(tmp_path, settings):
-    from connectors.base import ConfigurationError
-    from sync.state import StateStore
+    from healthsync.connectors.base import ConfigurationError
+    from healthsync.sync.state import StateStore
 
     store = StateStore(f"sqlite:///{tmp_path}/nothing.db")
     with pytest.raises(ConfigurationError, match=r"state.url: no healthsync state .*healthsync run"):
         write_report(store, settings, tmp_path / "r.html", now=NOW)
     assert not (tmp_path / "r.html").exists()
-    from sync.report import redact_url
+    from healthsync.sync.report import redact_url
 
     assert "s3cret" not in redact_url("postgresql://u:s3cret@db.example.com/hs")
 

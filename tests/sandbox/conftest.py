@@ -2,7 +2,7 @@
 
 import pytest
 
-from connectors.sandbox import Sandbox
+from healthsync.connectors.sandbox import Sandbox
 from sandbox_helpers import tiny_portfolio
 
 

@@ -14,7 +14,7 @@ import hubspot
 from simple_salesforce import Salesforce
 from slack_sdk import WebClient
 
-from connectors.sandbox import Sandbox
+from healthsync.connectors.sandbox import Sandbox
 
 OWNERS = pd.DataFrame({
     "email": ["csm.one@example.com", "mgr.two@example.com", "vp.three@example.com"],

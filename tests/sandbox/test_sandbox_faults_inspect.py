@@ -12,9 +12,9 @@ import pytest
 import requests
 from simple_salesforce.exceptions import SalesforceGeneralError
 
-from connectors.sandbox import Sandbox, parse_spec
-from connectors.sandbox.faults import FaultInjector
-from connectors.sandbox.serve import serve
+from healthsync.connectors.sandbox import Sandbox, parse_spec
+from healthsync.connectors.sandbox.faults import FaultInjector
+from healthsync.connectors.sandbox.serve import serve
 from sandbox_helpers import hs_client, sf_client, slack_client, tiny_portfolio
 
 

@@ -14,7 +14,7 @@ from hubspot.crm.objects.tasks import BatchInputSimplePublicObjectBatchInputUpse
 from hubspot.crm.properties import PropertyCreate, PropertyGroupCreate
 from urllib3.util.retry import Retry
 
-from connectors.sandbox import Sandbox
+from healthsync.connectors.sandbox import Sandbox
 from sandbox_helpers import hs_client, tiny_portfolio
 
 

@@ -13,7 +13,7 @@ from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import (SalesforceExpiredSession, SalesforceMalformedRequest,
                                           SalesforceRefusedRequest, SalesforceResourceNotFound)
 
-from connectors.sandbox import Sandbox
+from healthsync.connectors.sandbox import Sandbox
 from sandbox_helpers import sf_client, sf_session, tiny_portfolio
 
 HEALTH_SCORE = {"FullName": "Account.Health_Score__c",

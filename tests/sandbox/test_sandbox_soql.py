@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from connectors.sandbox.soql import SoqlError, compile_where, parse, sort_records
+from healthsync.connectors.sandbox.soql import SoqlError, compile_where, parse, sort_records
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 TYPES = {"Name": "string", "Amount": "double", "Closed": "boolean", "Stamp": "datetime", "Due": "date",

@@ -4,7 +4,7 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
-from sync.escalation import Directory, effective_due
+from healthsync.sync.escalation import Directory, effective_due
 
 OWNERS = pd.DataFrame(
     {

@@ -12,9 +12,9 @@ from sqlalchemy import select
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "playbooks"))
 from sandbox_world import RED, crm_accounts, open_store, scores_frame, start_world  # noqa: E402
 
-from sync.escalation import pending_markers, run_escalation  # noqa: E402
-from sync.status import status  # noqa: E402
-from sync.playbooks_job import run_playbooks  # noqa: E402
+from healthsync.sync.escalation import pending_markers, run_escalation  # noqa: E402
+from healthsync.sync.status import status  # noqa: E402
+from healthsync.sync.playbooks_job import run_playbooks  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -254,8 +254,8 @@ def test_several_alerts_for_one_owner_in_one_run_go_as_one_digest(world, store, 
 
 
 def test_slack_faults_are_retried_without_duplicate_messages(world, store, accounts):
-    from connectors.retry import RetryPolicy
-    from connectors.slack import slack_from_ready
+    from healthsync.connectors.retry import RetryPolicy
+    from healthsync.connectors.slack import slack_from_ready
 
     picked = pd.concat([accounts[accounts["crm"] == "salesforce"].iloc[20:23], accounts[accounts["crm"] == "hubspot"].iloc[20:23]])
     scores = scores_frame(accounts, {a: RED for a in picked["account_id"]})

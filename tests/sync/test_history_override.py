@@ -5,8 +5,8 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
-from config.settings import load_settings
-from sync.score_job import history_rows
+from healthsync.config.settings import load_settings
+from healthsync.sync.score_job import history_rows
 
 
 def test_override_flag_reason_and_computed_band_are_kept_with_the_dimension_scores():

@@ -11,7 +11,7 @@ from sqlalchemy import select
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "playbooks"))
 from sandbox_world import RED, World, crm_accounts, open_store, scores_frame, start_world  # noqa: E402
 
-from sync.playbooks_job import run_playbooks  # noqa: E402
+from healthsync.sync.playbooks_job import run_playbooks  # noqa: E402
 
 
 @pytest.fixture(scope="module")

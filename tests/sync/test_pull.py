@@ -7,12 +7,12 @@ from datetime import datetime, timezone
 
 import pytest
 
-from config.settings import load_settings
-from connectors.hubspot import hubspot_from_ready
-from connectors.salesforce import salesforce_from_ready
-from connectors.sandbox import Sandbox
-from sync.pull import pull_object, replica_frame
-from sync.state import open_store
+from healthsync.config.settings import load_settings
+from healthsync.connectors.hubspot import hubspot_from_ready
+from healthsync.connectors.salesforce import salesforce_from_ready
+from healthsync.connectors.sandbox import Sandbox
+from healthsync.sync.pull import pull_object, replica_frame
+from healthsync.sync.state import open_store
 
 NOW = datetime(2026, 11, 2, 6, 0, tzinfo=timezone.utc)
 

@@ -9,11 +9,11 @@ import json
 import pytest
 from rich.console import Console
 
-from config.settings import load_settings
-from connectors.sandbox import Sandbox
-from sync.run import escalate_stage, pull_stage, retry_failed, run_cycle, score_stage, sync_stage
-from sync.state import open_store
-from sync.status import status
+from healthsync.config.settings import load_settings
+from healthsync.connectors.sandbox import Sandbox
+from healthsync.sync.run import escalate_stage, pull_stage, retry_failed, run_cycle, score_stage, sync_stage
+from healthsync.sync.state import open_store
+from healthsync.sync.status import status
 
 
 @pytest.fixture
@@ -121,7 +121,7 @@ def test_stages_and_the_dry_run_table(settings):
 
 
 def test_given_another_run_holds_the_state_lock_then_the_run_stops_without_touching_anything(settings):
-    from sync.run import RUN_LOCK
+    from healthsync.sync.run import RUN_LOCK
 
     store = open_store(settings.state.url)
     assert store.acquire_lock(RUN_LOCK, "someone-else", 600)

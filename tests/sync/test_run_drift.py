@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from config.settings import load_settings
-from connectors.demo_data import generate_portfolio
-from connectors.sandbox import Sandbox
-from sync.run import run_cycle
-from sync.state import open_store
+from healthsync.config.settings import load_settings
+from healthsync.connectors.demo_data import generate_portfolio
+from healthsync.connectors.sandbox import Sandbox
+from healthsync.sync.run import run_cycle
+from healthsync.sync.state import open_store
 
 
 def test_given_logins_zero_in_one_crm_only_when_run_then_no_dead_input_warning_but_drift_is_recorded_per_metric(tmp_path):

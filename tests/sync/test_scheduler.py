@@ -9,9 +9,9 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from config.settings import ConfigError, load_settings
-from sync import scheduler as sched
-from sync.state import open_store
+from healthsync.config.settings import ConfigError, load_settings
+from healthsync.sync import scheduler as sched
+from healthsync.sync.state import open_store
 
 
 def settings_for(tmp_path, **over):
@@ -138,8 +138,8 @@ def test_exit_code_2_or_more_is_a_failure(tmp_path):
 import json  # noqa: E402
 import time  # noqa: E402
 
-from connectors.sandbox import Sandbox  # noqa: E402
-from connectors.slack import slack_from_ready  # noqa: E402
+from healthsync.connectors.sandbox import Sandbox  # noqa: E402
+from healthsync.connectors.slack import slack_from_ready  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +223,7 @@ def test_serve_reports_configuration_errors_with_exit_code_2(tmp_path, capsys):
 def test_every_schedulable_job_has_a_default_implementation(tmp_path):
     from typing import get_args
 
-    from config.settings import Schedule
+    from healthsync.config.settings import Schedule
 
     jobs = sched.default_job_functions(settings_for(tmp_path))
     assert set(get_args(Schedule.model_fields["job"].annotation)) <= set(jobs)

@@ -5,11 +5,11 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import pytest
 
-from config.canonical import as_records
-from config.settings import load_settings
-from connectors.demo_data import generate_portfolio
-from sync.score_job import record_history, score_replica, trend_text
-from sync.state import dumps, open_store
+from healthsync.config.canonical import as_records
+from healthsync.config.settings import load_settings
+from healthsync.connectors.demo_data import generate_portfolio
+from healthsync.sync.score_job import record_history, score_replica, trend_text
+from healthsync.sync.state import dumps, open_store
 
 NOW = datetime(2026, 3, 2, 6, 0, tzinfo=timezone.utc)
 

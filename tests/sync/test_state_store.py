@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import inspect, select
 
-from sync.state import MIGRATIONS, StateStore, dumps, open_store, schema_version
+from healthsync.sync.state import MIGRATIONS, StateStore, dumps, open_store, schema_version
 
 T0 = datetime(2026, 1, 5, 6, 0, tzinfo=timezone.utc)
 

@@ -7,15 +7,15 @@ from datetime import datetime, timezone
 import pandas as pd
 import pytest
 
-from config.settings import load_settings
-from connectors.base import Change, StopRunError
-from connectors.hubspot import hubspot_from_ready
-from connectors.retry import RetryPolicy
-from connectors.salesforce import salesforce_from_ready
-from connectors.sandbox import Sandbox
-from sync.pull import pull_object
-from sync.state import open_store
-from sync.writeback import (
+from healthsync.config.settings import load_settings
+from healthsync.connectors.base import Change, StopRunError
+from healthsync.connectors.hubspot import hubspot_from_ready
+from healthsync.connectors.retry import RetryPolicy
+from healthsync.connectors.salesforce import salesforce_from_ready
+from healthsync.connectors.sandbox import Sandbox
+from healthsync.sync.pull import pull_object
+from healthsync.sync.state import open_store
+from healthsync.sync.writeback import (
     WriteNotAllowedError,
     _push_split,
     assert_allowed,

@@ -6,9 +6,9 @@ and every test here only reads them.
 
 import pytest
 
-from config.settings import load_settings
-from connectors.demo_data import generate_history
-from engine.calibration import calibrate
+from healthsync.config.settings import load_settings
+from healthsync.connectors.demo_data import generate_history
+from healthsync.engine.calibration import calibrate
 
 DEMO_ACCOUNTS = 3000
 DEMO_SEED = 1
@@ -26,7 +26,7 @@ def demo_history():
 
 @pytest.fixture(scope="session")
 def default_backtest(demo_history, settings):
-    from engine.backtest import backtest
+    from healthsync.engine.backtest import backtest
 
     return backtest(demo_history, settings.model, settings.forecast)
 

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from config.model import ModelConfig
-from connectors.demo_data import generate_history, write_history
-from connectors.files import read_history
-from engine.backtest import backtest, build_snapshots, format_text, history_frames, lead_time, score_snapshots
+from healthsync.config.model import ModelConfig
+from healthsync.connectors.demo_data import generate_history, write_history
+from healthsync.connectors.files import read_history
+from healthsync.engine.backtest import backtest, build_snapshots, format_text, history_frames, lead_time, score_snapshots
 
 CONTRACT_KEYS = ("auc", "pr_auc", "brier", "accuracy", "precision", "recall", "f1")
 

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from config.settings import load_settings
-from engine.backtest import backtest
-from engine.calibration import InsufficientHistoryError, calibrate, with_boundary
+from healthsync.config.settings import load_settings
+from healthsync.engine.backtest import backtest
+from healthsync.engine.calibration import InsufficientHistoryError, calibrate, with_boundary
 
 DAY0 = pd.Timestamp("2025-01-01")
 
@@ -134,8 +134,8 @@ def test_band_rules_that_cost_precision_are_switched_off_with_a_warning(calibrat
 
 def test_fast_band_flags_equal_the_scorer_bands(calibrated, demo_history, settings):
     """The tuning loop's shortcut (engine.calibration.BandFlags) must agree with the real scorer."""
-    from engine.backtest import build_snapshots, history_frames, score_snapshots
-    from engine.calibration import BandFlags, with_boundary
+    from healthsync.engine.backtest import build_snapshots, history_frames, score_snapshots
+    from healthsync.engine.calibration import BandFlags, with_boundary
 
     acc = demo_history.accounts_history
     frames = history_frames({"accounts_history": acc[acc["as_of"] <= sorted(acc["as_of"].unique())[1]],

@@ -3,8 +3,8 @@
 import numpy as np
 import pandas as pd
 
-from engine.backtest import build_snapshots, history_frames, score_snapshots
-from engine.drift import drift_report
+from healthsync.engine.backtest import build_snapshots, history_frames, score_snapshots
+from healthsync.engine.drift import drift_report
 
 
 def _scored_with_features(history, model, as_of_filter):

@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from engine import metrics as m
-from engine.calibration import normalise_weights
-from engine.drift import psi
+from healthsync.engine import metrics as m
+from healthsync.engine.calibration import normalise_weights
+from healthsync.engine.drift import psi
 
 
 def test_auc_counts_correctly_ordered_pairs():
