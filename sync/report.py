@@ -407,8 +407,8 @@ def write_report(store: StateStore, settings: Settings, path: str | Path, owner:
     try:
         version = store.version()
     except SQLAlchemyError:
-        version = 0
-    if version == 0:
+        version = None
+    if not version:
         raise ReportStateError(f"state.url: no healthsync state at {redact_url(store.url)}; run `healthsync run` first")
     data = load_report_data(store, settings, now=now, owner=owner, drill_down_cap=drill_down_cap)
     html, n_charts = render_report(data, settings)

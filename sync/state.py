@@ -15,8 +15,9 @@ with the playbooks/escalation/scheduler code (notes/sync_contract.md):
     locks           named leases for the scheduler and jobs
     drift/backtests for the validation and report code
 
-Schema changes are migrations (an ordered list of functions recorded in
-`schema_version`), never drop-and-rebuild: a user's state survives upgrades.
+Schema changes are Alembic revisions (sync/migrations/versions/), never drop-and-rebuild: a
+user's state survives upgrades. The tables below are the current shape the code queries; a
+change to them needs a new revision (tests/sync/test_state_store.py compares the two).
 
 Datetimes are stored as naive UTC (SQLite has no time zones) and handed back
 as aware UTC by the helpers here.
@@ -46,6 +47,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    inspect,
     func,
     insert,
     select,
@@ -59,14 +61,6 @@ DEFAULT_URL = "sqlite:///.healthsync/state.db"
 CHUNK = 400
 
 metadata = MetaData()
-
-schema_version = Table(
-    "schema_version",
-    metadata,
-    Column("version", Integer, primary_key=True),
-    Column("applied_at", DateTime, nullable=False),
-    Column("description", String(200)),
-)
 
 runs = Table(
     "runs",
@@ -201,19 +195,27 @@ backtests = Table(
     Column("report_json", Text),
 )
 
-_V1_TABLES = [runs, cursors, replica, score_history, pushed, failed_records, episodes, escalations, locks, drift, backtests]
+#: Where the Alembic environment and revisions live (shipped as package data).
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+#: The table of the hand-rolled migrations before Alembic; a database that has it is at revision 0001.
+LEGACY_VERSION_TABLE = "schema_version"
 
 
-def _migration_1(conn: Connection) -> None:
-    """Every table of the contract (notes/sync_contract.md)."""
-    for table in _V1_TABLES:
-        table.create(conn, checkfirst=True)
+def _alembic_config(conn: Connection):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["connection"] = conn
+    return cfg
 
 
-#: Ordered; entry i brings the schema to version i+1. Append, never edit a released one.
-MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
-    ("initial schema: runs, cursors, replica, score history, pushed, failed records, episodes, escalations, locks", _migration_1),
-]
+def head_revision() -> str:
+    """The newest revision this build knows."""
+    from alembic.script import ScriptDirectory
+
+    cfg = _alembic_config(None)  # type: ignore[arg-type]
+    return ScriptDirectory.from_config(cfg).get_current_head()
 
 
 # ----------------------------------------------------------------------------- values
@@ -303,24 +305,24 @@ class StateStore:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def migrate(self) -> int:
-        """Apply pending migrations in order, each in its own transaction; returns the schema version."""
-        with self.engine.begin() as conn:
-            schema_version.create(conn, checkfirst=True)
-        current = self.version()
-        for number, (description, migration) in enumerate(MIGRATIONS, start=1):
-            if number <= current:
-                continue
-            with self.engine.begin() as conn:
-                migration(conn)
-                conn.execute(insert(schema_version).values(version=number, applied_at=_now(), description=description))
-            current = number
-        return current
+    def migrate(self) -> str:
+        """Bring the schema to the newest revision (idempotent); returns it."""
+        from alembic import command
 
-    def version(self) -> int:
+        with self.engine.begin() as conn:
+            names = set(inspect(conn).get_table_names())
+            cfg = _alembic_config(conn)
+            if LEGACY_VERSION_TABLE in names and "alembic_version" not in names:
+                command.stamp(cfg, "0001")  # made by the pre-Alembic migrations, which stopped at 0001
+            command.upgrade(cfg, "head")
+        return self.version() or ""
+
+    def version(self) -> str | None:
+        """The schema revision of this database; None when healthsync never initialised it."""
+        from alembic.runtime.migration import MigrationContext
+
         with self.engine.connect() as conn:
-            value = conn.execute(select(func.max(schema_version.c.version))).scalar()
-        return int(value or 0)
+            return MigrationContext.configure(conn).get_current_revision()
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
@@ -334,7 +336,7 @@ class StateStore:
     def reset(self) -> None:
         """Delete every row of every table (the embedded sandbox is new each time, so is its state)."""
         with self.begin() as conn:
-            for table in reversed(_V1_TABLES):
+            for table in reversed(metadata.sorted_tables):
                 conn.execute(delete(table))
 
     # ------------------------------------------------------------------ locks

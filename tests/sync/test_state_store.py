@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import inspect, select
 
-from healthsync.sync.state import MIGRATIONS, StateStore, dumps, open_store, schema_version
+from healthsync.sync.state import StateStore, dumps, head_revision, metadata, open_store
 
 T0 = datetime(2026, 1, 5, 6, 0, tzinfo=timezone.utc)
 
@@ -20,18 +20,16 @@ def store(tmp_path):
 def test_given_new_database_when_migrated_then_every_contract_table_exists_and_version_recorded(store):
     names = set(inspect(store.engine).get_table_names())
     expected = {"runs", "cursors", "replica", "score_history", "pushed", "failed_records", "episodes",
-                "escalations", "locks", "drift", "backtests", "schema_version"}
+                "escalations", "locks", "drift", "backtests", "alembic_version"}
     assert expected <= names
-    assert store.version() == len(MIGRATIONS)
+    assert store.version() == head_revision()
 
 
 def test_given_migrated_database_when_migrated_again_then_nothing_is_rebuilt(store):
     with store.begin() as conn:
         store.set_cursor(conn, "salesforce", "accounts", T0)
-    assert store.migrate() == len(MIGRATIONS)
+    assert store.migrate() == head_revision()
     assert store.cursor("salesforce", "accounts") == T0
-    with store.engine.connect() as conn:
-        assert len(conn.execute(select(schema_version)).all()) == len(MIGRATIONS)
 
 
 def test_given_a_failure_inside_the_transaction_then_neither_records_nor_cursor_are_stored(store):
@@ -86,3 +84,30 @@ def test_dumps_is_canonical_for_numpy_and_pandas_values():
     assert dumps(np.float64(1.5)) == dumps(1.5) == "1.5"
     assert dumps(pd.NA) == dumps(float("nan")) == "null"
     assert dumps(pd.Timestamp("2026-01-01T00:00:00Z")) == '"2026-01-01T00:00:00"'
+
+
+def test_given_the_revisions_applied_then_the_database_matches_the_tables_the_code_queries(store):
+    """A column added to sync/state.py without an Alembic revision would only exist on new databases."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diff == []
+
+
+def test_given_a_database_of_the_pre_alembic_migrations_when_opened_then_it_is_adopted_not_rebuilt(tmp_path):
+    from sqlalchemy import create_engine, text
+
+    url = f"sqlite:///{tmp_path}/old.db"
+    s = open_store(url)
+    with s.begin() as conn:
+        s.set_cursor(conn, "hubspot", "accounts", T0)
+        conn.execute(text("DROP TABLE alembic_version"))
+        conn.execute(text("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at DATETIME, description VARCHAR(200))"))
+        conn.execute(text("INSERT INTO schema_version VALUES (1, '2026-01-01', 'initial')"))
+    s.close()
+    again = open_store(url)
+    assert again.version() == head_revision()
+    assert again.cursor("hubspot", "accounts") == T0
+    again.close()
