@@ -11,6 +11,7 @@ with the playbooks/escalation/scheduler code (notes/sync_contract.md):
     pushed          the last value each CRM CONFIRMED per (crm, object, record, field)
     failed_records  the retry queue: records the CRM rejected or never confirmed
     episodes        playbook episodes and their CRM task
+    playbook_conditions  per (crm, account, playbook) whether the trigger condition held when last known
     escalations     Slack messages per (episode, level, kind), idempotency key
     locks           named leases for the scheduler and jobs
     drift/backtests for the validation and report code
@@ -143,7 +144,7 @@ episodes = Table(
     Column("crm", String(16)),
     Column("account_id", String(128)),
     Column("playbook", String(64)),
-    Column("status", String(16)),  # open | closed
+    Column("status", String(16)),  # queued | open | closed
     Column("opened_at", DateTime),
     Column("closed_at", DateTime),
     Column("close_reason", Text),
@@ -154,7 +155,24 @@ episodes = Table(
     Column("owner_email", String(255)),
     Column("segment", String(64)),
     Column("last_seen_run", String(64)),
+    # real UTC time a create of this task was last sent without a definite answer (None: never sent)
+    Column("task_attempted_at", DateTime),
+    # when the task was released to its owner (counts against playbooks.max_new_tasks_per_owner_per_day)
+    Column("released_at", DateTime),
     UniqueConstraint("task_key", name="uq_episodes_task_key"),
+)
+
+#: Whether each playbook's condition held for an account when last known, so a `trigger: crossing`
+#: playbook fires only when it becomes true between the previous scored run and this one.
+playbook_conditions = Table(
+    "playbook_conditions",
+    metadata,
+    Column("crm", String(16), primary_key=True),
+    Column("account_id", String(128), primary_key=True),
+    Column("playbook", String(64), primary_key=True),
+    Column("holds", Boolean, nullable=False),
+    Column("run_id", String(64)),
+    Column("changed_at", DateTime),
 )
 
 escalations = Table(
