@@ -84,6 +84,10 @@ class HubSpotSource(Strict):
     tier: Literal["starter", "professional"] = "professional"
     host: str | None = None
     lookback_minutes: int = Field(5, ge=0)
+    search_lag_s: float = Field(
+        10, ge=0, le=600,
+        description="how long HubSpot search may take to show a new task; waited out before a key is looked up after an unanswered create",
+    )
     timeout_s: float = Field(30, gt=0)
     access_token: SecretStr | None = None
 
@@ -164,6 +168,9 @@ class StateConfig(Strict):
 class PlaybooksConfig(Strict):
     enabled: list[str] = Field(default_factory=list)
     definitions: str | None = None
+    max_new_tasks_per_owner_per_day: int = Field(
+        10, ge=1, description="new playbook tasks per owner per (UTC) day; the rest wait in a queue, highest ARR at risk first"
+    )
 
 
 class LadderStep(Strict):

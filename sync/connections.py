@@ -104,6 +104,7 @@ def open_crm_connectors(settings: Settings, ready: dict | None = None) -> dict[s
             tier=hs.tier,
             lookback_minutes=hs.lookback_minutes,
             timeout=hs.timeout_s,
+            search_lag_s=hs.search_lag_s,
         )
     return out
 

@@ -6,6 +6,7 @@ emulated CRM's records and its request log, never the connector's own word.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from datetime import datetime, timedelta, timezone
 
@@ -204,7 +205,10 @@ class TestCrmContract:
         due = datetime(2026, 12, 1, tzinfo=timezone.utc)
         specs = [TaskSpec(f"renewal_risk:{account}:{k}", f"{crm.prefix}:{account}", owner, f"Call {k}", "why", due, "high") for k in range(3)]
         first = crm.connect(sb).create_tasks(specs)
-        again = crm.connect(sb).create_tasks(specs + [TaskSpec("x:1", "nope", None, "s", "d", due)])
+        # the caller's state says these keys were sent before: found, not created again (HubSpot looks them up
+        # once its search index shows them; Salesforce's upsert on the unique external id needs no lookup)
+        sent = datetime.now(timezone.utc)
+        again = crm.connect(sb).create_tasks([dataclasses.replace(s, attempted_at=sent) for s in specs] + [TaskSpec("x:1", "nope", None, "s", "d", due)])
         assert all(r.ok and r.crm_id for r in first)
         assert [r.crm_id for r in again[:3]] == [r.crm_id for r in first]
         assert again[3].outcome == "invalid"
