@@ -234,7 +234,9 @@ def test_escalate_alone_reads_facts_from_the_state_store(world, store, accounts)
 def test_several_alerts_for_one_owner_in_one_run_go_as_one_digest(world, store, accounts):
     sf = accounts[accounts["crm"] == "salesforce"]
     owner = sf.iloc[10]["owner_email"]
-    mine = sf[sf["owner_email"] == owner].iloc[:3]
+    others = {0, 1, 2, 3, 4, 20, 21, 22, 30}  # accounts other tests of this module use (their tasks would be adopted)
+    free = sf.iloc[[i for i in range(len(sf)) if i not in others]]
+    mine = free[free["owner_email"] == owner].iloc[:3]
     evil = "<!channel> Digest Co"
     overrides = {a: RED for a in mine["account_id"]}
     overrides[mine.iloc[0]["account_id"]] = {**RED, "name": evil, "score": 12.0}
