@@ -51,7 +51,7 @@ from healthsync.playbooks.definitions import PlaybookSet, load_playbooks
 from healthsync.playbooks.render import plain, split_drivers
 from healthsync.sync.playbooks_job import CLOSED_TASK_DONE
 from healthsync.sync.task_mirror import apply_changes, effective_due, episode_changes, read_tasks  # noqa: F401 (effective_due re-exported)
-from healthsync.sync.slack_messages import AccountFacts, EpisodeFacts, digest_message, episode_message
+from healthsync.sync.slack_messages import AccountFacts, EpisodeFacts, digest_message, episode_message, queued_note
 from healthsync.sync.state import StateStore, utc_aware, utc_naive
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class EscalationResult:
-    alerts_sent: int = 0
+    alerts_sent: int = 0  # alert messages posted (a digest is one message)
+    alert_episodes: int = 0  # episodes those alert messages carry
     escalations: int = 0
     recoveries: int = 0
     episodes_closed: int = 0
@@ -69,6 +70,7 @@ class EscalationResult:
     def to_json(self) -> dict:
         return {
             "alerts_sent": self.alerts_sent,
+            "alert_episodes": self.alert_episodes,
             "escalations": self.escalations,
             "recoveries": self.recoveries,
             "episodes_closed": self.episodes_closed,
@@ -256,8 +258,13 @@ class _Sender:
     def __init__(self, store: StateStore, settings, slack, result: EscalationResult, dry_run: bool, hook):
         self.store, self.settings, self.slack, self.result, self.dry_run, self.hook = store, settings, slack, result, dry_run, hook
         self.table = store.tables["escalations"]
+        episodes = store.tables["episodes"]
         with store.engine.connect() as conn:
             self.existing = {(r.episode_id, r.level, r.kind) for r in conn.execute(select(self.table))}
+            # episodes waiting under the per-owner daily cap, for "10 new playbook tasks, 14 queued"
+            self.queued: dict[str, int] = defaultdict(int)
+            for (owner,) in conn.execute(select(episodes.c.owner_email).where(episodes.c.status == "queued")):
+                self.queued[(owner or "").lower()] += 1
         self.stopped: str | None = None
         self.outbox: list[Message] = []
 
@@ -293,9 +300,10 @@ class _Sender:
                 break
             self._send_group(msgs, kind, level)
 
-    def _count(self, kind: str, n: int) -> None:
+    def _count(self, kind: str, n: int, messages: int = 1) -> None:
         if kind == "alert":
-            self.result.alerts_sent += n
+            self.result.alerts_sent += messages
+            self.result.alert_episodes += n
         elif kind == "escalation":
             self.result.escalations += n
         else:
@@ -305,7 +313,7 @@ class _Sender:
         if self.dry_run:
             for m in msgs:
                 self.result.planned.append({"episode_id": m.ep["episode_id"], "level": level, "kind": kind, "recipient": m.email, "channel": m.channel})
-            self._count(kind, len(msgs))
+            self._count(kind, len(msgs), messages=1 if len(msgs) >= self.settings.escalation.digest_from else len(msgs))
             return
         mine: list[Message] = []
         for m in msgs:  # the marker first; one transaction each so a row someone else wrote only skips that row
@@ -339,7 +347,7 @@ class _Sender:
                     .where(and_(self.table.c.episode_id == m.key[0], self.table.c.level == level, self.table.c.kind == kind))
                     .values(ts=ts, channel=channel, sent_at=sent_at)
                 )
-        self._count(kind, len(delivered))
+        self._count(kind, len(delivered), messages=len({(ts, channel) for _, (ts, channel) in delivered}))
 
     def _forget(self, msgs: list[Message], level: str, kind: str) -> None:
         with self.store.begin() as conn:
@@ -348,14 +356,19 @@ class _Sender:
                 self.existing.discard(m.key)
 
     def _render(self, msgs: list[Message], kind: str, level: str, note: str | None) -> tuple[str, list[dict]]:
+        queued = self.queued.get((msgs[0].email or "").lower(), 0) if kind == "alert" and msgs[0].email else 0
         if len(msgs) < self.settings.escalation.digest_from:
             m = msgs[0]
             if note:
                 m.facts.fallback_note = note
-            return episode_message(m.account, m.facts)
+            text, blocks = episode_message(m.account, m.facts)
+            if queued:
+                blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": queued_note(queued)}]})
+            return text, blocks
         ordered = sorted(msgs, key=lambda m: (m.account.score if m.account.score is not None else 101, m.ep["episode_id"]))
         notes = {m.facts.fallback_note for m in msgs if m.facts.fallback_note}
-        return digest_message(kind, level, [(m.account, m.facts) for m in ordered], note or (notes.pop() if len(notes) == 1 else None))
+        return digest_message(kind, level, [(m.account, m.facts) for m in ordered], note or (notes.pop() if len(notes) == 1 else None),
+                              queued=queued)
 
     @staticmethod
     def _message_key(msgs: list[Message], kind: str, level: str) -> str:

@@ -290,6 +290,7 @@ def _cycle(settings, conns: Connections, store: StateStore, summary: RunSummary,
         with progress.task("playbooks", None):
             result = run_playbooks(store, settings, scored.scores, connectors, now, summary.run_id, dry_run=dry_run, hooks=hooks)
         summary.tasks_created = result.tasks_created
+        summary.tasks_adopted, summary.tasks_queued = result.tasks_adopted, result.tasks_queued
         summary.episodes_opened = result.episodes_opened
         summary.episodes_closed = result.episodes_closed
         summary.add_errors(list(result.errors))
@@ -306,7 +307,7 @@ def _cycle(settings, conns: Connections, store: StateStore, summary: RunSummary,
             owners = load_owners(connectors)
             result = run_escalation(store, settings, conns.slack, connectors, now, summary.run_id,
                                     scores=scored.scores, owners=owners, dry_run=dry_run, hooks=hooks)
-        summary.alerts_sent = result.alerts_sent
+        summary.alerts_sent, summary.alert_episodes = result.alerts_sent, result.alert_episodes
         summary.escalations = result.escalations
         summary.recoveries = getattr(result, "recoveries", 0)
         summary.add_errors(list(result.errors))
@@ -458,6 +459,7 @@ def escalate_stage(settings: Settings, *, ready: dict | None = None) -> dict[str
         try:
             result = run_escalation(store, settings, conns.slack, conns.connectors, now, run_id, owners=load_owners(conns.connectors))
             summary.alerts_sent, summary.escalations = result.alerts_sent, result.escalations
+            summary.alert_episodes = result.alert_episodes
             summary.recoveries = getattr(result, "recoveries", 0)
             summary.add_errors(list(result.errors))
             summary.finish_status()

@@ -84,7 +84,7 @@ def test_red_episode_alert_then_manager_then_vp_once_each_and_recovery_when_the_
 
     # before the due time nothing more happens
     world.sb.advance_clock(23 * 3600)
-    assert escalate(world, store, scores).to_json() == {"alerts_sent": 0, "escalations": 0, "recoveries": 0, "episodes_closed": 0, "errors": []}
+    assert escalate(world, store, scores).to_json() == {"alerts_sent": 0, "alert_episodes": 0, "escalations": 0, "recoveries": 0, "episodes_closed": 0, "errors": []}
 
     # past due (seed 003: Red within 24 h), task still open -> the CS manager, exactly once
     world.sb.advance_clock(2 * 3600)
@@ -244,7 +244,7 @@ def test_several_alerts_for_one_owner_in_one_run_go_as_one_digest(world, store, 
     assert run_playbooks(store, world.settings, scores, world.connectors, world.now(), "r1").tasks_created == 3
     mark = len(world.sb.slack_messages())
     result = escalate(world, store, scores)
-    assert (result.alerts_sent, result.errors) == (3, [])
+    assert (result.alerts_sent, result.alert_episodes, result.errors) == (1, 3, [])  # one message carrying three episodes
     [digest] = new_messages(world, mark)
     assert digest["channel"] == dm(world, owner)
     assert digest["text"] == "3 new playbook tasks"
@@ -270,7 +270,7 @@ def test_slack_faults_are_retried_without_duplicate_messages(world, store, accou
         result = run_escalation(store, world.settings, slack, world.connectors, world.now(), "esc", scores=scores, owners=world.owners)
     finally:
         world.sb.clear_faults()
-    assert (result.alerts_sent, result.errors) == (6, [])
+    assert (result.alerts_sent, result.alert_episodes, result.errors) == (len(recipients), 6, [])
     assert slack.stats.retries >= 1  # the faults did hit
     sent = new_messages(world, mark)
     assert sorted(m["channel"] for m in sent) == sorted(dm(world, e) for e in recipients)  # one per owner, none twice
