@@ -57,6 +57,8 @@ SEARCH_CAP = 10_000  # search results per query; paging beyond answers 400 (2.4)
 SEARCH_PER_SECOND = 5
 PAGE_RECORDS = 2000  # rows per yielded Page (API pages are regrouped; see _regroup)
 TASK_TO_COMPANY = 192  # AssociationType.TASK_TO_COMPANY (2.6)
+#: an attempt recorded before its request left may land this much later (transit, server queueing)
+_ATTEMPT_MARGIN_S = 2.0
 _HS_ID = re.compile(r"^\d+$")
 
 #: HubSpot objects per canonical object, and the properties read for tasks.
@@ -691,14 +693,23 @@ class HubSpotConnector(CrmConnector):
         return _fill(results, [Change(t.key, {}) for t in tasks], "NOT_SENT", "not sent")
 
     def _wait_for_index(self, sent_at: datetime | float) -> None:
-        """Sleep until `search_lag_s` has passed since `sent_at` (aware UTC datetime, or time.monotonic())."""
+        """Sleep until `search_lag_s` has passed since a create was applied.
+
+        `sent_at` is time.monotonic() when the create's (lost) answer came back, or the aware UTC
+        time an earlier attempt was recorded: that one is taken before the request left, so it
+        gets `_ATTEMPT_MARGIN_S` more for the request's own transit.
+        """
+        if self.search_lag_s <= 0:
+            return
         if isinstance(sent_at, datetime):
             sent = sent_at if sent_at.tzinfo else sent_at.replace(tzinfo=timezone.utc)
-            left = (sent + timedelta(seconds=self.search_lag_s) - datetime.now(timezone.utc)).total_seconds()
+            wait = self.search_lag_s + _ATTEMPT_MARGIN_S
+            left = (sent + timedelta(seconds=wait) - datetime.now(timezone.utc)).total_seconds()
         else:
-            left = sent_at + self.search_lag_s - time.monotonic()
+            wait = self.search_lag_s
+            left = sent_at + wait - time.monotonic()
         if left > 0:
-            self._sleep(min(left, self.search_lag_s))
+            self._sleep(min(left, wait))
 
     def _existing_tasks(self, keys: list[str], key_prop: str) -> dict[str, str]:
         """key -> task id of the tasks carrying these keys (the oldest when a key was ever duplicated)."""
@@ -725,7 +736,6 @@ class HubSpotConnector(CrmConnector):
             attempts += 1
             if before_send is not None:
                 before_send(list(pending))
-            sent_at = time.monotonic()
             body = {"inputs": [{**todo[k][1], "objectWriteTraceId": k} for k in pending]}
             try:
                 reply = self._call(
@@ -742,7 +752,9 @@ class HubSpotConnector(CrmConnector):
                 return out
             except RetryableError as exc:
                 unsure, reason = pending, str(exc)
+                answered_at = time.monotonic()  # whatever was applied, was applied by now
             else:
+                answered_at = time.monotonic()
                 created = {(r.get("properties") or {}).get(key_prop): str(r["id"]) for r in reply.get("results") or []}
                 errors: dict[str, tuple[str, str]] = {}
                 for err in reply.get("errors") or []:
@@ -766,7 +778,7 @@ class HubSpotConnector(CrmConnector):
                     out[k] = RecordResult(k, "failed", MAYBE_CREATED, f"{reason}; its key is looked up before any new create", True)
                 return out
             log.info("HubSpot batch create tasks: %s; looking %d key(s) up after the search lag", reason, len(unsure))
-            self._wait_for_index(sent_at)
+            self._wait_for_index(answered_at)
             found = self._existing_tasks(unsure, key_prop)
             for k in unsure:
                 if k in found:

@@ -63,6 +63,9 @@ CLOSED_TASK_DONE = "task_completed"
 CLOSED_CLEARED = "condition_cleared"
 #: a task-completed episode whose condition has since cleared: it no longer blocks a new episode
 CLOSED_TASK_DONE_REARMED = "task_completed, then condition cleared"
+#: an attempt recorded this long before the read-back's horizon has landed (or never will): the
+#: read-back is the answer. Generous: it covers the request's transit and a server's slow processing.
+ATTEMPT_SETTLED = timedelta(seconds=60)
 #: cap order: risk first (priority), then ARR
 _PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
 
@@ -447,8 +450,7 @@ def _create_for_crm(store, crm: str, connector: CrmConnector, items: list[tuple[
     """Create one CRM's tasks: keys the read-back already shows are taken, not sent; attempts are recorded first."""
     table = store.tables["episodes"]
     by_key = {spec.key: ep for ep, spec in items}
-    lag = float(getattr(connector, "search_lag_s", 0) or 0)
-    read_at = read.read_at.get(crm)
+    complete_until = read.complete_until.get(crm)
     found: list[RecordResult] = []
     specs: list[TaskSpec] = []
     for ep, spec in items:
@@ -464,7 +466,7 @@ def _create_for_crm(store, crm: str, connector: CrmConnector, items: list[tuple[
             found.append(RecordResult(spec.key, "ok", crm_id=raw_id(str(task["task_id"])), message="already exists"))
             continue
         attempted = utc_aware(ep.get("task_attempted_at"))
-        if attempted is not None and read_at is not None and attempted + timedelta(seconds=lag) <= read_at:
+        if attempted is not None and complete_until is not None and attempted + ATTEMPT_SETTLED <= complete_until:
             attempted = None  # the read-back would have shown it: that create never landed
         spec.attempted_at = attempted
         specs.append(spec)
@@ -489,7 +491,9 @@ def _create_for_crm(store, crm: str, connector: CrmConnector, items: list[tuple[
                     if outcome.message and outcome.message != "already exists":
                         result.notices.append(f"{crm} task {key}: {outcome.message}")
                     continue
-                if outcome.error_code != MAYBE_CREATED:  # a definite "no": nothing exists, try again from scratch
+                if outcome.error_code == MAYBE_CREATED:  # maybe there: looked up by key before any new create
+                    conn.execute(update(table).where(table.c.task_key == key).values(task_attempted_at=utc_naive(datetime.now(timezone.utc))))
+                else:  # a definite "no": nothing exists, try again from scratch
                     conn.execute(update(table).where(table.c.task_key == key).values(task_status="pending", task_attempted_at=None))
                 result.errors.append(
                     f"{crm} task {key}: {outcome.error_code or 'failed'}: {outcome.message or 'not created'}"

@@ -12,10 +12,9 @@ Each run reads only the healthsync tasks modified since the last read (Salesforc
   state database never duplicates a task.
 
 Without a cursor (first run, or the state was lost) every healthsync task is read.
-HubSpot's search shows a task only after a lag, so when that full read finds tasks
-(someone has been creating them) the read waits out the connector's `search_lag_s`
-and reads the recent window again: a task created seconds before a state loss is
-seen too.
+HubSpot's search shows a task only after a lag, so that full read waits out the
+connector's `search_lag_s` and reads the recent window again: a task created
+seconds before a state loss is seen too (a first run pays that wait once).
 
 The read happens once per run (`read_tasks` is memoised on the state store and the
 run's `now`): the playbooks stage reads first, the escalation stage reuses it.
@@ -50,8 +49,8 @@ class TaskRead:
 
     #: crm -> task rows read this run (canonical columns plus `key`), open and completed
     rows: dict[str, list[dict]] = field(default_factory=dict)
-    #: crm -> real UTC time the read started: any task created `search_lag_s` before it was seen
-    read_at: dict[str, datetime] = field(default_factory=dict)
+    #: crm -> real UTC time before which every task created is in what was read (read start - search lag)
+    complete_until: dict[str, datetime] = field(default_factory=dict)
     #: crm -> why its tasks could not be read (its episodes are neither escalated nor given new tasks)
     unreadable: dict[str, str] = field(default_factory=dict)
     #: crms whose read had no cursor (first run or lost state)
@@ -64,7 +63,7 @@ _memo: "weakref.WeakKeyDictionary[StateStore, tuple[datetime, TaskRead]]" = weak
 def read_tasks(store: StateStore, connectors: dict[str, CrmConnector], now: datetime) -> TaskRead:
     """Read healthsync tasks changed since the last read, once per run (memoised on `store` and `now`)."""
     cached = _memo.get(store)
-    if cached is not None and cached[0] == now and set(cached[1].read_at) | set(cached[1].unreadable) >= set(connectors):
+    if cached is not None and cached[0] == now and set(cached[1].complete_until) | set(cached[1].unreadable) >= set(connectors):
         return cached[1]
     read = TaskRead()
     for crm, connector in connectors.items():
@@ -79,22 +78,26 @@ def read_tasks(store: StateStore, connectors: dict[str, CrmConnector], now: date
 
 def _read_one(store: StateStore, crm: str, connector: CrmConnector, now: datetime, read: TaskRead) -> None:
     since = store.cursor(crm, TASKS)
+    lag = float(getattr(connector, "search_lag_s", 0) or 0)
     started = datetime.now(timezone.utc)
     rows = _pull(store, crm, connector, since, now)
-    lag = float(getattr(connector, "search_lag_s", 0) or 0)
     if since is None:
         read.full.add(crm)
-        if rows and lag > 0:
-            # tasks exist, yet the state knew none: it was lost or moved. Tasks made in the last
-            # `lag` seconds are not in search yet; wait them out and read the recent window again.
+        if lag > 0:
+            # The state knows no task: a first run, or the state was lost or moved. Tasks made in the
+            # last `lag` seconds are not in search yet; wait them out and read the recent window again,
+            # so every task made before this run started is known before anything is opened.
             left = (started + timedelta(seconds=lag) - datetime.now(timezone.utc)).total_seconds()
             if left > 0:
                 time.sleep(left)
-            started_again = datetime.now(timezone.utc)
+            started = datetime.now(timezone.utc)
             rows += _pull(store, crm, connector, store.cursor(crm, TASKS), now)
-            started = started_again - timedelta(seconds=lag)  # the second read is complete up to here
+    complete_until = started - timedelta(seconds=lag)
+    if store.cursor(crm, TASKS) is None:  # nothing found at all: the next read starts here, not from scratch
+        with store.begin() as conn:
+            store.set_cursor(conn, crm, TASKS, complete_until)
     read.rows[crm] = rows
-    read.read_at[crm] = started
+    read.complete_until[crm] = complete_until
 
 
 def _pull(store: StateStore, crm: str, connector: CrmConnector, since: datetime | None, now: datetime) -> list[dict]:
