@@ -42,7 +42,7 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import and_, insert, select, tuple_, update
+from sqlalchemy import and_, bindparam, insert, select, update
 
 from healthsync.connectors.base import (
     MAYBE_CREATED,
@@ -223,7 +223,8 @@ def _plan(pset: PlaybookSet, frame: pd.DataFrame, existing: pd.DataFrame, previo
     taken = set(existing["task_key"].dropna())
     live = existing[existing["status"].isin(["open", "queued"])]
     linked_live = {(c, str(t)) for c, t in zip(live["crm"], live["task_id"]) if t is not None and not pd.isna(t)}
-    by_key_closed = {k: dict(r) for k, r in zip(existing["task_key"], existing.to_dict("records")) if r["status"] == "closed"}
+    closed_eps = existing[existing["status"] == "closed"]
+    by_key_closed = dict(zip(closed_eps["task_key"], closed_eps["episode_id"]))  # task key -> its closed episode
     # open healthsync tasks in the CRMs that no live episode tracks, by (crm, account, playbook)
     adoptable: dict[tuple[str, str, str], dict] = {}
     for crm, rows in mirror.items():
@@ -251,12 +252,12 @@ def _plan(pset: PlaybookSet, frame: pd.DataFrame, existing: pd.DataFrame, previo
         false_pos = np.flatnonzero((~state).fillna(False).to_numpy(dtype=bool)).tolist()
         true_keys = {(crms[i], ids[i]) for i in true_pos}
         false_keys = {(crms[i], ids[i]) for i in false_pos}
-        for i in true_pos:
-            if previous.get((crms[i], ids[i], pb.name)) is not True:
-                plan.conditions.append({"crm": crms[i], "account_id": ids[i], "playbook": pb.name, "holds": True})
-        for i in false_pos:
-            if previous.get((crms[i], ids[i], pb.name)) is not False:
-                plan.conditions.append({"crm": crms[i], "account_id": ids[i], "playbook": pb.name, "holds": False})
+        for positions, holds in ((true_pos, True), (false_pos, False)):
+            for i in positions:
+                before = previous.get((crms[i], ids[i], pb.name))
+                if before is not holds:
+                    plan.conditions.append({"crm": crms[i], "account_id": ids[i], "playbook": pb.name, "holds": holds,
+                                            "known": before is not None})
 
         mine = existing[existing["playbook"] == pb.name]
         live_eps = mine[mine["status"].isin(["open", "queued"])]
@@ -285,7 +286,7 @@ def _plan(pset: PlaybookSet, frame: pd.DataFrame, existing: pd.DataFrame, previo
             task = adoptable.pop((crms[i], ids[i], pb.name), None)
             if task is not None:
                 if task["key"] in by_key_closed:  # its own episode was closed while the task stayed open
-                    plan.reopen.append({"episode_id": by_key_closed[task["key"]]["episode_id"], "task_id": task["task_id"]})
+                    plan.reopen.append({"episode_id": by_key_closed[task["key"]], "task_id": task["task_id"]})
                     continue
                 due = _aware(task.get("due_at")) or now + timedelta(hours=pb.sla_for(bands[i]))
                 plan.new_rows.append(_row(pb, crms[i], ids[i], owners[i], segments[i], str(task["key"]), opened_n, run_id,
@@ -299,14 +300,17 @@ def _plan(pset: PlaybookSet, frame: pd.DataFrame, existing: pd.DataFrame, previo
     # queued episodes from earlier runs compete with today's for the owner's room
     closing = {e for e, _ in plan.to_close}
     pbs = {p.name: p for p in pset.playbooks}
-    for ep in existing[existing["status"] == "queued"].to_dict("records"):
-        if ep["episode_id"] in closing or ep["playbook"] not in pbs:
+    queued = existing[existing["status"] == "queued"]
+    for episode_id, crm, account_id, playbook, owner, opened in zip(
+        queued["episode_id"], queued["crm"], queued["account_id"], queued["playbook"], queued["owner_email"], queued["opened_at"]
+    ):
+        if episode_id in closing or playbook not in pbs:
             continue
-        i = row_of.get((ep["crm"], ep["account_id"]))
+        i = row_of.get((crm, account_id))
         if i is None:  # not scored this run: waits (and does not count)
             continue
-        candidates.append({"row": ep, "pb": pbs[ep["playbook"]], "band": bands[i], "arr": arrs[i],
-                           "owner": owners[i] or ep["owner_email"], "existing": True})
+        row = {"episode_id": episode_id, "opened_at": opened}
+        candidates.append({"row": row, "pb": pbs[playbook], "band": bands[i], "arr": arrs[i], "owner": owners[i] or owner, "existing": True})
 
     released_today: dict[str, int] = defaultdict(int)
     today = now.astimezone(timezone.utc).date() if now.tzinfo else now.date()
@@ -374,12 +378,16 @@ def _record(store: StateStore, plan: _Plan, now: datetime, run_id: str) -> None:
     cond = store.tables["playbook_conditions"]
     now_n = utc_naive(now)
     with store.begin() as conn:
+        by_reason: dict[str, list[str]] = defaultdict(list)
         for episode_id, reason in plan.to_close:
-            conn.execute(
-                update(table)
-                .where(and_(table.c.episode_id == episode_id, table.c.status.in_(["open", "queued"])))
-                .values(status="closed", closed_at=now_n, close_reason=reason, last_seen_run=run_id)
-            )
+            by_reason[reason].append(episode_id)
+        for reason, closing in by_reason.items():
+            for start in range(0, len(closing), 400):
+                conn.execute(
+                    update(table)
+                    .where(and_(table.c.episode_id.in_(closing[start : start + 400]), table.c.status.in_(["open", "queued"])))
+                    .values(status="closed", closed_at=now_n, close_reason=reason, last_seen_run=run_id)
+                )
         if plan.rearm:
             conn.execute(update(table).where(table.c.episode_id.in_(plan.rearm)).values(close_reason=CLOSED_TASK_DONE_REARMED))
         if plan.seen:
@@ -391,16 +399,31 @@ def _record(store: StateStore, plan: _Plan, now: datetime, run_id: str) -> None:
                     status="open", closed_at=None, close_reason=None, task_id=r["task_id"], task_status="open", last_seen_run=run_id
                 )
             )
-        for r in plan.released:
-            conn.execute(update(table).where(and_(table.c.episode_id == r["episode_id"], table.c.status == "queued")).values(
-                **{k: v for k, v in r.items() if k != "episode_id"}))
+        if plan.released:  # one statement, executed for every released episode
+            conn.execute(
+                update(table)
+                .where(and_(table.c.episode_id == bindparam("b_episode_id"), table.c.status == "queued"))
+                .values(status="open", released_at=bindparam("b_released_at"), task_due_at=bindparam("b_task_due_at"),
+                        task_status="pending", owner_email=bindparam("b_owner_email")),
+                [{f"b_{k}": v for k, v in r.items() if k not in ("status", "task_status")} for r in plan.released],
+            )
         if plan.new_rows:
             conn.execute(insert(table), plan.new_rows)
-        if plan.conditions:  # replace the changed ones (a first run writes one row per account and playbook)
-            keys = [(c["crm"], c["account_id"], c["playbook"]) for c in plan.conditions]
-            for start in range(0, len(keys), 300):
-                conn.execute(cond.delete().where(tuple_(cond.c.crm, cond.c.account_id, cond.c.playbook).in_(keys[start : start + 300])))
-            conn.execute(insert(cond), [{**c, "run_id": run_id, "changed_at": now_n} for c in plan.conditions])
+        # the conditions that changed (updated by primary key) and those seen for the first time (inserted)
+        changed = [{"b_crm": c["crm"], "b_account_id": c["account_id"], "b_playbook": c["playbook"], "b_holds": c["holds"]}
+                    for c in plan.conditions if c["known"]]
+        if changed:
+            conn.execute(
+                update(cond)
+                .where(and_(cond.c.crm == bindparam("b_crm"), cond.c.account_id == bindparam("b_account_id"),
+                            cond.c.playbook == bindparam("b_playbook")))
+                .values(holds=bindparam("b_holds"), run_id=run_id, changed_at=now_n),
+                changed,
+            )
+        new = [{k: c[k] for k in ("crm", "account_id", "playbook", "holds")} | {"run_id": run_id, "changed_at": now_n}
+               for c in plan.conditions if not c["known"]]
+        if new:
+            conn.execute(insert(cond), new)
 
 
 # ----------------------------------------------------------------------------- creating tasks
