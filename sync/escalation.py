@@ -2,7 +2,7 @@
 
 For every open episode (sync.playbooks_job) with a CRM task:
 
-1. The task is read back from the CRM (`connector.pull("tasks", since)`): a task
+1. The task is read back from the CRM by change (sync.task_mirror, once per run): a task
    completed there closes the episode (`task_completed`); a due date moved there
    moves the SLA clock.
 2. Ladder step 0 (`escalation.ladder[0]`, default: the owner) is notified when the

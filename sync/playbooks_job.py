@@ -232,8 +232,11 @@ def _plan(pset: PlaybookSet, frame: pd.DataFrame, existing: pd.DataFrame, previo
             tid = raw_id(str(r["task_id"]))
             if (crm, tid) in linked_live:
                 continue
-            taken.add(str(r["key"]))
-            adoptable.setdefault((crm, str(r.get("account_id")), str(r.get("playbook"))), {**r, "task_id": tid})
+            key = str(r["key"])
+            taken.add(key)
+            # the account and playbook healthsync put in the key (a task moved to another record stays its own)
+            playbook, _, rest = key.partition(":")
+            adoptable.setdefault((crm, rest.rsplit(":", 1)[0], playbook), {**r, "task_id": tid})
 
     crms = _column(frame, "crm")
     ids = _column(frame, "account_id")
