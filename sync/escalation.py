@@ -45,7 +45,7 @@ import pandas as pd
 from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from healthsync.connectors.base import ConfigurationError, CrmConnector, HealthsyncError, RetryableError, StopRunError
+from healthsync.connectors.base import ConfigurationError, CrmConnector, HealthsyncError, RetryableError
 from healthsync.connectors.slack import SlackUserNotFoundError
 from healthsync.playbooks.definitions import PlaybookSet, load_playbooks
 from healthsync.playbooks.render import plain, split_drivers
