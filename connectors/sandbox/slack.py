@@ -96,9 +96,11 @@ class SlackApi(Api):
             r(method, r"/api/conversations\.history/?", self.conversations_history, "conversations.history")
             r(method, r"/api/conversations\.list/?", self.conversations_list, "conversations.list")
 
+    #: methods that only read: every Slack call is a POST, but these change nothing, so their answer is never "lost"
+    READ_METHODS = ("conversations.history", "conversations.list", "users.lookupByEmail", "auth.test")
+
     def is_write(self, req: Request) -> bool:
-        """Every Slack call is a POST, but reading history or the channel list changes nothing: never a 'lost' answer."""
-        return super().is_write(req) and "conversations.history" not in req.path and "conversations.list" not in req.path
+        return super().is_write(req) and not any(m in req.path for m in self.READ_METHODS)
 
     def add_channel(self, name: str, private: bool = False) -> str:
         name = name.lstrip("#")
