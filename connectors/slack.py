@@ -62,8 +62,9 @@ ELLIPSIS = "…"
 METADATA_EVENT_TYPE = "healthsync_message"
 #: how far before the first attempt the history lookup reads (client/server clock skew)
 LOOKUP_LOOKBACK_SECONDS = 30.0
-#: asked per history page; non-Marketplace apps get at most 15 whatever is asked
-LOOKUP_PAGE_SIZE = 100
+#: asked per history page: 15 is the most a non-Marketplace app may ask for (docs.slack.dev, May 2025), so the same
+#: request is valid for every app type whether Slack caps a larger limit or refuses it
+LOOKUP_PAGE_SIZE = 15
 #: pages one history read may take (at 1 call a minute for non-Marketplace apps: the worst case in minutes)
 LOOKUP_MAX_PAGES = 40
 #: conversations.list page size (Slack recommends no more than 200) and a bound on pages

@@ -48,7 +48,7 @@ from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from healthsync.connectors.base import ConfigurationError, CrmConnector, HealthsyncError, RetryableError, StopRunError
-from healthsync.connectors.slack import SlackUserNotFoundError
+from healthsync.connectors.slack import SlackScopeError, SlackUserNotFoundError
 from healthsync.playbooks.definitions import PlaybookSet, load_playbooks
 from healthsync.playbooks.render import plain, split_drivers
 from healthsync.sync.playbooks_job import CLOSED_TASK_DONE
@@ -401,8 +401,8 @@ class _Sender:
         """Slack said no before anything was posted: nothing sent, the next run tries again."""
         self._drop(msgs)
         self.result.errors.append(f"Slack {kind} ({level}) for {len(msgs)} episode(s) not sent: {exc}")
-        if isinstance(exc, ConfigurationError):
-            self.stopped = str(exc)
+        if isinstance(exc, ConfigurationError) and not isinstance(exc, SlackScopeError):
+            self.stopped = str(exc)  # the token itself: nothing else can be sent (a missing scope stops only its method)
 
     def _route(self, msgs: list[Message], kind: str, level: str) -> list["_Route"]:
         """The conversation ID(s) for a group: the recipient's DM, or the segments' fallback channels."""

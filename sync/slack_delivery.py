@@ -43,6 +43,7 @@ from healthsync.connectors.base import ConfigurationError, HealthsyncError, Retr
 from healthsync.connectors.slack import (
     SlackChannelNotFoundError,
     SlackHistoryUnreadableError,
+    SlackScopeError,
     SlackUserNotFoundError,
     channel_name,
 )
@@ -156,6 +157,10 @@ def resolve_maybe_sent(store: StateStore, slack, now: datetime) -> Resolution:
     for m in markers:
         try:
             dest = m["destination"] or _destination_of(slack, m)
+        except SlackScopeError as exc:
+            out.unresolved += 1
+            out.errors.append(f"Slack message {_label(m)} may not have been delivered and cannot be checked: {exc}")
+            continue
         except ConfigurationError as exc:
             out.unresolved += 1
             out.stop = str(exc)
@@ -177,10 +182,11 @@ def resolve_maybe_sent(store: StateStore, slack, now: datetime) -> Resolution:
         oldest = min(starts) - CLOCK_MARGIN
         try:
             scan = slack.scan_history(dest, oldest.timestamp())
-        except SlackHistoryUnreadableError as exc:
+        except (SlackHistoryUnreadableError, SlackScopeError) as exc:
+            reason = getattr(exc, "reason", None) or str(exc)
             out.unresolved += len(rows)
             out.errors.append(
-                f"{len(rows)} Slack message(s) to {dest} may not have been delivered and cannot be checked: {exc.reason}. "
+                f"{len(rows)} Slack message(s) to {dest} may not have been delivered and cannot be checked: {reason}. "
                 "They are not sent again, to never send one twice; once the history can be read, the next run "
                 "checks and delivers them"
             )
@@ -306,10 +312,11 @@ class DestinationChecks:
         try:
             scan = self.slack.scan_history(dest, oldest.timestamp())
             self.reads += 1
-        except SlackHistoryUnreadableError as exc:
+        except (SlackHistoryUnreadableError, SlackScopeError) as exc:
             out.held = set(pending)
             out.error = (f"{len(pending)} Slack message(s) to {dest} held back: they may have been sent before (the state "
-                         f"database was lost, moved or shared) and its history cannot be read: {exc.reason}")
+                         f"database was lost, moved or shared) and its history cannot be read: "
+                         f"{getattr(exc, 'reason', None) or exc}")
             return out
         except ConfigurationError as exc:
             out.held, out.stop = set(pending), str(exc)

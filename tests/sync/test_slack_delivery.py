@@ -177,3 +177,46 @@ def test_given_a_lost_state_database_when_the_same_day_run_repeats_then_nothing_
         assert sent["metadata"]["event_payload"]["items"].split() == [item_key(ep_id, "owner", "alert")]
     finally:
         lost.close()
+
+
+def test_given_a_lost_state_and_no_history_scope_then_doubtful_messages_are_held_back_and_said_not_sent(world, store, accounts, tmp_path):
+    acc, scores = _open_episode(world, store, accounts, 5)
+    mark = len(world.sb.slack_messages())
+    assert _escalate(world, store, scores).alerts_sent == 1
+    world.sb.advance_clock(61)
+    lost = open_store(f"sqlite:///{tmp_path}/rebuilt.db")
+    try:
+        run_playbooks(lost, world.settings, scores, world.connectors, world.now(), "r2")
+        world.sb.slack.scopes.discard("im:history")
+        try:
+            held = _escalate(world, lost, scores)
+        finally:
+            world.sb.slack.scopes.add("im:history")
+        assert held.alerts_sent == 0 and len(world.sb.slack_messages()) == mark + 1
+        assert any("held back" in e and "missing_scope" in e for e in held.errors), held.errors
+        world.sb.advance_clock(61)
+        seeing = _escalate(world, lost, scores)
+        assert (seeing.alerts_sent, seeing.found_delivered, seeing.errors) == (0, 1, [])
+        assert len(world.sb.slack_messages()) == mark + 1
+    finally:
+        lost.close()
+
+
+def test_given_no_channels_read_scope_then_a_named_channel_is_an_error_naming_it_and_dms_still_go(world, store, accounts):
+    ghost, scores = _open_episode(world, store, accounts, 6, owner_email="nobody-in-slack@example.com")
+    owned = accounts[accounts["crm"] == "salesforce"].iloc[7].to_dict()
+    scores = scores_frame(accounts, {ghost["account_id"]: {**RED, "owner_email": "nobody-in-slack@example.com"},
+                                     owned["account_id"]: RED})
+    run_playbooks(store, world.settings, scores, world.connectors, world.now(), "r1")
+    mark = len(world.sb.slack_messages())
+    world.sb.slack.scopes.discard("channels:read")
+    world.sb.slack.scopes.discard("groups:read")
+    try:
+        result = _escalate(world, store, scores)
+    finally:
+        world.sb.slack.scopes |= {"channels:read", "groups:read"}
+    assert any("conversations.list" in e and "missing_scope" in e and "channels:read" in e for e in result.errors), result.errors
+    assert result.alerts_sent == 1 and [m["channel"][0] for m in world.sb.slack_messages()[mark:]] == ["D"]
+    world.sb.advance_clock(61)
+    assert _escalate(world, store, scores).alerts_sent == 1  # the channel alert, once the scope is there
+    assert [m["channel_name"] for m in world.sb.slack_messages()[mark + 1:]] == ["#cs-escalations"]
