@@ -111,7 +111,7 @@ def _forget_state(directory: Path) -> None:
 def test_given_a_lost_state_and_another_working_directory_then_no_slack_message_is_sent_twice(tmp_path):
     """Issue 13.1 (Slack): 8 -> 16 -> 24 DMs once. Same day: nothing new; next day: only what is new."""
     # 3 owners' DMs are read back after each loss: as an internal app (Tier 3) that takes no waiting; the
-    # non-Marketplace budget (1 read a minute) is exercised by the kill test below and tests/sync/test_slack_delivery.py
+    # non-Marketplace budget (1 read a minute) is exercised by the kill test below and tests/sync/test_escalation_delivery.py
     with Sandbox(accounts=40, seed=11, slack_message_interval_s=0, slack_app_type="internal") as sb:
         ready = sb.write_ready_file(tmp_path / "ready.json")
         day1 = _day(sb)
