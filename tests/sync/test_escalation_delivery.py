@@ -8,6 +8,7 @@ from the messages the emulator received.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from healthsync.sync.escalation import pending_markers, run_escalation  # noqa: 
 from healthsync.sync.playbooks_job import run_playbooks  # noqa: E402
 from healthsync.sync.slack_delivery import item_key  # noqa: E402
 from tests.connectors.conftest import FAST  # noqa: E402
+
+#: for runs where every Slack request is dropped: give up after a few tries (FAST allows 12 of each, nested)
+BRIEF = dataclasses.replace(FAST, max_attempts=3)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +110,7 @@ def test_given_a_maybe_sent_marker_whose_message_landed_then_the_next_run_marks_
 
 def test_given_a_maybe_sent_marker_whose_message_never_landed_then_the_next_run_delivers_it_once(world, store, accounts):
     acc, scores = _open_episode(world, store, accounts, 2)
-    slack = slack_from_ready(world.sb.ready, retry=FAST)
+    slack = slack_from_ready(world.sb.ready, retry=BRIEF)
     slack.dm_channel(acc["owner_email"])
     mark = len(world.sb.slack_messages())
     world.sb.set_faults(api="slack", drop_rate=1.0)  # the post never reaches Slack, and nothing can be checked
@@ -129,7 +133,7 @@ def test_given_a_maybe_sent_marker_whose_message_never_landed_then_the_next_run_
 
 def test_given_no_history_scope_when_a_marker_is_pending_then_the_run_says_so_and_resends_nothing(world, store, accounts):
     acc, scores = _open_episode(world, store, accounts, 3)
-    slack = slack_from_ready(world.sb.ready, retry=FAST)
+    slack = slack_from_ready(world.sb.ready, retry=BRIEF)
     slack.dm_channel(acc["owner_email"])
     mark = len(world.sb.slack_messages())
     world.sb.set_faults(api="slack", drop_rate=1.0)
