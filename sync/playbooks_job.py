@@ -365,6 +365,7 @@ def _row(pb: Playbook, crm, account_id, owner, segment, key: str, opened_n: date
         "last_seen_run": run_id,
         "task_attempted_at": None,
         "released_at": None,
+        "task_origin": "found" if task_id else None,  # adopted from the CRM: another state may have alerted it
     }
 
 
@@ -485,7 +486,7 @@ def _create_for_crm(store, crm: str, connector: CrmConnector, items: list[tuple[
             if task.get("status") == "completed":  # and its owner already completed it
                 with store.begin() as conn:
                     conn.execute(update(table).where(table.c.task_key == spec.key).values(
-                        task_id=raw_id(str(task["task_id"])), task_status="completed", task_attempted_at=None,
+                        task_id=raw_id(str(task["task_id"])), task_status="completed", task_attempted_at=None, task_origin="found",
                         status="closed", closed_at=utc_naive(now), close_reason=CLOSED_TASK_DONE))
                 result.episodes_closed += 1
                 continue
@@ -511,7 +512,11 @@ def _create_for_crm(store, crm: str, connector: CrmConnector, items: list[tuple[
                     continue
                 key = ep["task_key"]
                 if outcome.ok and outcome.crm_id:
-                    conn.execute(update(table).where(table.c.task_key == key).values(task_id=outcome.crm_id, task_status="open", task_attempted_at=None))
+                    # "found": the CRM had the task already (a lost or moved state, another worker, an earlier attempt),
+                    # so its Slack messages may have gone out already and sync.slack_delivery checks before sending them
+                    origin = "found" if outcome.message == "already exists" else "created"
+                    conn.execute(update(table).where(table.c.task_key == key).values(
+                        task_id=outcome.crm_id, task_status="open", task_attempted_at=None, task_origin=origin))
                     if outcome.message != "already exists":
                         result.tasks_created += 1
                     if outcome.message and outcome.message != "already exists":

@@ -311,6 +311,7 @@ def _cycle(settings, conns: Connections, store: StateStore, summary: RunSummary,
         summary.escalations = result.escalations
         summary.recoveries = getattr(result, "recoveries", 0)
         summary.add_errors(list(result.errors))
+        summary.notes.extend(getattr(result, "notes", []))  # e.g. maybe-sent messages settled from Slack's history
     _hook(hooks, "after_escalation")
 
     # record
@@ -462,6 +463,7 @@ def escalate_stage(settings: Settings, *, ready: dict | None = None) -> dict[str
             summary.alert_episodes = result.alert_episodes
             summary.recoveries = getattr(result, "recoveries", 0)
             summary.add_errors(list(result.errors))
+            summary.notes.extend(getattr(result, "notes", []))
             summary.finish_status()
         except StopRunError as exc:
             summary.status, summary.stopped_reason = "stopped", str(exc)
