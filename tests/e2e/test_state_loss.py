@@ -1,9 +1,10 @@
-"""A lost or moved state database never duplicates a playbook task (issue 13 item 1, tasks part).
+"""A lost or moved state database never duplicates a playbook task, nor its Slack alert (issue 13 item 1).
 
 The console script runs as a user runs it, against a sandbox whose HubSpot search lags
 2 s behind writes. Between the two runs the emulated clock moves a day, the state file
-is deleted and the command is started from another working directory. The check reads
-the emulators' own state (`GET /state/{api}/{object}` of the inspection endpoint).
+is deleted and the command is started from another working directory. The checks read
+the emulators' own state (`GET /state/{api}/{object}` of the inspection endpoint) and the
+item keys in the metadata of every Slack message received.
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ def test_given_the_state_file_deleted_and_another_working_directory_on_the_next_
     state = config_dir / "state.db"
     config = config_dir / "healthsync.yaml"
     config.write_text(yaml.safe_dump({"state": {"url": f"sqlite:///{state}"}}))
-    with Sandbox(accounts=30, seed=5, search_lag_seconds=2, slack_message_interval_s=0) as sb:
+    # an internal app (Tier 3 history reads): the state-loss run reads DM histories without the
+    # non-Marketplace one-a-minute wait, which tests/sync/test_escalation_delivery.py exercises
+    with Sandbox(accounts=30, seed=5, search_lag_seconds=2, slack_message_interval_s=0, slack_app_type="internal") as sb:
         ready = tmp_path / "ready.json"
         ready.write_text(json.dumps(sb.ready))
         inspect = sb.ready["inspect_url"]
@@ -74,3 +77,7 @@ def test_given_the_state_file_deleted_and_another_working_directory_on_the_next_
         assert max(second.values()) == 1, {k: n for k, n in second.items() if n > 1}  # 0 duplicate tasks
         assert day2["tasks_adopted"] > 0  # the open tasks of day 1 were taken over, not made again
         assert set(first) <= set(second)
+        # and no Slack item (episode, level, kind) reached the same conversation twice
+        items = Counter((m["channel"], k) for m in sb.slack_messages()
+                        for k in str(((m.get("metadata") or {}).get("event_payload") or {}).get("items", "")).split())
+        assert items and max(items.values()) == 1, [k for k, n in items.items() if n > 1][:5]
