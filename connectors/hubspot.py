@@ -489,17 +489,17 @@ class HubSpotConnector(CrmConnector):
             yield rows
             if not more:
                 return
-            last = _parse_time((rows[-1].get("properties") or {}).get(MODIFIED))
-            if last is None:
+            first, last = (_parse_time((r.get("properties") or {}).get(MODIFIED)) for r in (rows[0], rows[-1]))
+            if first is None or last is None:
                 raise StopRunError(f"HubSpot search of {object_type} returned a record without {MODIFIED}")
-            last = last.to_pydatetime()
-            if last > bound:
-                op, bound = "GTE", last
-            elif op == "GTE":  # a whole page on the lower bound itself: read that instant by id
-                yield from self._instant_rows(object_type, bound, props, extra)
-                op = "GT"
-            else:
+            first, last = first.to_pydatetime(), last.to_pydatetime()
+            if last < bound or (op == "GT" and last == bound):
                 raise StopRunError(f"HubSpot search of {object_type} returned records out of modification order")
+            if first == last:  # a whole page on one instant: read that instant by id, then go on after it
+                yield from self._instant_rows(object_type, last, props, extra)
+                op, bound = "GT", last
+            else:
+                op, bound = "GTE", last
 
     def _instant_rows(self, object_type: str, instant: datetime, props: list[str], extra: list[dict]) -> Iterator[list[dict]]:
         """Every record modified at exactly `instant`: `EQ` that time, `GT` the last id, sorted by id."""
@@ -543,7 +543,9 @@ class HubSpotConnector(CrmConnector):
                 candidates.append(r)
         if not candidates:
             return rows
-        frame, _ = self._to_canonical(candidates, object, read, assoc)  # association columns left empty
+        if assoc:  # not read for them: a stand-in id lets the rows validate, and the column is not compared
+            candidates = [{**r, "associations": {assoc: {"results": [{"id": "0"}]}}} for r in candidates]
+        frame, _ = self._to_canonical(candidates, object, read, assoc)
         ignore = [c for c, p in read.items() if p.startswith("associations.")]
         same = frame.loc[own.unchanged(frame, ignore).to_numpy(dtype=bool), SPECS[object].key].astype(str)
         drop = {strip_prefix(i, self.prefix) for i in same}

@@ -90,9 +90,10 @@ class HubSpotApi(Api):
         self.daily_limit = daily_limit or default_daily
         self.access_token = access_token or "sandbox-hubspot-" + str(uuid.uuid4())  # not a real token format, on purpose
         self.search_lag_seconds = float(search_lag_seconds)
-        #: (type, id) -> seconds: a fixed index delay for one record's next versions (tests)
-        self.index_delays: dict[tuple[str, str], float] = {}
+        #: (type, id) -> (from stamp, seconds): a fixed index delay for a record's versions from then on (tests)
+        self.index_delays: dict[tuple[str, str], tuple[str, float]] = {}
         self._indexing: deque[tuple[str, str, str]] = deque()  # (expires, type, id) of stale snapshots
+        self._search_hooks: list[list] = []  # [searches left, action]: someone edits the CRM mid-pull (tests)
         self.lock = threading.RLock()
         self.props = schema.hubspot_properties()
         self.groups: dict[str, dict[str, dict]] = {
@@ -451,14 +452,19 @@ class HubSpotApi(Api):
 
         HubSpot only says it "may take a few moments"; each version waits a pseudo-random
         share of `search_lag_seconds` (fixed per record and stamp), so records can become
-        searchable out of modification order. `index_delays[(type, id)]` pins it (tests).
+        searchable out of modification order. `delay_indexing` pins it for one record (tests).
         """
         fixed = self.index_delays.get((t, rid))
-        if fixed is not None:
-            return fixed
+        if fixed is not None and stamp >= fixed[0]:
+            return fixed[1]
         if not self.search_lag_seconds:
             return 0.0
         return self.search_lag_seconds * (zlib.crc32(f"{rid}@{stamp}".encode()) % 1000) / 1000.0
+
+    def delay_indexing(self, t: str, rid: str, seconds: float) -> None:
+        """Versions of one record written from now on become searchable `seconds` after their write."""
+        with self.lock:
+            self.index_delays[(self._type(t), rid)] = (hs_datetime(self.clock.now()), float(seconds))
 
     def _indexed_at(self, t: str, rid: str, stamp: str) -> str:
         delay = self.index_delay(t, rid, stamp)
@@ -800,7 +806,7 @@ class HubSpotApi(Api):
         text = (body.get("query") or "").lower()
         now_t = self.clock.now()
         now = hs_datetime(now_t)
-        longest = max([self.search_lag_seconds, *self.index_delays.values()]) if self._lagging() else 0.0
+        longest = max([self.search_lag_seconds, *(d for _, d in self.index_delays.values())]) if self._lagging() else 0.0
         settled = hs_datetime(now_t - timedelta(seconds=longest))
         with self.lock:
             self._forget_indexed_versions(now)
@@ -827,7 +833,24 @@ class HubSpotApi(Api):
         out: dict[str, Any] = {"total": len(rows), "results": page}
         if after + limit < len(rows):
             out["paging"] = {"next": {"after": str(after + limit)}}
+        self._run_search_hooks()
         return Response.json(200, out)
+
+    def after_searches(self, n: int, action) -> None:
+        """Run `action()` once the next `n` searches have been answered: a user editing records while a pull pages."""
+        with self.lock:
+            self._search_hooks.append([n, action])
+
+    def _run_search_hooks(self) -> None:
+        due = []
+        with self.lock:
+            for hook in self._search_hooks:
+                hook[0] -= 1
+                if hook[0] == 0:
+                    due.append(hook[1])
+            self._search_hooks = [h for h in self._search_hooks if h[0] > 0]
+        for action in due:
+            action()
 
     def _sort_key(self, t: str, name: str):
         p = self.props[t].get(name)
