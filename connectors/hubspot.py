@@ -61,6 +61,7 @@ LIST_LIMIT = 100  # list paging maximum (2.2)
 SEARCH_LIMIT = 200  # search page maximum (2.4)
 SEARCH_PER_SECOND = 5
 ASSOC_BATCH = 1000  # ids per v4 association batch read (changelog 2025-02-10, connectors/BEHAVIOR.md)
+LIST_SWITCH_MIN = 2000  # records in a search window before listing everything is even considered
 PAGE_RECORDS = 2000  # rows per yielded Page (API pages are regrouped: mapping a frame has a fixed cost)
 #: seconds a write may take to become searchable; the cursor never passes `run start - this` (BEHAVIOR.md)
 SEARCH_LAG_S = 60.0
@@ -402,7 +403,7 @@ class HubSpotConnector(CrmConnector):
             if archived:
                 yield Page(object, _empty(object), cursor=None, deleted_ids=archived)
             key = read.get("key") if object == "tasks" else None
-            pages = self._search_rows(object_type, props, start, run_start, key)
+            pages = self._search_rows(object_type, props, start, run_start, key, assoc)
 
         high_water: pd.Timestamp | None = None
         seen: dict[str, str] = {}
@@ -414,8 +415,9 @@ class HubSpotConnector(CrmConnector):
             nonlocal first
             if object == "tasks":
                 rows = [r for r in rows if (r.get("properties") or {}).get(read["key"])]
-            if assoc and rows and since is not None:  # search results carry no associations
-                self._attach_associations(object_type, assoc, rows)
+            searched = [r for r in rows if not r.get("_listed")]
+            if assoc and searched and since is not None:  # search results carry no associations
+                self._attach_associations(object_type, assoc, searched)
             frame, page_problems = self._to_canonical(rows, object, read, assoc)
             page = Page(object, frame, cursor=cursor, problems=(problems if first else []) + page_problems)
             first = False
@@ -465,7 +467,8 @@ class HubSpotConnector(CrmConnector):
                 return
             seen_after.add(after)
 
-    def _search_rows(self, object_type: str, props: list[str], low: datetime, high: datetime, key: str | None) -> Iterator[list[dict]]:
+    def _search_rows(self, object_type: str, props: list[str], low: datetime, high: datetime, key: str | None,
+                     assoc: str | None = None) -> Iterator[list[dict]]:
         """Every record modified in [low, high], by keyset paging (connectors/BEHAVIOR.md).
 
         Each query asks for the first page only, sorted by modification time: `GTE` the last
@@ -475,10 +478,12 @@ class HubSpotConnector(CrmConnector):
         cap. A full page ending on the instant it started from (more than a page of records
         share one modification time) is read through by `hs_object_id` (`_instant_rows`),
         then the search goes on strictly after that instant. Every query moves the lower
-        bound forward, so the loop ends whatever the data.
+        bound forward, so the loop ends whatever the data. When the window holds most of
+        the object's records, they are listed instead (`_listing_is_cheaper`).
         """
         extra = [{"propertyName": key, "operator": "HAS_PROPERTY"}] if key else []
         op, bound = "GTE", low
+        first_query = True
         while True:
             filters = [
                 {"propertyName": MODIFIED, "operator": op, "value": _ms(bound)},
@@ -486,6 +491,10 @@ class HubSpotConnector(CrmConnector):
                 *extra,
             ]
             rows, more = self._search_page(object_type, filters, MODIFIED, props)
+            if first_query and more and not key and self._listing_is_cheaper(object_type, self._last_total, props):
+                yield from self._listed_rows(object_type, props, assoc, low, high)
+                return
+            first_query = False
             yield rows
             if not more:
                 return
@@ -517,13 +526,16 @@ class HubSpotConnector(CrmConnector):
                 raise StopRunError(f"HubSpot search of {object_type} returned ids out of order")
             after_id = last_id
 
-    def _search_page(self, object_type: str, filters: list[dict], sort: str, props: list[str]) -> tuple[list[dict], bool]:
-        """One search query, its first page only (one sorting rule: HubSpot applies no more); -> (rows, more)."""
+    def _search_page(self, object_type: str, filters: list[dict], sort: str, props: list[str], limit: int = SEARCH_LIMIT) -> tuple[list[dict], bool]:
+        """One search query, its first page only (one sorting rule: HubSpot applies no more); -> (rows, more).
+
+        The answer's `total` (records matching the query) is kept in `self._last_total`.
+        """
         body = {
-            "filterGroups": [{"filters": filters}],
+            "filterGroups": [{"filters": filters}] if filters else [],
             "sorts": [{"propertyName": sort, "direction": "ASCENDING"}],
             "properties": props,
-            "limit": SEARCH_LIMIT,
+            "limit": limit,
         }
         page = self._call(
             lambda **kw: self._client.crm.objects.search_api.do_search(object_type, public_object_search_request=body, **kw),
@@ -531,8 +543,37 @@ class HubSpotConnector(CrmConnector):
             search=True,
         )
         rows = page.get("results") or []
-        more = bool(((page.get("paging") or {}).get("next") or {}).get("after")) or len(rows) >= SEARCH_LIMIT
+        self._last_total = int(page.get("total") or 0)
+        more = bool(((page.get("paging") or {}).get("next") or {}).get("after")) or len(rows) >= limit
         return rows, more and bool(rows)
+
+    def _listing_is_cheaper(self, object_type: str, in_window: int, props: list[str]) -> bool:
+        """Whether listing every record beats searching `in_window` of them (issue 14: the day after a full sync).
+
+        Search pages 200 records at 5 requests/s (1,000 records/s) and needs association reads;
+        listing pages 100 with their associations at the tier's 10-second allowance (1,900
+        records/s on professional). When most records changed, as on the day after the first
+        sync wrote them all, listing them all is the cheaper read.
+        """
+        if in_window < LIST_SWITCH_MIN:
+            return False
+        self._search_page(object_type, [], "hs_object_id", ["hs_object_id"], limit=1)
+        everything = self._last_total
+        search_s = in_window / (SEARCH_LIMIT * self._search_pacer.budget / self._search_pacer.window)
+        list_s = everything / (LIST_LIMIT * self._burst.budget / self._burst.window)
+        return list_s < search_s
+
+    def _listed_rows(self, object_type: str, props: list[str], assoc: str | None, low: datetime, high: datetime) -> Iterator[list[dict]]:
+        """The records modified in [low, high], found by listing them all (with their associations)."""
+        low_ts, high_ts = pd.Timestamp(low), pd.Timestamp(high)
+        for rows in self._list_pages(object_type, props, assoc):
+            kept = []
+            for r in rows:
+                t = _parse_time((r.get("properties") or {}).get(MODIFIED) or r.get("updated_at"))
+                if t is not None and low_ts <= t <= high_ts:  # later ones changed during the pull: next run
+                    r["_listed"] = True  # its associations came with it
+                    kept.append(r)
+            yield kept
 
     def _without_own_writes(self, rows: list[dict], object: str, read: dict, assoc: str | None, own: OwnWrites) -> list[dict]:
         """`rows` less the records whose last change is our own write (stamp equal, mapped values as stored)."""
