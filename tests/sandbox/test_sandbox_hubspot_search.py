@@ -141,3 +141,35 @@ def test_given_an_import_then_modify_many_gives_every_record_one_modification_ti
             == {(stamp, "Imported")}
         with pytest.raises(ValueError):
             sb.modify_many("hubspot", "companies", ids, {"no_such_property": "1"})
+
+
+def test_given_serve_with_same_stamp_then_the_cli_sandbox_seeds_n_records_of_each_object_on_one_instant(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import requests
+
+    ready = tmp_path / "ready.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC")}
+    cmd = [str(Path(sys.executable).with_name("healthsync")), "sandbox", "serve", "--accounts", "20", "--seed", "5",
+           "--same-stamp", "15", "--search-lag", "7.5", "--ready-file", str(ready)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 90
+        while not ready.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert ready.exists(), proc.stderr.read() if proc.poll() is not None else "timeout"
+        time.sleep(0.2)
+        inspect = json.loads(ready.read_text())["inspect_url"]
+        for obj in ("companies", "deals", "tickets"):
+            stamps = Counter(r["properties"]["hs_lastmodifieddate"] for r in requests.get(f"{inspect}/state/hubspot/{obj}").json())
+            assert stamps.most_common(1)[0][1] == 15, obj
+        bad = subprocess.run(cmd[:3] + ["--same-stamp", "-1"], capture_output=True, text=True, env=env, timeout=60)
+        assert bad.returncode == 2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
