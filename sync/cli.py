@@ -442,6 +442,12 @@ def sandbox_serve(
     hubspot_tier: str = typer.Option("professional", "--hubspot-tier", help="starter | professional"),
     faults: Optional[str] = typer.Option(None, "--faults", help="e.g. salesforce.error_rate=0.1,slack.drop_rate=0.05"),
     ready_file: Optional[Path] = typer.Option(None, "--ready-file", help="Where to write the ready file (JSON)."),
+    same_stamp: int = typer.Option(
+        0, "--same-stamp", min=0, help="Give N records of each HubSpot object one modification time (as imports do)."
+    ),
+    search_lag: float = typer.Option(
+        2.0, "--search-lag", min=0, help="HubSpot search index lag in seconds (each write waits up to this long)."
+    ),
 ):
     """Run the emulators on 127.0.0.1 until SIGTERM/SIGINT; writes the ready file when ready."""
     configure_logging(False)
@@ -451,7 +457,8 @@ def sandbox_serve(
             _fail(f"--hubspot-tier: {hubspot_tier!r} is not one of starter, professional", EXIT_CONFIG)
         from healthsync.connectors.sandbox.serve import serve
 
-        return serve(accounts=accounts, seed=seed, hubspot_tier=hubspot_tier, faults_spec=faults, ready_file=ready_file)
+        return serve(accounts=accounts, seed=seed, hubspot_tier=hubspot_tier, faults_spec=faults, ready_file=ready_file,
+                     same_stamp=same_stamp, search_lag_seconds=search_lag)
 
     _guard(body)
 

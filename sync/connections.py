@@ -67,7 +67,8 @@ def open_crm_connectors(settings: Settings, ready: dict | None = None) -> dict[s
             )
         if hs.enabled and ready.get("hubspot"):
             out["hubspot"] = hubspot_from_ready(
-                ready, _mapping(settings, "hubspot"), lookback_minutes=hs.lookback_minutes, timeout=hs.timeout_s
+                ready, _mapping(settings, "hubspot"), lookback_minutes=hs.lookback_minutes, timeout=hs.timeout_s,
+                pacing_margin=hs.pacing_margin, search_lag_s=hs.search_lag_s,
             )
         return out
     sf = sources.salesforce
@@ -104,6 +105,8 @@ def open_crm_connectors(settings: Settings, ready: dict | None = None) -> dict[s
             tier=hs.tier,
             lookback_minutes=hs.lookback_minutes,
             timeout=hs.timeout_s,
+            pacing_margin=hs.pacing_margin,
+            search_lag_s=hs.search_lag_s,
         )
     return out
 

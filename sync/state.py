@@ -9,6 +9,7 @@ with the playbooks/escalation/scheduler code (notes/sync_contract.md):
     replica         canonical records pulled from the CRMs (deleted = tombstone)
     score_history   one row per account per run (trends read it back)
     pushed          the last value each CRM CONFIRMED per (crm, object, record, field)
+    own_writes      the modification time each CRM gave our last confirmed write to a record
     failed_records  the retry queue: records the CRM rejected or never confirmed
     episodes        playbook episodes and their CRM task (task_origin: created here, or found in the CRM)
     escalations     Slack messages per (episode, level, kind): marker, destination, message key, ts
@@ -121,6 +122,15 @@ pushed = Table(
     Column("value_json", Text),
     Column("pushed_at", DateTime),
     Column("run_id", String(64)),
+)
+
+own_writes = Table(
+    "own_writes",
+    metadata,
+    Column("crm", String(16), primary_key=True),
+    Column("object", String(32), primary_key=True),
+    Column("record_id", String(128), primary_key=True),
+    Column("stamp", DateTime, nullable=False),  # the modification time the CRM gave our last confirmed write
 )
 
 failed_records = Table(
@@ -493,6 +503,43 @@ class StateStore:
         if not texts:
             return []
         return json.loads("[" + ",".join(texts) + "]")  # one parse instead of one per row
+
+    def replica_data(self, crm: str, object: str, ids: list[str]) -> dict[str, dict]:
+        """record_id -> stored data of the live records among `ids` (absent ids are left out)."""
+        out: dict[str, dict] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(ids):
+                for rid, text in conn.execute(
+                    select(replica.c.record_id, replica.c.data_json).where(
+                        replica.c.crm == crm, replica.c.object == object, replica.c.record_id.in_(chunk),
+                        replica.c.deleted == False,  # noqa: E712
+                    )
+                ):
+                    out[rid] = json.loads(text)
+        return out
+
+    # ------------------------------------------------------------------ own writes
+
+    def record_own_writes(self, crm: str, object: str, stamps: dict[str, datetime]) -> None:
+        """Remember the modification time the CRM gave each record we just wrote (replacing the previous one)."""
+        if not stamps:
+            return
+        ids = list(stamps)
+        with self.begin() as conn:
+            for chunk in _chunks(ids):
+                conn.execute(delete(own_writes).where(own_writes.c.crm == crm, own_writes.c.object == object, own_writes.c.record_id.in_(chunk)))
+                conn.execute(
+                    insert(own_writes),
+                    [{"crm": crm, "object": object, "record_id": i, "stamp": utc_naive(stamps[i])} for i in chunk],
+                )
+
+    def own_write_stamps(self, crm: str, object: str, since: datetime | None = None) -> dict[str, datetime]:
+        """record_id -> modification time of our last write, for writes at or after `since` (aware UTC)."""
+        query = select(own_writes.c.record_id, own_writes.c.stamp).where(own_writes.c.crm == crm, own_writes.c.object == object)
+        if since is not None:
+            query = query.where(own_writes.c.stamp >= utc_naive(since))
+        with self.engine.connect() as conn:
+            return {rid: utc_aware(stamp) for rid, stamp in conn.execute(query)}
 
     def live_ids(self, crm: str, object: str) -> set[str]:
         with self.engine.connect() as conn:
