@@ -522,16 +522,25 @@ class StateStore:
                     )
                 )
             keys = [(rid, f) for rid in ids for f in confirmed[rid]]
-            for chunk in _chunks(ids):
-                fields = {f for rid in chunk for f in confirmed[rid]}
-                conn.execute(
-                    delete(pushed).where(
-                        pushed.c.crm == crm,
-                        pushed.c.object == object,
-                        pushed.c.record_id.in_(chunk),
-                        pushed.c.field.in_(sorted(fields)),
+            # Replace exactly the confirmed (record, field) pairs. Records are grouped by the set of
+            # fields they wrote so one statement deletes only pairs that are re-inserted below: a
+            # record that wrote a subset of the fields keeps its other confirmed values (deleting
+            # the union per chunk made those records look changed, and rewritten, on every run).
+            by_fields: dict[tuple[str, ...], list[str]] = {}
+            for rid in ids:
+                by_fields.setdefault(tuple(sorted(confirmed[rid])), []).append(rid)
+            for fields, group in by_fields.items():
+                if not fields:
+                    continue
+                for chunk in _chunks(group):
+                    conn.execute(
+                        delete(pushed).where(
+                            pushed.c.crm == crm,
+                            pushed.c.object == object,
+                            pushed.c.record_id.in_(chunk),
+                            pushed.c.field.in_(fields),
+                        )
                     )
-                )
             rows = [
                 {"crm": crm, "object": object, "record_id": rid, "field": f, "value_json": confirmed[rid][f], "pushed_at": at_n, "run_id": run_id}
                 for rid, f in keys
