@@ -399,7 +399,8 @@ def _guarded(store: StateStore, connector: CrmConnector, now: datetime):
     from healthsync.sync.pull import pull_object
 
     def sweep(object: str) -> None:
-        if object in OBJECT_SECTIONS:
+        # without a cursor nothing was pulled incrementally yet: the next pull reads everything anyway
+        if object in OBJECT_SECTIONS and store.cursor(connector.name, object) is not None:
             pull_object(store, connector, object, now=now, deletions=False)
 
     connector.before_write = sweep
