@@ -22,7 +22,7 @@ from datetime import datetime
 from healthsync.config.canonical import SPECS, as_records
 from healthsync.connectors.base import CrmConnector, HealthsyncError, StopRunError
 from healthsync.sync.state import StateStore, dumps
-from healthsync.sync.writeback import CrmWriteReport, RecordPlan, _settle
+from healthsync.sync.writeback import OBJECT_SECTIONS, CrmWriteReport, RecordPlan, _settle
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,8 @@ def collect_pending_writes(store: StateStore, connector: CrmConnector, *, now: d
         return out
     for job in jobs:
         object, records = job["object"], job["records"]
+        if object not in OBJECT_SECTIONS:  # another stage's job (e.g. a task upsert): collected by its owner
+            continue
         ids = list(records)
         try:
             outcome = collect(object, job["job_id"], ids)
