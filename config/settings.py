@@ -60,6 +60,12 @@ class SalesforceSource(Strict):
     quota_stop_share: float = Field(0.8, gt=0, le=1)
     lookback_minutes: int = Field(5, ge=0)
     timeout_s: float = Field(30, gt=0)
+    # Bulk API 2.0: wait at most this long for a job in one run (polls back off from bulk_poll_s);
+    # a job still running is kept in state and collected by the next run, never sent again
+    bulk_max_wait_s: float = Field(120, ge=0)
+    bulk_poll_s: float = Field(2, gt=0)
+    # incremental pulls skip records whose last change is the integration user's own write
+    exclude_own_changes: bool = True
     # secrets: environment / secrets file only
     password: SecretStr | None = None
     security_token: SecretStr | None = None

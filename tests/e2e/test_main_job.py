@@ -138,6 +138,7 @@ def test_main_job_first_run_rerun_changes_and_dry_run_parity(make_sandbox, setti
     gone_sf, gone_hs = sf_ids[0], hs_ids[0]
     sb.delete("salesforce", "Account", gone_sf[3:])
     sb.delete("hubspot", "companies", gone_hs[3:])
+    sb.advance_clock(60)  # Salesforce lists a deletion once its minute is over (sobjects/{O}/deleted ignores seconds)
     third = run_cycle(settings, ready=sb.ready, json_mode=True)
     assert third.status == "ok", third.errors
     assert third.pulled["salesforce"]["accounts"]["deleted"] == 1
