@@ -223,10 +223,10 @@ def test_forecast_applies_once_closed_and_unknown_accounts_unchanged():
         "forecast_category": ["Commit", "Commit", "Closed", "Pipeline"],
     })
     scored = pd.DataFrame({"account_id": ["a"], "score": [50.0], "band": ["Yellow"], "delta_30d": [-15.0]})
-    out = adjust_opportunities(opps, scored, ForecastConfig(method="delta", sensitivity=0.8))
+    out = adjust_opportunities(opps, scored, ForecastConfig(method="delta", sensitivity=0.8, renormalise=False))
     assert out["opportunity_id"].tolist() == ["o1", "o2", "o3"]
     assert out["adjusted_probability"].tolist() == [0.44, 0.9, 0.5]
-    again = adjust_opportunities(out, scored, ForecastConfig(method="delta", sensitivity=0.8))
+    again = adjust_opportunities(out, scored, ForecastConfig(method="delta", sensitivity=0.8, renormalise=False))
     assert again["adjusted_probability"].tolist() == [0.44, 0.9, 0.5]  # from `probability`, never compounded
     by_quarter = rollup(out, by=("close_quarter",)).set_index("close_quarter")
     assert by_quarter.loc["2026Q4", "base_expected_arr"] == 950.0 and by_quarter.loc["2026Q4", "expected_arr"] == 890.0
@@ -237,7 +237,7 @@ def test_delta_method_limited_by_max_swing_and_unknown_delta_keeps_base():
                          "probability": [0.5, 0.5], "is_closed": [False, False]})
     scored = pd.DataFrame({"account_id": ["a", "b"], "score": [50.0, 50.0], "band": ["Yellow", "Yellow"],
                            "delta_30d": [-60.0, np.nan]})
-    out = adjust_opportunities(opps, scored, ForecastConfig(method="delta", sensitivity=1.0, max_swing=0.3))
+    out = adjust_opportunities(opps, scored, ForecastConfig(method="delta", sensitivity=1.0, max_swing=0.3, renormalise=False))
     assert out["adjusted_probability"].tolist() == [0.35, 0.5]
 
 
