@@ -577,25 +577,32 @@ def _calibration_lines(report: dict) -> list[str]:
     cal = report["calibration"]
     lines = [
         f"Calibration ({cal['method']}, {cal['probability_map']} probability map)",
+        f"  {cal.get('split_description', '')}",
         f"  trained on {', '.join(cal['train_periods'])} ({cal['train_churn_events']} churn events)",
         f"  validated on {', '.join(cal['validation_periods'])}",
         f"  at-risk bands ({'/'.join(cal['at_risk_bands'])}) below {_num(cal['at_risk_boundary'], '.0f')}: "
-        f"training recall {_pct(cal['train_recall'])}",
+        f"training recall {_pct(cal['train_recall'])}, precision {_pct(cal.get('train_precision'))}, "
+        f"at-risk share {_pct(cal.get('train_at_risk_share'))} (limit {_pct(cal.get('max_at_risk_share'))})",
         f"    worst training snapshot {_pct(cal.get('train_worst_period_recall'))} "
         f"(target {_pct(cal['target_recall'])} + margin {_pct(cal.get('recall_margin'))})",
         f"  weights ({cal['evidence_kind']}):",
     ]
+    turned, zeroed = set(cal.get("turned_around") or []), set(cal.get("zeroed") or [])
     for name, after in cal["weights_after"].items():
         before = cal["weights_before"].get(name)
         evidence = cal["evidence"].get(name)
-        lines.append(f"    {name:<22} {_num(before, '.4f')} -> {_num(after, '.4f')}   ({_num(evidence, '.4f')})")
+        note = "  turned around" if name in turned else ("  no clear direction: 0" if name in zeroed else "")
+        lines.append(f"    {name:<22} {_num(before, '.4f')} -> {_num(after, '.4f')}   ({_num(evidence, '.4f')}){note}")
     base = report.get("baseline") or {}
     if base:
-        lines.append("  held-out period, configured model -> calibrated:")
-        for key in ("auc", "pr_auc", "brier", "precision", "recall", "f1"):
-            lines.append(f"    {key:<10} {_num(base.get(key))} -> {_num(report.get(key))}")
-    for w in cal.get("warnings", []):
-        lines.append(f"  WARNING {w}")
+        lines.append("  held-out part, configured model -> calibrated (probability maps fitted on the training part):")
+        for key in ("auc", "pr_auc", "brier", "precision", "recall", "f1", "at_risk_share"):
+            lines.append(f"    {key:<13} {_num(base.get(key))} -> {_num(report.get(key))}")
+    fc = report.get("forecast") or {}
+    if fc.get("fitted"):
+        state = "kept" if fc.get("enabled") else "switched off (forecast.enabled: false)"
+        lines.append(f"  forecast map fitted on the training deals, held-out MAPE {_num(fc.get('mape_before'), '.1f')}% "
+                     f"-> {_num(fc.get('mape_after'), '.1f')}%: {state}")
     return lines + [""]
 
 
