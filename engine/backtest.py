@@ -228,7 +228,7 @@ def lead_time(scored: pd.DataFrame, dates: list[pd.Timestamp], churned_at: pd.Se
     """
     frame = scored[["account_id", "as_of", "churned", "flagged"]].sort_values(["account_id", "as_of"])
     last = frame.groupby("account_id", sort=False).tail(1)
-    gaps = np.diff(pd.DatetimeIndex(dates).asi8) / 86_400e9 if len(dates) > 1 else np.array([])
+    gaps = (np.diff(pd.DatetimeIndex(dates)) / pd.Timedelta(days=1)) if len(dates) > 1 else np.array([])
     resolution = float(np.median(gaps)) if len(gaps) else None
     empty = {"churned_accounts": 0, "flagged_before_churn": 0, "share_flagged": None,
              "median_days": None, "mean_days": None}

@@ -32,8 +32,8 @@ from healthsync.engine.forecast import logit, trend_input
 KNOT_QUANTILES = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
 #: prior standard deviations (log-odds) of the departures from "no change"
 PRIOR_SD_BASE = 0.5
-PRIOR_SD_HEALTH = 1.0
-PRIOR_SD_TREND = 0.5
+PRIOR_SD_HEALTH = 0.5
+PRIOR_SD_TREND = 0.25
 #: the trend enters the fit only when this share of training deals has a known 30-day delta
 MIN_TREND_SHARE = 0.2
 #: fewer usable training deals (or no win, or no loss) than this: nothing is fitted

@@ -376,11 +376,11 @@ def config_validate(
         try:
             load_settings(list(files or []))
         except ConfigError as e:
-            err_console.print(f"[bold red]invalid:[/] {label}", highlight=False)
+            err_console.print(f"[bold red]invalid:[/] {label}", highlight=False, soft_wrap=True)
             for p in e.problems:
                 err_console.print(f"  - {p}", highlight=False, soft_wrap=True)
             return EXIT_CONFIG
-        Console().print(f"[green]valid:[/] {label}", highlight=False)
+        Console().print(f"[green]valid:[/] {label}", highlight=False, soft_wrap=True)
         return EXIT_OK
 
     _guard(body)

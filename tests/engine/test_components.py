@@ -294,3 +294,36 @@ def test_daily_usage_overrides_account_usage_columns_inside_the_window():
     assert f.loc["a", "license_utilization"] == 0.8
     # b: its only row is outside the 28-day window, so the accounts values stay
     assert f.loc["b", "logins_per_user_week"] == 2.0 and f.loc["b", "active_users_30d"] == 6
+
+
+def test_given_a_mostly_healthy_book_when_uncalibrated_then_health_only_moves_probability_between_deals():
+    # issue 11: the seed's absolute multipliers (x1.4 Healthy) inflate a healthy book; the default renormalises
+    n = 10
+    opps = pd.DataFrame({"opportunity_id": [f"o{i}" for i in range(n)], "account_id": [f"a{i}" for i in range(n)],
+                         "amount": [1000.0 * (i + 1) for i in range(n)], "probability": [0.5] * 9 + [0.9],
+                         "is_closed": [False] * n})
+    scored = pd.DataFrame({"account_id": [f"a{i}" for i in range(n)], "score": [85.0] * 8 + [20.0, 85.0],
+                           "band": ["Green"] * 8 + ["Red", "Green"], "delta_30d": [0.0] * n})
+    default = adjust_opportunities(opps, scored, load_settings().forecast).set_index("opportunity_id")
+    base_total = (opps["amount"] * opps["probability"]).sum()
+    assert default["expected_arr"].sum() == pytest.approx(base_total, rel=0.02)
+    ratio = default["adjusted_probability"] / opps.set_index("opportunity_id")["probability"]
+    assert ratio["o8"] < 0.8 and (ratio.drop("o8") > 1.0).all()  # the at-risk deal gives probability to the rest
+    assert ratio.between(0.7 - 1e-9, 1.3 + 1e-9).all() and default["adjusted_probability"].max() <= 1.0
+    seed = load_settings().forecast.model_copy(update={"renormalise": False})
+    absolute = adjust_opportunities(opps, scored, seed)
+    assert absolute["expected_arr"].sum() > 1.15 * base_total  # the documented option moves the book
+
+
+def test_given_a_fitted_forecast_map_when_applied_then_it_follows_the_formula_within_the_swing_limit():
+    from healthsync.config.model import FittedForecast
+
+    fitted = FittedForecast(base_coef=1.0, health_x=[0.0, 50.0, 100.0], health_y=[-2.0, 0.0, 0.2], trend_coef=0.1)
+    config = ForecastConfig(method="fitted", fitted=fitted, max_swing=0.3)
+    opps = pd.DataFrame({"opportunity_id": ["o1", "o2", "o3"], "account_id": ["a", "b", "c"],
+                         "amount": [100.0] * 3, "probability": [0.5] * 3, "is_closed": [False] * 3})
+    scored = pd.DataFrame({"account_id": ["a", "b", "c"], "score": [25.0, 100.0, 50.0],
+                           "band": ["Red", "Green", "Yellow"], "delta_30d": [0.0, 0.0, 20.0]})
+    out = adjust_opportunities(opps, scored, config)["adjusted_probability"].tolist()
+    # a: logit 0 - 1.0 -> 0.269, limited to -30% -> 0.35; b: sigmoid(0.2) = 0.5498; c: sigmoid(0.1 x 2) = 0.5498
+    assert out == pytest.approx([0.35, 0.549834, 0.549834], abs=1e-6)

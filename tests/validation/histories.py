@@ -1,6 +1,6 @@
 """History generators written for validating `calibrate` and `backtest` on mechanisms we did not score with.
 
-Why a module of its own: the demo generator (connectors/demo_data.py) draws
+Why a module of its own: the demo generator (`healthsync demo-data`) draws
 deal wins as "stage probability x a health multiplier like the seed's", so a
 forecast check on its history is circular. These four histories are made by
 other mechanisms, each stated in its docstring in one line (the README's
