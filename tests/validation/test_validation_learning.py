@@ -137,3 +137,17 @@ def test_given_a_stacked_overlay_when_calibrated_with_turned_metric_then_the_ove
     assert {m.name: m.weight for m in loaded.model.metrics} == result.weights
     tenure = {m.name: m for m in loaded.model.metrics}["tenure"].rule
     assert (tenure.zero_at, tenure.full_at) == (0.0, 72.0)
+
+
+def test_given_accounts_with_too_little_data_when_backtested_then_their_share_is_reported_with_a_warning():
+    from healthsync.engine.backtest import backtest
+
+    history = histories.health_blind_deals_history(n=600, snapshots=2, seed=4)
+    accounts = history["accounts_history"]
+    sparse = accounts.index % 10 == 0  # every tenth account-snapshot keeps only its login figure
+    keep = ["account_id", "as_of", "churned", "logins_per_user_week"]
+    accounts.loc[sparse, [c for c in accounts.columns if c not in keep]] = np.nan
+    report = backtest({"accounts_history": accounts}, load_settings().model)
+    assert report["insufficient_share"] == pytest.approx(sparse.mean(), abs=0.01)
+    lines = [w for w in report["warnings"] if "'Insufficient data'" in w]
+    assert len(lines) == 1 and lines[0].startswith("10.0% of account-snapshots")
