@@ -138,11 +138,11 @@ TASKS = FrameSpec(
     ),
 )
 
-#: History snapshots: the accounts columns plus these (design.md, "history for validation").
+#: History snapshots: the accounts columns plus these (design.md, "history for validation"). An optional
+#: `churned_at` (the day the account left; lead times use it when given) passes through like a custom column.
 ACCOUNTS_HISTORY_EXTRA = (
     Column("as_of", "date", required=True, nullable=False),
     Column("churned", "label", required=True, nullable=False, doc="did not renew within the horizon after as_of"),
-    Column("churned_at", "date", doc="the day the account left (lead times use it when given)"),
 )
 OPPORTUNITIES_HISTORY_EXTRA = (
     Column("as_of", "date", required=True, nullable=False),

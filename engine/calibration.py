@@ -736,6 +736,9 @@ def calibrate(
     # 6. the held-out report, and the configured model on the same footing
     report = evaluate(parts.validation, val, tuned, eval_forecast, prior_scores=prior)
     final_forecast = forecast
+    if fitted_forecast is not None and not report.get("forecast"):
+        warnings.append("forecast: the held-out part has no deals with a won amount to judge the fitted map on; "
+                        "the configured forecast settings stay")
     if fitted_forecast is not None and report.get("forecast"):
         fc = report["forecast"]
         lowered = (fc["mape_before"] is not None and fc["mape_after"] is not None
@@ -748,10 +751,13 @@ def calibrate(
         else:
             forecast_overlay = {"enabled": False}
             final_forecast = forecast.model_copy(update={"enabled": False})
+            def num(value, fmt):
+                return "n/a" if value is None else format(value, fmt)
+
             warnings.append(
-                f"forecast: the fitted adjustment did not lower held-out error (MAPE {fc['mape_before']:.1f}% -> "
-                f"{fc['mape_after']:.1f}%, MAE {fc['mae_before']:,.0f} -> {fc['mae_after']:,.0f}); "
-                "the overlay sets forecast.enabled: false")
+                f"forecast: the fitted adjustment did not lower held-out error (MAPE {num(fc['mape_before'], '.1f')}% "
+                f"-> {num(fc['mape_after'], '.1f')}%, MAE {num(fc['mae_before'], ',.0f')} -> "
+                f"{num(fc['mae_after'], ',.0f')}); the overlay sets forecast.enabled: false")
     configured = model
     if model.method == "fitted" and model.fitted is None:  # nothing fitted yet: the configured scores are weighted
         configured = model.model_copy(update={"method": "weighted"})

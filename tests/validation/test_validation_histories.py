@@ -182,6 +182,8 @@ def test_given_one_snapshot_with_yes_no_labels_when_calibrated_then_a_stratified
     churned = accounts["churned"].str.lower().str.startswith("y")
     assert report["base_rate"] == pytest.approx(churned.mean(), abs=0.005)  # stratified
     assert report["auc"] >= 0.72 and report["auc"] > report["baseline"]["auc"] + 0.02
+    # the configured model's probability map was fitted on the training part too, not on the held-out part
+    assert report["baseline"]["probability_method"] == "Platt map fitted on the training part"
     assert report["at_risk_share"] <= 0.35 and report["precision"] >= 1.5 * report["base_rate"]
     # tenure was configured the wrong way round: learned and turned around, not zeroed
     assert cal["turned_around"] == ["tenure"] and cal["weights_after"]["tenure"] > 0.05
