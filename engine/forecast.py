@@ -23,7 +23,9 @@ already right. Until a history has been calibrated, health should only move
 probability between deals: every factor is multiplied by one scale, found so
 the open, adjustable pipeline's expected ARR equals its unadjusted total
 (after the swing limit and [0, 1]; fixed-point iteration, at most
-RENORMALISE_ROUNDS rounds). `renormalise: false` keeps the seed's absolute
+RENORMALISE_ROUNDS rounds), rounded to a power of RENORMALISE_STEP (the book
+then stays within 1% of its total, and a small change in some accounts does
+not move every other deal). `renormalise: false` keeps the seed's absolute
 multipliers.
 
 `fitted` (written by `healthsync calibrate`, `engine.forecast_fit`):
@@ -51,6 +53,9 @@ INSUFFICIENT_BAND_DEFAULT = "Insufficient data"
 #: renormalisation stops when the book is within this relative distance of its unadjusted total, or after so many rounds
 RENORMALISE_TOLERANCE = 1e-9
 RENORMALISE_ROUNDS = 50
+#: the scale is then rounded to a power of this step, so the book stays within half a step (1%) of its total
+#: and a small change elsewhere in the book does not rewrite every open deal's probability in the CRM
+RENORMALISE_STEP = 1.02
 #: base probabilities are kept inside (LOGIT_EDGE, 1 - LOGIT_EDGE) before taking their log-odds
 LOGIT_EDGE = 0.005
 #: the fitted map reads the trend as clip(delta_30d, -TREND_CLIP, TREND_CLIP) / TREND_UNIT
@@ -87,14 +92,14 @@ def _renormalised(base: np.ndarray, factor: np.ndarray, amount: np.ndarray, lo: 
     if not len(factor) or target <= 0:
         return factor
     scale = 1.0
-    adjusted = factor
     for _ in range(RENORMALISE_ROUNDS):
         adjusted = np.clip(factor * scale, lo, hi)
         total = (np.nan_to_num(amount) * np.clip(np.nan_to_num(base) * adjusted, 0.0, 1.0)).sum()
         if total <= 0 or abs(total - target) <= RENORMALISE_TOLERANCE * target:
             break
         scale *= target / total
-    return adjusted
+    step = np.log(RENORMALISE_STEP)
+    return np.clip(factor * float(np.exp(np.round(np.log(scale) / step) * step)), lo, hi)
 
 
 def _range_index(scores: np.ndarray, config: ForecastConfig) -> np.ndarray:

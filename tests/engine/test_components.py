@@ -327,3 +327,19 @@ def test_given_a_fitted_forecast_map_when_applied_then_it_follows_the_formula_wi
     out = adjust_opportunities(opps, scored, config)["adjusted_probability"].tolist()
     # a: logit 0 - 1.0 -> 0.269, limited to -30% -> 0.35; b: sigmoid(0.2) = 0.5498; c: sigmoid(0.1 x 2) = 0.5498
     assert out == pytest.approx([0.35, 0.549834, 0.549834], abs=1e-6)
+
+
+def test_given_one_account_changing_band_when_renormalised_then_the_other_deals_keep_their_probability():
+    # the scale is rounded to 2% steps: a small change in the book does not rewrite every deal in the CRM
+    n = 200
+    opps = pd.DataFrame({"opportunity_id": [f"o{i}" for i in range(n)], "account_id": [f"a{i}" for i in range(n)],
+                         "amount": 1000.0, "probability": 0.4, "is_closed": False})
+    scores = np.where(np.arange(n) % 3 == 0, 50.0, 85.0)
+    scored = pd.DataFrame({"account_id": [f"a{i}" for i in range(n)], "score": scores, "delta_30d": 0.0,
+                           "band": np.where(scores > 70, "Green", "Yellow")})
+    before = adjust_opportunities(opps, scored, load_settings().forecast)["adjusted_probability"]
+    scored.loc[1, ["score", "band"]] = [20.0, "Red"]
+    after = adjust_opportunities(opps, scored, load_settings().forecast)["adjusted_probability"]
+    assert after[1] < before[1]
+    assert (after.drop(index=1) == before.drop(index=1)).all()
+    assert abs(after.sum() / (0.4 * n) - 1) <= 0.02
