@@ -43,6 +43,9 @@ def _pushed_in_run(store, run_id):
 
 
 def test_main_job_first_run_rerun_changes_and_dry_run_parity(make_sandbox, settings, store_of):
+    # The seed's absolute multipliers: with the default renormalisation (issue 11) a change in some accounts may
+    # move the book's scale, and with it every open deal's adjusted probability, which this test rules out.
+    settings.forecast.renormalise = False
     sb = make_sandbox(accounts=40, seed=11)
 
     # ---- first run: every account and open opportunity carries its healthsync fields
