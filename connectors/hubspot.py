@@ -231,6 +231,7 @@ class HubSpotConnector(CrmConnector):
         pacing_margin: float = 0.0,
         search_lag_s: float = SEARCH_LAG_S,
         clock: Callable[[], datetime] | None = None,
+        index_lag_s: float | None = None,
     ):
         token = reveal(access_token)
         if not token:
@@ -251,7 +252,9 @@ class HubSpotConnector(CrmConnector):
         self.search_lag = timedelta(seconds=float(search_lag_s))
         self._now = clock or (lambda: datetime.now(timezone.utc))  # HubSpot's time: the run's start bounds searches
         self.identity_property = identity_property  # config mapping.identity.hubspot_salesforce_id_property
-        self.search_lag_s = float(search_lag_s)  # config sources.hubspot.search_lag_s (crm-api-notes 2.4)
+        # how long to wait before looking up a task whose create went unanswered: a sandbox's declared lag
+        # (its ready file), else sources.hubspot.search_lag_s (crm-api-notes 2.4)
+        self.index_lag_s = float(search_lag_s if index_lag_s is None else index_lag_s)
         self._sleep: Callable[[float], None] = time.sleep
         self.stats = CallStats()
         self.host = (host or "https://api.hubapi.com").rstrip("/")
@@ -763,7 +766,7 @@ class HubSpotConnector(CrmConnector):
         - a key never sent before (`TaskSpec.attempted_at` None) is created without any search;
         - `before_send(keys)` runs before each create request, so the caller records the attempt first;
         - a create that gets no definite answer (timeout, 5xx, lost answer) is never resent blindly:
-          once `search_lag_s` has passed since it was sent its keys are searched; found -> that
+          once `index_lag_s` has passed since it was sent its keys are searched; found -> that
           task, missing -> created again (bounded by the retry policy's attempts); still unsure
           -> MAYBE_CREATED, and the next run looks the keys up the same way;
         - a key attempted before this call (`attempted_at` set) is looked up that way first.
@@ -833,20 +836,20 @@ class HubSpotConnector(CrmConnector):
         return _fill(results, [Change(t.key, {}) for t in tasks], "NOT_SENT", "not sent")
 
     def _wait_for_index(self, sent_at: datetime | float) -> None:
-        """Sleep until `search_lag_s` has passed since a create was applied.
+        """Sleep until `index_lag_s` has passed since a create was applied.
 
         `sent_at` is time.monotonic() when the create's (lost) answer came back, or the aware UTC
         time an earlier attempt was recorded: that one is taken before the request left, so it
         gets `_ATTEMPT_MARGIN_S` more for the request's own transit.
         """
-        if self.search_lag_s <= 0:
+        if self.index_lag_s <= 0:
             return
         if isinstance(sent_at, datetime):
             sent = sent_at if sent_at.tzinfo else sent_at.replace(tzinfo=timezone.utc)
-            wait = self.search_lag_s + _ATTEMPT_MARGIN_S
+            wait = self.index_lag_s + _ATTEMPT_MARGIN_S
             left = (sent + timedelta(seconds=wait) - datetime.now(timezone.utc)).total_seconds()
         else:
-            wait = self.search_lag_s
+            wait = self.index_lag_s
             left = sent_at + wait - time.monotonic()
         if left > 0:
             self._sleep(min(left, wait))
@@ -1012,8 +1015,8 @@ def hubspot_from_ready(ready: dict, mapping: dict, **kwargs) -> HubSpotConnector
     """
     hs = ready["hubspot"]
     kwargs.setdefault("tier", hs.get("tier", "professional"))
-    if "search_lag_s" in hs:  # the sandbox says how far its search index lags
-        kwargs.setdefault("search_lag_s", float(hs["search_lag_s"]))
+    if "search_lag_s" in hs:  # the sandbox says how far its search index lags: what a task lookup waits
+        kwargs.setdefault("index_lag_s", float(hs["search_lag_s"]))
     if ready.get("inspect_url") and "clock" not in kwargs:
         from healthsync.connectors.sandbox.clock import remote_clock
 

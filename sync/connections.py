@@ -69,9 +69,7 @@ def open_crm_connectors(settings: Settings, ready: dict | None = None) -> dict[s
         if hs.enabled and ready.get("hubspot"):
             out["hubspot"] = hubspot_from_ready(
                 ready, _mapping(settings, "hubspot"), lookback_minutes=hs.lookback_minutes, timeout=hs.timeout_s,
-                pacing_margin=hs.pacing_margin,
-                # a sandbox declares its own search lag (ready file); sources.hubspot.search_lag_s is for a real portal
-                search_lag_s=float(ready["hubspot"].get("search_lag_s", hs.search_lag_s)),
+                pacing_margin=hs.pacing_margin, search_lag_s=hs.search_lag_s,
             )
         return out
     sf = sources.salesforce

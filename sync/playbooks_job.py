@@ -24,7 +24,7 @@ before its task is created, and each create request is recorded as an attempt
 (`task_status` 'creating', `task_attempted_at`) before it leaves. Salesforce upserts
 on the key, so repeating is harmless; HubSpot cannot make the key unique, so an
 attempt that got no definite answer is looked up by key once its search index
-shows it (after the read-back, or by the connector after `search_lag_s`) before
+shows it (after the read-back, or by the connector after its `index_lag_s`) before
 anything is created again. Never a second task for one episode.
 
 A task the owner completed while the condition still holds does not open a new

@@ -13,7 +13,7 @@ Each run reads only the healthsync tasks modified since the last read (Salesforc
 
 Without a cursor (first run, or the state was lost) every healthsync task is read.
 HubSpot's search shows a task only after a lag, so that full read waits out the
-connector's `search_lag_s` and reads the recent window again: a task created
+connector's `index_lag_s` and reads the recent window again: a task created
 seconds before a state loss is seen too (a first run pays that wait once).
 
 The read happens once per run (`read_tasks` is memoised on the state store and the
@@ -78,7 +78,7 @@ def read_tasks(store: StateStore, connectors: dict[str, CrmConnector], now: date
 
 def _read_one(store: StateStore, crm: str, connector: CrmConnector, now: datetime, read: TaskRead) -> None:
     since = store.cursor(crm, TASKS)
-    lag = float(getattr(connector, "search_lag_s", 0) or 0)
+    lag = float(getattr(connector, "index_lag_s", 0) or 0)
     started = datetime.now(timezone.utc)
     rows = _pull(store, crm, connector, since, now)
     if since is None:

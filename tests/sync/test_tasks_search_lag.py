@@ -25,7 +25,7 @@ FAST = RetryPolicy(max_attempts=8, max_total_seconds=30, base_wait=0.01, max_wai
 def world(tmp_path_factory):
     w = start_world(tmp_path_factory.mktemp("world"), sandbox_options={"search_lag_seconds": LAG_S},
                     connector_options={"retry": FAST})
-    assert w.connectors["hubspot"].search_lag_s == LAG_S  # the ready file says how far search lags
+    assert w.connectors["hubspot"].index_lag_s == LAG_S  # the ready file says how far search lags
     yield w
     w.close()
 
