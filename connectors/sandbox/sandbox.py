@@ -35,13 +35,13 @@ from healthsync.connectors.sandbox.tls import make_tls
 LARGE_SEED = 200_000  # records; above this the seeded objects are frozen out of the cyclic GC
 
 
-def _generate(n_accounts: int, seed: int):
+def _generate(n_accounts: int, seed: int, usage: bool = False):
     try:
         from healthsync.connectors.demo_data import generate_portfolio
     except ImportError as e:  # the generator lives in another module; say what is missing
         raise RuntimeError("Sandbox(accounts=N) needs connectors.demo_data.generate_portfolio; pass portfolio=... "
                            "(an object with accounts, opportunities, tickets, owners frames) instead") from e
-    return generate_portfolio(n_accounts, seed)
+    return generate_portfolio(n_accounts, seed, usage=usage)
 
 
 class Sandbox:
@@ -51,7 +51,7 @@ class Sandbox:
                  salesforce_daily_limit: int = 100_000, hubspot_daily_limit: int | None = None,
                  slack_channels: tuple[str, ...] | list[str] = DEFAULT_CHANNELS,
                  session_timeout_s: float | None = None, search_lag_seconds: float = 0.0,
-                 slack_message_interval_s: float = 1.0) -> None:
+                 slack_message_interval_s: float = 1.0, warehouse: bool = False) -> None:
         self.hubspot_tier = hubspot_tier
         self.clock = Clock()
         self.recorder = Recorder()
@@ -65,9 +65,12 @@ class Sandbox:
                               per_channel_interval_s=slack_message_interval_s)
         if precreate_fields:
             self.precreate_fields()
-        sf_portfolio = portfolio if portfolio is not None else (_generate(accounts, seed) if accounts else None)
+        sf_portfolio = portfolio if portfolio is not None else (_generate(accounts, seed, warehouse) if accounts else None)
         hs_portfolio = hubspot_portfolio if hubspot_portfolio is not None else (
-            portfolio if portfolio is not None else (_generate(accounts, seed + 1) if accounts else None))
+            portfolio if portfolio is not None else (_generate(accounts, seed + 1, warehouse) if accounts else None))
+        # the product usage behind the portfolios' usage signals, written to DuckDB at start (`warehouse=True`)
+        distinct = [sf_portfolio] + ([hs_portfolio] if hs_portfolio is not sf_portfolio else [])
+        self._usage = [p for p in distinct if warehouse and p is not None and getattr(p, "usage", None) is not None]
         # millions of small dicts: the cyclic GC would rescan them over and over while they are built
         gc_was_enabled = gc.isenabled()
         gc.disable()
@@ -117,6 +120,11 @@ class Sandbox:
             "slack": {"base_url": sl.base_url + "/api/", "token": self.slack.token},
             "inspect_url": ins.base_url,
         }
+        if self._usage:
+            from healthsync.connectors.demo_data import write_usage
+
+            path = write_usage(self._usage, self._tmp / "usage.duckdb", self.clock.now())
+            self.ready["warehouse"] = {"url": f"duckdb:///{path}"}
         return self
 
     def stop(self) -> None:
