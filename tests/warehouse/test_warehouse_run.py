@@ -128,3 +128,17 @@ def test_given_the_sandbox_demo_usage_when_run_then_scores_use_it_and_kpis_are_r
         # below the 95% key-match floor? no; the KPIs under threshold are listed by name
         assert all(isinstance(line, str) for line in shown["breached"])
         store.close()
+
+
+
+def test_given_a_run_with_the_warehouse_when_the_report_is_written_then_it_shows_the_data_quality_kpis(settings, tmp_path):
+    settings.report.enabled = True
+    settings.report.path = str(tmp_path / "report.html")
+    with Sandbox(accounts=60, seed=6, precreate_fields=True, slack_message_interval_s=0, warehouse=True) as sb:
+        summary = run_cycle(settings, ready=sb.ready, json_mode=True)
+    assert summary.report_path == settings.report.path
+    html = (tmp_path / "report.html").read_text()
+    section = html[html.index('id="data-quality"'):]
+    section = section[: section.index("</table>")]
+    assert 'data-source="warehouse"' in section and 'data-source="salesforce"' in section
+    assert "98.3%" in section  # the warehouse's key match rate (118 of 120 keys)

@@ -95,3 +95,21 @@ def test_given_no_warehouse_then_the_default_model_scores_exactly_as_the_seed_00
     for metric in settings.model.metrics:
         by_dim[metric.dimension] = by_dim.get(metric.dimension, 0) + metric.weight
     assert by_dim["product"] == pytest.approx(0.40) and by_dim["engagement"] == pytest.approx(0.25)
+
+
+def test_given_keys_in_both_crms_and_twice_in_one_then_matching_counts_them_apart():
+    settings = load_settings()
+    config = WarehouseSource.model_validate({"url": "duckdb:///unused.duckdb", "events": {"table": "usage_events"}})
+    usage = WarehouseUsage(config=config, usage=pd.DataFrame({
+        "account_key": [" p1", "p2", "p9"], "events_window": [3.0, 5.0, 7.0], "active_users_30d": [1.0, 2.0, 4.0]}))
+    accounts = pd.DataFrame({
+        "account_id": ["sf:1", "hs:1", "sf:2", "sf:3", "sf:4"],
+        "crm": ["salesforce", "hubspot", "salesforce", "salesforce", "salesforce"],
+        "product_account_id": ["p1", "p1 ", "p2", "p2", None],
+    })
+    matched = match_accounts(accounts, usage, settings).set_index("account_id")
+    # the same customer in Salesforce and HubSpot: both get its usage; sf:4 has no key: no row
+    assert matched["active_users_30d"].to_dict() == {"sf:1": 1.0, "hs:1": 1.0, "sf:2": 2.0, "sf:3": 2.0}
+    m = usage.match
+    assert (m.keys, m.keys_matched, m.accounts_with_usage, m.accounts_without_usage, m.shared_keys) == (3, 2, 4, 1, 1)
+    assert m.key_match_rate == pytest.approx(2 / 3)
