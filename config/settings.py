@@ -352,6 +352,10 @@ class DataQualityConfig(Strict):
     completeness_min: float = Field(0.95, ge=0, le=1, description="share of accounts with a value, per metric input")
     completeness_min_by_input: dict[str, float] = Field(default_factory=dict, description="metric input -> its own minimum")
     error_rate_max: float = Field(0.05, ge=0, le=1, description="share of rows rejected (bad records, rows without a key)")
+    error_rate_min_rows: int = Field(
+        100, ge=1, description="an error rate is judged only over at least this many rows (a run that re-pulls "
+        "five records would otherwise flip the alert on one bad record)"
+    )
     freshness_hours_max: float = Field(24, gt=0, description="age of the newest event / last successful pull")
     freshness_hours_max_by_source: dict[str, float] = Field(default_factory=dict)
     duplicate_ids_max: int = Field(0, ge=0, description="duplicate ids per object")

@@ -13,6 +13,7 @@ every account look at risk. Per source (`salesforce`, `hubspot`, `warehouse`):
                       event in the window (null: no event in the window, or unreachable)
     error_rate        CRMs: records with problems / records pulled this run;
                       warehouse: rows without an account key / rows in the window
+                      (judged against its threshold only over `error_rate_min_rows` rows or more)
     duplicate_ids     CRMs: per object, records whose id is not unique in the replica;
                       warehouse: account keys claimed by more than one account of one CRM
     key_match_rate    warehouse: distinct keys with usage matched to a CRM account / all keys
@@ -129,6 +130,7 @@ def measure(store: StateStore, settings: Settings, crms: list[str], scored, pull
             "freshness_hours": freshness,
             "freshness_hours_by_object": by_object,
             "error_rate": round(problems / records, 4) if records else None,
+            "records_pulled": records,
             "duplicate_ids": duplicates,
         }
     if usage is not None:
@@ -140,6 +142,7 @@ def measure(store: StateStore, settings: Settings, crms: list[str], scored, pull
             wh["freshness_hours"] = None if pull.freshness_hours is None else round(pull.freshness_hours, 3)
             wh["error_rate"] = round(pull.rows_without_key / pull.rows_in_window, 4) if pull.rows_in_window else None
             wh["rows_in_window"] = pull.rows_in_window
+            wh["records_pulled"] = pull.rows_in_window
             wh["touchpoints_in_window"] = pull.touchpoints_in_window
             wh["query_seconds"] = round(pull.seconds, 3)
         else:
@@ -167,7 +170,7 @@ def evaluate(report: dict, settings: Settings) -> list[Kpi]:
             # a warehouse with no event in its window (or unreachable) is as stale as it gets
             kpis.append(Kpi(source, "freshness_hours", "", fresh, limit, fresh is None or fresh > limit))
         rate = values.get("error_rate")
-        if rate is not None:
+        if rate is not None and (values.get("records_pulled") or 0) >= cfg.error_rate_min_rows:
             kpis.append(Kpi(source, "error_rate", "", rate, cfg.error_rate_max, rate > cfg.error_rate_max))
         for obj, count in (values.get("duplicate_ids") or {}).items():
             kpis.append(Kpi(source, "duplicate_ids", obj, float(count), float(cfg.duplicate_ids_max), count > cfg.duplicate_ids_max))

@@ -269,6 +269,8 @@ def _cycle(settings, conns: Connections, store: StateStore, summary: RunSummary,
     summary.accounts_scored = len(scored.scores)
     summary.bands = scored.bands
     summary.opportunities_adjusted = len(scored.opportunities)
+    # data-quality KPIs of what was just pulled and scored: recorded and alerted before anything is written
+    _data_quality(store, settings, conns, summary, crms, scored, stats, usage, now, record=not dry_run)
     _hook(hooks, "after_score")
 
     # write-back
@@ -324,8 +326,6 @@ def _cycle(settings, conns: Connections, store: StateStore, summary: RunSummary,
     _drift(store, settings, scored, summary, record=not dry_run)
     if not dry_run:
         record_history(store, settings, scored.scores, summary.run_id, now)
-    _data_quality(store, settings, conns, summary, crms, scored, stats, usage, now, record=not dry_run)
-    if not dry_run:
         _report(store, settings, summary, now)
     _end_warehouse_stage(summary, usage)
 
