@@ -442,6 +442,8 @@ def sandbox_serve(
     hubspot_tier: str = typer.Option("professional", "--hubspot-tier", help="starter | professional"),
     faults: Optional[str] = typer.Option(None, "--faults", help="e.g. salesforce.error_rate=0.1,slack.drop_rate=0.05"),
     ready_file: Optional[Path] = typer.Option(None, "--ready-file", help="Where to write the ready file (JSON)."),
+    warehouse: bool = typer.Option(True, "--warehouse/--no-warehouse",
+                                   help="Also write the demo usage to a DuckDB warehouse (named in the ready file)."),
 ):
     """Run the emulators on 127.0.0.1 until SIGTERM/SIGINT; writes the ready file when ready."""
     configure_logging(False)
@@ -451,7 +453,8 @@ def sandbox_serve(
             _fail(f"--hubspot-tier: {hubspot_tier!r} is not one of starter, professional", EXIT_CONFIG)
         from healthsync.connectors.sandbox.serve import serve
 
-        return serve(accounts=accounts, seed=seed, hubspot_tier=hubspot_tier, faults_spec=faults, ready_file=ready_file)
+        return serve(accounts=accounts, seed=seed, hubspot_tier=hubspot_tier, faults_spec=faults, ready_file=ready_file,
+                     warehouse=warehouse)
 
     _guard(body)
 

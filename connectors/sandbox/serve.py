@@ -13,11 +13,13 @@ from healthsync.connectors.sandbox.sandbox import Sandbox
 
 
 def serve(accounts: int = 500, seed: int = 7, hubspot_tier: str = "professional", faults_spec: str | None = None,
-          ready_file: str | Path | None = None, *, portfolio=None, stop_event: threading.Event | None = None) -> int:
+          ready_file: str | Path | None = None, *, portfolio=None, stop_event: threading.Event | None = None,
+          warehouse: bool = False) -> int:
     """Start the sandbox, write `ready_file` (JSON, mode 600), block until a signal; returns the exit code.
 
     Returns 2 for a bad `faults_spec` or tier (configuration error), 0 after a clean stop.
-    `stop_event` lets an embedding caller stop it without a signal.
+    `stop_event` lets an embedding caller stop it without a signal. `warehouse` also writes the demo
+    usage to DuckDB (ready["warehouse"]), which commands given the ready file score from.
     """
     try:
         faults = parse_spec(faults_spec)
@@ -35,7 +37,7 @@ def serve(accounts: int = 500, seed: int = 7, hubspot_tier: str = "professional"
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
     try:
         with Sandbox(accounts=accounts, seed=seed, hubspot_tier=hubspot_tier, faults=faults,
-                     portfolio=portfolio) as sb:
+                     portfolio=portfolio, warehouse=warehouse) as sb:
             if ready_file:
                 sb.write_ready_file(ready_file)
             summary = {k: v for k, v in sb.ready.items() if k != "salesforce"}
