@@ -85,6 +85,10 @@ class HubSpotSource(Strict):
     host: str | None = None
     lookback_minutes: int = Field(5, ge=0)
     timeout_s: float = Field(30, gt=0)
+    # share of the tier's allowance (190 or 100 requests per 10 s, 5 searches per second) left unused
+    pacing_margin: float = Field(0.0, ge=0, lt=1)
+    # seconds a write may take to become searchable: the pull cursor never passes run start minus this
+    search_lag_s: float = Field(60.0, ge=0)
     access_token: SecretStr | None = None
 
     @property

@@ -442,6 +442,12 @@ def sandbox_serve(
     hubspot_tier: str = typer.Option("professional", "--hubspot-tier", help="starter | professional"),
     faults: Optional[str] = typer.Option(None, "--faults", help="e.g. salesforce.error_rate=0.1,slack.drop_rate=0.05"),
     ready_file: Optional[Path] = typer.Option(None, "--ready-file", help="Where to write the ready file (JSON)."),
+    same_stamp: int = typer.Option(
+        0, "--same-stamp", min=0, help="Give N records of each HubSpot object one modification time (as imports do)."
+    ),
+    search_lag: float = typer.Option(
+        2.0, "--search-lag", min=0, help="HubSpot search index lag in seconds (each write waits up to this long)."
+    ),
     warehouse: bool = typer.Option(True, "--warehouse/--no-warehouse",
                                    help="Also write the demo usage to a DuckDB warehouse (named in the ready file)."),
 ):
@@ -454,7 +460,7 @@ def sandbox_serve(
         from healthsync.connectors.sandbox.serve import serve
 
         return serve(accounts=accounts, seed=seed, hubspot_tier=hubspot_tier, faults_spec=faults, ready_file=ready_file,
-                     warehouse=warehouse)
+                     same_stamp=same_stamp, search_lag_seconds=search_lag, warehouse=warehouse)
 
     _guard(body)
 

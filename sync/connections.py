@@ -77,7 +77,8 @@ def open_crm_connectors(settings: Settings, ready: dict | None = None) -> dict[s
             )
         if hs.enabled and ready.get("hubspot"):
             out["hubspot"] = hubspot_from_ready(
-                ready, _mapping(settings, "hubspot", ready), lookback_minutes=hs.lookback_minutes, timeout=hs.timeout_s
+                ready, _mapping(settings, "hubspot", ready), lookback_minutes=hs.lookback_minutes, timeout=hs.timeout_s,
+                pacing_margin=hs.pacing_margin, search_lag_s=hs.search_lag_s,
             )
         return out
     sf = sources.salesforce
@@ -114,6 +115,8 @@ def open_crm_connectors(settings: Settings, ready: dict | None = None) -> dict[s
             tier=hs.tier,
             lookback_minutes=hs.lookback_minutes,
             timeout=hs.timeout_s,
+            pacing_margin=hs.pacing_margin,
+            search_lag_s=hs.search_lag_s,
         )
     return out
 

@@ -5,6 +5,10 @@ stored in ONE transaction, so a crash leaves either both or neither, and the
 next run resumes from the last stored page. Connectors read with `>=` and a
 lookback window, so records seen twice are simply stored again (by id).
 
+A connector that reports the modification time of our own writes (HubSpot) gets
+them back as `OwnWrites`, with a check against the replica, and leaves out the
+records whose only change since the last read is that write.
+
 Deleted (Salesforce `IsDeleted`) and archived (HubSpot) records arrive as
 `Page.deleted_ids`: they become tombstones in the replica (so they are no
 longer scored or written), and their `pushed` and `failed_records` rows are
@@ -13,16 +17,20 @@ cleared (see `StateStore.mark_deleted` for why).
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Callable
+from datetime import datetime, timedelta
+from typing import Callable, Sequence
 
 import pandas as pd
 
 from healthsync.config.canonical import SPECS, as_records
-from healthsync.connectors.base import CrmConnector
+from healthsync.connectors.base import CrmConnector, OwnWrites
 from healthsync.sync.state import StateStore, dumps
+
+#: own writes older than the cursor by more than this are not handed to the connector (its lookback is shorter)
+OWN_WRITES_MARGIN = timedelta(days=1)
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +77,12 @@ def pull_object(
     key = SPECS[object].key
     since = store.cursor(crm, object)
     stats = PullStats(crm, object, since)
-    for page in connector.pull(object, since):
+    kwargs = {}
+    if since is not None:
+        stamps = store.own_write_stamps(crm, object, since - OWN_WRITES_MARGIN)
+        if stamps:
+            kwargs["own_writes"] = OwnWrites(stamps, lambda frame, ignore: _unchanged(store, crm, object, frame, ignore))
+    for page in connector.pull(object, since, **kwargs):
         frame = page.records
         ids: list[str] = []
         data: list[str] = []
@@ -90,6 +103,22 @@ def pull_object(
         if on_page:
             on_page(len(ids))
     return stats
+
+
+def _unchanged(store: StateStore, crm: str, object: str, frame: pd.DataFrame, ignore: Sequence[str]) -> pd.Series:
+    """True for each canonical row the replica already holds with the same values (columns in `ignore` aside)."""
+    key = SPECS[object].key
+    if not len(frame):
+        return pd.Series([], dtype=bool, index=frame.index)
+    ids = frame[key].astype(str).tolist()
+    stored = store.replica_data(crm, object, ids)
+    skip = set(ignore)
+    same = []
+    for rid, row in zip(ids, as_records(frame)):
+        old = stored.get(rid)
+        fresh = json.loads(dumps(row))
+        same.append(old is not None and all(old.get(k) == v for k, v in fresh.items() if k not in skip))
+    return pd.Series(same, dtype=bool, index=frame.index)
 
 
 def pull_all(

@@ -382,12 +382,15 @@ def execute_plan(
 def _settle(store, report: CrmWriteReport, crm, object, batch: list[RecordPlan], results: list[RecordResult], run_id, now) -> None:
     """Store confirmed values and queue failures for one batch (the record's own transaction per kind)."""
     confirmed: dict[str, dict[str, str]] = {}
+    stamps: dict[str, datetime] = {}  # the CRM's modification time of each write: the next pull skips our own change
     failures: list[dict] = []
     for plan, result in zip(batch, results):
         if plan.retry:
             report.retried += 1
         if result.outcome == "ok":
             confirmed[plan.record_id] = {f: dumps(v) for f, v in plan.fields.items()}
+            if result.stamp is not None:
+                stamps[plan.record_id] = result.stamp
             report.records_changed += 1
             report.fields_written += len(plan.fields)
             report.written[plan.record_id] = dict(plan.fields)
@@ -407,6 +410,7 @@ def _settle(store, report: CrmWriteReport, crm, object, batch: list[RecordPlan],
                 }
             )
     store.record_confirmed(crm, object, confirmed, run_id, now)
+    store.record_own_writes(crm, object, stamps)
     store.record_failed(crm, object, failures, run_id, now)
 
 

@@ -33,6 +33,10 @@ from healthsync.connectors.sandbox.tls import make_tls
 
 
 LARGE_SEED = 200_000  # records; above this the seeded objects are frozen out of the cyclic GC
+#: HubSpot search index lag, emulator seconds (BEHAVIOR.md "Search index lag"): on by default, so
+#: everything built on the sandbox meets it; each version waits a share of it, so advancing the
+#: clock by this much makes every write searchable
+DEFAULT_SEARCH_LAG_S = 2.0
 
 
 def _generate(n_accounts: int, seed: int, usage: bool = False):
@@ -50,9 +54,15 @@ class Sandbox:
                  portfolio: Any = None, hubspot_portfolio: Any = None,
                  salesforce_daily_limit: int = 100_000, hubspot_daily_limit: int | None = None,
                  slack_channels: tuple[str, ...] | list[str] = DEFAULT_CHANNELS,
-                 session_timeout_s: float | None = None, search_lag_seconds: float = 0.0,
-                 slack_message_interval_s: float = 1.0, warehouse: bool = False) -> None:
+                 session_timeout_s: float | None = None, search_lag_seconds: float = DEFAULT_SEARCH_LAG_S,
+                 slack_message_interval_s: float = 1.0, slack_app_type: str = "non_marketplace",
+                 slack_scopes: set[str] | frozenset[str] | None = None, same_stamp: int = 0,
+                 warehouse: bool = False) -> None:
+        if same_stamp < 0:
+            raise ValueError(f"same_stamp must be >= 0, got {same_stamp}")
         self.hubspot_tier = hubspot_tier
+        self.seed = seed
+        self.same_stamp = int(same_stamp)
         self.clock = Clock()
         self.recorder = Recorder()
         spec = parse_spec(faults) if isinstance(faults, str) else (faults or {})
@@ -61,8 +71,12 @@ class Sandbox:
                                         session_timeout_s=session_timeout_s)
         self.hubspot = HubSpotApi(self.clock, self.faults, tier=hubspot_tier, daily_limit=hubspot_daily_limit,
                                   search_lag_seconds=search_lag_seconds)
+        # slack_app_type: "non_marketplace" (default, the strictest history budget: 1 conversations.history
+        # call a minute, 15 messages a page), "internal" or "marketplace" (Tier 3); slack_scopes: the bot
+        # token's scopes (default: every scope the emulator checks)
         self.slack = SlackApi(self.clock, self.faults, channels=slack_channels,
-                              per_channel_interval_s=slack_message_interval_s)
+                              per_channel_interval_s=slack_message_interval_s, app_type=slack_app_type,
+                              scopes=slack_scopes)
         if precreate_fields:
             self.precreate_fields()
         sf_portfolio = portfolio if portfolio is not None else (_generate(accounts, seed, warehouse) if accounts else None)
@@ -158,9 +172,10 @@ class Sandbox:
         if crm not in ("both", "salesforce", "hubspot"):
             raise ValueError(f"crm must be both, salesforce or hubspot, got {crm!r}")
         if crm in ("both", "salesforce"):
-            seeding.seed_salesforce(self.salesforce, accounts, opportunities, tickets, owners)
+            seeding.seed_salesforce(self.salesforce, accounts, opportunities, tickets, owners, seed=self.seed)
         if crm in ("both", "hubspot"):
-            seeding.seed_hubspot(self.hubspot, accounts, opportunities, tickets, owners)
+            seeding.seed_hubspot(self.hubspot, accounts, opportunities, tickets, owners, seed=self.seed,
+                                 same_stamp=self.same_stamp)
         known = {u["profile"]["email"].lower() for u in self.slack.users.values()}
         if owners is not None:
             fresh = owners[~owners["email"].str.lower().isin(known)]
@@ -272,6 +287,12 @@ class Sandbox:
                     raise ValueError(f"hubspot {t} {rid}: {errors[0]['error']}: {errors[0]['message']}")
                 return dict(hs.apply_update(t, rec, values))
         raise KeyError(f"unknown api {api!r} (expected salesforce or hubspot)")
+
+    def modify_many(self, api: str, obj: str, ids: list[str], fields: dict) -> str:
+        """HubSpot: change many records at ONE modification time (an import or workflow); returns that time."""
+        if api != "hubspot":
+            raise KeyError(f"modify_many is emulated for hubspot only, not {api!r}")
+        return self.hubspot.touch_many(self.hubspot._type(obj), list(ids), fields)
 
     def create(self, api: str, obj: str, fields: dict) -> str:
         """Create a record as a user would; returns its id."""

@@ -101,6 +101,7 @@ def test_main_job_first_run_rerun_changes_and_dry_run_parity(make_sandbox, setti
         sb.modify("hubspot", "companies", rid[3:], {"qbrs_missed": "3" if int(float(props.get("qbrs_missed") or 0)) < 2 else "0",
                                                      "csm_sentiment": "red" if props.get("csm_sentiment") != "red" else "green"})
     changed = set(sf_ids) | set(hs_ids)
+    sb.advance_clock(sb.hubspot.search_lag_seconds)  # HubSpot search sees the changes once indexed
 
     seq = sb.requests()["last_seq"]
     dry = run_cycle(settings, ready=sb.ready, dry_run=True, json_mode=True).to_json()

@@ -105,7 +105,7 @@ def test_given_a_database_of_the_pre_alembic_migrations_when_opened_then_it_is_a
 
     url = f"sqlite:///{tmp_path}/old.db"
     s = StateStore(url)
-    with s.begin() as conn:  # the schema the pre-Alembic migrations left: revision 0001's, not head's
+    with s.begin() as conn:  # the schema the pre-Alembic migrations left: revision 0001, not head
         command.upgrade(_alembic_config(conn), "0001")
     with s.begin() as conn:
         s.set_cursor(conn, "hubspot", "accounts", T0)
