@@ -25,8 +25,10 @@ with its threshold (`data_quality` config); the current state of each KPI lives 
 `data_quality_state`, and only a change of state (a KPI starts or stops breaching) is posted
 to `escalation.ops_channel`, one message per run for all changes: the pattern of the
 scheduler's ops reports (sync/scheduler.py), with its message format (`ops_message`). A post
-that fails is retried at the next run (the state stays unannounced); its idempotency key,
-checked in the channel's history, keeps a lost answer from posting twice.
+that fails is retried at the next run (the state stays unannounced). Its idempotency key is
+deterministic (channel, UTC day, the changes): a lost answer is found in the channel's history
+instead of posting twice, and so is the alert a lost or moved state database already sent that
+day (history is read only when a KPI has no earlier state: a first run or a lost state).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
@@ -61,6 +63,7 @@ class Kpi:
     value: float | None
     threshold: float
     breached: bool
+    fresh: bool = False  # no earlier state: a first run, or a state database lost or moved
 
     def describe(self) -> str:
         what = f"{self.source} {self.kpi}" + (f" ({self.subject})" if self.subject else "")
@@ -199,6 +202,7 @@ def record(store: StateStore, run_id: str, kpis: list[Kpi], now: datetime) -> li
                 conn.execute(insert(data_quality_state).values(source=k.source, kpi=k.kpi, subject=k.subject,
                                                                breached=k.breached, since=at, announced=not k.breached))
                 if k.breached:
+                    k.fresh = True
                     pending.append(k)
                 continue
             if bool(before.breached) != k.breached:
@@ -228,11 +232,13 @@ def announce(store: StateStore, slack, channel: str | None, pending: list[Kpi], 
         return 0
     outcome = "below threshold" if breached else "back within thresholds"
     text, blocks = ops_message("data quality", outcome, "\n".join(lines), now, ok=not breached)
-    with store.engine.connect() as conn:
-        since = {(r.source, r.kpi, r.subject): r.since for r in conn.execute(select(data_quality_state))}
-    fingerprint = "|".join(sorted(f"{k.source}/{k.kpi}/{k.subject}/{k.breached}/{since.get((k.source, k.kpi, k.subject))}"
-                                  for k in pending))
-    key = "dq-" + hashlib.sha1(fingerprint.encode()).hexdigest()[:20]
+    # the same changes on the same UTC day have the same key, whoever computes it
+    day = now.astimezone(timezone.utc).strftime("%Y-%m-%d")
+    changes = "|".join(sorted(f"{k.source}/{k.kpi}/{k.subject}/{k.breached}" for k in pending))
+    key = "dq-" + hashlib.sha256(f"{channel}|{day}|{changes}".encode()).hexdigest()[:32]
+    if any(k.fresh for k in pending) and _already_posted(slack, channel, key, now):
+        _mark_announced(store, pending)  # a lost or moved state database: the alert is already in the channel
+        return 0
     try:
         slack.post(channel=channel, text=text, blocks=blocks, idempotency_key=key)
     except Exception as exc:  # noqa: BLE001 - an alert that fails is retried next run; the sync stands
@@ -240,6 +246,16 @@ def announce(store: StateStore, slack, channel: str | None, pending: list[Kpi], 
         return 0
     _mark_announced(store, pending)
     return 1
+
+
+def _already_posted(slack, channel: str, key: str, now: datetime) -> bool:
+    """Whether today's alert with this key is in the channel (one history read, only when the state is new)."""
+    start = now.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    try:
+        return slack.find_posted(channel, key, start.timestamp()) is not None
+    except Exception as exc:  # noqa: BLE001 - unreadable history: post (an ops alert twice beats none)
+        log.info("data-quality alert: could not check %s for an earlier post (%s)", channel, exc)
+        return False
 
 
 def _mark_announced(store: StateStore, kpis: list[Kpi]) -> None:
