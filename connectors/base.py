@@ -65,7 +65,8 @@ class Page:
     `sf:` / `hs:`), plus any extra mapped columns. `deleted_ids` lists records
     deleted or archived in the CRM since the cursor. `cursor` is the value to
     store once this page is safely stored (the high-water mark, capped at the
-    run's start; None when the pull is not incremental).
+    run's start; None when the pull is not incremental). `live_ids`, when set,
+    lists every live id of the object (see the field).
     """
 
     object: str
@@ -73,6 +74,9 @@ class Page:
     cursor: datetime | None = None
     deleted_ids: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # record-level problems found while mapping
+    # the complete set of live ids of the object in the CRM (a full reconcile, when the CRM can no longer
+    # list deletions since the cursor): every replica record not in it was deleted. None = not a reconcile.
+    live_ids: list[str] | None = None
 
 
 @dataclass

@@ -73,7 +73,8 @@ def open_crm_connectors(settings: Settings, ready: dict | None = None) -> dict[s
         if sf.enabled and ready.get("salesforce"):
             out["salesforce"] = salesforce_from_ready(
                 ready, _mapping(settings, "salesforce", ready), bulk_threshold=sf.bulk_threshold, quota_stop_share=sf.quota_stop_share,
-                lookback_minutes=sf.lookback_minutes, timeout=sf.timeout_s,
+                lookback_minutes=sf.lookback_minutes, timeout=sf.timeout_s, bulk_max_wait_s=sf.bulk_max_wait_s,
+                bulk_poll_seconds=sf.bulk_poll_s, exclude_own_changes=sf.exclude_own_changes,
             )
         if hs.enabled and ready.get("hubspot"):
             out["hubspot"] = hubspot_from_ready(
@@ -103,6 +104,9 @@ def open_crm_connectors(settings: Settings, ready: dict | None = None) -> dict[s
             quota_stop_share=sf.quota_stop_share,
             lookback_minutes=sf.lookback_minutes,
             timeout=sf.timeout_s,
+            bulk_max_wait_s=sf.bulk_max_wait_s,
+            bulk_poll_seconds=sf.bulk_poll_s,
+            exclude_own_changes=sf.exclude_own_changes,
         )
     hs = sources.hubspot
     if hs.configured:

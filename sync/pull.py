@@ -71,13 +71,17 @@ def pull_object(
     *,
     now: datetime,
     on_page: Callable[[int], None] | None = None,
+    **pull_options,
 ) -> PullStats:
-    """Pull one object incrementally into the replica; the cursor moves only with its records."""
+    """Pull one object incrementally into the replica; the cursor moves only with its records.
+
+    `pull_options` go to `connector.pull` (e.g. `deletions=False` for the write-back's guard sweeps).
+    """
     crm = connector.name
     key = SPECS[object].key
     since = store.cursor(crm, object)
     stats = PullStats(crm, object, since)
-    kwargs = {}
+    kwargs = dict(pull_options)
     if since is not None:
         stamps = store.own_write_stamps(crm, object, since - OWN_WRITES_MARGIN)
         if stamps:
@@ -92,8 +96,11 @@ def pull_object(
             data = [dumps(r) for r in as_records(frame)]
         with store.begin() as conn:
             store.upsert_replica(conn, crm, object, ids, data, now)
-            if page.deleted_ids:
-                stats.deleted += store.mark_deleted(conn, crm, object, page.deleted_ids, now)
+            deleted = list(page.deleted_ids)
+            if page.live_ids is not None:  # a full reconcile: what the CRM no longer lists was deleted
+                deleted += sorted(store.live_ids(crm, object) - set(page.live_ids) - set(ids))
+            if deleted:
+                stats.deleted += store.mark_deleted(conn, crm, object, deleted, now)
             if page.cursor is not None:
                 store.set_cursor(conn, crm, object, page.cursor)
                 stats.cursor = page.cursor
@@ -129,9 +136,15 @@ def pull_all(
     objects: tuple[str, ...] = PULLED_OBJECTS,
     on_page: Callable[[int], None] | None = None,
 ) -> list[PullStats]:
-    """Pull every object of every connector; a StopRunError propagates with what was stored kept."""
+    """Pull every object of every connector; a StopRunError propagates with what was stored kept.
+
+    First, write-back Bulk jobs an earlier run left running are collected (sync/pending_writes.py).
+    """
+    from healthsync.sync.pending_writes import collect_pending_writes
+
     out = []
     for connector in connectors.values():
+        collect_pending_writes(store, connector, now=now)
         for object in objects:
             out.append(pull_object(store, connector, object, now=now, on_page=on_page))
     return out

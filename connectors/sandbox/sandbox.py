@@ -57,6 +57,7 @@ class Sandbox:
                  session_timeout_s: float | None = None, search_lag_seconds: float = DEFAULT_SEARCH_LAG_S,
                  slack_message_interval_s: float = 1.0, slack_app_type: str = "non_marketplace",
                  slack_scopes: set[str] | frozenset[str] | None = None, same_stamp: int = 0,
+                 salesforce_manage_permissions: bool = True, bulk_polls_in_progress: int = 3,
                  warehouse: bool = False) -> None:
         if same_stamp < 0:
             raise ValueError(f"same_stamp must be >= 0, got {same_stamp}")
@@ -68,7 +69,9 @@ class Sandbox:
         spec = parse_spec(faults) if isinstance(faults, str) else (faults or {})
         self.faults = FaultInjector(seed, spec)
         self.salesforce = SalesforceApi(self.clock, self.faults, daily_limit=salesforce_daily_limit,
-                                        session_timeout_s=session_timeout_s)
+                                        session_timeout_s=session_timeout_s,
+                                        manage_permissions=salesforce_manage_permissions,
+                                        bulk_polls_in_progress=bulk_polls_in_progress)
         self.hubspot = HubSpotApi(self.clock, self.faults, tier=hubspot_tier, daily_limit=hubspot_daily_limit,
                                   search_lag_seconds=search_lag_seconds)
         # slack_app_type: "non_marketplace" (default, the strictest history budget: 1 conversations.history
@@ -182,10 +185,14 @@ class Sandbox:
             seeding.seed_slack(self.slack, fresh)
 
     def precreate_fields(self) -> None:
-        """Create every field/property healthsync writes, as `healthsync crm setup` would."""
+        """Create every field/property healthsync writes, as `healthsync crm setup` would
+        (Salesforce: the fields, and read/edit access for the integration user through a permission set)."""
+        created = []
         for obj, fname, meta in schema.salesforce_healthsync_fields():
             if fname not in self.salesforce.fields[obj]:
                 self.salesforce.add_custom_field(obj, fname, meta)
+            created.append((obj, fname))
+        self.salesforce.grant_field_access(self.salesforce.integration_user_id, created)
         for obj, prop in schema.hubspot_healthsync_properties():
             self.hubspot.groups[obj].setdefault(prop.group, {"name": prop.group, "label": "Healthsync",
                                                              "displayOrder": -1, "archived": False})
@@ -276,7 +283,7 @@ class Sandbox:
                 values, errors = sf._normalize(o, fields, False, rec)
                 if errors:
                     raise ValueError(f"salesforce {o} {rid}: {errors[0].code}: {errors[0].message}")
-                return dict(sf._apply(o, values, rec, sf.integration_user_id))
+                return dict(sf._apply(o, values, rec, sf.admin_user_id))  # a person, not the integration
         if api == "hubspot":
             hs = self.hubspot
             t = hs._type(obj)
@@ -303,7 +310,7 @@ class Sandbox:
                 values, errors = sf._normalize(o, fields, True, None)
                 if errors:
                     raise ValueError(f"salesforce {o}: {errors[0].code}: {errors[0].message}")
-                return sf._apply(o, values, None, sf.integration_user_id)["Id"]
+                return sf._apply(o, values, None, sf.admin_user_id)["Id"]
         if api == "hubspot":
             hs = self.hubspot
             t = hs._type(obj)
@@ -319,7 +326,7 @@ class Sandbox:
             sf = self.salesforce
             o = sf._obj(obj)
             with sf.lock:
-                sf._soft_delete(o, self._live_salesforce(o, rid), sf.integration_user_id)
+                sf._soft_delete(o, self._live_salesforce(o, rid), sf.admin_user_id)
             return
         if api == "hubspot":
             hs = self.hubspot

@@ -43,6 +43,9 @@ def _pushed_in_run(store, run_id):
 
 
 def test_main_job_first_run_rerun_changes_and_dry_run_parity(make_sandbox, settings, store_of):
+    # The seed's absolute multipliers: with the default renormalisation (issue 11) a change in some accounts may
+    # move the book's scale, and with it every open deal's adjusted probability, which this test rules out.
+    settings.forecast.renormalise = False
     sb = make_sandbox(accounts=40, seed=11)
 
     # ---- first run: every account and open opportunity carries its healthsync fields
@@ -138,6 +141,7 @@ def test_main_job_first_run_rerun_changes_and_dry_run_parity(make_sandbox, setti
     gone_sf, gone_hs = sf_ids[0], hs_ids[0]
     sb.delete("salesforce", "Account", gone_sf[3:])
     sb.delete("hubspot", "companies", gone_hs[3:])
+    sb.advance_clock(60)  # Salesforce lists a deletion once its minute is over (sobjects/{O}/deleted ignores seconds)
     third = run_cycle(settings, ready=sb.ready, json_mode=True)
     assert third.status == "ok", third.errors
     assert third.pulled["salesforce"]["accounts"]["deleted"] == 1

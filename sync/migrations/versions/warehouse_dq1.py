@@ -1,7 +1,7 @@
 """Data-quality KPIs per source and run, and the state last announced to the ops channel.
 
 Revision ID: warehouse_1
-Revises: hubspot_1
+Revises: salesforce_1
 Create Date: 2026-12-02
 """
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "warehouse_1"  # common.md suggests "warehouse-1"; Alembic refuses "-" in revision ids
-down_revision = "hubspot_1"
+down_revision = "salesforce_1"
 branch_labels = None
 depends_on = None
 
