@@ -32,6 +32,7 @@ from healthsync.connectors.base import (
     Change,
     CheckResult,
     ConfigurationError,
+    CredentialsError,
     CrmConnector,
     HealthsyncError,
     Page,
@@ -276,11 +277,11 @@ class HubSpotConnector(CrmConnector):
                 f"HubSpot {what}: HTTP {status}", retry_after=parse_retry_after(headers.get("Retry-After"))
             ) from None
         if status == 401:
-            raise ConfigurationError(
+            raise CredentialsError(
                 "HubSpot rejected the access token (check HEALTHSYNC__HUBSPOT__ACCESS_TOKEN, the private app may be revoked)"
             ) from None
         if status == 403:
-            raise ConfigurationError(f"HubSpot {what}: permission denied: {message} (add the missing scope to the private app)") from None
+            raise CredentialsError(f"HubSpot {what}: permission denied: {message} (add the missing scope to the private app)") from None
         raise HubSpotApiError(f"HubSpot {what}: HTTP {status}: {message}", status, body.get("category"), body) from None
 
     # ------------------------------------------------------------------ owners and properties
@@ -728,7 +729,9 @@ class HubSpotConnector(CrmConnector):
                     return CheckResult(ok=False, problems=[str(exc)], details={"tier": self.tier})
                 problems.append(f"{object_type}: {exc}")
                 continue
-            except (StopRunError, HubSpotApiError, RetryableError) as exc:
+            except StopRunError:  # unreachable, quota, retries exhausted: not a missing scope (exit 3)
+                raise
+            except (HubSpotApiError, RetryableError) as exc:
                 problems.append(f"{object_type}: cannot read its properties ({exc}); the private app needs the crm.schemas.{object_type}.read scope")
                 continue
             for column, prop in (sec.get("read") or {}).items():
@@ -741,7 +744,9 @@ class HubSpotConnector(CrmConnector):
                     problems.append(f"{object_type}.{prop} ({key}) is missing; run `healthsync crm setup`")
         try:
             self._load_owners()
-        except (ConfigurationError, HubSpotApiError, RetryableError, StopRunError) as exc:
+        except StopRunError:
+            raise
+        except (ConfigurationError, HubSpotApiError, RetryableError) as exc:
             problems.append(f"owners: {exc} (the private app needs the crm.objects.owners.read scope)")
         return CheckResult(ok=not problems, problems=problems, details={"tier": self.tier})
 
