@@ -725,8 +725,8 @@ class HubSpotConnector(CrmConnector):
             try:
                 names = self._property_names(object_type)
             except ConfigurationError as exc:
-                if "access token" in str(exc):  # nothing else can be checked without a valid token
-                    return CheckResult(ok=False, problems=[str(exc)], details={"tier": self.tier})
+                if "access token" in str(exc):  # nothing else can be checked, nor set up, without a valid token
+                    raise
                 problems.append(f"{object_type}: {exc}")
                 continue
             except StopRunError:  # unreachable, quota, retries exhausted: not a missing scope (exit 3)

@@ -211,7 +211,8 @@ def _internal(exc: BaseException) -> tuple[int, str, str, Path | None]:
 
     log_file = _write_crash_log(exc)
     where = f"the traceback is in {log_file}" if log_file else "no log file could be written"
-    message = f"internal error: {type(exc).__name__}: {scrub(str(exc))[:300]} ({where}; please report it)"
+    first = (scrub(str(exc)).strip().splitlines() or [""])[0][:300]
+    message = f"internal error: {type(exc).__name__}: {first} ({where}; please report it)"
     err_console.print(f"[bold red]{message}[/]", highlight=False, soft_wrap=True)
     return EXIT_INTERNAL, message, "internal", log_file
 
