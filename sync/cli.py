@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from healthsync.config.settings import ConfigError, Settings, load_settings
 from healthsync.sync.logs import configure_logging, register_settings_secrets, scrub
@@ -65,7 +66,7 @@ class Exit(Exception):
 
 
 def _fail(message: str, code: int) -> None:
-    err_console.print(f"[bold red]error:[/] {scrub(message)}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(scrub(message))}", highlight=False, soft_wrap=True)
     raise Exit(code, message)
 
 
@@ -80,7 +81,7 @@ def _say_state(shown: str | None, as_json: bool) -> None:
     """Tell where the state store is: a `state:` line on stderr (the JSON object carries it as `state`)."""
     _Output.state = shown
     if shown and not as_json:
-        err_console.print(f"[dim]state: {scrub(shown)}[/]", highlight=False, soft_wrap=True)
+        err_console.print(f"[dim]state: {escape(scrub(shown))}[/]", highlight=False, soft_wrap=True)
 
 
 def _settings(config: Optional[Path], overlays: list[Path] | None = None) -> Settings:
@@ -175,7 +176,7 @@ def _guard(fn: Callable[[], int | None], as_json: bool = False, command: str | N
             code, message, kind, log_file = _internal(e)
         else:
             message = f"{e.filename}: {e.strerror or e} (check the path and its permissions)"
-            err_console.print(f"[bold red]error:[/] {scrub(message)}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(scrub(message))}", highlight=False, soft_wrap=True)
             code, kind = EXIT_CONFIG, "configuration"
     except Exception as e:  # noqa: BLE001 - every failure gets its exit code, none a traceback
         what = classify(e)
@@ -186,7 +187,7 @@ def _guard(fn: Callable[[], int | None], as_json: bool = False, command: str | N
             label = {"stopped": "stopped", "failed": "configuration error"}.get(what.status, "error")
             if kind == "credentials":
                 label = "credentials error"
-            err_console.print(f"[bold red]{label}:[/] {scrub(message)}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]{label}:[/] {escape(scrub(message))}", highlight=False, soft_wrap=True)
     if as_json and not _Output.emitted and code != EXIT_OK:
         status = "stopped" if code == EXIT_STOPPED else "failed"
         _emit(
@@ -213,7 +214,7 @@ def _internal(exc: BaseException) -> tuple[int, str, str, Path | None]:
     where = f"the traceback is in {log_file}" if log_file else "no log file could be written"
     first = (scrub(str(exc)).strip().splitlines() or [""])[0][:300]
     message = f"internal error: {type(exc).__name__}: {first} ({where}; please report it)"
-    err_console.print(f"[bold red]{message}[/]", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]{escape(message)}[/]", highlight=False, soft_wrap=True)
     return EXIT_INTERNAL, message, "internal", log_file
 
 
@@ -315,7 +316,7 @@ def _print_offline(result: dict) -> None:
     for band, n in result.get("bands", {}).items():
         c.print(f"  {band}: {n}")
     for p in result.get("problems", [])[:20]:
-        err_console.print(f"[yellow]skipped/ignored:[/] {p}", highlight=False)
+        err_console.print(f"[yellow]skipped/ignored:[/] {escape(p)}", highlight=False)
     more = len(result.get("problems", [])) - 20
     if more > 0:
         err_console.print(f"[yellow]... and {more} more record problems[/]")
@@ -441,6 +442,8 @@ def _writable(path: Path, option: str) -> None:
     if target.is_dir():
         _fail(f"{option} {target}: is a folder; give a file name", EXIT_CONFIG)
     folder = target.parent if str(target.parent) else Path(".")
+    if folder.exists() and not folder.is_dir():
+        _fail(f"{option} {target}: {folder} is a file, not a folder", EXIT_CONFIG)
     if not folder.exists():
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -485,7 +488,7 @@ def config_validate(file: Optional[Path] = typer.Argument(None, help="Config fil
         if problems:
             err_console.print(f"[bold red]invalid:[/] {file or 'defaults'}", highlight=False)
             for p in problems:
-                err_console.print(f"  - {scrub(p)}", highlight=False, soft_wrap=True)
+                err_console.print(f"  - {escape(scrub(p))}", highlight=False, soft_wrap=True)
             return EXIT_CONFIG
         Console().print(f"[green]valid:[/] {file or 'defaults'}", highlight=False)
         return EXIT_OK
@@ -556,7 +559,7 @@ def crm_check(config: Optional[Path] = ConfigOpt, sandbox: Optional[Path] = Sand
                 mark = "[green]ok[/]" if r["ok"] else "[red]problems[/]"
                 Console().print(f"{name}: {mark}")
                 for p in r["problems"]:
-                    Console().print(f"  - {p}", highlight=False)
+                    Console().print(f"  - {escape(p)}", highlight=False)
         else:
             _emit(result, True)
         return EXIT_OK if ok else EXIT_CONFIG

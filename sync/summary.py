@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 EXIT_CODES = {"ok": 0, "record_errors": 1, "failed": 2, "stopped": 3, "abandoned": 1}
@@ -146,7 +147,7 @@ class RunSummary:
         dry = " (dry run: nothing sent)" if self.dry_run else ""
         console.print(f"[bold]healthsync run {self.run_id}[/] ({self.mode}){dry}: {title} in {self.duration_s:.1f}s")
         for note in self.notes:
-            console.print(f"  {note}")
+            console.print(f"  {escape(note)}")
         bands = ", ".join(f"{b} {n}" for b, n in self.bands.items()) or "none"
         console.print(f"  accounts scored: {self.accounts_scored} ({bands})")
         if self.writes:
@@ -166,19 +167,19 @@ class RunSummary:
         if self.data_problems:
             console.print(f"  [yellow]{self.data_problems} record problems in CRM data[/] (values ignored or records skipped):")
             for w in self.warnings[:5]:
-                console.print(f"    {w}", highlight=False)
+                console.print(f"    {escape(w)}", highlight=False)
         if self.stopped_reason:
-            console.print(f"  [red]stopped:[/] {self.stopped_reason}", highlight=False)
+            console.print(f"  [red]stopped:[/] {escape(self.stopped_reason)}", highlight=False)
         if self.errors:
             console.print(f"  [red]{len(self.errors)} errors[/]:")
             for e in self.errors[:10]:
-                console.print(f"    {e}", highlight=False)
+                console.print(f"    {escape(e)}", highlight=False)
             if len(self.errors) > 10:
                 console.print(f"    ... {len(self.errors) - 10} more (healthsync run --json lists them)")
         if self.report_path:
             console.print(f"  report: {self.report_path}")
         if self.state:
-            console.print(f"  state: {self.state}", highlight=False)
+            console.print(f"  state: {escape(self.state)}", highlight=False)
 
 
 def render_diff(diff: dict, console: Console, limit: int = 200) -> None:
