@@ -4,10 +4,10 @@
 - A ready dict (`--sandbox F` / `HEALTHSYNC_SANDBOX`): a running sandbox, with
   the configured state database (the sandbox outlives the command).
 - Neither (only `healthsync run`): the embedded sandbox is started with demo
-  data. It is a new world each time, so the run forgets the CRM bookkeeping of
-  the state database (cursors, replica, pushed values, retry queue, episodes,
-  Slack markers) before it starts, and keeps the run history, score history and
-  backtests. A state database that holds runs against live CRMs is never used
+  data. It is a new world each time, so the run forgets the bookkeeping of the
+  state database (cursors, replica, pushed values, retry queue, episodes, Slack
+  markers and caches) before it starts, and keeps the run history, score history
+  and backtests. A state database that holds runs against live CRMs is never used
   for the embedded sandbox (exit 2): missing credentials on a production host
   must not wipe its state.
 
@@ -162,13 +162,15 @@ def state_location(settings: Settings, ready: dict | None = None) -> StateLocati
     return StateLocation(str(settings.state.url), embedded=ready is None and not settings.live)
 
 
-#: the tables that describe one CRM world; the embedded sandbox is a new world at each start
-SANDBOX_WORLD_TABLES = ("cursors", "replica", "pushed", "failed_records", "episodes", "escalations")
+#: what an embedded-sandbox run keeps: history, not bookkeeping of the previous world. Every other
+#: table (cursors, replica, pushed values, retry queue, episodes, Slack markers and caches...) is
+#: cleared, so a table added later describing the world is cleared too.
+SANDBOX_KEPT_TABLES = ("runs", "score_history", "drift", "backtests", "locks")
 
 
 def forget_sandbox_world(store) -> None:
     """Before an embedded-sandbox run: clear the previous world's bookkeeping, refuse a live state database."""
-    from sqlalchemy import delete, func, select
+    from sqlalchemy import func, select
 
     runs = store.tables["runs"]
     with store.engine.connect() as conn:
@@ -179,9 +181,7 @@ def forget_sandbox_world(store) -> None:
             "healthsync will not run the embedded demo sandbox on it. Set the CRM credentials (README, Configuration), "
             "or give the demo its own state (state.url or another config file)"
         )
-    with store.begin() as conn:
-        for name in SANDBOX_WORLD_TABLES:
-            conn.execute(delete(store.tables[name]))
+    store.reset(keep=SANDBOX_KEPT_TABLES)
 
 
 def start_embedded_sandbox(settings: Settings):

@@ -461,6 +461,7 @@ def _escalate(settings, conns: Connections, store, summary: RunSummary, lanes: l
     summary.escalations = result.escalations
     summary.recoveries = getattr(result, "recoveries", 0)
     summary.add_errors(list(result.errors))
+    summary.notes.extend(getattr(result, "notes", []))  # e.g. maybe-sent messages settled from Slack's history
 
 
 def _drift(store: StateStore, settings: Settings, scored, summary: RunSummary, *, record: bool) -> None:
@@ -669,5 +670,6 @@ def escalate_stage(settings: Settings, *, ready: dict | None = None) -> dict[str
             summary.alerts_sent, summary.escalations = result.alerts_sent, result.escalations
             summary.recoveries = getattr(result, "recoveries", 0)
             summary.add_errors(list(result.errors))
+            summary.notes.extend(getattr(result, "notes", []))
 
         return _locked_stage(store, summary, work)

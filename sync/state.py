@@ -10,8 +10,11 @@ with the playbooks/escalation/scheduler code (notes/sync_contract.md):
     score_history   one row per account per run (trends read it back)
     pushed          the last value each CRM CONFIRMED per (crm, object, record, field)
     failed_records  the retry queue: records the CRM rejected or never confirmed
-    episodes        playbook episodes and their CRM task
-    escalations     Slack messages per (episode, level, kind), idempotency key
+    episodes        playbook episodes and their CRM task (task_origin: created here, or found in the CRM)
+    escalations     Slack messages per (episode, level, kind): marker, destination, message key, ts
+    slack_channels  channel name -> conversation ID (conversations.list), a cache
+    slack_destinations  per Slack conversation, the window whose healthsync messages were read back
+    slack_seen_items    the item keys those reads found, per conversation
     locks           named leases for the scheduler and jobs
     drift/backtests for the validation and report code
 
@@ -166,6 +169,9 @@ episodes = Table(
     Column("owner_email", String(255)),
     Column("segment", String(64)),
     Column("last_seen_run", String(64)),
+    # "created": this state's create call made the task, so no other state can have alerted it;
+    # "found": the CRM already had it (lost/moved state, another worker); NULL: unknown (older rows)
+    Column("task_origin", String(16)),
     UniqueConstraint("task_key", name="uq_episodes_task_key"),
 )
 
@@ -179,6 +185,35 @@ escalations = Table(
     Column("channel", String(128)),
     Column("ts", String(64)),
     Column("sent_at", DateTime),
+    Column("destination", String(32)),  # the conversation ID it was posted to (D... for a DM)
+    Column("message_key", String(64)),  # the idempotency key of the message (digest) that carries it
+    Column("started_at", DateTime),  # when the send was started: a maybe-sent marker is looked up from here
+)
+
+slack_channels = Table(
+    "slack_channels",
+    metadata,
+    Column("name", String(255), primary_key=True),  # lower case, without '#'
+    Column("channel_id", String(32), nullable=False),
+    Column("resolved_at", DateTime, nullable=False),
+)
+
+slack_destinations = Table(
+    "slack_destinations",
+    metadata,
+    Column("channel_id", String(32), primary_key=True),
+    # every healthsync message posted there between verified_from and verified_to was read back from
+    # conversations.history: its item keys are in slack_seen_items
+    Column("verified_from", DateTime, nullable=False),
+    Column("verified_to", DateTime, nullable=False),
+)
+
+slack_seen_items = Table(
+    "slack_seen_items",
+    metadata,
+    Column("channel_id", String(32), primary_key=True),
+    Column("item_key", String(32), primary_key=True),
+    Column("ts", String(64)),
 )
 
 locks = Table(

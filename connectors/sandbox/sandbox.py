@@ -51,7 +51,8 @@ class Sandbox:
                  salesforce_daily_limit: int = 100_000, hubspot_daily_limit: int | None = None,
                  slack_channels: tuple[str, ...] | list[str] = DEFAULT_CHANNELS,
                  session_timeout_s: float | None = None, search_lag_seconds: float = 0.0,
-                 slack_message_interval_s: float = 1.0) -> None:
+                 slack_message_interval_s: float = 1.0, slack_app_type: str = "non_marketplace",
+                 slack_scopes: set[str] | frozenset[str] | None = None) -> None:
         self.hubspot_tier = hubspot_tier
         self.clock = Clock()
         self.recorder = Recorder()
@@ -61,8 +62,12 @@ class Sandbox:
                                         session_timeout_s=session_timeout_s)
         self.hubspot = HubSpotApi(self.clock, self.faults, tier=hubspot_tier, daily_limit=hubspot_daily_limit,
                                   search_lag_seconds=search_lag_seconds)
+        # slack_app_type: "non_marketplace" (default, the strictest history budget: 1 conversations.history
+        # call a minute, 15 messages a page), "internal" or "marketplace" (Tier 3); slack_scopes: the bot
+        # token's scopes (default: every scope the emulator checks)
         self.slack = SlackApi(self.clock, self.faults, channels=slack_channels,
-                              per_channel_interval_s=slack_message_interval_s)
+                              per_channel_interval_s=slack_message_interval_s, app_type=slack_app_type,
+                              scopes=slack_scopes)
         if precreate_fields:
             self.precreate_fields()
         sf_portfolio = portfolio if portfolio is not None else (_generate(accounts, seed) if accounts else None)

@@ -101,11 +101,11 @@ def test_given_a_database_of_the_pre_alembic_migrations_when_opened_then_it_is_a
 
     from alembic import command
 
-    from healthsync.sync.state import _alembic_config
+    from healthsync.sync.state import StateStore, _alembic_config
 
     url = f"sqlite:///{tmp_path}/old.db"
     s = StateStore(url)
-    with s.begin() as conn:  # the schema the pre-Alembic migrations left: revision 0001's
+    with s.begin() as conn:  # the schema the pre-Alembic migrations left: revision 0001, not head
         command.upgrade(_alembic_config(conn), "0001")
     with s.begin() as conn:
         s.set_cursor(conn, "hubspot", "accounts", T0)

@@ -2,14 +2,14 @@
 shows as `abandoned` (issue 13, "locks that know their holder").
 
 Revision ID: failsafe_1
-Revises: 0001
+Revises: slack_1
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "failsafe_1"
-down_revision = "0001"
+down_revision = "slack_1"  # chained after main's slack_1 (both started from 0001)
 branch_labels = None
 depends_on = None
 
