@@ -18,6 +18,9 @@ def world(tmp_path):
 
     def make(accounts: int = 12, seed: int = 5, *, precreate_fields: bool = True, **kwargs):
         kwargs.setdefault("slack_message_interval_s", 0)
+        # these tests are about CRM failures, not Slack's history budget: an internal app reads history at
+        # Tier 3, so a rerun that settles a maybe-sent message after a kill never waits a minute for it
+        kwargs.setdefault("slack_app_type", "internal")
         sb = Sandbox(accounts=accounts, seed=seed, precreate_fields=precreate_fields, **kwargs).start()
         started.append(sb)
         ready = tmp_path / f"ready-{len(started)}.json"
