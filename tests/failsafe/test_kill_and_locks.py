@@ -27,9 +27,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 from e2e_helpers import assert_crm_matches_pushed, assert_no_duplicate_messages, assert_no_duplicate_tasks, writes  # noqa: E402
 
 
-def _kill_after(args, env, delay: float) -> int | None:
-    """Start `healthsync run ...`, SIGKILL it after `delay` seconds; its exit code if it finished first."""
+def _kill_after(args, env, sb, delay: float) -> int | None:
+    """Start `healthsync run ...`, SIGKILL it `delay` seconds after its first request to the sandbox.
+
+    Counting from the first request (not from the start of the process) puts the kill inside the
+    run's work whatever the machine's load makes of the interpreter's start-up. Returns the exit
+    code if the run finished first, None when it was killed.
+    """
+    seq = sb.requests()["last_seq"]
     proc = subprocess.Popen([str(BIN), *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and not sb.requests(since=seq)["requests"]:
+        time.sleep(0.01)
     try:
         return proc.wait(timeout=delay)
     except subprocess.TimeoutExpired:
@@ -60,13 +69,13 @@ def _converged(sb, ready, env, state_url) -> None:
 def _kill_runs(world, seed: int, kills: int) -> None:
     rng = random.Random(seed)
     sb, ready, env = world(accounts=20, seed=40 + seed)
-    # 60 ms per request stretches a run to ~7 s, so a random delay lands anywhere in it:
-    # start-up, pull, write-back batches, task creation, the Slack stage or the record step
+    # 60 ms per request stretches a first run's work to ~4.5 s, so a random delay lands anywhere in
+    # it: the fields check, pull, write-back batches, task creation, the Slack stage or the record step
     sb.set_faults({api: {"latency_ms": 60} for api in ("salesforce", "hubspot", "slack")})
     state_url = env["HEALTHSYNC__STATE__URL"]
     killed = 0
     for _ in range(kills):
-        if _kill_after(("run", "--sandbox", ready, "--json"), env, rng.uniform(1.5, 6.0)) is None:
+        if _kill_after(("run", "--sandbox", ready, "--json"), env, sb, rng.uniform(0.0, 3.5)) is None:
             killed += 1
     sb.clear_faults()
     status = one_json(healthsync("status", "--json", env=env))
