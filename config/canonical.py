@@ -25,7 +25,8 @@ import pandas as pd
 class Column:
     """One column of a canonical frame.
 
-    kind: "str", "float", "int", "date", "datetime", "bool", "enum".
+    kind: "str", "float", "int", "date", "datetime", "bool", "enum", "label" (a 0/1 outcome written
+    0/1, true/false, yes/no or y/n in any case; read as 0/1).
     required: the frame is unusable without the column (only ids and a few keys).
     nullable: a missing value is allowed (the metric is absent, never zero).
     """
@@ -137,14 +138,15 @@ TASKS = FrameSpec(
     ),
 )
 
-#: History snapshots: the accounts columns plus these (design.md, "history for validation").
+#: History snapshots: the accounts columns plus these (design.md, "history for validation"). An optional
+#: `churned_at` (the day the account left; lead times use it when given) passes through like a custom column.
 ACCOUNTS_HISTORY_EXTRA = (
     Column("as_of", "date", required=True, nullable=False),
-    Column("churned", "int", required=True, nullable=False, minimum=0, maximum=1),
+    Column("churned", "label", required=True, nullable=False, doc="did not renew within the horizon after as_of"),
 )
 OPPORTUNITIES_HISTORY_EXTRA = (
     Column("as_of", "date", required=True, nullable=False),
-    Column("won", "int", minimum=0, maximum=1),
+    Column("won", "label"),
     Column("won_amount", "float", minimum=0),
 )
 
@@ -232,6 +234,16 @@ def _to_bool(series: pd.Series) -> tuple[pd.Series, pd.Series]:
     return out, bad
 
 
+def _to_label(series: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """0/1 outcome labels (Int64): numbers 0 and 1, or the boolean spellings of `_to_bool`; (values, unparsable)."""
+    if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype):
+        num = series.astype("Float64")
+        bad = num.notna() & ~num.isin([0, 1]).fillna(False).astype(bool)
+        return num.mask(bad).astype("Int64"), bad
+    values, bad = _to_bool(series)
+    return values.astype("Int64"), bad
+
+
 def coerce_dtypes(frame: pd.DataFrame, spec: FrameSpec) -> pd.DataFrame:
     """Coerce known columns to the contract's dtypes without validating (fast path)."""
     out = frame.copy()
@@ -251,6 +263,8 @@ def coerce_dtypes(frame: pd.DataFrame, spec: FrameSpec) -> pd.DataFrame:
                 out[c.name] = out[c.name].dt.normalize()
         elif c.kind == "bool":
             out[c.name] = _to_bool(s)[0]
+        elif c.kind == "label":
+            out[c.name] = _to_label(s)[0]
     return out
 
 
@@ -327,8 +341,18 @@ def validate_frame(frame: pd.DataFrame, spec: FrameSpec | str) -> tuple[pd.DataF
             for rid, v in zip(_ids(out, spec.key, bad), raw[bad]):
                 report.add(spec.name, rid, c.name, f"not a boolean: {v!r}", False)
             out[c.name] = values
+        elif c.kind == "label":
+            values, bad = _to_label(raw.where(present))
+            drop_bad = bad & (not c.nullable)  # an unreadable required outcome: the record cannot be used
+            for rid, v, dropped in zip(_ids(out, spec.key, bad), raw[bad], drop_bad[bad]):
+                report.add(spec.name, rid, c.name, f"not an outcome label: {v!r} (use 0/1, true/false, yes/no or y/n)",
+                           bool(dropped))
+            drop |= drop_bad
+            out[c.name] = values.mask(bad)
         if not c.nullable:
             missing = out[c.name].isna()
+            if c.kind == "label":  # unreadable labels were reported (and dropped) above
+                missing &= ~bad
             for rid in _ids(out, spec.key, missing):
                 report.add(spec.name, rid, c.name, "missing", True)
             drop |= missing

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from healthsync.connectors.base import (
+    AuthenticationError,
     ConfigurationError,
     CredentialsError,
     HealthsyncError,
@@ -43,6 +44,7 @@ class ErrorKind:
 
 #: Most specific class first: `classify` takes the first match.
 ERROR_KINDS: tuple[tuple[type[BaseException], ErrorKind], ...] = (
+    (AuthenticationError, ErrorKind("credentials", EXIT_CONFIG, "failed")),
     (CredentialsError, ErrorKind("credentials", EXIT_CONFIG, "failed")),
     (ConfigurationError, ErrorKind("configuration", EXIT_CONFIG, "failed")),
     (QuotaExhaustedError, ErrorKind("quota", EXIT_STOPPED, "stopped")),

@@ -19,8 +19,8 @@ from healthsync.connectors.base import ConfigurationError
 SUFFIXES = (".csv", ".parquet", ".pq")
 #: canonical frames `read_frames` looks for, and whether a directory must hold it
 FRAMES = {"accounts": True, "opportunities": False, "tickets": False, "tasks": False}
-#: the history directory of design.md ("history for validation")
-HISTORY = {"accounts_history": True, "tickets": True, "opportunities_history": False}
+#: the history directory of design.md ("history for validation"); without tickets, ticket metrics are absent
+HISTORY = {"accounts_history": True, "tickets": False, "opportunities_history": False}
 
 
 def _spec(spec: FrameSpec | str) -> FrameSpec:
@@ -108,5 +108,5 @@ def read_frames(directory: str | Path) -> tuple[dict[str, pd.DataFrame], Validat
 
 
 def read_history(directory: str | Path) -> tuple[dict[str, pd.DataFrame], ValidationReport]:
-    """A history directory (design.md): `accounts_history`, `tickets`, optionally `opportunities_history`."""
+    """A history directory (design.md): `accounts_history`, optionally `tickets` and `opportunities_history`."""
     return _read_directory(directory, HISTORY)

@@ -9,7 +9,9 @@ with the playbooks/escalation/scheduler code (notes/sync_contract.md):
     replica         canonical records pulled from the CRMs (deleted = tombstone)
     score_history   one row per account per run (trends read it back)
     pushed          the last value each CRM CONFIRMED per (crm, object, record, field)
+    own_writes      the modification time each CRM gave our last confirmed write to a record
     failed_records  the retry queue: records the CRM rejected or never confirmed
+    bulk_jobs       write-back Bulk jobs still running when their run ended (collected, never resent)
     episodes        playbook episodes and their CRM task (task_origin: created here, or found in the CRM)
     escalations     Slack messages per (episode, level, kind): marker, destination, message key, ts
     slack_channels  channel name -> conversation ID (conversations.list), a cache
@@ -135,6 +137,15 @@ pushed = Table(
     Column("run_id", String(64)),
 )
 
+own_writes = Table(
+    "own_writes",
+    metadata,
+    Column("crm", String(16), primary_key=True),
+    Column("object", String(32), primary_key=True),
+    Column("record_id", String(128), primary_key=True),
+    Column("stamp", DateTime, nullable=False),  # the modification time the CRM gave our last confirmed write
+)
+
 failed_records = Table(
     "failed_records",
     metadata,
@@ -148,6 +159,17 @@ failed_records = Table(
     Column("attempts", Integer, nullable=False, default=1),
     Column("first_failed_at", DateTime),
     Column("last_failed_at", DateTime),
+    Column("run_id", String(64)),
+)
+
+bulk_jobs = Table(
+    "bulk_jobs",
+    metadata,
+    Column("crm", String(16), primary_key=True),
+    Column("job_id", String(64), primary_key=True),
+    Column("object", String(32), nullable=False),
+    Column("records_json", Text, nullable=False),  # record_id -> {field: value} the job carries, in job order
+    Column("submitted_at", DateTime),
     Column("run_id", String(64)),
 )
 
@@ -584,6 +606,43 @@ class StateStore:
             return []
         return json.loads("[" + ",".join(texts) + "]")  # one parse instead of one per row
 
+    def replica_data(self, crm: str, object: str, ids: list[str]) -> dict[str, dict]:
+        """record_id -> stored data of the live records among `ids` (absent ids are left out)."""
+        out: dict[str, dict] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(ids):
+                for rid, text in conn.execute(
+                    select(replica.c.record_id, replica.c.data_json).where(
+                        replica.c.crm == crm, replica.c.object == object, replica.c.record_id.in_(chunk),
+                        replica.c.deleted == False,  # noqa: E712
+                    )
+                ):
+                    out[rid] = json.loads(text)
+        return out
+
+    # ------------------------------------------------------------------ own writes
+
+    def record_own_writes(self, crm: str, object: str, stamps: dict[str, datetime]) -> None:
+        """Remember the modification time the CRM gave each record we just wrote (replacing the previous one)."""
+        if not stamps:
+            return
+        ids = list(stamps)
+        with self.begin() as conn:
+            for chunk in _chunks(ids):
+                conn.execute(delete(own_writes).where(own_writes.c.crm == crm, own_writes.c.object == object, own_writes.c.record_id.in_(chunk)))
+                conn.execute(
+                    insert(own_writes),
+                    [{"crm": crm, "object": object, "record_id": i, "stamp": utc_naive(stamps[i])} for i in chunk],
+                )
+
+    def own_write_stamps(self, crm: str, object: str, since: datetime | None = None) -> dict[str, datetime]:
+        """record_id -> modification time of our last write, for writes at or after `since` (aware UTC)."""
+        query = select(own_writes.c.record_id, own_writes.c.stamp).where(own_writes.c.crm == crm, own_writes.c.object == object)
+        if since is not None:
+            query = query.where(own_writes.c.stamp >= utc_naive(since))
+        with self.engine.connect() as conn:
+            return {rid: utc_aware(stamp) for rid, stamp in conn.execute(query)}
+
     def live_ids(self, crm: str, object: str) -> set[str]:
         with self.engine.connect() as conn:
             return set(
@@ -647,16 +706,25 @@ class StateStore:
                     )
                 )
             keys = [(rid, f) for rid in ids for f in confirmed[rid]]
-            for chunk in _chunks(ids):
-                fields = {f for rid in chunk for f in confirmed[rid]}
-                conn.execute(
-                    delete(pushed).where(
-                        pushed.c.crm == crm,
-                        pushed.c.object == object,
-                        pushed.c.record_id.in_(chunk),
-                        pushed.c.field.in_(sorted(fields)),
+            # Replace exactly the confirmed (record, field) pairs. Records are grouped by the set of
+            # fields they wrote so one statement deletes only pairs that are re-inserted below: a
+            # record that wrote a subset of the fields keeps its other confirmed values (deleting
+            # the union per chunk made those records look changed, and rewritten, on every run).
+            by_fields: dict[tuple[str, ...], list[str]] = {}
+            for rid in ids:
+                by_fields.setdefault(tuple(sorted(confirmed[rid])), []).append(rid)
+            for fields, group in by_fields.items():
+                if not fields:
+                    continue
+                for chunk in _chunks(group):
+                    conn.execute(
+                        delete(pushed).where(
+                            pushed.c.crm == crm,
+                            pushed.c.object == object,
+                            pushed.c.record_id.in_(chunk),
+                            pushed.c.field.in_(fields),
+                        )
                     )
-                )
             rows = [
                 {"crm": crm, "object": object, "record_id": rid, "field": f, "value_json": confirmed[rid][f], "pushed_at": at_n, "run_id": run_id}
                 for rid, f in keys
@@ -704,6 +772,34 @@ class StateStore:
                 )
             for chunk in _chunks(rows):
                 conn.execute(insert(failed_records), chunk)
+
+    # ------------------------------------------------------------------ pending Bulk jobs
+
+    def add_bulk_job(self, crm: str, object: str, job_id: str, records: dict[str, dict], run_id: str, at: datetime) -> None:
+        """Remember a write-back Bulk job that was still running when the bounded wait ended."""
+        with self.begin() as conn:
+            conn.execute(delete(bulk_jobs).where(bulk_jobs.c.crm == crm, bulk_jobs.c.job_id == job_id))
+            conn.execute(insert(bulk_jobs).values(crm=crm, job_id=job_id, object=object, records_json=dumps(records),
+                                                  submitted_at=utc_naive(at), run_id=run_id))
+
+    def bulk_jobs(self, crm: str | None = None) -> list[dict]:
+        """Pending Bulk jobs (oldest first), `records` decoded (record_id -> fields, in job order)."""
+        query = select(bulk_jobs).order_by(bulk_jobs.c.submitted_at, bulk_jobs.c.job_id)
+        if crm:
+            query = query.where(bulk_jobs.c.crm == crm)
+        with self.engine.connect() as conn:
+            rows = [dict(r) for r in conn.execute(query).mappings()]
+        for r in rows:
+            r["records"] = json.loads(r.pop("records_json") or "{}")
+        return rows
+
+    def drop_bulk_job(self, crm: str, job_id: str) -> None:
+        with self.begin() as conn:
+            conn.execute(delete(bulk_jobs).where(bulk_jobs.c.crm == crm, bulk_jobs.c.job_id == job_id))
+
+    def pending_bulk_records(self, crm: str, object: str) -> set[str]:
+        """Record ids a pending Bulk job still carries: the write-back must not send them again."""
+        return {rid for job in self.bulk_jobs(crm) if job["object"] == object for rid in job["records"]}
 
     def count(self, table: str, **where: Any) -> int:
         t = self.tables[table]

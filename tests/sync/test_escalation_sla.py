@@ -139,6 +139,7 @@ def test_hubspot_rapid_decline_stops_at_the_manager_and_completion_sends_recover
     assert escalate(world, store, scores).escalations == 0  # escalate_to: manager, never the VP
     task_id = episode_row(store)["task_id"]
     world.sb.modify("hubspot", "tasks", task_id, {"hs_task_status": "COMPLETED"})
+    world.sb.advance_clock(world.sb.hubspot.search_lag_seconds)  # HubSpot search sees the completion once indexed
     mark = len(world.sb.slack_messages())
     done = escalate(world, store, scores)
     assert (done.recoveries, done.episodes_closed) == (1, 1)

@@ -16,7 +16,7 @@ Revises: 0001
 import sqlalchemy as sa
 from alembic import op
 
-revision = "slack_1"  # common.md says "slack-1", but Alembic refuses "-" in revision ids
+revision = "slack_1"
 down_revision = "0001"
 branch_labels = None
 depends_on = None
