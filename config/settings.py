@@ -585,7 +585,9 @@ def merge_user_config(defaults: dict, user: dict) -> dict:
         for key in REPLACE_WHOLE:
             if key in user["model"]:
                 merged["model"][key] = deepcopy(user["model"][key])
-    metrics = merged.get("model", {}).get("metrics", [])
+    model = merged.get("model")
+    metrics = model.get("metrics", []) if isinstance(model, dict) else []  # a malformed `model` is reported by validation
+    metrics = metrics if isinstance(metrics, list) else []
     known = {m.get("name") for m in metrics if isinstance(m, dict)}
     for key, values, field in (("metric_weights", weights, "weight"), ("metric_rules", rules, "rule")):
         if values is None:

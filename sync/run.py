@@ -360,9 +360,11 @@ def _lanes_cycle(settings, conns: Connections, store: StateStore, summary: RunSu
         summary.stages_skipped.append("score, write-back, playbooks, escalation (no CRM could go on)")
         return
 
-    # score + forecast: shared, over the CRMs whose pull went through
+    # score + forecast: shared, over the replica of every CRM, as last pulled. A stopped CRM's accounts
+    # are scored from what its state kept (the forecast adjusts the whole book at once, so leaving them
+    # out would move the other CRM's opportunities); only the live lanes write, task and record them.
     with progress.task("score", None):
-        scored = score_replica(store, settings, [lane.crm for lane in live], now)
+        scored = score_replica(store, settings, [lane.crm for lane in lanes], now)
     summary.accounts_scored = len(scored.scores)
     summary.bands = scored.bands
     summary.opportunities_adjusted = len(scored.opportunities)
@@ -403,7 +405,9 @@ def _lanes_cycle(settings, conns: Connections, store: StateStore, summary: RunSu
     _hook(hooks, "before_record")
     _drift(store, settings, scored, summary, record=not dry_run)
     if not dry_run:
-        record_history(store, settings, scored.scores, summary.run_id, now)
+        live_crms = [lane.crm for lane in alive(lanes)]
+        live_scores = pd.concat([_rows_of(scored.scores, crm) for crm in live_crms]) if live_crms else scored.scores.iloc[0:0]
+        record_history(store, settings, live_scores, summary.run_id, now)
         _report(store, settings, summary, now)
 
 
