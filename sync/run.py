@@ -50,6 +50,7 @@ from healthsync.sync.pull import PULLED_OBJECTS, PullStats, pull_object
 from healthsync.sync.score_job import ScoreResult, record_history, score_replica
 from healthsync.sync.state import HOST, StateStore, holder_alive, lock_holder, open_store
 from healthsync.sync.summary import RunSummary, render_diff
+from healthsync.sync.warehouse_job import warehouse_stage
 from healthsync.sync.writeback import CrmWriteReport, WritePlan, desired_outputs, execute_plan, plan_writes
 
 log = logging.getLogger(__name__)
@@ -338,16 +339,18 @@ def _lanes_cycle(settings, conns: Connections, store: StateStore, summary: RunSu
         summary.notes.append(f"created healthsync fields in the sandbox: {len(created)}")
 
     # pull, per lane
+    pulled: list[PullStats] = []
     with progress.task("pull", None) as advance:
         def pull_lane(lane: Lane) -> None:
             for object in PULLED_OBJECTS:
-                stats: PullStats | None = lane.run(
+                stats = lane.run(
                     f"pull of {object}",
                     lambda object=object: pull_object(store, lane.connector, object, now=now,
                                                       on_page=lambda n: (advance(n), on_progress())),
                 )
                 if stats is None:
                     return
+                pulled.append(stats)
                 summary.pulled.setdefault(stats.crm, {})[stats.object] = {"records": stats.records, "deleted": stats.deleted}
                 summary.data_problems += len(stats.problems)
                 summary.warnings.extend(stats.problems[: max(0, 50 - len(summary.warnings))])
@@ -360,14 +363,23 @@ def _lanes_cycle(settings, conns: Connections, store: StateStore, summary: RunSu
         summary.stages_skipped.append("score, write-back, playbooks, escalation (no CRM could go on)")
         return
 
+    # product usage aggregated in the warehouse (sync/warehouse_job.py): a configuration problem
+    # fails the run here (exit 2, nothing written); an unreachable warehouse lets the CRMs' stages
+    # go on and ends the run `stopped` (exit 3, see _end_warehouse_stage)
+    with progress.task("warehouse", None):
+        usage = warehouse_stage(settings, conns.ready, now)
+
     # score + forecast: shared, over the replica of every CRM, as last pulled. A stopped CRM's accounts
     # are scored from what its state kept (the forecast adjusts the whole book at once, so leaving them
     # out would move the other CRM's opportunities); only the live lanes write, task and record them.
+    crms = [lane.crm for lane in lanes]
     with progress.task("score", None):
-        scored = score_replica(store, settings, [lane.crm for lane in lanes], now)
+        scored = score_replica(store, settings, crms, now, usage=usage)
     summary.accounts_scored = len(scored.scores)
     summary.bands = scored.bands
     summary.opportunities_adjusted = len(scored.opportunities)
+    # data-quality KPIs of what was just pulled and scored: recorded and alerted before anything is written
+    _data_quality(store, settings, conns, summary, crms, scored, pulled, usage, now, record=not dry_run)
     _hook(hooks, "after_score")
 
     # write-back and tasks, per lane
@@ -409,6 +421,31 @@ def _lanes_cycle(settings, conns: Connections, store: StateStore, summary: RunSu
         live_scores = pd.concat([_rows_of(scored.scores, crm) for crm in live_crms]) if live_crms else scored.scores.iloc[0:0]
         record_history(store, settings, live_scores, summary.run_id, now)
         _report(store, settings, summary, now)
+    _end_warehouse_stage(summary, usage)
+
+
+def _data_quality(store, settings, conns, summary: RunSummary, crms, scored, stats, usage, now, *, record: bool) -> None:
+    """Per-source data-quality KPIs (sync/data_quality.py): in the summary; recorded and alerted unless a dry run."""
+    from healthsync.sync import data_quality as dq
+
+    try:
+        summary.data_quality = dq.measure(store, settings, crms, scored, stats, usage, now)
+        if not record:
+            return
+        pending = dq.record(store, summary.run_id, dq.evaluate(summary.data_quality, settings), now)
+        if settings.data_quality.alert:
+            dq.announce(store, conns.slack, settings.escalation.ops_channel, pending, now)
+    except Exception as exc:  # noqa: BLE001 - a KPI failure never fails the sync; it is reported
+        log.warning("data-quality KPIs failed", exc_info=True)
+        summary.warnings.append(f"data-quality KPIs failed: {type(exc).__name__}")
+
+
+def _end_warehouse_stage(summary: RunSummary, usage) -> None:
+    """An unreachable warehouse ends an otherwise finished run `stopped` (exit 3): usage is missing this time."""
+    if usage is None or not usage.unreachable:
+        return
+    summary.add_stop(LaneStop(system="warehouse", stage="usage", kind="unreachable",
+                              reason=f"{usage.unreachable} (scored without warehouse usage this run)"))
 
 
 def _rows_of(scores: pd.DataFrame, crm: str) -> pd.DataFrame:
@@ -568,7 +605,8 @@ def pull_stage(settings: Settings, *, ready: dict | None = None) -> dict[str, An
 def score_stage(settings: Settings, *, ready: dict | None = None) -> dict[str, Any]:
     """`healthsync score`: score the replica as it is (no pull, nothing written, no history recorded)."""
     with _stage_connections(settings, ready) as (conns, store, now):
-        scored = score_replica(store, settings, list(conns.connectors), now)
+        usage = warehouse_stage(settings, conns.ready, now)
+        scored = score_replica(store, settings, list(conns.connectors), now, usage=usage)
     top = scored.scores.sort_values("score").head(10) if len(scored.scores) else scored.scores
     return {
         "status": "ok",
@@ -618,7 +656,8 @@ def sync_stage(settings: Settings, *, ready: dict | None = None, dry_run: bool =
     """`healthsync sync`: write the replica's current scores back (diffed); `retry_failed` sends only the retry queue."""
     with _stage_connections(settings, ready) as (conns, store, now):
         crms = list(conns.connectors)
-        scored = score_replica(store, settings, crms, now)
+        usage = warehouse_stage(settings, conns.ready, now)
+        scored = score_replica(store, settings, crms, now, usage=usage)
         plan = plan_writes(store, settings, desired_outputs(scored.scores, scored.opportunities, now), crms)
         if retry_failed:
             plan.records = [r for r in plan.records if r.retry]
@@ -640,6 +679,7 @@ def sync_stage(settings: Settings, *, ready: dict | None = None, dry_run: bool =
                                                "stopped": lane.stop.to_json() if lane.stop else None}
                     if lane.stop:
                         summary.add_stop(lane.stop)
+            _end_warehouse_stage(summary, usage)
 
         return _locked_stage(store, summary, work)
 

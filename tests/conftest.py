@@ -12,3 +12,5 @@ for _name in list(os.environ):
 import tempfile as _tempfile
 
 os.environ["XDG_STATE_HOME"] = _tempfile.mkdtemp(prefix="healthsync-xdg-state-")
+# A private PostgreSQL server for the tests that need one (skips where it cannot be started).
+from postgres_server import fresh_postgres_url, postgres_server, postgres_url  # noqa: E402,F401

@@ -2,14 +2,14 @@
 shows as `abandoned` (issue 13, "locks that know their holder").
 
 Revision ID: failsafe_1
-Revises: salesforce_1
+Revises: warehouse_1
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "failsafe_1"
-down_revision = "salesforce_1"  # chained after main's latest revision (all started from 0001)
+down_revision = "warehouse_1"  # chained after main's latest revision (all started from 0001)
 branch_labels = None
 depends_on = None
 
