@@ -190,3 +190,26 @@ def test_given_two_runs_at_once_on_a_fresh_state_database_then_one_runs_and_the_
         if p.returncode == 3:
             assert "in progress" in summary["stopped_reason"]
     assert_no_duplicate_tasks(sb)
+
+
+def test_given_a_fresh_postgresql_database_when_four_processes_open_it_at_once_then_none_crashes(tmp_path, fresh_postgres_url):
+    """The same on PostgreSQL, where the migration is serialised by pg_advisory_xact_lock."""
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT_ONCE, fresh_postgres_url, str(go)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=clean_env()) for _ in range(4)]
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready"
+    go.touch()
+    failures = []
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        if p.returncode != 0:
+            failures.append(err.strip().splitlines()[-1:])
+    assert failures == []
+    store = open_store(fresh_postgres_url)
+    try:
+        from healthsync.sync.state import head_revision
+
+        assert store.version() == head_revision()
+    finally:
+        store.close()
