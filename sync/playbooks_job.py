@@ -38,7 +38,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -143,8 +143,15 @@ def run_playbooks(
     dry_run: bool = False,
     hooks: Callable[[str], None] | None = None,
     playbooks: PlaybookSet | None = None,
+    crms: Iterable[str] | None = None,
 ) -> PlaybookResult:
-    """Open, close, queue and create tasks for episodes; see the module docstring. Raises ConfigError for bad playbooks."""
+    """Open, close, queue and create tasks for episodes; see the module docstring. Raises ConfigError for bad playbooks.
+
+    `crms`: act on these CRMs' episodes and tasks only (a run's per-CRM lane), while planning on
+    every account of `scores`, so the per-owner daily cap orders all CRMs' new tasks the same way
+    in every lane (a lane releases its share of the owner's room, the next lane the rest).
+    """
+    only = set(crms) if crms is not None else None
     pset = playbooks or load_playbooks(settings)
     hook = hooks or (lambda point: None)
     result = PlaybookResult()
@@ -155,6 +162,8 @@ def run_playbooks(
     # 1. what happened to the tasks since the last run (completed ones close their episode first)
     read = read_tasks(store, connectors, now)
     for crm, why in read.unreadable.items():
+        if crm not in connectors:
+            continue  # another lane's, reported there
         result.errors.append(f"{crm}: could not read playbook tasks back ({why}); no task created there this run")
     changes = episode_changes(store, read, now, CLOSED_TASK_DONE)
     done = sum(1 for c in changes.values() if c.get("status") == "closed")
@@ -168,11 +177,15 @@ def run_playbooks(
             for col, value in change.items():
                 if not col.startswith("_"):
                     existing.loc[existing["episode_id"] == episode_id, col] = value
-    mirror = {crm: open_tasks(store, crm) for crm in connectors if crm not in read.unreadable}
+    # open tasks as last read, for every CRM planned on (another lane's CRM: as its last read left them)
+    planned_crms = set(frame["crm"].dropna().astype(str)) | set(connectors)
+    mirror = {crm: open_tasks(store, crm) for crm in planned_crms if crm not in read.unreadable}
     previous = _conditions(store)
     cap = int(getattr(settings.playbooks, "max_new_tasks_per_owner_per_day", 10))
 
     plan = _plan(pset, frame, existing, previous, mirror, now, run_id, cap)
+    if only is not None:
+        _restrict(plan, only, existing)
     result.episodes_closed += len(plan.to_close)
     result.episodes_opened = len(plan.new_rows) + len(plan.reopen)
     result.tasks_adopted = sum(1 for r in plan.new_rows if r.get("task_id")) + len(plan.reopen)
@@ -197,7 +210,7 @@ def run_playbooks(
         for r in rows:
             if r.get("key"):
                 known.setdefault(crm, {})[str(r["key"])] = r
-    _create_pending_tasks(store, pset, frame, connectors, read, known, now, result, hook)
+    _create_pending_tasks(store, pset, frame, connectors, read, known, now, result, hook, only)
     return result
 
 
@@ -215,6 +228,24 @@ class _Plan:
     conditions: list[dict] = field(default_factory=list)  # rows to upsert into playbook_conditions
     queued_total: int = 0
     queued_by_owner: dict[str, int] = field(default_factory=dict)
+    queued_items: list[tuple[str, str]] = field(default_factory=list)  # (crm, owner) of every queued episode
+
+
+def _restrict(plan: _Plan, only: set[str], existing: pd.DataFrame) -> None:
+    """Keep what the plan does to the episodes of the CRMs in `only` (the plan itself covered every CRM)."""
+    mine = set(existing.loc[existing["crm"].isin(only), "episode_id"])
+    plan.to_close = [(e, reason) for e, reason in plan.to_close if e in mine]
+    plan.rearm = [e for e in plan.rearm if e in mine]
+    plan.seen = [e for e in plan.seen if e in mine]
+    plan.new_rows = [r for r in plan.new_rows if r["crm"] in only]
+    plan.reopen = [r for r in plan.reopen if r["episode_id"] in mine]
+    plan.released = [r for r in plan.released if r["episode_id"] in mine]
+    plan.conditions = [c for c in plan.conditions if c["crm"] in only]
+    plan.queued_items = [(crm, owner) for crm, owner in plan.queued_items if crm in only]
+    plan.queued_by_owner = {}
+    for _, owner in plan.queued_items:
+        plan.queued_by_owner[owner] = plan.queued_by_owner.get(owner, 0) + 1
+    plan.queued_total = len(plan.queued_items)
 
 
 def _plan(pset: PlaybookSet, frame: pd.DataFrame, existing: pd.DataFrame, previous: dict, mirror: dict[str, list[dict]],
@@ -312,7 +343,7 @@ def _plan(pset: PlaybookSet, frame: pd.DataFrame, existing: pd.DataFrame, previo
         i = row_of.get((crm, account_id))
         if i is None:  # not scored this run: waits (and does not count)
             continue
-        row = {"episode_id": episode_id, "opened_at": opened}
+        row = {"episode_id": episode_id, "opened_at": opened, "crm": crm}
         candidates.append({"row": row, "pb": pbs[playbook], "band": bands[i], "arr": arrs[i], "owner": owners[i] or owner, "existing": True})
 
     released_today: dict[str, int] = defaultdict(int)
@@ -341,6 +372,7 @@ def _plan(pset: PlaybookSet, frame: pd.DataFrame, existing: pd.DataFrame, previo
                     plan.new_rows.append(row)
             else:
                 plan.queued_by_owner[owner] = plan.queued_by_owner.get(owner, 0) + 1
+                plan.queued_items.append((row["crm"], owner))
                 if not c["existing"]:
                     plan.new_rows.append(row)
     plan.queued_total = sum(plan.queued_by_owner.values())
@@ -434,7 +466,7 @@ def _record(store: StateStore, plan: _Plan, now: datetime, run_id: str) -> None:
 
 
 def _create_pending_tasks(store, pset: PlaybookSet, frame: pd.DataFrame, connectors, read, known: dict[str, dict[str, dict]], now,
-                          result: PlaybookResult, hook) -> None:
+                          result: PlaybookResult, hook, only: set[str] | None = None) -> None:
     """Create the CRM task of every open episode that has none yet (this run's, and any a crash left behind)."""
     table = store.tables["episodes"]
     with store.engine.connect() as conn:
@@ -446,6 +478,8 @@ def _create_pending_tasks(store, pset: PlaybookSet, frame: pd.DataFrame, connect
     rows_by_account = frame.drop_duplicates("account_id").set_index("account_id")
     by_crm: dict[str, list[tuple[dict, TaskSpec]]] = defaultdict(list)
     for ep in pending:
+        if only is not None and ep["crm"] not in only:
+            continue  # another lane's
         pb = pset.by_name(ep["playbook"])
         if pb is None:
             continue  # playbook disabled since: the episode waits (it closes when re-enabled and cleared)

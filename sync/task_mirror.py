@@ -61,12 +61,16 @@ _memo: "weakref.WeakKeyDictionary[StateStore, tuple[datetime, TaskRead]]" = weak
 
 
 def read_tasks(store: StateStore, connectors: dict[str, CrmConnector], now: datetime) -> TaskRead:
-    """Read healthsync tasks changed since the last read, once per run (memoised on `store` and `now`)."""
+    """Read healthsync tasks changed since the last read, once per run and CRM (memoised on `store` and `now`).
+
+    A run's lanes call it one CRM at a time and the escalation stage with every CRM: each CRM is
+    read the first time it is asked for, and what was read is shared by the later calls.
+    """
     cached = _memo.get(store)
-    if cached is not None and cached[0] == now and set(cached[1].complete_until) | set(cached[1].unreadable) >= set(connectors):
-        return cached[1]
-    read = TaskRead()
+    read = cached[1] if cached is not None and cached[0] == now else TaskRead()
     for crm, connector in connectors.items():
+        if crm in read.complete_until or crm in read.unreadable:
+            continue
         try:
             _read_one(store, crm, connector, now, read)
         except (RetryableError, StopRunError) as exc:
