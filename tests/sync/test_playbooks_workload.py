@@ -21,8 +21,9 @@ from healthsync.playbooks.definitions import PACKAGED_DEFINITIONS  # noqa: E402
 from healthsync.sync.escalation import run_escalation  # noqa: E402
 from healthsync.sync.playbooks_job import run_playbooks  # noqa: E402
 
-#: the owner with the most accounts in both sandbox CRMs (14 + 14): the cap test's CSM
+#: the owners with the most accounts in both sandbox CRMs (14 + 14, 13 + 13): the cap tests' CSMs
 BUSY_OWNER = "ana.lopez@example.com"
+LANES_OWNER = "hugo.lopez@example.com"
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +46,8 @@ def accounts(world):
 
 
 def others(accounts: pd.DataFrame, crm: str, i: int) -> dict:
-    """The i-th account of `crm` NOT owned by the cap test's owner (so tests never share an account)."""
-    rows = accounts[(accounts["crm"] == crm) & (accounts["owner_email"].str.lower() != BUSY_OWNER)]
+    """The i-th account of `crm` NOT owned by the cap tests' owners (so tests never share an account)."""
+    rows = accounts[(accounts["crm"] == crm) & ~accounts["owner_email"].str.lower().isin([BUSY_OWNER, LANES_OWNER])]
     return rows.iloc[i].to_dict()
 
 
@@ -170,3 +171,18 @@ def test_given_24_new_tasks_for_one_owner_then_10_go_out_highest_arr_first_and_t
     assert len(crm_tasks(world, "at_risk_intervention:")) == len(set(crm_tasks(world, "at_risk_intervention:")))  # none twice
     closed = episodes(store).set_index("account_id").loc[recovered]
     assert (closed["status"], closed["close_reason"]) == ("closed", "condition_cleared") and pd.isna(closed["task_id"])
+
+
+def test_given_one_run_per_crm_lane_then_the_cap_still_orders_both_crms_by_arr(world, store, accounts):
+    mine = accounts[accounts["owner_email"].str.lower() == LANES_OWNER].iloc[:24].copy()
+    assert len(mine) == 24 and set(mine["crm"]) == {"salesforce", "hubspot"}
+    mine["arr"] = [1000.0 * (k + 1) for k in range(24)]
+    scores = scores_frame(accounts, {a: {**RED, "arr": arr} for a, arr in zip(mine["account_id"], mine["arr"])})
+    top = set(mine.sort_values("arr", ascending=False)["account_id"][:10])
+    now = world.now()
+    lanes = [run_playbooks(store, world.settings, scores, {crm: world.connectors[crm]}, now, "lanes", crms=[crm])
+             for crm in ("salesforce", "hubspot")]  # as `healthsync run` does: one CRM after the other
+    assert all(r.errors == [] for r in lanes)
+    assert (sum(r.tasks_created for r in lanes), sum(r.tasks_queued for r in lanes)) == (10, 14)
+    tasked = {k.split(":", 1)[1].rsplit(":", 1)[0] for k in crm_tasks(world, "at_risk_intervention:")} & set(mine["account_id"])
+    assert tasked == top  # the ten highest ARR of both CRMs, not the first lane's ten
