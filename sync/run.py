@@ -39,6 +39,7 @@ from healthsync.config.settings import Settings
 from healthsync.connectors.base import ConfigurationError, HealthsyncError, StopRunError
 from healthsync.sync.clock import now_for
 from healthsync.sync.connections import Connections, connect, ensure_fields
+from healthsync.sync.crm_directory import refresh_directory
 from healthsync.sync.pull import pull_all
 from healthsync.sync.score_job import ScoreResult, record_history, score_replica
 from healthsync.sync.state import StateStore, open_store
@@ -254,6 +255,8 @@ def _cycle(settings, conns: Connections, store: StateStore, summary: RunSummary,
         summary.pulled.setdefault(s.crm, {})[s.object] = {"records": s.records, "deleted": s.deleted}
         summary.data_problems += len(s.problems)
         summary.warnings.extend(s.problems[: max(0, 50 - len(summary.warnings))])
+    for connector in connectors.values():  # owners' names and record URLs, for the report
+        summary.notes.extend(refresh_directory(store, connector, now))
     _hook(hooks, "after_pull")
 
     # score + forecast
@@ -317,7 +320,7 @@ def _cycle(settings, conns: Connections, store: StateStore, summary: RunSummary,
     _hook(hooks, "before_record")
     _drift(store, settings, scored, summary, record=not dry_run)
     if not dry_run:
-        record_history(store, settings, scored.scores, summary.run_id, now)
+        record_history(store, settings, scored.scores, summary.run_id, now, features=scored.features)
         _report(store, settings, summary, now)
 
 
@@ -383,6 +386,8 @@ def pull_stage(settings: Settings, *, ready: dict | None = None) -> dict[str, An
     with _stage_connections(settings, ready) as (conns, store, now):
         try:
             stats = pull_all(store, conns.connectors, now=now)
+            for connector in conns.connectors.values():
+                refresh_directory(store, connector, now)
         except StopRunError as exc:
             return {"status": "stopped", "exit_code": 3, "errors": [str(exc)]}
     out: dict[str, Any] = {"status": "ok", "exit_code": 0, "pulled": {}, "data_problems": [], "mode": conns.mode}

@@ -1,0 +1,44 @@
+"""What the report needs besides scores: each CRM's own address and daily product-usage snapshots.
+
+Revision ID: report_1
+Revises: salesforce_1
+
+- crm_instances: one row per CRM with what the CRM said about itself (Salesforce: the instance URL
+  of the login; HubSpot: the portal id and UI domain from GET /account-info/v3/details), so the
+  report links every record to its page in that CRM.
+- usage_history: one row per account per day (the last run of the day wins) with the product-usage
+  figures the customer-facing page charts over time (active users, seats, logins, features).
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "report_1"
+down_revision = "salesforce_1"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "crm_instances",
+        sa.Column("crm", sa.String(16), primary_key=True),
+        sa.Column("info_json", sa.Text, nullable=False),
+        sa.Column("updated_at", sa.DateTime, nullable=False),
+    )
+    op.create_table(
+        "usage_history",
+        sa.Column("account_id", sa.String(128), primary_key=True),
+        sa.Column("day", sa.Date, primary_key=True),
+        sa.Column("run_id", sa.String(64)),
+        sa.Column("active_users", sa.Float),
+        sa.Column("seats_purchased", sa.Float),
+        sa.Column("logins_per_user_week", sa.Float),
+        sa.Column("features_used", sa.Float),
+        sa.Column("features_available", sa.Float),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("usage_history")
+    op.drop_table("crm_instances")
