@@ -46,6 +46,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
@@ -114,6 +115,8 @@ score_history = Table(
     Column("dimension_json", Text),
     Column("drivers", Text),
     Column("trend", String(64)),
+    # the report's trend reads a year of (account, day, score, band) from this index alone (report_1)
+    Index("ix_score_history_scored_at", "scored_at", "account_id", "score", "band"),
 )
 
 pushed = Table(

@@ -80,7 +80,7 @@ class ReportData:
     run: dict[str, Any]
     bands: list[BandInfo]
     accounts: pd.DataFrame  # one row per scored account of the latest run, in priority order
-    history: pd.DataFrame  # account_id, day, score, band: the last run of each UTC day, at most HISTORY_DAYS back
+    history: pd.DataFrame  # account_id, day (since 1970-01-01), score, band: the last run of each UTC day, HISTORY_DAYS back
     scored_days: int  # distinct days with a scored run (1: no trend yet)
     opportunities: pd.DataFrame  # open opportunities with base and adjusted probability
     tasks: pd.DataFrame  # open playbook tasks with sla_status
@@ -195,15 +195,12 @@ def _no_match(flag: str, value: str, what: str, known: list[str]) -> NoMatchErro
 def _latest_run(store: StateStore) -> tuple[str | None, dict[str, Any]]:
     """The most recent run that recorded scores and its runs row (summary parsed)."""
     sh = store.tables["score_history"]
-    with store.engine.connect() as conn:
-        row = conn.execute(
-            select(sh.c.run_id, func.max(sh.c.scored_at).label("at")).group_by(sh.c.run_id)
-            .order_by(func.max(sh.c.scored_at).desc(), sh.c.run_id.desc()).limit(1)
-        ).first()
+    with store.engine.connect() as conn:  # the newest score first: read from the scored_at index
+        row = conn.execute(select(sh.c.run_id, sh.c.scored_at).order_by(sh.c.scored_at.desc(), sh.c.run_id.desc()).limit(1)).first()
     if row is None:
         return None, {}
     run_id = str(row.run_id)
-    info: dict[str, Any] = {"run_id": run_id, "scored_at": pd.Timestamp(row.at).to_pydatetime()}
+    info: dict[str, Any] = {"run_id": run_id, "scored_at": pd.Timestamp(row.scored_at).to_pydatetime()}
     runs = _read(store, "runs", lambda t: t.c.run_id == run_id)
     if len(runs):
         r = runs.iloc[0].to_dict()
@@ -216,23 +213,55 @@ def _latest_run(store: StateStore) -> tuple[str | None, dict[str, Any]]:
     return run_id, info
 
 
+EPOCH = pd.Timestamp("1970-01-01")
+
+
+def empty_history() -> pd.DataFrame:
+    return pd.DataFrame({"account_id": pd.Categorical([]), "day": pd.Series([], dtype="int64"),
+                         "score": pd.Series([], dtype="float64"), "band": pd.Categorical([])})
+
+
 def _history(store: StateStore, now: datetime, days: int = HISTORY_DAYS) -> tuple[pd.DataFrame, int]:
-    """The last scored run of each UTC day per account over the last `days` days, and how many days had a run."""
+    """The last scored run of each UTC day per account over the last `days` days, and how many days had a run.
+
+    Columns: account_id (categorical), day (days since 1970-01-01), score, band (categorical); sorted by
+    account, then day. A year of 10,000 accounts is 3.65 million rows: they are read from the
+    `ix_score_history_scored_at` index straight off the driver's cursor (no per-row objects beyond the
+    driver's tuples) and reduced with factorised codes, never row by row.
+    """
     sh = store.tables["score_history"]
     since = (naive_ts(now).normalize() - pd.Timedelta(days=days - 1)).to_pydatetime()
+    # only indexed columns: SQLite answers from the index alone (two runs stamped the same instant: either wins)
+    query = select(sh.c.account_id, sh.c.scored_at, sh.c.score, sh.c.band).where(sh.c.scored_at >= since)
     with store.engine.connect() as conn:
-        rows = conn.execute(
-            select(sh.c.account_id, sh.c.scored_at, sh.c.run_id, sh.c.score, sh.c.band).where(sh.c.scored_at >= since)
-        ).all()
-    frame = pd.DataFrame.from_records([tuple(r) for r in rows], columns=["account_id", "scored_at", "run_id", "score", "band"])
-    if frame.empty:
-        return pd.DataFrame({"account_id": pd.Series([], dtype=object), "day": pd.Series([], dtype="datetime64[ns]"),
-                             "score": pd.Series([], dtype="float64"), "band": pd.Series([], dtype=object)}), 0
-    frame["scored_at"] = pd.to_datetime(frame["scored_at"])
-    frame["day"] = frame["scored_at"].dt.normalize()
-    frame["score"] = pd.to_numeric(frame["score"], errors="coerce").astype("float64")
-    frame = frame.sort_values(["scored_at", "run_id"]).drop_duplicates(["account_id", "day"], keep="last")
-    return frame[["account_id", "day", "score", "band"]].reset_index(drop=True), int(frame["day"].nunique())
+        result = conn.execute(query)
+        rows = result.cursor.fetchall()  # the DBAPI's own tuples: SQLite hands timestamps back as ISO text
+    if not rows:
+        return empty_history(), 0
+    table = np.array(rows, dtype=object)  # one C-level pass, then whole columns
+    del rows
+    acct_codes, acct_names = pd.factorize(table[:, 0])
+    stamp_codes, stamp_values = pd.factorize(table[:, 1], sort=True)  # ISO text sorts as time does
+    band_codes, band_names = pd.factorize(table[:, 3])
+    as_text = isinstance(stamp_values[0], str)  # SQLite: ISO text; PostgreSQL drivers: datetimes
+    stamp_ts = pd.to_datetime(pd.Index(stamp_values), format="ISO8601") if as_text else pd.to_datetime(pd.Index(stamp_values))
+    stamp_days = ((stamp_ts.normalize() - EPOCH).days).to_numpy(dtype=np.int64)
+    day = stamp_days[stamp_codes]
+    score = pd.to_numeric(table[:, 2], errors="coerce").astype("float64")
+    del table
+    order = np.lexsort((stamp_codes, day, acct_codes))
+    acct_s, day_s = acct_codes[order], day[order]
+    last = np.ones(len(order), dtype=bool)  # the last row of each (account, day) in this order: the day's last run
+    last[:-1] = (acct_s[1:] != acct_s[:-1]) | (day_s[1:] != day_s[:-1])
+    keep = order[last]
+    frame = pd.DataFrame({
+        "account_id": pd.Categorical.from_codes(acct_codes[keep], categories=pd.Index(acct_names, dtype=object)),
+        "day": day[keep],
+        "score": score[keep],
+        "band": pd.Categorical.from_codes(band_codes[keep], categories=pd.Index(band_names, dtype=object)) if len(band_names)
+        else pd.Categorical([None] * int(last.sum())),
+    })
+    return frame, int(len(np.unique(day)))
 
 
 def replica_frame(store: StateStore, kind: str, columns: list[str], crm: str | None = None) -> pd.DataFrame:
@@ -331,10 +360,11 @@ def _accounts(store: StateStore, settings: Settings, run_id: str, history: pd.Da
     frame["dimensions"] = [d if isinstance(d, dict) else {} for d in _json_objects(frame["dimension_json"])]
     frame["lifecycle"] = lifecycle_labels(frame["customer_since"], frame["renewal_date"], settings, now)
 
-    # change since the previous scored day of the same account
-    today = naive_ts(pd.Timestamp(frame["scored_at"].max()).to_pydatetime()).normalize() if len(frame) else None
+    # change since the previous scored day of the same account (history is sorted by account, then day)
+    today = (pd.Timestamp(frame["scored_at"].max()).normalize() - EPOCH).days if len(frame) else None
     earlier = history[history["day"] < today] if today is not None else history.iloc[0:0]
-    previous = earlier.drop_duplicates("account_id", keep="last").set_index("account_id")["score"]
+    previous = earlier.drop_duplicates("account_id", keep="last")
+    previous = pd.Series(previous["score"].to_numpy(), index=previous["account_id"].astype(object).to_numpy())
     frame["previous_score"] = frame["account_id"].map(previous).astype("float64")
     frame["delta"] = frame["score"] - frame["previous_score"]
     frame["momentum"], frame["delta_30d"] = _momentum(frame["delta"], frame["trend"], settings.model.trend_stable_within)
@@ -668,8 +698,10 @@ def load_report_data(store: StateStore, settings: Settings, now: datetime | None
     if account:
         focus = resolve_account(accounts, account)
         accounts = accounts[accounts["account_id"] == focus].reset_index(drop=True)
-    history = history[history["account_id"].isin(accounts["account_id"])].reset_index(drop=True)
-    bands = band_infos(settings, sorted(set(history["band"].dropna().astype(str)) | set(accounts["band"].dropna().astype(str))))
+    if owner or account:
+        history = history[history["account_id"].isin(accounts["account_id"])].reset_index(drop=True)
+    seen = set(history["band"].cat.categories.astype(str)) | set(accounts["band"].dropna().astype(str))
+    bands = band_infos(settings, sorted(seen))
     accounts = priority_order(accounts, bands) if len(accounts) else accounts
     opps, source = _opportunities(store, settings, accounts) if run_id else (pd.DataFrame(columns=[
         "opportunity_id", "account_id", "name", "stage", "amount", "probability", "close_date", "type", "forecast_category",

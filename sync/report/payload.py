@@ -98,20 +98,24 @@ def _history(data: ReportData, position: dict[str, int], band_codes: dict[str, i
     if hist.empty or n == 0:
         return {"series": [[] for _ in range(n)], "bands": [[] for _ in range(n)]}, {"grid": [], "daily_from": None,
                                                                                       "scored_days": data.scored_days}
-    days = ((hist["day"] - EPOCH).dt.days).to_numpy(dtype=np.int64)
+    # codes, not strings: the history is a year of rows (data._history sorts it by account, then day)
+    categories = hist["account_id"].cat.categories
+    to_position = pd.Index(list(position), dtype=object).get_indexer(categories.astype(object))
+    rows = to_position[hist["account_id"].cat.codes.to_numpy()]
+    band_map = np.array([band_codes.get(str(b), -1) for b in hist["band"].cat.categories] + [-1], dtype=np.int64)
+    bands = band_map[hist["band"].cat.codes.to_numpy()]  # code -1 (no band) picks the trailing -1
+    days = hist["day"].to_numpy(dtype=np.int64)
+    scores = hist["score"].to_numpy(dtype="float64")
+    keep = rows >= 0
+    rows, days, scores, bands = rows[keep], days[keep], scores[keep], bands[keep]
     first, last = int(days.min()), int(days.max())
     grid, daily_from = history_grid(first, last, n)
     grid_arr = np.asarray(grid, dtype=np.int64)
-    rows = hist["account_id"].map(position).to_numpy()
-    keep = ~pd.isna(rows)
-    rows, days_k = rows[keep].astype(np.int64), days[keep]
-    scores = hist["score"].to_numpy(dtype="float64")[keep]
-    bands = hist["band"].map(band_codes).to_numpy()[keep]
 
     # a grid point holds the last score on or before its day within its bucket (the day itself when daily)
-    slot = np.searchsorted(grid_arr, days_k, side="left")  # the first grid day >= the scored day
+    slot = np.searchsorted(grid_arr, days, side="left")  # the first grid day >= the scored day
     matrix = np.full((n, len(grid)), np.nan)
-    order = np.lexsort((days_k, rows))  # by account, then day: later days overwrite earlier ones in the bucket
+    order = np.lexsort((days, rows))  # by account, then day: later days overwrite earlier ones in the bucket
     matrix[rows[order], slot[order]] = scores[order]
     tenths = np.round(matrix * 10)
     known = ~np.isnan(tenths)
@@ -122,13 +126,15 @@ def _history(data: ReportData, position: dict[str, int], band_codes: dict[str, i
     cells[~known] = None
     series = cells.tolist()
 
-    # band changes, from the daily rows (exact days)
+    # band changes on their exact days: the first row of each account, and every row whose band differs
+    r, d, b = rows[order], days[order], bands[order]
+    valid = b >= 0
+    r, d, b = r[valid], d[valid], b[valid]
+    moved = np.ones(len(r), dtype=bool)
+    moved[1:] = (r[1:] != r[:-1]) | (b[1:] != b[:-1])
     changes: list[list[list[int]]] = [[] for _ in range(n)]
-    frame = pd.DataFrame({"row": rows, "day": days_k, "band": bands}).dropna(subset=["band"]).sort_values(["row", "day"])
-    frame["band"] = frame["band"].astype(np.int64)
-    moved = frame["band"].ne(frame.groupby("row")["band"].shift())
-    for r, d, b in zip(frame.loc[moved, "row"], frame.loc[moved, "day"], frame.loc[moved, "band"]):
-        changes[int(r)].append([int(d), int(b)])
+    for row, day, band in zip(r[moved].tolist(), d[moved].tolist(), b[moved].tolist()):
+        changes[row].append([day, band])
     return {"series": series, "bands": changes}, {"grid": grid, "daily_from": daily_from, "scored_days": data.scored_days}
 
 

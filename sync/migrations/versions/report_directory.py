@@ -8,6 +8,8 @@ Revises: salesforce_1
   report links every record to its page in that CRM.
 - usage_history: one row per account per day (the last run of the day wins) with the product-usage
   figures the customer-facing page charts over time (active users, seats, logins, features).
+- score_history gets an index on (scored_at, account_id, score, band): the report reads a year of
+  daily scores from the index alone instead of scanning every row with its drivers and dimensions.
 """
 
 import sqlalchemy as sa
@@ -37,8 +39,10 @@ def upgrade() -> None:
         sa.Column("features_used", sa.Float),
         sa.Column("features_available", sa.Float),
     )
+    op.create_index("ix_score_history_scored_at", "score_history", ["scored_at", "account_id", "score", "band"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_score_history_scored_at", table_name="score_history")
     op.drop_table("usage_history")
     op.drop_table("crm_instances")
