@@ -6,6 +6,7 @@ page computes them in the browser from the data it carries, with and without fil
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -161,3 +162,26 @@ def test_given_hand_checked_store_when_loaded_then_the_data_layer_agrees(hand_st
     # priority: Red first, then the steeper 30-day decline (Alpha -12 before Bravo -10)
     assert list(data.accounts["name"]) == ["Alpha", "Bravo", "Charlie", "Delta"]
     assert data.scored_days == 2 and data.owners["bob@example.com"] == "Bob Baker"
+
+
+def test_given_data_quality_kpis_then_the_quality_view_lists_them_per_source(hand_store, report_settings):
+    """The shape sync/data_quality.py `latest()` returns (per source: KPI -> value, or subject -> value)."""
+    from healthsync.sync.report.render import render_report
+
+    data = load_report_data(hand_store, report_settings, now=NOW)
+    data.data_quality = {
+        "run_id": "r2", "measured_at": "2026-11-20T12:00:00+00:00", "breached": ["salesforce completeness of arr 91.0% < 95%"],
+        "sources": {
+            "salesforce": {"completeness": {"arr": 0.91, "renewal_date": 0.99}, "freshness_hours": 2.0, "error_rate": 0.004,
+                           "duplicate_ids": {"accounts": 2, "opportunities": 1}},
+            "warehouse": {"freshness_hours": 30.0, "key_match_rate": 0.97},
+        },
+    }
+    html, _ = render_report(data, report_settings)
+    rows = dict(re.findall(r'<tr data-source="(\w+)".*?</td>\s*<td class="num">(.*?)</td>', html, flags=re.S))
+    assert set(rows) == {"salesforce", "warehouse"}
+    assert rows["salesforce"].startswith("91.0%") and "arr" in rows["salesforce"]  # the lowest completeness, and of what
+    salesforce_row = re.search(r'<tr data-source="salesforce".*?</tr>', html, flags=re.S).group(0)
+    assert "0.4%" in salesforce_row and ">3<" in salesforce_row  # error rate; duplicate ids summed over objects
+    assert "97.0%" in re.search(r'<tr data-source="warehouse".*?</tr>', html, flags=re.S).group(0)
+    assert "salesforce completeness of arr 91.0% &lt; 95%" in html
