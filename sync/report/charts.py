@@ -122,12 +122,12 @@ def group_chart(name: str, title: str, bands: Sequence[tuple[str, str]]) -> alt.
         order=alt.Order("order:Q"),
         tooltip=[alt.Tooltip("group:N", title=title), alt.Tooltip("band:N", title="Band"),
                  alt.Tooltip("sum(accounts):Q", title="Accounts", format=","), alt.Tooltip("sum(arr):Q", title="ARR", format="$,.0f")],
-    ).properties(width=250)
+    ).properties(width=220)
     risk = alt.Chart(data).transform_filter("datum.at_risk").mark_bar(color=RISK_COLOR).encode(
         y=y, x=alt.X("sum(arr):Q", title="ARR at risk", axis=alt.Axis(format="$~s")),
         tooltip=[alt.Tooltip("group:N", title=title), alt.Tooltip("sum(arr):Q", title="ARR at risk", format="$,.0f"),
                  alt.Tooltip("sum(accounts):Q", title="Accounts at risk", format=",")],
-    ).properties(width=200)
+    ).properties(width=160)
     return alt.hconcat(counts, risk)
 
 

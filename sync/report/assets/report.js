@@ -66,7 +66,12 @@
   function dayDate(day) { var d = new Date(day * 86400000); return new Date(d.getUTCFullYear(), d.getUTCMonth(), d.getUTCDate()); }
   function dayText(day) { return known(day) ? new Date(day * 86400000).toISOString().slice(0, 10) : "-"; }
   function quarterOf(day) { var d = new Date(day * 86400000); return d.getUTCFullYear() + " Q" + (Math.floor(d.getUTCMonth() / 3) + 1); }
-  function label(text) { var t = String(text).replace(/_/g, " "); return t.charAt(0).toUpperCase() + t.slice(1); }
+  var LABELS = {smb: "SMB", mid_market: "Mid-market", "(none)": "(none)"};
+  function label(text) {
+    if (LABELS[text]) { return LABELS[text]; }
+    var t = String(text).replace(/_/g, " ");
+    return t.charAt(0).toUpperCase() + t.slice(1);
+  }
   function sum(list, f) { var s = 0; for (var i = 0; i < list.length; i++) { var v = f(list[i]); if (known(v)) { s += v; } } return s; }
 
   // ------------------------------------------------------------------ data
@@ -423,8 +428,8 @@
             el("td", null, ownerCell(A.owner[i])));
         });
     }
-    fillBody("#improvers", moverRows(mv.up, 1));
-    fillBody("#decliners", moverRows(mv.down, -1));
+    fillBody("#improvers", mv.up.length ? moverRows(mv.up, 1) : [el("tr", null, el("td", {colspan: 6, cls: "muted", text: "No account is improving."}))]);
+    fillBody("#decliners", mv.down.length ? moverRows(mv.down, -1) : [el("tr", null, el("td", {colspan: 6, cls: "muted", text: "No account is declining."}))]);
   }
 
   // ------------------------------------------------------------------ segments and lifecycle
