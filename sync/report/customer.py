@@ -36,7 +36,7 @@ from healthsync.sync.report import charts
 from healthsync.sync.report.data import (
     ACCOUNT_OBJECT,
     NoMatchError,
-    _no_match,
+    no_match,
     naive_ts,
     owner_names,
     replica_frame,
@@ -92,7 +92,7 @@ def resolve_customer_account(store: StateStore, account: str) -> tuple[str, dict
     if len(hit) > 1:
         raise NoMatchError(f"--account {account!r}: {len(hit)} accounts match; give one id of: {', '.join(hit['account_id'].astype(str).head(5))}")
     if hit.empty:
-        raise _no_match("--account", account, "account", list(ids) + [str(n) for n in frame["name"] if n])
+        raise no_match("--account", account, "account", list(ids) + [str(n) for n in frame["name"] if n])
     record = hit.iloc[0].to_dict()
     return str(record["account_id"]), record
 

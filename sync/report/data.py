@@ -183,7 +183,7 @@ def nearest(value: str, known: list[str], n: int = 3) -> list[str]:
     return [by_lower[c] for c in close]
 
 
-def _no_match(flag: str, value: str, what: str, known: list[str]) -> NoMatchError:
+def no_match(flag: str, value: str, what: str, known: list[str]) -> NoMatchError:
     near = nearest(value, known)
     hint = f"; nearest known: {', '.join(near)}" if near else (f"; known {what}s: {', '.join(sorted(known)[:5])}" if known else "")
     return NoMatchError(f"{flag} {value!r}: no {what} of the last scored run matches{hint}")
@@ -646,7 +646,7 @@ def resolve_owner(accounts: pd.DataFrame, owners: dict[str, str], owner: str) ->
     by_name = [e for e in emails if owners.get(e, "").lower() == wanted]
     if len(by_name) == 1:
         return emails[by_name[0]]
-    raise _no_match("--owner", owner, "owner", known_owners(accounts, owners))
+    raise no_match("--owner", owner, "owner", known_owners(accounts, owners))
 
 
 def resolve_account(accounts: pd.DataFrame, account: str) -> str:
@@ -664,7 +664,7 @@ def resolve_account(accounts: pd.DataFrame, account: str) -> str:
         return str(named.iloc[0])
     if len(named) > 1:
         raise NoMatchError(f"--account {account!r}: {len(named)} accounts have that name; give one id of: {', '.join(named.head(5))}")
-    raise _no_match("--account", account, "account", list(ids) + list(accounts["name"].astype(str)))
+    raise no_match("--account", account, "account", list(ids) + list(accounts["name"].astype(str)))
 
 
 def _empty_accounts() -> pd.DataFrame:
