@@ -1,7 +1,7 @@
 """What the report needs besides scores: each CRM's own address and daily product-usage snapshots.
 
 Revision ID: report_1
-Revises: warehouse_1
+Revises: failsafe_1
 
 - crm_instances: one row per CRM with what the CRM said about itself (Salesforce: the instance URL
   of the login; HubSpot: the portal id and UI domain from GET /account-info/v3/details), so the
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "report_1"
-down_revision = "warehouse_1"
+down_revision = "failsafe_1"
 branch_labels = None
 depends_on = None
 
