@@ -275,5 +275,12 @@ class CrmConnector(ABC):
     def setup(self) -> list[str]:
         """Create the healthsync fields/properties; idempotent. Returns what was created."""
 
+    def instance_info(self) -> dict[str, Any]:
+        """What the CRM says about this instance, for links to its records (the report).
+
+        Salesforce: {"instance_url"}; HubSpot: {"portal_id", "ui_domain"}. {} when unknown.
+        """
+        return {}
+
     def close(self) -> None:  # pragma: no cover - optional
         """Release sessions."""

@@ -28,6 +28,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator
 
 import pandas as pd
+import requests
 import urllib3
 from hubspot import HubSpot
 
@@ -159,6 +160,17 @@ class _Pacer:
         self.release(self.slot())
 
 
+class _HttpReply(Exception):
+    """A non-200 answer to a call made without the SDK, shaped like the SDK's ApiException for `_raise_for`."""
+
+    def __init__(self, response: "requests.Response"):
+        super().__init__(f"HTTP {response.status_code}")
+        self.status = response.status_code
+        self.body = response.text
+        self.headers = response.headers
+        self.reason = response.reason
+
+
 class HubSpotApiError(HealthsyncError):
     """A non-retryable HubSpot answer the connector handles itself (409 on setup, 400 to split a batch)."""
 
@@ -270,7 +282,9 @@ class HubSpotConnector(CrmConnector):
         self._owners: dict[str, str] = {}
         self._owner_ids: dict[str, str] = {}
         self._owners_loaded = False
+        self._owner_names: dict[str, str] = {}  # owner id -> "First Last" (the report shows CSMs by name)
         self._properties: dict[str, set[str]] = {}
+        self._instance: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ calls
 
@@ -352,10 +366,41 @@ class HubSpotConnector(CrmConnector):
                 if o.get("email"):
                     self._owners[str(o["id"])] = o["email"]
                     self._owner_ids[o["email"].lower()] = str(o["id"])
+                    name = " ".join(p for p in (o.get("first_name") or o.get("firstName"), o.get("last_name") or o.get("lastName")) if p)
+                    if name:
+                        self._owner_names[str(o["id"])] = name
             after = ((page.get("paging") or {}).get("next") or {}).get("after")
             if not after:
                 self._owners_loaded = True
                 return
+
+    def instance_info(self) -> dict[str, Any]:
+        """The portal id and UI domain (`GET /account-info/v3/details`), once per connector.
+
+        Records open at `https://<uiDomain>/contacts/<portalId>/record/<objectTypeId>/<id>`. The
+        SDK has no account-info API and its generic `api_request` sets no timeout, so this one GET
+        goes through requests with the client's token, paced and retried like every SDK call.
+        """
+        if self._instance is None:
+            url = f"{self.host}/account-info/v3/details"
+
+            def fetch(_request_timeout=None):
+                try:
+                    response = requests.get(url, headers={"Authorization": f"Bearer {self._client.access_token}",
+                                                          "Accept": "application/json"}, timeout=_request_timeout)
+                except requests.RequestException as exc:
+                    raise RetryableError(self._redact(f"HubSpot read account details: {type(exc).__name__}")) from None
+                if response.status_code != 200:
+                    raise _HttpReply(response)
+                return response.json()
+
+            reply = self._call(fetch, what="read account details")
+            info: dict[str, Any] = {}
+            if reply.get("portalId") is not None:
+                info["portal_id"] = int(reply["portalId"])
+                info["ui_domain"] = str(reply.get("uiDomain") or "app.hubspot.com")
+            self._instance = info
+        return dict(self._instance)
 
     def _property_names(self, object_type: str) -> set[str]:
         if object_type not in self._properties:
@@ -399,7 +444,8 @@ class HubSpotConnector(CrmConnector):
         run_start = self._now()
         if object == "owners":
             self._load_owners()
-            yield Page("owners", pd.DataFrame({"owner_id": [f"hs:{i}" for i in self._owners], "email": list(self._owners.values())}))
+            yield Page("owners", pd.DataFrame({"owner_id": [f"hs:{i}" for i in self._owners], "email": list(self._owners.values()),
+                                               "name": [self._owner_names.get(i) for i in self._owners]}))
             return
         object_type, read, assoc = self._read_spec(object)
         props = sorted({p for p in read.values() if not p.startswith("associations.")} | {MODIFIED})

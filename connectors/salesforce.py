@@ -384,6 +384,12 @@ class SalesforceConnector(CrmConnector):
         if body.get("instance_url"):
             self.instance_url = body["instance_url"].rstrip("/")
 
+    def instance_info(self) -> dict[str, Any]:
+        """The instance the session runs on (the login's `instance_url`): records open at
+        `<instance_url>/lightning/r/<Object>/<Id>/view`. No API call beyond the login."""
+        self.sf  # noqa: B018 - logs in when needed; the token response names the instance
+        return {"instance_url": self.instance_url} if self.instance_url else {}
+
     def _relogin(self) -> None:
         log.info("Salesforce session expired; logging in again")
         self._login()

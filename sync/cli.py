@@ -434,24 +434,39 @@ def calibrate(
 @app.command()
 def report(
     out: Path = typer.Option(..., "--out", help="The HTML file to write."),
-    owner: Optional[str] = typer.Option(None, "--owner", help="Only this CSM's book of business."),
+    owner: Optional[str] = typer.Option(None, "--owner", help="Only this CSM's book of business (e-mail or name)."),
+    account: Optional[str] = typer.Option(
+        None, "--account", help="One account (id, CRM id or name): its page in the report, or with --customer the page to share."),
+    customer: bool = typer.Option(
+        False, "--customer", help="With --account: the customer-facing QBR page (adoption, usage, support; nothing internal)."),
     config: Optional[List[Path]] = ConfigOpt,
     as_json: bool = JsonOpt,
 ):
-    """Portfolio report: executive view, book of business, account drill-down (one self-contained HTML file)."""
+    """Portfolio report (filters, every account, CRM links, trends, forecast) or a customer's QBR page; one self-contained HTML file."""
     configure_logging(False)
 
     def body():
+        if customer and not account:
+            _fail("--customer needs --account ID (the account whose page to write)", EXIT_CONFIG)
+        if customer and owner:
+            _fail("--customer writes one account's page: give --account, not --owner", EXIT_CONFIG)
         settings = _settings(config)
         from healthsync.sync.connections import state_location
-        from healthsync.sync.report import write_report
+        from healthsync.sync.report import NoMatchError, write_customer_report, write_report
         from healthsync.sync.state import open_store
 
         _say_state(state_location(settings).shown, as_json)
         _writable(out, "--out")
-        info = write_report(open_store(settings.state.url), settings, out, owner=owner)
-        data = info if isinstance(info, dict) else getattr(info, "__dict__", {"path": str(out)})
-        _emit(data, as_json, lambda: Console().print(f"report written: {out}"))
+        store = open_store(settings.state.url)
+        try:
+            if customer:
+                info = write_customer_report(store, settings, out, account)
+            else:
+                info = write_report(store, settings, out, owner=owner, account=account)
+        except NoMatchError as e:
+            _fail(str(e), EXIT_CONFIG)
+        data = {"path": str(info.path), "size_bytes": info.size_bytes, "accounts": info.accounts, "charts": info.charts}
+        _emit(data, as_json, lambda: Console().print(f"report written: {out}", highlight=False))
         return EXIT_OK
 
     _guard(body, as_json, "report")

@@ -45,6 +45,7 @@ from healthsync.connectors.base import ConfigurationError, HealthsyncError, Stop
 from healthsync.connectors.errors import classify
 from healthsync.sync.clock import now_for
 from healthsync.sync.connections import Connections, connect, ensure_connector_fields, forget_sandbox_world, state_location
+from healthsync.sync.crm_directory import refresh_directory
 from healthsync.sync.lanes import Lane, LaneStop, alive, each_lane, make_lanes
 from healthsync.sync.pull import PULLED_OBJECTS, PullStats, pull_object
 from healthsync.sync.score_job import ScoreResult, record_history, score_replica
@@ -284,6 +285,20 @@ def _finish(store: StateStore, summary: RunSummary) -> None:
         log.warning("could not record run %s", summary.run_id, exc_info=True)
 
 
+def _refresh_directory(store: StateStore, lane: Lane, now: datetime) -> list[str]:
+    """Owners' names and the CRM's record URLs, for the report (sync/crm_directory.py), after the lane's pull.
+
+    Not a stage of its own: what cannot be read is a note; only a stop (quota, auth) stops the lane.
+    """
+    if not lane.alive:
+        return []
+    try:
+        return refresh_directory(store, lane.connector, now)
+    except StopRunError as exc:
+        lane.halt("owners and instance", exc)
+        return []
+
+
 def _lane_plan(plan: WritePlan, crm: str) -> WritePlan:
     """The part of a write plan that belongs to one CRM (its lane sends only that)."""
     return WritePlan(
@@ -354,6 +369,7 @@ def _lanes_cycle(settings, conns: Connections, store: StateStore, summary: RunSu
                 summary.pulled.setdefault(stats.crm, {})[stats.object] = {"records": stats.records, "deleted": stats.deleted}
                 summary.data_problems += len(stats.problems)
                 summary.warnings.extend(stats.problems[: max(0, 50 - len(summary.warnings))])
+            summary.notes.extend(_refresh_directory(store, lane, now))
 
         each_lane(lanes, pull_lane)
     _hook(hooks, "after_pull")
@@ -422,7 +438,7 @@ def _lanes_cycle(settings, conns: Connections, store: StateStore, summary: RunSu
     if not dry_run:
         live_crms = [lane.crm for lane in alive(lanes)]
         live_scores = pd.concat([_rows_of(scored.scores, crm) for crm in live_crms]) if live_crms else scored.scores.iloc[0:0]
-        record_history(store, settings, live_scores, summary.run_id, now)
+        record_history(store, settings, live_scores, summary.run_id, now, features=scored.features)
         _report(store, settings, summary, now)
     _end_warehouse_stage(summary, usage)
 
@@ -600,6 +616,7 @@ def pull_stage(settings: Settings, *, ready: dict | None = None) -> dict[str, An
                     return
                 out["pulled"].setdefault(stats.crm, {})[stats.object] = stats.to_json()
                 out["data_problems"].extend(stats.problems[:50])
+            _refresh_directory(store, lane, now)
 
         each_lane(lanes, pull_lane)
     return _stopped_json(out, lanes)

@@ -78,6 +78,10 @@ def _fmt_num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else repr(float(value))
 
 
+#: The sandbox portal's id (a fixed, realistic 8-digit Hub id, so record URLs are stable across runs).
+PORTAL_ID = 24_681_357
+
+
 class HubSpotApi(Api):
     name = "hubspot"
 
@@ -92,6 +96,8 @@ class HubSpotApi(Api):
         self.daily_limit = daily_limit or default_daily
         self.access_token = access_token or "sandbox-hubspot-" + str(uuid.uuid4())  # not a real token format, on purpose
         self.search_lag_seconds = float(search_lag_seconds)
+        #: the portal (Hub) id GET /account-info/v3/details answers; record URLs in the UI carry it
+        self.portal_id = PORTAL_ID
         #: (type, id) -> (from stamp, seconds): a fixed index delay for a record's versions from then on (tests)
         self.index_delays: dict[tuple[str, str], tuple[str, float]] = {}
         self._indexing: deque[tuple[str, str, str]] = deque()  # (expires, type, id) of stale snapshots
@@ -136,6 +142,7 @@ class HubSpotApi(Api):
         r("GET", p + r"/?", self.properties_list, "GET /crm/v3/properties/{type}")
         r("POST", p + r"/?", self.property_create, "POST /crm/v3/properties/{type}")
         r("GET", p + r"/(?P<name>[^/]+)/?", self.property_get, "GET /crm/v3/properties/{type}/{name}")
+        r("GET", r"/account-info/v3/details/?", self.account_details, "GET /account-info/v3/details")
         r("GET", r"/crm/v3/owners/?", self.owners_list, "GET /crm/v3/owners")
         r("GET", r"/crm/v3/owners/(?P<id>[^/]+)/?", self.owner_get, "GET /crm/v3/owners/{id}")
         a = r"/crm/v4/objects/(?P<from>[\w-]+)/(?P<id>\d+)/associations"
@@ -1008,6 +1015,21 @@ class HubSpotApi(Api):
                  "archived": False}
             self.groups[t][g["name"]] = g
         return Response.json(201, g)
+
+    # --- account information -------------------------------------------------------------------
+    def account_details(self, req: Request) -> Response:
+        """The portal's details: every field the public schema marks required (BEHAVIOR.md)."""
+        return Response.json(200, {
+            "portalId": self.portal_id,
+            "accountType": "STANDARD",
+            "timeZone": "US/Eastern",
+            "companyCurrency": "USD",
+            "additionalCurrencies": [],
+            "utcOffset": "-05:00",
+            "utcOffsetMilliseconds": -18_000_000,
+            "uiDomain": "app.hubspot.com",
+            "dataHostingLocation": "na1",
+        })
 
     # --- owners --------------------------------------------------------------------------------
     def owners_list(self, req: Request) -> Response:

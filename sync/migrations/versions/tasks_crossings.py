@@ -1,7 +1,7 @@
 """Playbooks on crossings and a daily cap per owner: condition memory, queued episodes, create attempts.
 
 Revision ID: tasks_1
-Revises: failsafe_1
+Revises: report_1
 
 - `playbook_conditions`: whether each playbook's condition held per account when last known
   (a `trigger: crossing` playbook fires when it turns true between two scored runs).
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "tasks_1"  # Alembic refuses "-" in revision ids
-down_revision = "failsafe_1"  # chained after main's head (the lead may re-chain)
+down_revision = "report_1"  # chained after main's head (the lead may re-chain)
 branch_labels = None
 depends_on = None
 
