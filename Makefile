@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: demo test bench install clean browser
+.PHONY: demo test bench install clean browser postgres
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,14 @@ browser:
 	  (apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "chromium not installed: the browser test will be skipped"; }
 
-test: $(STAMP) browser
+# PostgreSQL server binaries for the tests that need a real server (tests/postgres_server.py starts
+# a private one per test session; Debian package; skipped where apt-get is unavailable).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+	  || echo "postgresql not installed: the PostgreSQL tests will be skipped"; }
+
+test: $(STAMP) browser postgres
 	$(BIN)/python -m pytest -q
 
 # Speed and memory targets; not run by CI.

@@ -6,3 +6,6 @@ import os
 for _name in list(os.environ):
     if _name.startswith("HEALTHSYNC__") or _name in ("HEALTHSYNC_SANDBOX", "HEALTHSYNC_SECRETS_FILE"):
         del os.environ[_name]
+
+# A private PostgreSQL server for the tests that need one (skips where it cannot be started).
+from postgres_server import fresh_postgres_url, postgres_server, postgres_url  # noqa: E402,F401
