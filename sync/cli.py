@@ -51,6 +51,28 @@ SandboxOpt = typer.Option(
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout.")
 
 
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        installed = version("healthsync")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        installed = "(not installed)"
+    sys.stdout.write(f"healthsync {installed}\n")
+    raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    show_version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the installed version and exit."
+    ),
+) -> None:
+    """Customer health scores, forecast adjustment and playbooks, written back into Salesforce and HubSpot."""
+
+
 # ----------------------------------------------------------------------------- helpers
 
 
