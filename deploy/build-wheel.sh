@@ -7,4 +7,6 @@
 set -eu
 out=${1:?usage: build-wheel.sh OUT_DIR}
 python=${PYTHON:-python3}
+# setuptools' scratch folder would carry files deleted from the source into the wheel
+rm -rf build
 "$python" -m pip wheel --no-deps --wheel-dir "$out" .

@@ -15,7 +15,7 @@ import tomllib
 import pytest
 import yaml
 
-from conftest import ROOT
+from packaging_helpers import ROOT
 
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 

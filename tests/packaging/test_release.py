@@ -7,7 +7,7 @@ import subprocess
 import sys
 import tomllib
 
-from conftest import ROOT
+from packaging_helpers import ROOT
 
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 

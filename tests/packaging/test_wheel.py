@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_script
+from packaging_helpers import ROOT, run_script
 
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 #: a warning raised by setuptools or the build backend (SetuptoolsDeprecationWarning: ..., BuildBackendWarning: ...)
