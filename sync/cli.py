@@ -38,6 +38,8 @@ sandbox_app = typer.Typer(help="The loopback emulators of Salesforce, HubSpot an
 app.add_typer(config_app, name="config")
 app.add_typer(crm_app, name="crm")
 app.add_typer(sandbox_app, name="sandbox")
+state_app = typer.Typer(help="The state store: what healthsync remembers between runs.", no_args_is_help=True)
+app.add_typer(state_app, name="state")
 
 err_console = Console(stderr=True)
 
@@ -426,6 +428,44 @@ def config_schema():
     from healthsync.config.settings import json_schema
 
     sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------- state
+
+
+@state_app.command("migrate")
+def state_migrate(
+    to: str = typer.Option(
+        ..., "--to",
+        help="SQLAlchemy URL of the new, empty state database, e.g. postgresql+psycopg://healthsync@db/healthsync "
+             "(give the password in PGPASSWORD rather than on the command line).",
+    ),
+    config: Optional[List[Path]] = ConfigOpt,
+    as_json: bool = JsonOpt,
+):
+    """Copy every table of the current state store (state.url) into a new database, so nothing is sent again."""
+    configure_logging(False)
+
+    def body():
+        settings = _settings(config)
+        from healthsync.sync.state_copy import copy_state
+
+        result = copy_state(settings.state.url, to)
+
+        def text() -> None:
+            out = Console(highlight=False, soft_wrap=True)
+            out.print(f"copied {result.total:,} rows from {result.source} to {result.target} "
+                      f"(schema revision {result.revision}):")
+            for table, n in result.rows.items():
+                if n:
+                    out.print(f"  {table}: {n:,}")
+            out.print("next: point state.url at the new database (in the config file, or HEALTHSYNC__STATE__URL); "
+                      "the old one is left as it was")
+
+        _emit(result.to_json(), as_json, text)
+        return EXIT_OK
+
+    _guard(body)
 
 
 # ----------------------------------------------------------------------------- crm
