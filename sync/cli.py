@@ -311,7 +311,7 @@ def calibrate(
     out: Path = typer.Option(..., "--out", help="Where to write the config overlay (YAML)."),
     method: str = typer.Option(
         "logistic", "--method",
-        help="logistic (class-weighted regression on metric scores; default) | correlation (seed 001 method 1) "
+        help="logistic (class-weighted regression on metric scores; default) | correlation (each metric's correlation with retention) "
              "| fitted (regularised regression on the metrics' raw values)"),
     target_recall: float = typer.Option(0.75, "--target-recall"),
     max_at_risk_share: float = typer.Option(
