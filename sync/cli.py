@@ -550,6 +550,25 @@ def sandbox_serve(
     _guard(body)
 
 
+@sandbox_app.command("reset")
+def sandbox_reset(config: Optional[List[Path]] = ConfigOpt, as_json: bool = JsonOpt):
+    """Start the embedded demo over: remove its saved sandbox world and clear the state (`make demo-reset`)."""
+    configure_logging(False)
+
+    def body():
+        settings = _settings(config)
+        from healthsync.sync.demo_world import reset_demo
+
+        result = reset_demo(settings.state.url)
+        _emit(result, as_json, lambda: Console(highlight=False).print(
+            f"demo reset: {result['runs_forgotten']} runs forgotten in {result['state']}"
+            + (f", sandbox world {result['world_removed']} removed" if result["world_removed"] else "")
+            + "; the next `healthsync run` without credentials starts a new demo"))
+        return EXIT_OK
+
+    _guard(body)
+
+
 @app.command("demo-data")
 def demo_data(
     out: Path = typer.Option(..., "--out", help="Directory to write canonical files into."),

@@ -159,3 +159,44 @@ def remove_world(state_url: str) -> Path | None:
         return None
     finally:
         os.close(lock)
+
+
+def reset_demo(state_url: str) -> dict:
+    """`healthsync sandbox reset`: forget the demo world and what the state remembers of it.
+
+    Removes the saved world and deletes every row of the state database, so the next run
+    without credentials starts a new demo from day 1. Refused (ConfigurationError, nothing
+    removed) when the state database holds runs against live CRMs: that history is not the demo's.
+    """
+    from sqlalchemy import func, select
+
+    from healthsync.connectors.base import ConfigurationError
+    from healthsync.sync.state import open_store
+
+    store = open_store(state_url)
+    try:
+        runs = store.tables["runs"]
+        with store.engine.connect() as conn:
+            live = conn.execute(select(func.count()).select_from(runs).where(runs.c.mode == "live")).scalar() or 0
+            total = conn.execute(select(func.count()).select_from(runs)).scalar() or 0
+        if live:
+            raise ConfigurationError(
+                f"the state database at {_shown(state_url)} holds {live} run(s) against live CRMs; "
+                "`sandbox reset` only clears a demo's state. Give the demo its own state (state.url or another "
+                "config file), or remove the database yourself"
+            )
+        removed = remove_world(state_url)
+        store.reset()
+    finally:
+        store.close()
+    return {"world_removed": str(removed) if removed else None, "runs_forgotten": int(total), "state": _shown(state_url)}
+
+
+def _shown(url: str) -> str:
+    try:
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database:
+            return parsed.database
+        return parsed.render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001
+        return "(unparsable URL)"

@@ -81,3 +81,27 @@ def test_given_a_damaged_world_file_then_a_new_world_starts_and_says_why(tmp_pat
     assert world.fresh and any("could not be used" in n for n in world.notes)
     assert remove_world(url) == world_path(url) and not world_path(url).exists()
     assert remove_world(url) is None
+
+
+def test_given_a_demo_state_when_reset_then_world_and_runs_are_gone_but_a_state_with_live_runs_is_refused(tmp_path):
+    from datetime import datetime, timezone
+
+    from healthsync.connectors.base import ConfigurationError
+    from healthsync.sync.demo_world import reset_demo
+    from healthsync.sync.state import open_store
+
+    url = f"sqlite:///{tmp_path}/state.db"
+    open_demo_world(url, accounts=10, seed=4).close()
+    store = open_store(url)
+    store.start_run("demo-1", "sandbox", datetime(2026, 12, 1, tzinfo=timezone.utc))
+    store.close()
+    assert reset_demo(url) == {"world_removed": str(world_path(url)), "runs_forgotten": 1, "state": str(tmp_path / "state.db")}
+    assert not world_path(url).exists()
+    store = open_store(url)
+    assert store.recent_runs() == []
+    store.start_run("real-1", "live", datetime(2026, 12, 1, tzinfo=timezone.utc))
+    store.close()
+    open_demo_world(url, accounts=10, seed=4).close()
+    with pytest.raises(ConfigurationError, match="holds 1 run"):
+        reset_demo(url)
+    assert world_path(url).exists()
