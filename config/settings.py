@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_serializer, model_validator
 
 from healthsync.config.model import ForecastConfig, ModelConfig, Strict
 
@@ -114,16 +114,138 @@ class SlackSource(Strict):
         return bool(self.enabled and self.bot_token)
 
 
+def redact_url(url: str | None) -> str | None:
+    """A database URL safe to show: the password replaced by ***; an unparsable one shown not at all."""
+    if url is None:
+        return None
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - whatever the text holds, it is not echoed
+        return "(unparsable URL, not shown)"
+
+
+def url_password(url: str | None) -> str | None:
+    """The password inside a database URL (None when there is none or the URL does not parse)."""
+    if not url:
+        return None
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).password or None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+class _WarehouseRelation(Strict):
+    """A table (optionally `schema.table`) or a SQL query of the warehouse; exactly one of them."""
+
+    table: str | None = None
+    query: str | None = None
+    account_key: str = Field("account_key", description="column holding the product's account id")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.table is None) == (self.query is None):
+            raise ValueError("table: set exactly one of table or query")
+        return self
+
+
+class WarehouseEvents(_WarehouseRelation):
+    """Usage events, one row per event or per account-day; the columns healthsync reads."""
+
+    timestamp: str = Field("occurred_at", description="event time (timestamp or date column)")
+    user_id: str | None = Field(None, description="user id column; without it there is no active_users_30d")
+    feature: str | None = Field(None, description="event or feature name column; without it every event is a login")
+    value: str | None = Field(None, description="numeric value per row (e.g. a count on account-day rows); default 1")
+    login_event: str = Field("login", description="the `feature` value that counts as a login (a session)")
+    features_available: int | None = Field(
+        None, ge=1, description="distinct features the product offers; default: the CRM's features_available"
+    )
+
+
+class WarehouseTouchpoints(_WarehouseRelation):
+    """Marketing/sales touchpoints for the multi-touch-attribution engagement signal (seed 000)."""
+
+    timestamp: str = "touched_at"
+    channel: str | None = None
+    model: Literal["first", "last", "linear", "time_decay", "position_based"] = "time_decay"
+    lookback_days: int = Field(90, ge=1, le=3650)
+    decay_lambda: float = Field(0.1, ge=0)
+    channel_weights: dict[str, float] = Field(default_factory=dict, description="channel -> credit multiplier (1 if absent)")
+
+
+class AccountMatch(Strict):
+    """How warehouse account keys find CRM accounts: a CRM field holding the product's id, or the domain."""
+
+    crm_field: str | None = None
+    on: Literal["domain"] | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self):
+        if (self.crm_field is None) == (self.on is None):
+            raise ValueError("crm_field: set exactly one of crm_field or on (domain)")
+        return self
+
+
+class WarehouseSource(Strict):
+    """Product usage aggregated inside the customer's warehouse (SQL pushdown, one row per account back).
+
+    `url` is any SQLAlchemy URL (duckdb:///file.duckdb, postgresql+psycopg://..., snowflake://...,
+    bigquery://...). A password in it is a secret: it comes from HEALTHSYNC__WAREHOUSE__URL (or
+    the secrets file) and is masked wherever the URL is shown.
+    """
+
+    enabled: bool = True
+    url: str | None = None
+    events: WarehouseEvents | None = None
+    touchpoints: WarehouseTouchpoints | None = None
+    account_match: AccountMatch = Field(default_factory=lambda: AccountMatch(crm_field="product_account_id"))
+    # seed 000_caaf87bd3b38802c.txt, "Churn Prediction Using Health Scores": exp(-lambda x age_days), lambda 0.05
+    decay_lambda: float = Field(0.05, ge=0)
+    lookback_days: int = Field(90, ge=1, le=3650, description="window of the decay-weighted engagement")
+    timeout_s: float = Field(30, gt=0)
+
+    @field_serializer("url", when_used="json")
+    def _masked(self, url: str | None) -> str | None:
+        return redact_url(url)
+
+    @model_validator(mode="after")
+    def _complete(self):
+        if self.url is None:
+            return self
+        try:
+            from sqlalchemy.engine import make_url
+
+            make_url(self.url)
+        except Exception:  # noqa: BLE001 - the text may hold a password: never echo it
+            raise ValueError(
+                "url: not a valid SQLAlchemy URL (expected dialect+driver://user@host/database, "
+                "e.g. duckdb:///usage.duckdb or postgresql+psycopg://reader@host/analytics)"
+            ) from None
+        if self.enabled and self.events is None:
+            raise ValueError("events: a warehouse url needs an events table or query (sources.warehouse.events)")
+        return self
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.enabled and self.url and self.events is not None)
+
+
 class Sources(Strict):
     salesforce: SalesforceSource = Field(default_factory=SalesforceSource)
     hubspot: HubSpotSource = Field(default_factory=HubSpotSource)
     slack: SlackSource = Field(default_factory=SlackSource)
+    warehouse: WarehouseSource = Field(default_factory=WarehouseSource)
 
 
 SECRET_FIELDS = {
     "salesforce": ["password", "security_token", "consumer_secret", "private_key", "access_token"],
     "hubspot": ["access_token"],
     "slack": ["bot_token"],
+    # the URL may sit in a config file as long as it carries no password (_secrets_in)
+    "warehouse": ["url"],
 }
 
 # ----------------------------------------------------------------------------- mapping
@@ -225,6 +347,32 @@ class ReportConfig(Strict):
 class SandboxConfig(Strict):
     accounts: int = Field(500, ge=1)
     seed: int = 7
+    warehouse: bool = Field(
+        True, description="the embedded sandbox also writes its demo usage to DuckDB and scores from it "
+        "(unless sources.warehouse.url is set)"
+    )
+
+
+class DataQualityConfig(Strict):
+    """Thresholds of the per-source data-quality KPIs recorded every run (seed 000_caaf87bd3b38802c.txt,
+    "Data architecture, data quality, and governance": 95% completeness, <5% error rate; seed
+    003_cec208348d92c0f6.txt maintenance schedule: "Any source >24h stale" is a red flag).
+
+    A KPI crossing its threshold (either way) is posted to `escalation.ops_channel` once per change of state.
+    """
+
+    completeness_min: float = Field(0.95, ge=0, le=1, description="share of accounts with a value, per metric input")
+    completeness_min_by_input: dict[str, float] = Field(default_factory=dict, description="metric input -> its own minimum")
+    error_rate_max: float = Field(0.05, ge=0, le=1, description="share of rows rejected (bad records, rows without a key)")
+    error_rate_min_rows: int = Field(
+        100, ge=1, description="an error rate is judged only over at least this many rows (a run that re-pulls "
+        "five records would otherwise flip the alert on one bad record)"
+    )
+    freshness_hours_max: float = Field(24, gt=0, description="age of the newest event / last successful pull")
+    freshness_hours_max_by_source: dict[str, float] = Field(default_factory=dict)
+    duplicate_ids_max: int = Field(0, ge=0, description="duplicate ids per object")
+    key_match_rate_min: float = Field(0.95, ge=0, le=1, description="warehouse keys matched to CRM accounts")
+    alert: bool = Field(True, description="post KPI state changes to escalation.ops_channel")
 
 
 class Settings(Strict):
@@ -241,6 +389,7 @@ class Settings(Strict):
     schedules: list[Schedule] = Field(default_factory=list)
     report: ReportConfig = Field(default_factory=ReportConfig)
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+    data_quality: DataQualityConfig = Field(default_factory=DataQualityConfig)
 
     @property
     def live(self) -> bool:
@@ -290,6 +439,8 @@ def _secrets_in(data: dict) -> list[str]:
             sec = sources.get(section) or {}
             if isinstance(sec, dict):
                 for n in names:
+                    if (section, n) == ("warehouse", "url") and not url_password(sec.get(n)):
+                        continue  # a URL without a password is configuration, not a secret
                     if sec.get(n) not in (None, ""):
                         env = f"{ENV_PREFIX}{section.upper()}__{n.upper()}"
                         found.append(

@@ -52,6 +52,7 @@ from healthsync.config.model import ModelConfig
 from healthsync.engine.keys import map_chunks, take_strings
 from healthsync.engine.lifecycle import in_renewal_window, lifecycle_stage
 from healthsync.engine.rules import category_codes, lookup, rule_columns, rule_max_points, score_rule
+from healthsync.engine.usage import redistribute_within_dimension, unavailable_usage_metrics
 
 
 def round_score(values: np.ndarray) -> np.ndarray:
@@ -92,7 +93,9 @@ class HealthScorer:
             if seg.weights:
                 rows = segments == code
                 weights[rows] = np.array(list(model.weights(name).values()), dtype="float64")
-        return weights
+        # product-usage metrics with no warehouse feeding this frame are not part of the model (engine/usage.py)
+        dropped = unavailable_usage_metrics(model, features.columns)
+        return redistribute_within_dimension(weights, model, dropped) if dropped else weights
 
     def missing_columns(self, features: pd.DataFrame) -> list[str]:
         """Columns the model reads that the frame does not have (their metrics are absent everywhere)."""

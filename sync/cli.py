@@ -535,6 +535,8 @@ def sandbox_serve(
     search_lag: float = typer.Option(
         2.0, "--search-lag", min=0, help="HubSpot search index lag in seconds (each write waits up to this long)."
     ),
+    warehouse: bool = typer.Option(True, "--warehouse/--no-warehouse",
+                                   help="Also write the demo usage to a DuckDB warehouse (named in the ready file)."),
 ):
     """Run the emulators on 127.0.0.1 until SIGTERM/SIGINT; writes the ready file when ready."""
     configure_logging(False)
@@ -545,7 +547,7 @@ def sandbox_serve(
         from healthsync.connectors.sandbox.serve import serve
 
         return serve(accounts=accounts, seed=seed, hubspot_tier=hubspot_tier, faults_spec=faults, ready_file=ready_file,
-                     same_stamp=same_stamp, search_lag_seconds=search_lag)
+                     same_stamp=same_stamp, search_lag_seconds=search_lag, warehouse=warehouse)
 
     _guard(body)
 

@@ -47,8 +47,18 @@ class Connections:
             self.embedded = None
 
 
-def _mapping(settings: Settings, crm: str) -> dict:
-    return getattr(settings.mapping, crm).model_dump()
+#: canonical accounts column read only when a warehouse matches on it (sync/warehouse_job.py)
+WAREHOUSE_KEY_COLUMN = "product_account_id"
+
+
+def _mapping(settings: Settings, crm: str, ready: dict | None = None) -> dict:
+    """The CRM's field mapping; the product account id is read only when a warehouse uses it, so an
+    org without that field gets no "field not found" warning on every run."""
+    mapping = getattr(settings.mapping, crm).model_dump()
+    warehouse = settings.sources.warehouse.configured or bool((ready or {}).get("warehouse"))
+    if not warehouse:
+        mapping["account"]["read"].pop(WAREHOUSE_KEY_COLUMN, None)
+    return mapping
 
 
 def open_crm_connectors(settings: Settings, ready: dict | None = None) -> dict[str, CrmConnector]:
@@ -62,13 +72,13 @@ def open_crm_connectors(settings: Settings, ready: dict | None = None) -> dict[s
         sf, hs = sources.salesforce, sources.hubspot
         if sf.enabled and ready.get("salesforce"):
             out["salesforce"] = salesforce_from_ready(
-                ready, _mapping(settings, "salesforce"), bulk_threshold=sf.bulk_threshold, quota_stop_share=sf.quota_stop_share,
+                ready, _mapping(settings, "salesforce", ready), bulk_threshold=sf.bulk_threshold, quota_stop_share=sf.quota_stop_share,
                 lookback_minutes=sf.lookback_minutes, timeout=sf.timeout_s, bulk_max_wait_s=sf.bulk_max_wait_s,
                 bulk_poll_seconds=sf.bulk_poll_s, exclude_own_changes=sf.exclude_own_changes,
             )
         if hs.enabled and ready.get("hubspot"):
             out["hubspot"] = hubspot_from_ready(
-                ready, _mapping(settings, "hubspot"), lookback_minutes=hs.lookback_minutes, timeout=hs.timeout_s,
+                ready, _mapping(settings, "hubspot", ready), lookback_minutes=hs.lookback_minutes, timeout=hs.timeout_s,
                 pacing_margin=hs.pacing_margin, search_lag_s=hs.search_lag_s,
             )
         return out
@@ -156,7 +166,11 @@ def start_embedded_sandbox(settings: Settings):
     # Slack's one-message-per-second-per-channel pacing is off in the embedded demo: a first run
     # alerts hundreds of episodes to a handful of owner DMs, which would make `make demo` take
     # ten minutes of sleeping. Tests of the pacing use a sandbox they start themselves.
-    sandbox = Sandbox(accounts=settings.sandbox.accounts, seed=settings.sandbox.seed, slack_message_interval_s=0)
+    # with `sandbox.warehouse` the sandbox also writes its demo usage to DuckDB and the run scores from it
+    # (sync/warehouse_job.py), unless a real warehouse is configured
+    warehouse = settings.sandbox.warehouse and not settings.sources.warehouse.configured
+    sandbox = Sandbox(accounts=settings.sandbox.accounts, seed=settings.sandbox.seed, slack_message_interval_s=0,
+                      warehouse=warehouse)
     started = sandbox.start()
     ready = started if isinstance(started, dict) else sandbox.ready
     return sandbox, ready

@@ -43,6 +43,7 @@ from healthsync.sync.pull import pull_all
 from healthsync.sync.score_job import ScoreResult, record_history, score_replica
 from healthsync.sync.state import StateStore, open_store
 from healthsync.sync.summary import RunSummary, render_diff
+from healthsync.sync.warehouse_job import warehouse_stage
 from healthsync.sync.writeback import desired_outputs, execute_plan, plan_writes
 
 log = logging.getLogger(__name__)
@@ -256,12 +257,20 @@ def _cycle(settings, conns: Connections, store: StateStore, summary: RunSummary,
         summary.warnings.extend(s.problems[: max(0, 50 - len(summary.warnings))])
     _hook(hooks, "after_pull")
 
+    # product usage aggregated in the warehouse (sync/warehouse_job.py): a configuration problem
+    # fails the run here (exit 2, nothing written); an unreachable warehouse lets the CRMs' stages
+    # go on and ends the run `stopped` (exit 3, see _end_warehouse_stage)
+    with progress.task("warehouse", None):
+        usage = warehouse_stage(settings, conns.ready, now)
+
     # score + forecast
     with progress.task("score", None):
-        scored = score_replica(store, settings, crms, now)
+        scored = score_replica(store, settings, crms, now, usage=usage)
     summary.accounts_scored = len(scored.scores)
     summary.bands = scored.bands
     summary.opportunities_adjusted = len(scored.opportunities)
+    # data-quality KPIs of what was just pulled and scored: recorded and alerted before anything is written
+    _data_quality(store, settings, conns, summary, crms, scored, stats, usage, now, record=not dry_run)
     _hook(hooks, "after_score")
 
     # write-back
@@ -319,6 +328,33 @@ def _cycle(settings, conns: Connections, store: StateStore, summary: RunSummary,
     if not dry_run:
         record_history(store, settings, scored.scores, summary.run_id, now)
         _report(store, settings, summary, now)
+    _end_warehouse_stage(summary, usage)
+
+
+def _data_quality(store, settings, conns, summary: RunSummary, crms, scored, stats, usage, now, *, record: bool) -> None:
+    """Per-source data-quality KPIs (sync/data_quality.py): in the summary; recorded and alerted unless a dry run."""
+    from healthsync.sync import data_quality as dq
+
+    try:
+        summary.data_quality = dq.measure(store, settings, crms, scored, stats, usage, now)
+        if not record:
+            return
+        pending = dq.record(store, summary.run_id, dq.evaluate(summary.data_quality, settings), now)
+        if settings.data_quality.alert:
+            dq.announce(store, conns.slack, settings.escalation.ops_channel, pending, now)
+    except Exception as exc:  # noqa: BLE001 - a KPI failure never fails the sync; it is reported
+        log.warning("data-quality KPIs failed", exc_info=True)
+        summary.warnings.append(f"data-quality KPIs failed: {type(exc).__name__}")
+
+
+def _end_warehouse_stage(summary: RunSummary, usage) -> None:
+    """An unreachable warehouse ends an otherwise finished run `stopped` (exit 3): usage is missing this time."""
+    if usage is None or not usage.unreachable:
+        return
+    summary.errors.append(f"stopped: {usage.unreachable} (scored without warehouse usage this run)")
+    if summary.status not in ("stopped", "failed"):
+        summary.status = "stopped"
+        summary.stopped_reason = usage.unreachable
 
 
 def _drift(store: StateStore, settings: Settings, scored, summary: RunSummary, *, record: bool) -> None:
@@ -395,7 +431,8 @@ def pull_stage(settings: Settings, *, ready: dict | None = None) -> dict[str, An
 def score_stage(settings: Settings, *, ready: dict | None = None) -> dict[str, Any]:
     """`healthsync score`: score the replica as it is (no pull, nothing written, no history recorded)."""
     with _stage_connections(settings, ready) as (conns, store, now):
-        scored = score_replica(store, settings, list(conns.connectors), now)
+        usage = warehouse_stage(settings, conns.ready, now)
+        scored = score_replica(store, settings, list(conns.connectors), now, usage=usage)
     top = scored.scores.sort_values("score").head(10) if len(scored.scores) else scored.scores
     return {
         "status": "ok",
@@ -414,7 +451,8 @@ def sync_stage(settings: Settings, *, ready: dict | None = None, dry_run: bool =
     """`healthsync sync`: write the replica's current scores back (diffed); `retry_failed` sends only the retry queue."""
     with _stage_connections(settings, ready) as (conns, store, now):
         crms = list(conns.connectors)
-        scored = score_replica(store, settings, crms, now)
+        usage = warehouse_stage(settings, conns.ready, now)
+        scored = score_replica(store, settings, crms, now, usage=usage)
         plan = plan_writes(store, settings, desired_outputs(scored.scores, scored.opportunities, now), crms)
         if retry_failed:
             plan.records = [r for r in plan.records if r.retry]
@@ -431,6 +469,7 @@ def sync_stage(settings: Settings, *, ready: dict | None = None, dry_run: bool =
             for r in reports.values():
                 summary.add_errors(r.errors)
             summary.finish_status()
+            _end_warehouse_stage(summary, usage)
         except StopRunError as exc:
             summary.status, summary.stopped_reason = "stopped", str(exc)
             summary.errors.append(f"stopped: {exc}")

@@ -19,6 +19,8 @@ with the playbooks/escalation/scheduler code (notes/sync_contract.md):
     slack_seen_items    the item keys those reads found, per conversation
     locks           named leases for the scheduler and jobs
     drift/backtests for the validation and report code
+    data_quality    per-source data-quality KPIs of each run (sync/data_quality.py)
+    data_quality_state  each KPI's current state and whether the ops channel was told
 
 Schema changes are Alembic revisions (sync/migrations/versions/), never drop-and-rebuild: a
 user's state survives upgrades. The tables below are the current shape the code queries; a
@@ -250,6 +252,30 @@ backtests = Table(
     Column("run_id", String(64)),
     Column("created_at", DateTime),
     Column("report_json", Text),
+)
+
+data_quality = Table(
+    "data_quality",
+    metadata,
+    Column("run_id", String(64), nullable=False, index=True),
+    Column("measured_at", DateTime, nullable=False),
+    Column("source", String(32), nullable=False),  # salesforce | hubspot | warehouse
+    Column("kpi", String(32), nullable=False),  # completeness | freshness_hours | error_rate | duplicate_ids | key_match_rate
+    Column("subject", String(128), nullable=False),  # metric input, object, or "" for the source as a whole
+    Column("value", Float),
+    Column("threshold", Float),
+    Column("breached", Boolean, nullable=False),
+)
+
+data_quality_state = Table(
+    "data_quality_state",
+    metadata,
+    Column("source", String(32), primary_key=True),
+    Column("kpi", String(32), primary_key=True),
+    Column("subject", String(128), primary_key=True),
+    Column("breached", Boolean, nullable=False),  # the state as last measured
+    Column("since", DateTime),
+    Column("announced", Boolean),  # the ops channel was told of this state
 )
 
 #: Where the Alembic environment and revisions live (shipped as package data).

@@ -20,7 +20,7 @@ def _iso(value) -> str | None:
 
 def status(store: StateStore, *, runs: int = 10, failures: int = 20) -> dict[str, Any]:
     """Recent runs (newest first), the failed-records queue (size per CRM/object and the oldest
-    entries with their reason), and open playbook episodes."""
+    entries with their reason), open playbook episodes, and the last data-quality KPIs."""
     store.migrate()
     recent = []
     for r in store.recent_runs(runs):
@@ -51,6 +51,7 @@ def status(store: StateStore, *, runs: int = 10, failures: int = 20) -> dict[str
     from healthsync.sync.escalation import pending_markers
 
     maybe_sent = pending_markers(store)
+    from healthsync.sync.data_quality import latest as data_quality_latest
     queue = {}
     for crm, object, n in by_object:
         queue.setdefault(crm, {})[object] = int(n)
@@ -67,6 +68,8 @@ def status(store: StateStore, *, runs: int = 10, failures: int = 20) -> dict[str
         "slack_maybe_sent": [
             {k: (_iso(v) if k.endswith("_at") else v) for k, v in m.items()} for m in maybe_sent[:failures]
         ],
+        # the last run's data-quality KPIs per source, and those below threshold (sync/data_quality.py)
+        "data_quality": data_quality_latest(store),
         "failed_records": [
             {
                 "crm": f["crm"],

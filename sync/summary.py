@@ -49,6 +49,7 @@ class RunSummary:
     report_path: str | None = None
     drift_warnings: list[str] = field(default_factory=list)
     stages_skipped: list[str] = field(default_factory=list)
+    data_quality: dict = field(default_factory=dict)  # per source KPIs (sync/data_quality.py)
 
     @property
     def exit_code(self) -> int:
@@ -98,6 +99,7 @@ class RunSummary:
             "stages_skipped": list(self.stages_skipped),
             "drift_warnings": list(self.drift_warnings),
             "report_path": self.report_path,
+            "data_quality": self.data_quality,
             "duration_s": round(self.duration_s, 3),
         }
         if include_diff and self.diff is not None:
@@ -130,6 +132,12 @@ class RunSummary:
         console.print(f"  slack: {self.alerts_sent} alerts, {self.escalations} escalations, {self.recoveries} recoveries")
         if self.stages_skipped:
             console.print(f"  [yellow]stages not run:[/] {', '.join(self.stages_skipped)}")
+        warehouse = self.data_quality.get("warehouse")
+        if warehouse and warehouse.get("key_match_rate") is not None:
+            console.print(
+                f"  warehouse usage: {warehouse.get('rows_in_window', 0):,} events in the window aggregated in the warehouse, "
+                f"{warehouse['key_match_rate']:.0%} of keys matched, {warehouse.get('accounts_without_usage')} accounts without usage"
+            )
         if self.data_problems:
             console.print(f"  [yellow]{self.data_problems} record problems in CRM data[/] (values ignored or records skipped):")
             for w in self.warnings[:5]:

@@ -7,7 +7,8 @@ first run wrote still in them, so the world outlives the process.
 What is saved is what a real org, portal or workspace keeps across a restart of our side:
 every record of the three emulators, their id counters, custom fields and field permissions,
 users, owners, associations, Bulk jobs, channels and every Slack message, the daily API usage,
-and the emulator clock's time. What belongs to the running process is not saved (each
+the emulator clock's time, and the demo warehouse's product usage (as the recipe that generated
+it, so a file of a 500-account world stays a few MB instead of 80). What belongs to the running process is not saved (each
 emulator's `PROCESS_ATTRS`: ports, the TLS certificate, the request log, fault settings,
 rate-limit windows kept in monotonic time, open query cursors, test hooks); a loaded sandbox
 gets new ones when it starts, as a client reconnecting after a restart would.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,10 @@ def save_world(sandbox: Sandbox, path: str | os.PathLike, meta: dict[str, Any] |
         "same_stamp": sandbox.same_stamp,
         "meta": dict(meta if meta is not None else sandbox.world_meta),
         "apis": apis,
+        # the demo warehouse's usage (written to DuckDB at each start): how to generate it again, or the
+        # usage itself when it was handed in
+        "usage_recipe": sandbox.usage_recipe,
+        "usage": None if sandbox.usage_recipe is not None else [p.usage for p in sandbox._usage],
     }
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -103,4 +109,23 @@ def load_world(path: str | os.PathLike, *, advance_seconds: float = 0.0, **sandb
     for name in APIS:
         getattr(sandbox, name).restore_world_state(pickle.loads(world["apis"][name]))
     sandbox.world_meta = dict(world.get("meta") or {})
+    _restore_usage(sandbox, world)
     return sandbox
+
+
+@dataclass
+class _UsageOnly:
+    """What `write_usage` reads of a portfolio: its usage events."""
+
+    usage: Any
+
+
+def _restore_usage(sandbox: Sandbox, world: dict) -> None:
+    recipe = world.get("usage_recipe")
+    if recipe:
+        from healthsync.connectors.demo_data import generate_portfolio
+
+        sandbox._usage = [generate_portfolio(r["n_accounts"], r["seed"], as_of=r["as_of"], usage=True) for r in recipe]
+        sandbox.usage_recipe = recipe
+    elif world.get("usage"):
+        sandbox._usage = [_UsageOnly(u) for u in world["usage"]]

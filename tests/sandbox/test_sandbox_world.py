@@ -119,3 +119,22 @@ def test_given_a_file_that_is_no_world_when_loaded_then_the_error_says_so(tmp_pa
         load_world(other)
     with pytest.raises(WorldFileError, match="cannot read"):
         load_world(tmp_path / "missing.pickle")
+
+
+def test_given_a_world_with_the_demo_warehouse_when_loaded_then_the_same_usage_is_served_from_a_small_file(tmp_path):
+    import duckdb
+
+    def usage_counts(sb: Sandbox) -> tuple[int, int]:
+        path = sb.ready["warehouse"]["url"].removeprefix("duckdb:///")
+        with duckdb.connect(path, read_only=True) as con:
+            return (con.execute("select count(*) from usage_events").fetchone()[0],
+                    con.execute("select count(distinct account_key) from usage_events").fetchone()[0])
+
+    path = tmp_path / "world.pickle"
+    with Sandbox(accounts=40, seed=3, warehouse=True) as first:
+        before = usage_counts(first)
+        save_world(first, path)
+    assert before[0] > 1000
+    with load_world(path, advance_seconds=86_400) as second:
+        assert usage_counts(second) == before
+    assert path.stat().st_size < 2_000_000  # the recipe, not the events
