@@ -72,9 +72,15 @@ class DemoWorld:
     def ready(self) -> dict:
         return self.sandbox.ready
 
+    def stop(self) -> None:
+        """`Connections.close()` stops an embedded sandbox this way: here that also saves the world."""
+        self.close()
+
     def close(self) -> None:
         """Stop the emulators and save the world as the run left it (also after a failed run: the
         CRMs keep what they confirmed, and the state remembers exactly that)."""
+        if self._lock is None:
+            return  # already closed
         try:
             self.sandbox.stop()
             save_world(self.sandbox, self.path, meta={**self.sandbox.world_meta, "day": self.day})
@@ -98,7 +104,7 @@ def _take_lock(path: Path) -> int:
 
 
 def open_demo_world(state_url: str, *, accounts: int, seed: int, state_knows_world: bool = True,
-                    changes_per_crm: int = DEFAULT_CHANGES_PER_CRM) -> DemoWorld:
+                    warehouse: bool = False, changes_per_crm: int = DEFAULT_CHANGES_PER_CRM) -> DemoWorld:
     """The started embedded sandbox for a run on `state_url`: the saved world a day later, or a new one.
 
     `state_knows_world`: the state database remembers an earlier embedded run. When it does not
@@ -110,7 +116,7 @@ def open_demo_world(state_url: str, *, accounts: int, seed: int, state_knows_wor
     try:
         if not state_knows_world and path.exists():
             path.unlink()
-        world = _load_or_create(path, accounts=accounts, seed=seed, changes_per_crm=changes_per_crm)
+        world = _load_or_create(path, accounts=accounts, seed=seed, warehouse=warehouse, changes_per_crm=changes_per_crm)
         world._lock = lock
         world.sandbox.start()
         return world
@@ -119,7 +125,7 @@ def open_demo_world(state_url: str, *, accounts: int, seed: int, state_knows_wor
         raise
 
 
-def _load_or_create(path: Path, *, accounts: int, seed: int, changes_per_crm: int) -> DemoWorld:
+def _load_or_create(path: Path, *, accounts: int, seed: int, warehouse: bool, changes_per_crm: int) -> DemoWorld:
     notes: list[str] = []
     if path.exists():
         try:
@@ -128,7 +134,7 @@ def _load_or_create(path: Path, *, accounts: int, seed: int, changes_per_crm: in
             notes.append(f"the saved demo world could not be used ({exc}); starting a new one")
         else:
             meta = sandbox.world_meta
-            if meta.get("accounts") == accounts and meta.get("seed") == seed:
+            if meta.get("accounts") == accounts and meta.get("seed") == seed and bool(meta.get("warehouse")) == warehouse:
                 day = int(meta.get("day", 1)) + 1
                 changes = change_accounts(sandbox, day, per_crm=changes_per_crm)
                 sandbox.advance_clock(DAY_S / 2)
@@ -138,12 +144,13 @@ def _load_or_create(path: Path, *, accounts: int, seed: int, changes_per_crm: in
                     f"sandbox CRMs ({slipped} slipped, {len(changes) - slipped} recovered); only what changed is sent"
                 )
                 return DemoWorld(sandbox, path, day, fresh=False, changes=changes, notes=notes)
-            notes.append("sandbox.accounts or sandbox.seed changed since the saved demo world; starting a new one")
+            notes.append("the sandbox settings (accounts, seed, warehouse) changed since the saved demo world; "
+                         "starting a new one")
     # Slack's one-message-per-second-per-channel pacing is off in the embedded demo: a first run
     # alerts hundreds of episodes to a handful of owner DMs, which would make `make demo` take
     # ten minutes of sleeping. Tests of the pacing use a sandbox they start themselves.
-    sandbox = Sandbox(accounts=accounts, seed=seed, slack_message_interval_s=0)
-    sandbox.world_meta.update({"accounts": accounts, "seed": seed})
+    sandbox = Sandbox(accounts=accounts, seed=seed, slack_message_interval_s=0, warehouse=warehouse)
+    sandbox.world_meta.update({"accounts": accounts, "seed": seed, "warehouse": warehouse})
     notes.append(f"demo day 1: a new sandbox world with {accounts} demo accounts per CRM, dated today")
     return DemoWorld(sandbox, path, 1, fresh=True, notes=notes)
 
@@ -159,6 +166,16 @@ def remove_world(state_url: str) -> Path | None:
         return None
     finally:
         os.close(lock)
+
+
+def demo_history(store) -> tuple[int, int]:
+    """(runs against live CRMs, runs against a sandbox) recorded in a state store."""
+    from sqlalchemy import func, select
+
+    runs = store.tables["runs"]
+    with store.engine.connect() as conn:
+        counts = dict(conn.execute(select(runs.c.mode, func.count()).group_by(runs.c.mode)).all())
+    return int(counts.get("live", 0)), int(counts.get("sandbox", 0))
 
 
 def reset_demo(state_url: str) -> dict:
