@@ -292,7 +292,60 @@ class Mapping(Strict):
 
 
 class StateConfig(Strict):
-    url: str = "sqlite:///.healthsync/state.db"
+    url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the state store; null = .healthsync/state.db next to the config file "
+        "(no config file: the per-user state directory). A relative SQLite path is relative to the config file.",
+    )
+
+    @model_validator(mode="after")
+    def _url_usable(self):
+        if self.url is not None:
+            problem = state_url_problem(self.url)
+            if problem:
+                raise ValueError(f"url: {problem}")
+        return self
+
+
+#: the pip extra that installs each state-store driver (pyproject.toml [project.optional-dependencies])
+DRIVER_EXTRAS = {"postgresql": "postgres"}
+
+
+def state_url_problem(url: str) -> str | None:
+    """Why `url` cannot be a state store (not a URL, unknown database, driver not installed), or None.
+
+    Checked when the settings load, so a missing driver is a clear exit 2 naming `state.url`
+    before anything is sent, never a ModuleNotFoundError traceback at the first run.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    from healthsync.config.state_location import redact_url
+
+    shown = redact_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return (f"{shown!r} is not a database URL (expected e.g. sqlite:////var/lib/healthsync/state.db "
+                "or postgresql+psycopg://user@host/db)")
+    try:
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        return f"{shown!r}: unknown database {parsed.drivername!r} (healthsync supports sqlite and postgresql)"
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        return f"{shown!r}: healthsync's state store supports sqlite and postgresql, not {backend}"
+    try:
+        dialect.import_dbapi()
+    except ImportError as e:
+        extra = DRIVER_EXTRAS.get(backend)
+        how = f"pip install 'healthsync[{extra}]'" if extra else f"install the Python driver for {parsed.drivername}"
+        return f"the database driver for {parsed.drivername} is not installed ({getattr(e, 'name', None) or e}): {how}"
+    if backend == "sqlite" and parsed.database and parsed.database != ":memory:":
+        path = Path(parsed.database).expanduser()
+        if str(path).startswith(("/proc/", "/sys/", "/dev/")):
+            return f"{shown!r}: {path} is in a system folder where no database can live; choose another path"
+    return None
 
 
 class PlaybooksConfig(Strict):
@@ -322,6 +375,38 @@ class EscalationConfig(Strict):
         2, ge=2, description="this many messages or more for one recipient in one run go as one digest message"
     )
 
+    @model_validator(mode="after")
+    def _url_placeholders_known(self):
+        templates = self.crm_record_url if isinstance(self.crm_record_url, dict) else {"": self.crm_record_url}
+        for crm, template in templates.items():
+            if template is None:
+                continue
+            key = "crm_record_url" + (f".{crm}" if crm else "")
+            problem = url_template_problem(template)
+            if problem:
+                raise ValueError(f"{key}: {problem}")
+        return self
+
+
+#: the placeholders a CRM record URL template may use (sync.escalation.record_url fills them)
+URL_PLACEHOLDERS = ("id", "account_id", "crm")
+
+
+def url_template_problem(template: str) -> str | None:
+    """Why a link template cannot be filled (unknown placeholder, broken braces), or None."""
+    import string
+
+    try:
+        names = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError as e:
+        return f"{template!r} is not a valid template ({e}); write placeholders as {{id}}"
+    for name in names:
+        base = name.split(".")[0].split("[")[0]
+        if base not in URL_PLACEHOLDERS:
+            known = ", ".join("{" + p + "}" for p in URL_PLACEHOLDERS)
+            return f"unknown placeholder {{{name}}} in {template!r} (known: {known})"
+    return None
+
 
 class Schedule(Strict):
     job: Literal["run", "escalate", "pull", "score", "sync", "report"]
@@ -334,9 +419,27 @@ class Schedule(Strict):
     def _one_trigger(self):
         if (self.cron is None) == (self.interval_minutes is None):
             raise ValueError(f"schedule for job {self.job!r}: set exactly one of cron or interval_minutes")
-        if self.cron is not None and len(self.cron.split()) != 5:
-            raise ValueError(f"schedule for job {self.job!r}: cron {self.cron!r} must have 5 fields")
+        if self.cron is not None:
+            if len(self.cron.split()) != 5:
+                raise ValueError(f"cron: {self.cron!r} (job {self.job}) must have 5 fields: minute hour day month day-of-week")
+            # APScheduler's own parser, the one `healthsync schedule` uses: what passes here also runs
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(self.cron, timezone="UTC")
+            except ValueError as e:
+                raise ValueError(f"cron: {self.cron!r} (job {self.job}) is not a valid crontab: {e}") from None
         return self
+
+
+class RetriesConfig(Strict):
+    """Bounds of the one retry policy (connectors/retry.py) for every API call: 429, 5xx, timeouts."""
+
+    max_attempts: int = Field(6, ge=1, le=50, description="tries of one call, the first included")
+    max_total_seconds: float = Field(120, gt=0, description="give up on one call after this long")
+    base_wait_s: float = Field(0.5, gt=0, description="first backoff wait when the API sent no Retry-After")
+    max_wait_s: float = Field(20, gt=0, description="longest backoff wait")
+    max_retry_after_s: float = Field(60, gt=0, description="a longer Retry-After is not waited for: the call gives up")
 
 
 class ReportConfig(Strict):
@@ -389,6 +492,7 @@ class Settings(Strict):
     schedules: list[Schedule] = Field(default_factory=list)
     report: ReportConfig = Field(default_factory=ReportConfig)
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+    retries: RetriesConfig = Field(default_factory=RetriesConfig)
     data_quality: DataQualityConfig = Field(default_factory=DataQualityConfig)
 
     @property
@@ -397,8 +501,13 @@ class Settings(Strict):
         return self.sources.salesforce.configured or self.sources.hubspot.configured
 
     def redacted(self) -> dict[str, Any]:
-        """A JSON-safe dump with every secret shown as '**********' (or null)."""
-        return json.loads(self.model_dump_json())
+        """A JSON-safe dump with every secret shown as '**********' (or null), and passwords inside URLs as ***."""
+        from healthsync.config.state_location import redact_url
+
+        data = json.loads(self.model_dump_json())
+        if isinstance(data.get("state"), dict):
+            data["state"]["url"] = redact_url(data["state"].get("url"))
+        return data
 
 
 # ----------------------------------------------------------------------------- loading
@@ -417,9 +526,13 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError([f"cannot read config file: {e.strerror}"], str(path)) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            [f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); save the file as UTF-8"], str(path)
+        ) from None
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
@@ -554,20 +667,49 @@ def load_settings(
     paths = config_paths(path) + [Path(p) for p in overlays]
     source = " + ".join(str(p) for p in paths) or str(DEFAULT_CONFIG_PATH)
     problems: list[str] = []
+    state_file: Path | None = None  # the last file that sets state.url: a relative SQLite path is relative to it
     for p in paths:
         user = _read_yaml(p)
         problems += _secrets_in(user)
+        if isinstance(user.get("state"), dict) and user["state"].get("url") is not None:
+            state_file = Path(p)
         try:
             data = merge_user_config(data, user)
         except ConfigError as e:
             raise ConfigError(e.problems, str(p)) from None
     if problems:
         raise ConfigError(problems, source)
+    file_state_url = (data.get("state") or {}).get("url") if isinstance(data.get("state"), dict) else None
     data = deep_merge(data, env_overrides(environ))
+    first = config_paths(path)[0] if config_paths(path) else None  # the base config: the default state sits next to it
+    _place_state(data, first, file_state_url, state_file)
     try:
         return Settings.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e), source) from None
+
+
+def _place_state(data: dict, config_path: Path | None, file_state_url: Any, state_file: Path | None = None) -> None:
+    """Fill `state.url` so it never depends on the working directory (config/state_location.py).
+
+    No `state.url`: next to the first config file (the base of a stack), else the per-user state
+    dir. A relative SQLite path: relative to the file that set it; from the environment, to the
+    working directory (made absolute here, once).
+    """
+    from healthsync.config.state_location import anchor_sqlite_path, default_state_url
+
+    state = data.get("state")
+    if state is None:
+        state = data["state"] = {}
+    if not isinstance(state, dict):
+        return  # reported by validation
+    url = state.get("url")
+    if url is None:
+        state["url"] = default_state_url(config_path)
+    elif isinstance(url, str):
+        from_file = state_file is not None and url == file_state_url
+        base = state_file.expanduser().resolve().parent if from_file else Path.cwd()
+        state["url"] = anchor_sqlite_path(url, base)
 
 
 REPLACE_WHOLE = ("segments", "lifecycle", "traffic_light")
@@ -594,7 +736,9 @@ def merge_user_config(defaults: dict, user: dict) -> dict:
         for key in REPLACE_WHOLE:
             if key in user["model"]:
                 merged["model"][key] = deepcopy(user["model"][key])
-    metrics = merged.get("model", {}).get("metrics", [])
+    model = merged.get("model")
+    metrics = model.get("metrics", []) if isinstance(model, dict) else []  # a malformed `model` is reported by validation
+    metrics = metrics if isinstance(metrics, list) else []
     known = {m.get("name") for m in metrics if isinstance(m, dict)}
     for key, values, field in (("metric_weights", weights, "weight"), ("metric_rules", rules, "rule")):
         if values is None:
