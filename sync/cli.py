@@ -380,7 +380,13 @@ def status(config: Optional[List[Path]] = ConfigOpt, as_json: bool = JsonOpt):
 
         _say_state(state_location(settings).shown, as_json)
         result = status_of(open_store(settings.state.url))
-        _emit(result, as_json)
+
+        def table() -> None:
+            from healthsync.sync.status_view import render_status
+
+            render_status(json.loads(scrub(json.dumps(result, default=str))))  # no secret in any message shown
+
+        _emit(result, as_json, table)
         return EXIT_OK
 
     _guard(body, as_json, "status")
