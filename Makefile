@@ -31,9 +31,9 @@ demo: $(STAMP)
 	@echo
 	@$(BIN)/healthsync status
 	@echo
-	@echo "To sync your own CRM instead: put its credentials in the environment (README, Secrets), e.g."
+	@echo "To sync your own CRM instead (README: Configuration, Secrets):"
 	@echo "  export HEALTHSYNC__HUBSPOT__ACCESS_TOKEN=...   # a HubSpot private app token, or the Salesforce variables"
-	@echo "  printf 'state:\n  url: sqlite:///'\$$PWD'/live-state.db\n' > healthsync.yaml   # its own state, apart from the demo's"
+	@echo "  echo 'sources: {hubspot: {tier: professional}}' > healthsync.yaml   # your settings; its state sits next to it"
 	@echo "  $(BIN)/healthsync crm setup --config healthsync.yaml && $(BIN)/healthsync run --config healthsync.yaml"
 
 # Start the demo over: a new sandbox world and an empty demo state on the next `make demo`.
