@@ -226,3 +226,26 @@ def test_given_a_run_holding_the_lease_when_migrating_then_it_is_refused_naming_
     said = " ".join(refused.stderr.split())
     assert refused.returncode == 2
     assert "held by 20261202T060000Z-abc123" in said and "Traceback" not in said
+
+
+def test_given_a_fresh_postgresql_database_when_threads_of_one_process_open_it_at_once_then_each_finds_it_at_head(
+    fresh_postgres_url,
+):
+    """The scheduler runs jobs in threads: their first opens of a new state database must not race Alembic."""
+    versions, errors, barrier = [], [], threading.Barrier(6)
+
+    def opener() -> None:
+        try:
+            barrier.wait(timeout=30)
+            store = open_store(fresh_postgres_url)
+            versions.append(store.version())
+            store.close()
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=opener) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == [] and versions == [head_revision()] * 6
