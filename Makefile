@@ -53,8 +53,10 @@ postgres:
 	  (apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
 	  || echo "postgresql not installed: the PostgreSQL tests will be skipped"; }
 
+# Four workers, one test file each at a time: the end-to-end tests mostly wait on emulated rate
+# limits and Slack pacing, so they overlap well even on two cores.
 test: $(STAMP) browser postgres
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 4 --dist loadfile
 
 # Speed and memory targets; not run by CI.
 bench: $(STAMP)
