@@ -44,7 +44,14 @@ from healthsync.config.settings import ConfigError, Settings
 from healthsync.connectors.base import ConfigurationError, HealthsyncError, StopRunError
 from healthsync.connectors.errors import classify
 from healthsync.sync.clock import now_for
-from healthsync.sync.connections import Connections, connect, ensure_connector_fields, forget_sandbox_world, state_location
+from healthsync.sync.connections import (
+    Connections,
+    connect,
+    ensure_connector_fields,
+    forget_sandbox_world,
+    refuse_demo_state,
+    state_location,
+)
 from healthsync.sync.crm_directory import refresh_directory
 from healthsync.sync.lanes import Lane, LaneStop, alive, each_lane, make_lanes
 from healthsync.sync.pull import PULLED_OBJECTS, PullStats, pull_object
@@ -75,10 +82,11 @@ def _optional(module: str, name: str):
 
 
 class _Progress:
-    """rich progress bars on stderr; silent in JSON mode."""
+    """rich progress bars on stderr; silent in JSON mode and when stderr is no terminal (a log file or a
+    pipe would only collect the blank lines a transient bar leaves behind)."""
 
     def __init__(self, enabled: bool):
-        self.enabled = enabled
+        self.enabled = enabled and Console(stderr=True).is_terminal
 
     @contextmanager
     def task(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
@@ -253,8 +261,10 @@ def _run(settings: Settings, conns: Connections, *, dry_run: bool, hooks, progre
         abandoned = store.mark_abandoned(exclude=run_id)
         if abandoned:
             summary.notes.append(f"runs left unfinished by a process that is gone, now marked abandoned: {', '.join(abandoned)}")
-        if conns.embedded is not None:
-            forget_sandbox_world(store)  # a new world each time; never on a live state database (exit 2)
+        if conns.embedded is not None and conns.embedded.fresh:
+            forget_sandbox_world(store)  # a new demo world: the old one's bookkeeping goes (never on a live state)
+        elif conns.mode == "live":
+            refuse_demo_state(store)  # never sync real CRMs with the demo's cursors (exit 2)
         _cycle(settings, conns, store, summary, now=now, dry_run=dry_run, hooks=lock.wrap(hooks), progress=progress,
                on_progress=lock.renew)
         summary.finish_status()
@@ -577,6 +587,8 @@ def _stage_connections(settings: Settings, ready: dict | None) -> Iterator[tuple
     conns = connect(settings, ready, allow_embedded=False)
     try:
         store = open_store(conns.state_url)
+        if conns.mode == "live":
+            refuse_demo_state(store)
         yield conns, store, now_for(conns.ready)
     finally:
         conns.close()

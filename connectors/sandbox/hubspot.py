@@ -85,6 +85,9 @@ PORTAL_ID = 24_681_357
 class HubSpotApi(Api):
     name = "hubspot"
 
+    #: rate-limit windows (monotonic time), test hooks (callables) and the port belong to the process
+    PROCESS_ATTRS = Api.PROCESS_ATTRS | {"_window", "_search_window", "_search_hooks", "base_url"}
+
     def __init__(self, clock: Clock, faults: FaultInjector | None, *, tier: str = "professional",
                  daily_limit: int | None = None, access_token: str | None = None,
                  search_lag_seconds: float = 0.0) -> None:
