@@ -323,8 +323,11 @@ def _plan(pset: PlaybookSet, frame: pd.DataFrame, existing: pd.DataFrame, previo
                     plan.reopen.append({"episode_id": by_key_closed[task["key"]], "task_id": task["task_id"]})
                     continue
                 due = _aware(task.get("due_at")) or now + timedelta(hours=pb.sla_for(bands[i]))
-                plan.new_rows.append(_row(pb, crms[i], ids[i], owners[i], segments[i], str(task["key"]), opened_n, run_id,
-                                          status="open", task_id=task["task_id"], due=utc_naive(due), task_status="open"))
+                row = _row(pb, crms[i], ids[i], owners[i], segments[i], str(task["key"]), opened_n, run_id,
+                           status="open", task_id=task["task_id"], due=utc_naive(due), task_status="open")
+                # made on the day it was created: a task made today (before a state loss) uses today's room
+                row["released_at"] = utc_naive(_aware(task.get("created_at")))
+                plan.new_rows.append(row)
                 continue
             key = task_key(pb.name, ids[i], day, taken)
             taken.add(key)
@@ -351,6 +354,10 @@ def _plan(pset: PlaybookSet, frame: pd.DataFrame, existing: pd.DataFrame, previo
     for owner, released in zip(existing["owner_email"], existing["released_at"]):
         if released is not None and not pd.isna(released) and pd.Timestamp(released).date() == today:
             released_today[_owner_key(owner)] += 1
+    for r in plan.new_rows:  # tasks adopted from the CRM count on the day they were made (a state lost today)
+        made = r.get("released_at")
+        if r.get("task_id") and made is not None and pd.Timestamp(made).date() == today:
+            released_today[_owner_key(r["owner_email"])] += 1
     by_owner: dict[str, list[dict]] = defaultdict(list)
     for c in candidates:
         by_owner[_owner_key(c["owner"])].append(c)

@@ -128,7 +128,7 @@ def test_given_trigger_state_then_the_playbook_opens_whenever_its_condition_hold
     assert len(crm_tasks(world, f"expansion_opportunity:{acc['account_id']}:")) == 1
 
 
-def test_given_24_new_tasks_for_one_owner_then_10_go_out_highest_arr_first_and_the_queue_follows_on_the_next_days(world, store, accounts):
+def test_given_24_new_tasks_for_one_owner_then_10_go_out_highest_arr_first_and_the_queue_follows_on_the_next_days(world, store, accounts, tmp_path):
     mine = accounts[accounts["owner_email"].str.lower() == BUSY_OWNER].iloc[:24].copy()
     assert len(mine) == 24 and set(mine["crm"]) == {"salesforce", "hubspot"}  # one owner across both CRMs
     mine["arr"] = [1000.0 * (k + 1) for k in range(24)]  # distinct ARR: the order is known
@@ -154,6 +154,15 @@ def test_given_24_new_tasks_for_one_owner_then_10_go_out_highest_arr_first_and_t
     # a later run the same day adds nothing: the owner's ten are used up
     again = run_playbooks(store, world.settings, scores, world.connectors, world.now(), "d1b")
     assert (again.tasks_created, again.tasks_queued) == (0, 14)
+
+    # the state is lost the same day: the ten tasks are adopted and count as today's, nothing more goes out
+    lost = open_store(f"sqlite:///{tmp_path}/lost.db")
+    try:
+        relost = run_playbooks(lost, world.settings, scores, world.connectors, world.now(), "d1-lost")
+    finally:
+        lost.close()
+    assert (relost.tasks_created, relost.tasks_adopted, relost.tasks_queued, relost.errors) == (0, 10, 14, [])
+    assert tasked() == set(by_arr[:10])
 
     # day 2: the next ten by ARR; one queued account recovered meanwhile and closes without a task
     world.sb.advance_clock(24 * 3600)
