@@ -422,11 +422,14 @@ def _lanes_cycle(settings, conns: Connections, store: StateStore, summary: RunSu
             if not dry_run:
                 _write_back(store, settings, summary, lane, _lane_plan(plan, lane.crm), now=now, hooks=hooks, on_batch=advance)
             if run_playbooks is not None and lane.alive:
-                lane_scores = _rows_of(scored.scores, lane.crm)
-                result = lane.run("tasks", lambda: run_playbooks(store, settings, lane_scores, lane.connectors, now, summary.run_id,
-                                                                 dry_run=dry_run, hooks=hooks))
+                # every CRM's scores, so the per-owner daily cap orders both CRMs' new tasks together;
+                # episodes and tasks of this lane's CRM only
+                result = lane.run("tasks", lambda: run_playbooks(store, settings, scored.scores, lane.connectors, now, summary.run_id,
+                                                                 dry_run=dry_run, hooks=hooks, crms=[lane.crm]))
                 if result is not None:
                     summary.tasks_created += result.tasks_created
+                    summary.tasks_adopted += result.tasks_adopted
+                    summary.tasks_queued += result.tasks_queued
                     summary.episodes_opened += result.episodes_opened
                     summary.episodes_closed += result.episodes_closed
                     summary.add_errors(list(result.errors))
@@ -524,7 +527,7 @@ def _escalate(settings, conns: Connections, store, summary: RunSummary, lanes: l
             summary.add_stop(LaneStop(system=exc.system or "slack", stage="alerts", kind=classify(exc).kind, reason=str(exc),
                                       call=exc.call, action=exc.action))
             return
-    summary.alerts_sent = result.alerts_sent
+    summary.alerts_sent, summary.alert_episodes = result.alerts_sent, result.alert_episodes
     summary.escalations = result.escalations
     summary.recoveries = getattr(result, "recoveries", 0)
     summary.add_errors(list(result.errors))
@@ -741,6 +744,7 @@ def escalate_stage(settings: Settings, *, ready: dict | None = None) -> dict[str
                     if lane.stop:
                         summary.add_stop(lane.stop)
             summary.alerts_sent, summary.escalations = result.alerts_sent, result.escalations
+            summary.alert_episodes = result.alert_episodes
             summary.recoveries = getattr(result, "recoveries", 0)
             summary.add_errors(list(result.errors))
             summary.notes.extend(getattr(result, "notes", []))

@@ -13,6 +13,7 @@ with the playbooks/escalation/scheduler code (notes/sync_contract.md):
     failed_records  the retry queue: records the CRM rejected or never confirmed
     bulk_jobs       write-back Bulk jobs still running when their run ended (collected, never resent)
     episodes        playbook episodes and their CRM task (task_origin: created here, or found in the CRM)
+    playbook_conditions  per (crm, account, playbook) whether the trigger condition held when last known
     escalations     Slack messages per (episode, level, kind): marker, destination, message key, ts
     slack_channels  channel name -> conversation ID (conversations.list), a cache
     slack_destinations  per Slack conversation, the window whose healthsync messages were read back
@@ -188,7 +189,7 @@ episodes = Table(
     Column("crm", String(16)),
     Column("account_id", String(128)),
     Column("playbook", String(64)),
-    Column("status", String(16)),  # open | closed
+    Column("status", String(16)),  # queued | open | closed
     Column("opened_at", DateTime),
     Column("closed_at", DateTime),
     Column("close_reason", Text),
@@ -199,10 +200,27 @@ episodes = Table(
     Column("owner_email", String(255)),
     Column("segment", String(64)),
     Column("last_seen_run", String(64)),
+    # real UTC time a create of this task was last sent without a definite answer (None: never sent)
+    Column("task_attempted_at", DateTime),
+    # when the task was released to its owner (counts against playbooks.max_new_tasks_per_owner_per_day)
+    Column("released_at", DateTime),
     # "created": this state's create call made the task, so no other state can have alerted it;
     # "found": the CRM already had it (lost/moved state, another worker); NULL: unknown (older rows)
     Column("task_origin", String(16)),
     UniqueConstraint("task_key", name="uq_episodes_task_key"),
+)
+
+#: Whether each playbook's condition held for an account when last known, so a `trigger: crossing`
+#: playbook fires only when it becomes true between the previous scored run and this one.
+playbook_conditions = Table(
+    "playbook_conditions",
+    metadata,
+    Column("crm", String(16), primary_key=True),
+    Column("account_id", String(128), primary_key=True),
+    Column("playbook", String(64), primary_key=True),
+    Column("holds", Boolean, nullable=False),
+    Column("run_id", String(64)),
+    Column("changed_at", DateTime),
 )
 
 escalations = Table(

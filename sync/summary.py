@@ -41,9 +41,12 @@ class RunSummary:
     writes: dict[str, dict[str, int]] = field(default_factory=dict)
     opportunities_adjusted: int = 0
     tasks_created: int = 0
+    tasks_adopted: int = 0  # open healthsync tasks found in the CRM and taken over (never created twice)
+    tasks_queued: int = 0  # episodes waiting under playbooks.max_new_tasks_per_owner_per_day
     episodes_opened: int = 0
     episodes_closed: int = 0
-    alerts_sent: int = 0
+    alerts_sent: int = 0  # alert messages posted (a digest is one message)
+    alert_episodes: int = 0  # episodes those alert messages carry
     escalations: int = 0
     recoveries: int = 0
     invalid: int = 0
@@ -115,9 +118,12 @@ class RunSummary:
             "writes": {crm: dict(w) for crm, w in self.writes.items()},
             "opportunities_adjusted": self.opportunities_adjusted,
             "tasks_created": self.tasks_created,
+            "tasks_adopted": self.tasks_adopted,
+            "tasks_queued": self.tasks_queued,
             "episodes_opened": self.episodes_opened,
             "episodes_closed": self.episodes_closed,
             "alerts_sent": self.alerts_sent,
+            "alert_episodes": self.alert_episodes,
             "escalations": self.escalations,
             "recoveries": self.recoveries,
             "invalid": self.invalid,
@@ -174,10 +180,14 @@ class RunSummary:
                     cells[col] = str(w.get(key, 0))
                 table.add_row(*(cells[c] for c in columns))
             console.print(table)
+        queued = f", {self.tasks_queued} queued" if self.tasks_queued else ""
+        adopted = f", {self.tasks_adopted} found in the CRM" if self.tasks_adopted else ""
         console.print(
-            f"  playbook tasks created: {self.tasks_created} (episodes opened {self.episodes_opened}, closed {self.episodes_closed})"
+            f"  playbook tasks: {self.tasks_created} new{queued}{adopted} (episodes opened {self.episodes_opened}, closed {self.episodes_closed})"
         )
-        console.print(f"  slack: {self.alerts_sent} alerts, {self.escalations} escalations, {self.recoveries} recoveries")
+        console.print(
+            f"  slack: {self.alerts_sent} alert messages ({self.alert_episodes} episodes), {self.escalations} escalations, {self.recoveries} recoveries"
+        )
         if self.stages_skipped:
             console.print(f"  [yellow]stages not run:[/] {', '.join(self.stages_skipped)}")
         warehouse = self.data_quality.get("warehouse")

@@ -56,6 +56,8 @@ ASSOC_TYPES = {
     ("deals", "tickets"): (27, 28), ("tickets", "deals"): (28, 27),
 }
 TYPE_ID_PAIRS = {v[0]: k for k, v in ASSOC_TYPES.items()}
+#: objects whose properties may be created with hasUniqueValue (tasks may not; BEHAVIOR.md)
+UNIQUE_PROPERTY_OBJECTS = frozenset({"companies", "deals", "tickets", "contacts"})
 _SINGULAR = {"companies": "company", "deals": "deal", "tickets": "ticket", "tasks": "task"}
 
 
@@ -952,6 +954,11 @@ class HubSpotApi(Api):
         if name in self.props[t]:
             return hs_error(409, "CONFLICT", f"Property named '{name}' already exists.",
                             subCategory="PropertyValidationError.PROPERTY_EXISTS")
+        if body.get("hasUniqueValue") and t not in UNIQUE_PROPERTY_OBJECTS:
+            # unique properties exist for companies, deals, tickets, contacts and custom objects only
+            # (BEHAVIOR.md); the exact refusal is unverified, this is the stricter reading
+            return hs_error(400, "VALIDATION_ERROR", f"hasUniqueValue is not supported for {t} properties "
+                                                     f"(property {name!r})")
         return schema.HsProperty(name, body["type"], body["fieldType"], label=body["label"],
                                  group=body["groupName"], hubspot_defined=False,
                                  unique=bool(body.get("hasUniqueValue")), options=body.get("options") or [],

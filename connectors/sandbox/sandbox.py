@@ -147,7 +147,8 @@ class Sandbox:
             "salesforce": {"instance_url": sf.base_url, "access_token": self.salesforce.access_token,
                            "ca_file": str(ca_file), "username": self.salesforce.username,
                            "password": self.salesforce.password, "consumer_key": self.salesforce.consumer_key},
-            "hubspot": {"host": hs.base_url, "access_token": self.hubspot.access_token, "tier": self.hubspot_tier},
+            "hubspot": {"host": hs.base_url, "access_token": self.hubspot.access_token, "tier": self.hubspot_tier,
+                        "search_lag_s": self.hubspot.search_lag_seconds},
             "slack": {"base_url": sl.base_url + "/api/", "token": self.slack.token},
             "inspect_url": ins.base_url,
         }
