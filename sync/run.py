@@ -411,6 +411,8 @@ def _lanes_cycle(settings, conns: Connections, store: StateStore, summary: RunSu
     # write-back and tasks, per lane
     plan = plan_writes(store, settings, desired_outputs(scored.scores, scored.opportunities, now), [lane.crm for lane in live])
     summary.invalid = len(plan.invalid)
+    if not dry_run:  # the scale these writes use: kept by the next run while the book stays within 2% with it
+        store.set_forecast_scale(scored.forecast_scale, summary.run_id, now)
     if dry_run:
         summary.diff, summary.writes = _dry_writes(plan, [lane.crm for lane in live])
     run_playbooks = _optional("healthsync.sync.playbooks_job", "run_playbooks")
@@ -702,6 +704,8 @@ def sync_stage(settings: Settings, *, ready: dict | None = None, dry_run: bool =
         lanes = make_lanes(conns.connectors)
 
         def work(lock: _RunLock) -> None:
+            if not retry_failed:  # the scale these writes use (engine/forecast.py hysteresis)
+                store.set_forecast_scale(scored.forecast_scale, run_id, now)
             try:
                 each_lane(lanes, lambda lane: _write_back(store, settings, summary, lane, _lane_plan(plan, lane.crm), now=now,
                                                           hooks=lock.wrap(None), on_batch=None))
