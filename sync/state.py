@@ -746,7 +746,8 @@ class StateStore:
             rows = conn.execute(
                 select(score_history.c.account_id, score_history.c.scored_at, score_history.c.score, score_history.c.band, score_history.c.run_id)
             ).all()
-        frame = pd.DataFrame(rows, columns=["account_id", "scored_at", "score", "band", "run_id"])
+        # plain tuples: pandas probes each Row for named-tuple fields otherwise (4x slower; issue 14 scale)
+        frame = pd.DataFrame([tuple(r) for r in rows], columns=["account_id", "scored_at", "score", "band", "run_id"])
         frame["scored_at"] = pd.to_datetime(frame["scored_at"])
         frame["score"] = pd.to_numeric(frame["score"], errors="coerce").astype("float64")
         return frame
