@@ -35,10 +35,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections import Counter
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -120,17 +120,17 @@ class SandboxProcess:
     def last_seq(self) -> int:
         return int(http_json(f"{self.inspect}/requests?since=999999999999")["last_seq"])
 
-    def counts_since(self, seq: int) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, list[float]]]]:
+    def counts_since(self, seq: int, marks: list[tuple[float, int]]) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, list[float]]]]:
         """Calls per API and endpoint since `seq`, and the timeline: per API and stage, [first, last] call in
-        seconds after the run's first call (emulator clock), so the lanes' overlap shows."""
+        seconds after the run started (wall clock, to the second: `marks` are (seconds, last request seq)
+        sampled every second during the run; the emulators' own clock runs ahead of the wall clock, as it
+        gives every record written a distinct modification time), so the lanes' overlap shows."""
         reply = http_json(f"{self.inspect}/requests?since={seq}")
         out: dict[str, Counter] = {}
         spans: dict[str, dict[str, list[float]]] = {}
-        stamps = [datetime.fromisoformat(r["at"].replace("Z", "+00:00")) for r in reply["requests"]]
-        origin = min(stamps) if stamps else None
-        for r, at in zip(reply["requests"], stamps):
+        for r in reply["requests"]:
             out.setdefault(r["api"], Counter())[r["endpoint"]] += 1
-            t = round((at - origin).total_seconds(), 1)
+            t = next((at for at, last in marks if last >= r["seq"]), marks[-1][0] if marks else 0.0)
             span = spans.setdefault(r["api"], {}).setdefault(stage_of(r), [t, t])
             span[0], span[1] = min(span[0], t), max(span[1], t)
         return {api: dict(sorted(c.items())) for api, c in out.items()}, spans
@@ -164,15 +164,30 @@ def run_once(sb: SandboxProcess, workdir: Path, label: str, profile: str | None 
         cmd = [str(BIN / "py-spy"), "record", "--nonblocking", "-r", "50", "-f", "speedscope",
                "-o", str(workdir / f"profile-{label}.json"), "--", *cmd]
     t0 = time.perf_counter()
+    marks: list[tuple[float, int]] = []
+    done = threading.Event()
+
+    def sample() -> None:  # (seconds since start, last request seq), once a second: the timeline's clock
+        while not done.wait(1.0):
+            try:
+                marks.append((round(time.perf_counter() - t0, 1), sb.last_seq()))
+            except OSError:
+                pass
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(workdir / f"run-{label}.log", "w"))
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
+    done.set()
+    sampler.join()
+    marks.append((round(wall, 1), sb.last_seq()))
     try:
         summary = json.loads(out)
     except ValueError:
         raise SystemExit(f"run {label}: no JSON on stdout (exit {status >> 8}); see {workdir}/run-{label}.log")
-    calls, timeline = sb.counts_since(seq)
+    calls, timeline = sb.counts_since(seq, marks)
     return {"label": label, "timeline": timeline, "wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
             "max_rss_mb": round(usage.ru_maxrss / 1024), "load_before": before, "load_after": load(),
             "exit_code": status >> 8, "summary": summary, "calls": calls}
