@@ -1,0 +1,294 @@
+"""One CSV or Parquet file -> an Arrow table of the wanted columns, and where each row came from.
+
+The reading half of `connectors/files.py`. A file is read in C++ (pyarrow) with column
+projection: Parquet reads only the wanted columns from disk; CSV parses with pyarrow's
+multi-threaded reader and converts only the wanted columns. What used to reject a whole file
+is kept per record instead (issue 13):
+
+- a ragged row (more or fewer fields than the header) is skipped and reported with its line;
+- bytes that are not UTF-8 (one Latin-1 byte) clear that one value, reported with its line
+  and column; the rest of the row and of the file is read;
+- anything pyarrow's reader still refuses falls back to Python's csv module, so a readable
+  file is never rejected whole.
+
+Line numbers are only worked out when a problem needs one (a second pass over the text), so
+a clean file costs nothing for them. Parquet problems are named by row (1-based).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Collection
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from healthsync.connectors.base import ConfigurationError
+
+#: the texts pandas reads as missing (read_csv's defaults), kept so files read as they always did
+NULL_TEXTS = [
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+    "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+]
+
+
+@dataclass
+class BadValue:
+    """Bytes that are not UTF-8 text in one value: the value is cleared."""
+
+    row: int  # position in the table
+    column: str
+    message: str
+
+
+@dataclass
+class RaggedRow:
+    """A row with a different number of fields than the header: the row is skipped."""
+
+    line: int | None
+    fields: list[str] | None
+    message: str
+
+
+@dataclass
+class FileTable:
+    """The columns read from one file, plus what could not be read and where it was."""
+
+    path: Path
+    table: pa.Table
+    line_label: str  # "line" (CSV) or "row" (Parquet)
+    columns_in_file: list[str]
+    bad_values: list[BadValue] = field(default_factory=list)
+    ragged: list[RaggedRow] = field(default_factory=list)
+    _lines: object = None  # callable rows -> line numbers, or None
+
+    def lines(self, rows: np.ndarray) -> np.ndarray | None:
+        """Line numbers (CSV, 1-based, header = 1) or row numbers (Parquet, 1-based) of table rows."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.line_label == "row":
+            return rows + 1
+        if self._lines is None:
+            return None
+        return self._lines(rows)
+
+
+# ----------------------------------------------------------------------------- Parquet
+
+
+def _read_parquet(path: Path, wanted: Collection[str] | None) -> FileTable:
+    try:
+        schema = pq.read_schema(path)
+        names = [n for n in schema.names if not n.startswith("__index_level_")]
+        by_stripped = {n.strip(): n for n in names}
+        read = names if wanted is None else [by_stripped[w] for w in by_stripped if w in wanted]
+        table = pq.read_table(path, columns=read)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise ConfigurationError(f"{path}: cannot read as Parquet: {exc}") from None
+    table = table.rename_columns([n.strip() for n in table.column_names])
+    out = FileTable(path, table, "row", list(by_stripped))
+    out.table = _repair_text(out)
+    return out
+
+
+# ----------------------------------------------------------------------------- CSV
+
+
+def _header(data: bytes) -> list[str]:
+    head = data[: 1 << 16].decode("utf-8", errors="replace").lstrip("\ufeff")
+    try:
+        names = next(csv.reader(io.StringIO(head, newline="")))
+    except (StopIteration, csv.Error):
+        return []
+    seen: dict[str, int] = {}
+    out = []
+    for name in (n.strip() for n in names):
+        if name in seen:  # pandas' naming of repeated headers: a, a.1, a.2
+            seen[name] += 1
+            name = f"{name}.{seen[name]}"
+        seen.setdefault(name, 0)
+        out.append(name)
+    return out
+
+
+def _records(data: bytes):
+    """(first physical line, fields) of every record after the header; empty lines skipped."""
+    text = data.decode("utf-8", errors="replace").lstrip("\ufeff")
+    reader = csv.reader(io.StringIO(text, newline=""), strict=False)
+    try:
+        next(reader)
+    except StopIteration:
+        return
+    line = reader.line_num
+    for fields in reader:
+        start, line = line + 1, reader.line_num
+        if fields:
+            yield start, fields
+
+
+class _CsvLayout:
+    """Lines of the records pyarrow kept, worked out once when a problem needs them."""
+
+    def __init__(self, data: bytes, n_fields: int, kept_rows: int, ragged_rows: int):
+        self._data, self._n, self._kept, self._ragged = data, n_fields, kept_rows, ragged_rows
+        self._done = False
+        self.kept_lines: np.ndarray | None = None
+        self.ragged: list[tuple[int, list[str]]] = []
+
+    def _scan(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        kept, ragged = [], []
+        for start, fields in _records(self._data):
+            if len(fields) == self._n:
+                kept.append(start)
+            else:
+                ragged.append((start, fields))
+        if len(kept) == self._kept and len(ragged) == self._ragged:
+            self.kept_lines = np.asarray(kept, dtype=np.int64)
+            self.ragged = ragged
+
+    def lines(self, rows: np.ndarray) -> np.ndarray | None:
+        self._scan()
+        return None if self.kept_lines is None else self.kept_lines[rows]
+
+
+def _read_csv_arrow(data: bytes, names: list[str], wanted: Collection[str] | None, text_columns: Collection[str]):
+    skipped: list[str] = []
+
+    def skip(row) -> str:
+        skipped.append(row.text)
+        return "skip"
+
+    include = [n for n in names if wanted is None or n in wanted]
+    table = pacsv.read_csv(
+        pa.BufferReader(data),
+        read_options=pacsv.ReadOptions(column_names=names, skip_rows=1),
+        parse_options=pacsv.ParseOptions(invalid_row_handler=skip, newlines_in_values=b'"' in data),
+        convert_options=pacsv.ConvertOptions(
+            include_columns=include,
+            column_types={n: pa.large_string() for n in include if n in text_columns},
+            null_values=NULL_TEXTS,
+            strings_can_be_null=True,
+            check_utf8=False,
+        ),
+    )
+    return table, len(skipped)
+
+
+def _read_csv_python(data: bytes, names: list[str], wanted: Collection[str] | None):
+    """All wanted columns as text, record by record (for files pyarrow's reader refuses)."""
+    include = [i for i, n in enumerate(names) if wanted is None or n in wanted]
+    columns: list[list] = [[] for _ in include]
+    ragged = 0
+    nulls = set(NULL_TEXTS)
+    for _, fields in _records(data):
+        if len(fields) != len(names):
+            ragged += 1
+            continue
+        for out, i in zip(columns, include):
+            value = fields[i]
+            out.append(None if value in nulls else value)
+    table = pa.table({names[i]: pa.array(col, pa.large_string()) for i, col in zip(include, columns)})
+    return table, ragged
+
+
+def _read_csv(path: Path, wanted: Collection[str] | None, text_columns: Collection[str]) -> FileTable:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"{path}: cannot read ({exc.strerror})") from None
+    names = _header(data)
+    if not names or not any(names):
+        return FileTable(path, pa.table({}), "line", [])
+    try:
+        table, ragged_count = _read_csv_arrow(data, names, wanted, text_columns)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        table, ragged_count = _read_csv_python(data, names, wanted)
+    layout = _CsvLayout(data, len(names), table.num_rows, ragged_count)
+    out = FileTable(path, table, "line", names, _lines=layout.lines)
+    out.table = _repair_text(out)
+    if ragged_count:
+        layout._scan()
+        if layout.kept_lines is not None:
+            rows = layout.ragged
+        else:
+            rows = [(None, None)] * ragged_count
+        for line, fields in rows:
+            count = "" if fields is None else f"{len(fields)} fields where the header has {len(names)}"
+            out.ragged.append(RaggedRow(line, fields, count or "wrong number of fields"))
+    return out
+
+
+# ----------------------------------------------------------------------------- values
+
+
+def _bad_utf8_rows(chunk: pa.Array) -> list[tuple[int, str]]:
+    """(position in the chunk, message) of values whose bytes are not UTF-8."""
+    out = []
+    for i, value in enumerate(chunk.cast(pa.large_binary()).to_pylist()):
+        if value is None:
+            continue
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as e:
+            out.append((i, f"not UTF-8 text (byte 0x{value[e.start]:02x} at position {e.start + 1})"))
+    return out
+
+
+def _repair_text(file: FileTable) -> pa.Table:
+    """Text columns with valid UTF-8 only: a value that is not is cleared and recorded.
+
+    The check is Arrow's own validation (fast, per chunk); only a chunk that fails it is
+    decoded value by value. Dictionary, binary and decimal columns become plain strings
+    and floats, so the validator sees ordinary types.
+    """
+    table = file.table
+    columns = []
+    for name, column in zip(table.column_names, table.columns):
+        if pa.types.is_dictionary(column.type):
+            column = column.cast(column.type.value_type)
+        if pa.types.is_decimal(column.type):
+            column = column.cast(pa.float64())
+        if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type) or pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            chunks, offset = [], 0
+            for chunk in column.chunks:
+                binary = pa.types.is_binary(chunk.type) or pa.types.is_large_binary(chunk.type)
+                try:
+                    if binary:
+                        chunk = chunk.cast(pa.large_binary()).cast(pa.large_string())
+                    else:
+                        chunk.validate(full=True)
+                except pa.ArrowInvalid:
+                    bad = _bad_utf8_rows(chunk)
+                    mask = np.zeros(len(chunk), dtype=bool)
+                    for i, message in bad:
+                        mask[i] = True
+                        file.bad_values.append(BadValue(offset + i, name, message))
+                    as_binary = chunk.cast(pa.large_binary())
+                    cleared = pc.if_else(pa.array(mask), pa.scalar(None, pa.large_binary()), as_binary)
+                    chunk = cleared.cast(pa.large_string())
+                chunks.append(chunk.cast(pa.large_string()) if not pa.types.is_large_string(chunk.type) else chunk)
+                offset += len(chunk)
+            column = pa.chunked_array(chunks, pa.large_string()) if chunks else pa.chunked_array([], pa.large_string())
+        columns.append(column)
+    return pa.table(columns, names=table.column_names) if table.num_columns else table
+
+
+def read_table(path: Path, wanted: Collection[str] | None = None, text_columns: Collection[str] = ()) -> FileTable:
+    """The wanted columns (None: all) of a .csv/.parquet file; header names stripped.
+
+    `text_columns` are read as text from CSV whatever they look like (ids: "001" stays "001").
+    """
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return _read_csv(path, wanted, text_columns)
+    if suffix in (".parquet", ".pq"):
+        return _read_parquet(path, wanted)
+    raise ConfigurationError(f"{path}: unsupported file type {suffix!r} (use .csv or .parquet)")
