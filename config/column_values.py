@@ -34,12 +34,61 @@ def _raw_values(raw: pd.Series, rows: np.ndarray) -> list:
     return [None if v is pd.NA else v for v in values.astype(object)]
 
 
+#: bytes a value may start or end with when it needs stripping: ASCII whitespace, and any
+#: non-ASCII byte (it may belong to a Unicode space); a value starting and ending otherwise needs none
+_MAY_BE_SPACE = np.zeros(256, dtype=bool)
+_MAY_BE_SPACE[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = True
+_MAY_BE_SPACE[0x80:] = True
+
+
+def _arrow_chunks(values: pd.Series) -> list[pa.Array] | None:
+    """The Arrow string chunks behind an Arrow-backed pandas string column (zero-copy), else None."""
+    if not (isinstance(values.dtype, pd.StringDtype) and values.dtype.storage == "pyarrow"):
+        return None
+    arr = pa.array(values.array)
+    chunks = arr.chunks if isinstance(arr, pa.ChunkedArray) else [arr]
+    return chunks if all(pa.types.is_large_string(c.type) or pa.types.is_string(c.type) for c in chunks) else None
+
+
+def _clean_text(chunks: list[pa.Array]) -> bool:
+    """True when no value is empty or starts or ends with (possibly) white space.
+
+    Reads only each value's first and last byte from Arrow's buffers: ids and names almost
+    never need stripping, and finding that out this way costs a fraction of stripping them.
+    """
+    for chunk in chunks:
+        n = len(chunk)
+        if n == 0:
+            continue
+        buffers = chunk.buffers()
+        width = 8 if pa.types.is_large_string(chunk.type) else 4
+        offsets = np.frombuffer(buffers[1], dtype=np.int64 if width == 8 else np.int32, count=n + 1, offset=chunk.offset * width)
+        lengths = np.diff(offsets)
+        nonempty = lengths > 0
+        if chunk.null_count:
+            valid = chunk.is_valid().to_numpy(zero_copy_only=False)
+            if (valid & ~nonempty).any():
+                return False
+        elif not nonempty.all():
+            return False
+        if buffers[2] is None:
+            continue
+        data = np.frombuffer(buffers[2], dtype=np.uint8)
+        starts = offsets[:-1][nonempty]
+        if _MAY_BE_SPACE[data[starts]].any() or _MAY_BE_SPACE[data[offsets[1:][nonempty] - 1]].any():
+            return False
+    return True
+
+
 def text_values(raw: pd.Series) -> pd.Series:
     """Stripped text (pandas 'string'); empty or whitespace-only values become NA."""
     if isinstance(raw.dtype, pd.StringDtype) and raw.dtype.na_value is pd.NA:
         text = raw
     else:
         text = raw.astype("string")
+    chunks = _arrow_chunks(text)
+    if chunks is not None and _clean_text(chunks):
+        return text
     text = text.str.strip()
     blank = (text == "").fillna(False).to_numpy(dtype=bool)
     if blank.any():
@@ -229,6 +278,22 @@ def _fixed_width_hashes(arr: pa.Array) -> np.ndarray | None:
     return h
 
 
+def _strictly_increasing(chunks: list[pa.Array]) -> bool:
+    """No nulls and every value greater than the one before (compared chunk by chunk, no copy)."""
+    previous = None
+    for chunk in chunks:
+        if chunk.null_count:
+            return False
+        if len(chunk) == 0:
+            continue
+        if previous is not None and not pc.greater(chunk[0], previous).as_py():
+            return False
+        if len(chunk) > 1 and not pc.all(pc.greater(chunk.slice(1), chunk.slice(0, len(chunk) - 1))).as_py():
+            return False
+        previous = chunk[len(chunk) - 1]
+    return True
+
+
 def duplicated(values: pd.Series) -> np.ndarray:
     """Every copy of a repeated, present value (pandas `duplicated(keep=False)`, NA never repeats).
 
@@ -239,13 +304,12 @@ def duplicated(values: pd.Series) -> np.ndarray:
     n = len(values)
     if n < 2:
         return np.zeros(n, dtype=bool)
-    arr = pa.array(values.astype("string"), from_pandas=True)
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
+    chunks = _arrow_chunks(values) or [pa.array(values.astype("string"), from_pandas=True)]
+    if _strictly_increasing(chunks):
+        return np.zeros(n, dtype=bool)
+    arr = pa.chunked_array(chunks).combine_chunks()
     if not pa.types.is_large_string(arr.type):
         arr = arr.cast(pa.large_string())
-    if arr.null_count == 0 and pc.all(pc.greater(arr.slice(1), arr.slice(0, n - 1))).as_py():
-        return np.zeros(n, dtype=bool)
     hashes = _fixed_width_hashes(arr)
     if hashes is not None:
         candidates = np.flatnonzero(pd.Series(hashes).duplicated(keep=False).to_numpy())
