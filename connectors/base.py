@@ -20,9 +20,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Iterator, Literal
 
-import pandas as pd
+if TYPE_CHECKING:  # annotations only: importing the error classes must not cost a pandas import
+    import pandas as pd
 
 
 class HealthsyncError(Exception):

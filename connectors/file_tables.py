@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import csv
 import io
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Collection
+from typing import Collection, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -29,7 +30,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from healthsync.config.canonical import SPECS, FrameSpec
 from healthsync.connectors.base import ConfigurationError
+
+SUFFIXES = (".csv", ".parquet", ".pq")
 
 #: the texts pandas reads as missing (read_csv's defaults), kept so files read as they always did
 NULL_TEXTS = [
@@ -280,6 +284,73 @@ def _repair_text(file: FileTable) -> pa.Table:
             column = pa.chunked_array(chunks, pa.large_string()) if chunks else pa.chunked_array([], pa.large_string())
         columns.append(column)
     return pa.table(columns, names=table.column_names) if table.num_columns else table
+
+
+def id_columns(spec: FrameSpec) -> list[str]:
+    return [c.name for c in spec.columns if c.name.endswith("_id") or c.name == spec.key]
+
+
+def text_columns(spec: FrameSpec) -> set[str]:
+    """Columns read as text from CSV whatever they look like ("001" stays "001")."""
+    return set(id_columns(spec)) | {c.name for c in spec.columns if c.kind in ("str", "enum")}
+
+
+def find_frame_file(directory: Path, name: str) -> Path | None:
+    for suffix in SUFFIXES:
+        candidate = directory / f"{name}{suffix}"
+        if candidate.exists():
+            return candidate
+    return None
+
+
+@dataclass
+class Reading:
+    """Files being decoded in the background: frame name -> (file, spec, columns wanted, Future)."""
+
+    files: dict[str, tuple[Path, FrameSpec, Collection[str] | None, Future]]
+
+    def result(self, name: str) -> FileTable:
+        return self.files[name][3].result()
+
+
+def start_reading(
+    directory: Path,
+    frames: Mapping[str, bool],
+    columns: Mapping[str, Collection[str] | None] | None = None,
+    spec_for=lambda name: name,
+) -> Reading:
+    """Find each frame's file (`frames`: name -> required) and start decoding them side by side.
+
+    `columns` maps a frame to the columns to read (None: all); frames it leaves out are not
+    read. Arrow decodes outside the GIL, so the files are read while the caller goes on
+    (`healthsync score --input` loads pandas and the engine meanwhile). Needs no pandas.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ConfigurationError(f"{directory}: not a directory")
+    plans = {}
+    for name, required in frames.items():
+        if columns is not None and name not in columns:
+            continue
+        path = find_frame_file(directory, name)
+        if path is None:
+            if required:
+                raise ConfigurationError(f"{directory}: {name}.csv (or {name}.parquet) is required")
+            continue
+        if path.is_dir():
+            raise ConfigurationError(f"{path}: is a directory, not a file")
+        spec = spec_for(name)
+        spec = SPECS[spec] if isinstance(spec, str) else spec
+        wanted = None if columns is None or columns[name] is None else set(columns[name]) | {spec.key}
+        plans[name] = (path, spec, wanted)
+    pool = ThreadPoolExecutor(max_workers=max(1, len(plans)), thread_name_prefix="healthsync-read")
+    try:
+        return Reading({
+            name: (path, spec, wanted, pool.submit(read_table, path, wanted, text_columns(spec)))
+            for name, (path, spec, wanted) in plans.items()
+        })
+    finally:
+        pool.shutdown(wait=False)
 
 
 def read_table(path: Path, wanted: Collection[str] | None = None, text_columns: Collection[str] = ()) -> FileTable:

@@ -24,9 +24,16 @@ import pyarrow as pa
 
 from healthsync.config.canonical import SPECS, FrameSpec, Problem, ValidationReport, canonical_columns, validate_frame
 from healthsync.connectors.base import ConfigurationError
-from healthsync.connectors.file_tables import FileTable, read_table
-
-SUFFIXES = (".csv", ".parquet", ".pq")
+from healthsync.connectors.file_tables import (  # noqa: F401 - find_frame_file, SUFFIXES re-exported
+    SUFFIXES,
+    FileTable,
+    Reading,
+    find_frame_file,
+    id_columns,
+    read_table,
+    start_reading,
+    text_columns,
+)
 #: canonical frames `read_frames` looks for, and whether a directory must hold it
 FRAMES = {"accounts": True, "opportunities": False, "tickets": False, "tasks": False}
 #: the history directory of design.md ("history for validation")
@@ -43,15 +50,6 @@ def _spec(spec: FrameSpec | str) -> FrameSpec:
     return SPECS[spec]
 
 
-def _id_columns(spec: FrameSpec) -> list[str]:
-    return [c.name for c in spec.columns if c.name.endswith("_id") or c.name == spec.key]
-
-
-def _text_columns(spec: FrameSpec) -> set[str]:
-    """Columns read as text from CSV whatever they look like ("001" stays "001")."""
-    return set(_id_columns(spec)) | {c.name for c in spec.columns if c.kind in ("str", "enum")}
-
-
 def _pandas_type(arrow_type: pa.DataType):
     if pa.types.is_large_string(arrow_type) or pa.types.is_string(arrow_type):
         return pd.StringDtype("pyarrow")
@@ -65,7 +63,7 @@ def _pandas_type(arrow_type: pa.DataType):
 def _to_pandas(table: pa.Table, spec: FrameSpec) -> pd.DataFrame:
     """Arrow -> pandas without Python objects: Arrow-backed strings, nullable ints and booleans,
     dates as datetime64; ids as text."""
-    for name in _id_columns(spec):
+    for name in id_columns(spec):
         if name in table.column_names:
             i = table.column_names.index(name)
             column = table.column(i)
@@ -124,17 +122,28 @@ def read_frame(
     wanted contract column is absent.
     """
     spec = _spec(spec)
-    path = Path(path)
+    return _frame_from_table(_read_table(Path(path), spec, columns), spec, columns)
+
+
+def _read_table(path: Path, spec: FrameSpec, columns: Collection[str] | None) -> FileTable:
     if not path.exists():
         raise ConfigurationError(f"{path}: file not found")
     if path.is_dir():
         raise ConfigurationError(f"{path}: is a directory, not a file")
     wanted = None if columns is None else set(columns) | {spec.key}
-    file = read_table(path, wanted, _text_columns(spec))
+    return read_table(path, wanted, text_columns(spec))
+
+
+def _frame_from_table(
+    file: FileTable, spec: FrameSpec, columns: Collection[str] | None
+) -> tuple[pd.DataFrame, ValidationReport]:
+    path = file.path
+    wanted = None if columns is None else set(columns) | {spec.key}
     try:
         frame = _to_pandas(file.table, spec)
     except (pa.ArrowException, ValueError, TypeError) as exc:
         raise ConfigurationError(f"{path}: cannot read as {spec.name}: {exc}") from None
+    file.table = None  # the pandas frame holds the data now; let the Arrow copy go
     valid, report = validate_frame(frame, spec)
     located = ValidationReport(problems=_file_problems(file, spec, frame))
     # a value cleared for bad bytes in a column the record cannot lack is one problem, not two
@@ -145,7 +154,7 @@ def read_frame(
     if not any(p.record_id == "*" for p in report.problems):
         if len(valid) == 0:
             noun = RECORD_NOUN.get(spec.name, spec.name)
-            located.warn(f"{path.name}: 0 {noun}" + (" (only a header)" if file.table.num_rows == 0 and not file.ragged else ""))
+            located.warn(f"{path.name}: 0 {noun}" + (" (only a header)" if len(frame) == 0 and not file.ragged else ""))
         present = set(file.columns_in_file)
         absent = [c.name for c in spec.columns if not c.required and c.name not in present and (wanted is None or c.name in wanted)]
         if absent:
@@ -167,14 +176,6 @@ def write_frame(frame: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
-def find_frame_file(directory: Path, name: str) -> Path | None:
-    for suffix in SUFFIXES:
-        candidate = directory / f"{name}{suffix}"
-        if candidate.exists():
-            return candidate
-    return None
-
-
 _find = find_frame_file
 
 
@@ -183,35 +184,29 @@ def _read_directory(
     wanted: dict[str, bool],
     spec_for=lambda name: name,
     columns: Mapping[str, Collection[str] | None] | None = None,
+    reading: Reading | None = None,
 ) -> tuple[dict[str, pd.DataFrame], ValidationReport]:
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise ConfigurationError(f"{directory}: not a directory")
+    # the files are decoded side by side (Arrow works outside the GIL), then checked one by one
+    reading = reading or start_reading(Path(directory), wanted, columns, spec_for)
     frames: dict[str, pd.DataFrame] = {}
     report = ValidationReport()
-    for name, required in wanted.items():
-        if columns is not None and name not in columns:
-            continue
-        path = find_frame_file(directory, name)
-        if path is None:
-            if required:
-                raise ConfigurationError(f"{directory}: {name}.csv (or {name}.parquet) is required")
-            continue
-        frame, problems = read_frame(path, spec_for(name), None if columns is None else columns[name])
+    for name, (_, spec, wanted_columns, _) in reading.files.items():
+        frame, problems = _frame_from_table(reading.result(name), spec, wanted_columns)
         frames[name] = frame
         report.extend(problems)
     return frames, report
 
 
 def read_frames(
-    directory: str | Path, columns: Mapping[str, Collection[str] | None] | None = None
+    directory: str | Path, columns: Mapping[str, Collection[str] | None] | None = None, reading: Reading | None = None
 ) -> tuple[dict[str, pd.DataFrame], ValidationReport]:
     """The canonical frames present in `directory` (`accounts` required; `opportunities`, `tickets`, `tasks` optional).
 
     `columns` maps a frame to the columns to read (None: all of them); frames it leaves out
-    are not read at all. Without it, every frame and column is read.
+    are not read at all. Without it, every frame and column is read. `reading`: files
+    already being decoded (`file_tables.start_reading`).
     """
-    return _read_directory(directory, FRAMES, columns=columns)
+    return _read_directory(directory, FRAMES, columns=columns, reading=reading)
 
 
 def read_history(directory: str | Path) -> tuple[dict[str, pd.DataFrame], ValidationReport]:

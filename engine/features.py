@@ -22,22 +22,14 @@ import numpy as np
 import pandas as pd
 
 from healthsync.config.model import ModelConfig
+from healthsync.engine.inputs import OPPORTUNITY_FEATURES, TICKET_FEATURES, model_inputs  # noqa: F401 - re-exported
 from healthsync.engine.keys import KeyIndex, equals_any, has_duplicates, map_chunks, positions
 from healthsync.engine.lifecycle import lifecycle_stage
-from healthsync.engine.rules import _boolean, numeric_column, rule_columns
+from healthsync.engine.rules import _boolean, numeric_column
 
 SHORT_WINDOW_DAYS = 30
 LONG_WINDOW_DAYS = 90  # seed 003: escalations and P1s "in the last 90 days"; ticket trend 30 vs 90
 USAGE_WINDOW_DAYS = 28
-OPPORTUNITY_FEATURES = ("open_opportunities", "open_pipeline_amount")
-TICKET_FEATURES = ("tickets_30d", "tickets_90d", "tickets_rate_30d", "tickets_rate_90d", "escalations_90d", "open_p1_90d")
-#: computed feature -> the accounts columns it is computed from
-_ACCOUNT_DERIVED = {
-    "license_utilization": ("active_users_30d", "seats_purchased"),
-    "feature_adoption": ("features_used", "features_available"),
-    "tenure_days": ("customer_since",),
-    "days_to_renewal": ("renewal_date",),
-}
 
 
 def as_of_timestamp(as_of: date | datetime | str | pd.Timestamp | None) -> pd.Timestamp:
@@ -178,36 +170,6 @@ def _usage_features(accounts: pd.DataFrame, usage: pd.DataFrame, end: pd.Timesta
             total = np.bincount(pos[rows], weights=logins[rows], minlength=n)
             with np.errstate(divide="ignore", invalid="ignore"):
                 out["logins_per_user_week"] = np.where(seen & (peak > 0), total / (USAGE_WINDOW_DAYS / 7) / peak, np.nan)
-    return out
-
-
-def model_inputs(model: ModelConfig) -> dict[str, set[str]]:
-    """The canonical frames, and their columns, that scoring with `model` reads.
-
-    Frames the model does not need are left out (no default metric reads opportunities), so
-    `healthsync score --input` reads neither their files nor their unused columns. Accounts
-    always include the id, name, segment and the dates lifecycle stages and the renewal
-    window come from. Kept next to `build_features`, which is what reads these columns.
-    """
-    reads = {c for m in model.metrics for c in rule_columns(m.rule)}
-    accounts = {"account_id", "name", "segment", "customer_since", "renewal_date"} | reads
-    for feature, sources in _ACCOUNT_DERIVED.items():
-        if feature in reads:
-            accounts |= set(sources)
-    if model.csm_override.enabled:
-        accounts.add(model.csm_override.column)
-    if model.method == "percentile":
-        accounts.add(model.percentile_cohort)
-    out = {"accounts": accounts - set(TICKET_FEATURES) - set(OPPORTUNITY_FEATURES)}
-    if reads & set(TICKET_FEATURES):
-        tickets = {"ticket_id", "account_id", "created_at"}
-        if "escalations_90d" in reads:
-            tickets.add("escalated")
-        if "open_p1_90d" in reads:
-            tickets |= {"priority", "status", "closed_at"}
-        out["tickets"] = tickets
-    if reads & set(OPPORTUNITY_FEATURES):
-        out["opportunities"] = {"opportunity_id", "account_id", "is_closed", "amount"}
     return out
 
 

@@ -115,10 +115,16 @@ def map_chunks(function, n: int, size: int = 262_144, workers: int | None = None
     """[function(start, stop) for each chunk], in order, on up to `workers` threads.
 
     NumPy and Arrow release the GIL inside their kernels, so chunks overlap on a
-    multi-core machine; with one chunk (small frames) nothing is threaded.
+    multi-core machine; with one chunk (small frames) nothing is threaded. The chunks
+    are evened out to a multiple of the workers (at most `size` rows each): three
+    chunks on two cores would leave one core idle for the whole last chunk.
     """
-    chunks = list(row_chunks(n, size))
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+    count = -(-n // size) if n else 0
+    if count > 1 and workers > 1:
+        count = -(-count // workers) * workers
+        size = -(-n // count)
+    chunks = list(row_chunks(n, size))
     if len(chunks) <= 1 or workers <= 1:
         return [function(start, stop) for start, stop in chunks]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="healthsync-engine") as pool:
