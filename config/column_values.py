@@ -61,19 +61,16 @@ def _clean_text(chunks: list[pa.Array]) -> bool:
         buffers = chunk.buffers()
         width = 8 if pa.types.is_large_string(chunk.type) else 4
         offsets = np.frombuffer(buffers[1], dtype=np.int64 if width == 8 else np.int32, count=n + 1, offset=chunk.offset * width)
-        lengths = np.diff(offsets)
-        nonempty = lengths > 0
-        if chunk.null_count:
+        starts, ends = offsets[:-1], offsets[1:]
+        if chunk.null_count:  # nulls are fine; look at the values only
             valid = chunk.is_valid().to_numpy(zero_copy_only=False)
-            if (valid & ~nonempty).any():
-                return False
-        elif not nonempty.all():
-            return False
-        if buffers[2] is None:
+            starts, ends = starts[valid], ends[valid]
+        if starts.size == 0:
             continue
+        if (ends == starts).any():  # an empty value: it becomes NA
+            return False
         data = np.frombuffer(buffers[2], dtype=np.uint8)
-        starts = offsets[:-1][nonempty]
-        if _MAY_BE_SPACE[data[starts]].any() or _MAY_BE_SPACE[data[offsets[1:][nonempty] - 1]].any():
+        if _MAY_BE_SPACE[data[starts]].any() or _MAY_BE_SPACE[data[ends - 1]].any():
             return False
     return True
 

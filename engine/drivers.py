@@ -94,8 +94,10 @@ def _metric_text(metric: Metric, features: pd.DataFrame, rows: np.ndarray) -> pa
     return _join(f"{metric.label} ", value, unit + target)
 
 
-def point_effects(scored: pd.DataFrame, features: pd.DataFrame, model: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(earned, lost) points per account and metric (NaN where the metric is absent)."""
+def point_effects(scored: pd.DataFrame, features: pd.DataFrame, model: ModelConfig, best: np.ndarray) -> np.ndarray:
+    """Per account and metric, the points it adds to the score (accounts in the best band) or
+    costs it (all others); NaN where the metric is absent. Only the side each account needs
+    is computed: one (accounts x metrics) array fewer at every step."""
     raw = np.column_stack([scored[f"m_{m.name}"].to_numpy(dtype="float64", na_value=np.nan) for m in model.metrics])
     weights = HealthScorer(model).weight_matrix(features)
     present = ~np.isnan(raw)
@@ -103,9 +105,8 @@ def point_effects(scored: pd.DataFrame, features: pd.DataFrame, model: ModelConf
     conf = np.where(conf > 0, conf, np.nan)
     if model.method == "points":
         max_points = np.array([rule_max_points(m.rule) for m in model.metrics], dtype="float64")
-        return raw / conf, (max_points - raw) / conf
-    w_eff = weights / conf
-    return w_eff * raw, w_eff * (100.0 - raw)
+        return np.where(best[:, None], raw, max_points - raw) / conf
+    return weights / conf * np.where(best[:, None], raw, 100.0 - raw)
 
 
 def explain(scored: pd.DataFrame, features: pd.DataFrame, model: ModelConfig, top_n: int = 3) -> pd.Series:
@@ -130,10 +131,9 @@ def explain(scored: pd.DataFrame, features: pd.DataFrame, model: ModelConfig, to
 
 def _explain_rows(scored: pd.DataFrame, features: pd.DataFrame, model: ModelConfig, top_n: int) -> pa.Array:
     n = len(scored)
-    earned, lost = point_effects(scored, features, model)
     best = equals_any(scored["band"], (model.bands[-1].name,), case_insensitive=False)
-    effect = np.where(best[:, None], earned, lost)
-    effect[np.isnan(effect) | (effect <= 1e-9)] = -np.inf
+    effect = point_effects(scored, features, model, best)
+    effect[~(effect > 1e-9)] = -np.inf  # absent (NaN) or costing nothing: not a driver
     k = min(top_n, effect.shape[1])
     # the top k per row by repeated argmax: ties go to the metric listed first, exactly as a
     # stable sort would order them, at a fraction of the cost of sorting every row

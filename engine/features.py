@@ -108,11 +108,14 @@ def _ticket_features(accounts: pd.DataFrame, tickets: pd.DataFrame, end: pd.Time
 
     def chunk_keys(start: int, stop: int) -> np.ndarray:
         chunk = tickets.iloc[start:stop]
-        pos = lookup.positions(chunk["account_id"])
         in_long, flags = _ticket_flags(chunk, end)
-        rows = np.flatnonzero(in_long & (pos >= 0))
+        # only tickets in the 90-day window count: look up the accounts of those alone (the id
+        # join is the costly part, and older tickets are most of a long history)
+        rows = np.flatnonzero(in_long)
+        pos = lookup.positions(chunk["account_id"], rows)
+        found = pos >= 0
         # one counting pass at the end: each ticket in the window adds to (account, flag combination)
-        return pos[rows] * 8 + flags[rows]
+        return pos[found] * 8 + flags[rows[found]]
 
     keys = map_chunks(chunk_keys, len(tickets), 1_048_576)
     all_keys = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
