@@ -32,13 +32,6 @@ def _raw_values(raw: pd.Series, rows: np.ndarray) -> list:
     return [None if v is pd.NA else v for v in values.astype(object)]
 
 
-#: bytes a value may start or end with when it needs stripping: ASCII whitespace, and any
-#: non-ASCII byte (it may belong to a Unicode space); a value starting and ending otherwise needs none
-_MAY_BE_SPACE = np.zeros(256, dtype=bool)
-_MAY_BE_SPACE[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = True
-_MAY_BE_SPACE[0x80:] = True
-
-
 def _arrow_chunks(values: pd.Series) -> list[pa.Array] | None:
     """The Arrow string chunks behind an Arrow-backed pandas string column (zero-copy), else None."""
     if not (isinstance(values.dtype, pd.StringDtype) and values.dtype.storage == "pyarrow"):
@@ -52,7 +45,9 @@ def _clean_text(chunks: list[pa.Array]) -> bool:
     """True when no value is empty or starts or ends with (possibly) white space.
 
     Reads only each value's first and last byte from Arrow's buffers: ids and names almost
-    never need stripping, and finding that out this way costs a fraction of stripping them.
+    never need stripping, and finding that out this way costs half of stripping them and no
+    copy. A byte up to 0x20 (ASCII space and control characters) or any non-ASCII byte (it
+    may belong to a Unicode space) counts as possible white space: then the column is stripped.
     """
     for chunk in chunks:
         n = len(chunk)
@@ -70,7 +65,8 @@ def _clean_text(chunks: list[pa.Array]) -> bool:
         if (ends == starts).any():  # an empty value: it becomes NA
             return False
         data = np.frombuffer(buffers[2], dtype=np.uint8)
-        if _MAY_BE_SPACE[data[starts]].any() or _MAY_BE_SPACE[data[ends - 1]].any():
+        first, last = data[starts], data[ends - 1]
+        if ((first <= 32) | (first >= 128)).any() or ((last <= 32) | (last >= 128)).any():
             return False
     return True
 

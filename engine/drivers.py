@@ -103,10 +103,16 @@ def point_effects(scored: pd.DataFrame, features: pd.DataFrame, model: ModelConf
     present = ~np.isnan(raw)
     conf = np.where(present, weights, 0.0).sum(axis=1, keepdims=True)
     conf = np.where(conf > 0, conf, np.nan)
+    # points each account needs: earned (best band) or still to earn (the others), in place
+    top = np.array([rule_max_points(m.rule) for m in model.metrics], dtype="float64") if model.method == "points" else 100.0
+    points = np.subtract(top, raw)
+    np.copyto(points, raw, where=best[:, None])
     if model.method == "points":
-        max_points = np.array([rule_max_points(m.rule) for m in model.metrics], dtype="float64")
-        return np.where(best[:, None], raw, max_points - raw) / conf
-    return weights / conf * np.where(best[:, None], raw, 100.0 - raw)
+        points /= conf
+        return points
+    effect = np.divide(weights, conf)  # the weight after redistribution, then times the points
+    effect *= points
+    return effect
 
 
 def explain(scored: pd.DataFrame, features: pd.DataFrame, model: ModelConfig, top_n: int = 3) -> pd.Series:
@@ -150,7 +156,9 @@ def _explain_rows(scored: pd.DataFrame, features: pd.DataFrame, model: ModelConf
     # per rank; the (row, rank) slots are grouped by metric in one stable sort, not one scan each
     slots = np.flatnonzero(valid.ravel())  # row-major: by row, then rank
     metric_of = order.ravel()[slots]
-    by_metric = slots[np.argsort(metric_of, kind="stable")]
+    # a stable sort of small integers as uint8/uint16 is a radix sort: linear, not n log n
+    small = metric_of.astype(np.uint8 if len(model.metrics) <= 255 else np.uint16)
+    by_metric = slots[np.argsort(small, kind="stable")]
     counts = np.bincount(metric_of, minlength=len(model.metrics))
     text_of_slot = np.empty(n * k, dtype=np.int64)
     text_of_slot[by_metric] = np.arange(by_metric.size)  # texts are built metric by metric below
