@@ -201,3 +201,13 @@ def test_given_quoted_values_with_newlines_then_lines_still_point_at_the_record(
     got, report = read_frame(path, "accounts")
     assert list(got["name"]) == ["two\nlines", 'say "hi"']
     assert report.lines() == ["accounts.csv line 4: accounts A2: seats_purchased: not a number: 'abc' (value ignored)"]
+
+
+def test_given_values_that_look_like_terminal_markup_when_printed_as_text_then_they_are_shown_not_interpreted(tmp_path):
+    src = write(tmp_path / "in", "accounts.csv", f"{HEADER}\nA1,[bold]Acme,smb,[/x],9,2.5,2024-01-01\n".encode()).parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC")}
+    env["HEALTHSYNC__STATE__URL"] = f"sqlite:///{tmp_path}/state.db"
+    r = subprocess.run([str(BIN), "score", "--input", str(src), "--output", str(tmp_path / "o.csv")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert "Traceback" not in r.stderr and r.returncode == 1, r.stderr
+    assert "not a number: '[/x]'" in " ".join(r.stderr.split())
