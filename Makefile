@@ -36,7 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python tests/benchmarks/bench_sandbox.py 100000
 	$(BIN)/python tests/benchmarks/bench_connectors.py 10000
 	$(BIN)/python tests/benchmarks/bench_playbooks.py 1000000
-	$(BIN)/python tests/benchmarks/bench_validation.py 5000
+	$(BIN)/python tests/benchmarks/bench_validation.py --telco
 
 clean:
 	rm -rf $(VENV) .healthsync build *.egg-info

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 class Column:
     """One column of a canonical frame.
 
-    kind: "str", "float", "int", "date", "datetime", "bool", "enum".
+    kind: "str", "float", "int", "date", "datetime", "bool", "enum", "label" (a 0/1 outcome written
+    0/1, true/false, yes/no or y/n in any case; read as 0/1).
     required: the frame is unusable without the column (only ids and a few keys).
     nullable: a missing value is allowed (the metric is absent, never zero).
     """
@@ -142,14 +143,15 @@ TASKS = FrameSpec(
     ),
 )
 
-#: History snapshots: the accounts columns plus these (design.md, "history for validation").
+#: History snapshots: the accounts columns plus these (design.md, "history for validation"). An optional
+#: `churned_at` (the day the account left; lead times use it when given) passes through like a custom column.
 ACCOUNTS_HISTORY_EXTRA = (
     Column("as_of", "date", required=True, nullable=False),
-    Column("churned", "int", required=True, nullable=False, minimum=0, maximum=1),
+    Column("churned", "label", required=True, nullable=False, doc="did not renew within the horizon after as_of"),
 )
 OPPORTUNITIES_HISTORY_EXTRA = (
     Column("as_of", "date", required=True, nullable=False),
-    Column("won", "int", minimum=0, maximum=1),
+    Column("won", "label"),
     Column("won_amount", "float", minimum=0),
 )
 
@@ -273,6 +275,18 @@ def _to_bool(series: pd.Series) -> tuple[pd.Series, pd.Series]:
     return out, bad
 
 
+def _to_label(series: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """0/1 outcome labels (Int64): numbers 0 and 1, or the boolean spellings of `_to_bool`; (values, unparsable)."""
+    import pandas as pd
+
+    if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype):
+        num = series.astype("Float64")
+        bad = num.notna() & ~num.isin([0, 1]).fillna(False).astype(bool)
+        return num.mask(bad).astype("Int64"), bad
+    values, bad = _to_bool(series)
+    return values.astype("Int64"), bad
+
+
 def coerce_dtypes(frame: pd.DataFrame, spec: FrameSpec) -> pd.DataFrame:
     """Coerce known columns to the contract's dtypes without validating (fast path)."""
     import pandas as pd
@@ -294,6 +308,8 @@ def coerce_dtypes(frame: pd.DataFrame, spec: FrameSpec) -> pd.DataFrame:
                 out[c.name] = out[c.name].dt.normalize()
         elif c.kind == "bool":
             out[c.name] = _to_bool(s)[0]
+        elif c.kind == "label":
+            out[c.name] = _to_label(s)[0]
     return out
 
 
@@ -311,6 +327,8 @@ def check_column(raw: pd.Series, c: Column) -> tuple[object, list]:
         return column_values.date_values(raw, c.kind)
     if c.kind == "bool":
         return column_values.bool_values(raw)
+    if c.kind == "label":
+        return column_values.label_values(raw)
     raise ValueError(f"unknown column kind {c.kind!r}")  # pragma: no cover - the specs above are fixed
 
 
@@ -369,11 +387,16 @@ def validate_frame(frame: pd.DataFrame, spec: FrameSpec | str) -> tuple[pd.DataF
             values, issues = key, []
         else:
             values, issues = check_column(frame[c.name], c)
+        # an unreadable required outcome label: the record cannot be used, and one problem says why
+        drops_record = c.kind == "label" and not c.nullable
+        reported = np.zeros(n, dtype=bool)
         for rows, messages in issues:
-            add(rows, c.name, messages, False)
+            add(rows, c.name, messages, drops_record)
+            if drops_record:
+                drop[rows] = reported[rows] = True
         checked[c.name] = values
         if not c.nullable:
-            missing = np.flatnonzero(np.asarray(pd.isna(values), dtype=bool))
+            missing = np.flatnonzero(np.asarray(pd.isna(values), dtype=bool) & ~reported)
             add(missing, c.name, ["missing"] * len(missing), True)
             drop[missing] = True
 

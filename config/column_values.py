@@ -223,6 +223,17 @@ def bool_values(raw: pd.Series) -> tuple[pd.Series | pd.api.extensions.Extension
     return values, [(bad, [f"not a boolean: {v!r}" for v in _raw_values(raw, bad)])] if bad.size else []
 
 
+def label_values(raw: pd.Series) -> tuple[pd.Series, Issues]:
+    """0/1 outcome labels (Int64) from 0/1 numbers or the spellings of `canonical._to_label`."""
+    from healthsync.config.canonical import _to_label  # the accepted spellings live with the contract
+
+    values, bad_mask = _to_label(text_values(raw) if raw.dtype == object or isinstance(raw.dtype, pd.StringDtype) else raw)
+    bad = np.flatnonzero(bad_mask.to_numpy(dtype=bool))
+    message = "(use 0/1, true/false, yes/no or y/n)"
+    issues = [(bad, [f"not an outcome label: {v!r} {message}" for v in _raw_values(raw, bad)])] if bad.size else []
+    return values.mask(_mask_rows(len(raw), bad)) if bad.size else values, issues
+
+
 def enum_values(raw: pd.Series, choices: tuple[str, ...], upper: bool = False) -> tuple[pd.Series, Issues]:
     """Lower-case text (upper-case when `upper`, e.g. P1) from `choices`; anything else cleared."""
     text = text_values(raw)

@@ -221,15 +221,39 @@ class CsmOverride(Strict):
     max_tiers: int = Field(1, ge=0, le=1)
 
 
-class FittedModel(Strict):
-    """Score -> churn probability map learned by `healthsync calibrate` (health = 100 - 100 x p)."""
+class RegressionTerm(Strict):
+    """One input of a `regression` fitted model: a metric's value, transformed, standardised, weighted.
 
-    kind: Literal["platt", "isotonic", "logistic"] = "platt"
+    x = (clip(transform(value), clip[0], clip[1]) - center) / scale; an absent value counts as `center`
+    (x = 0: no news either way). `value: raw` reads what the metric's rule reads (its column; a ratio rule's
+    numerator / denominator; a boolean as 0/1); `value: score` the metric's 0-100 score (category and trend
+    rules, whose raw values are not numbers).
+    """
+
+    metric: str
+    value: Literal["raw", "score"] = "raw"
+    transform: Literal["none", "log1p"] = "none"
+    clip: list[float] = Field(min_length=2, max_length=2, description="[low, high] after the transform")
+    center: float = 0.0
+    scale: float = Field(1.0, gt=0)
+    coef: float = Field(description="log-odds of churn per unit of x")
+
+
+class FittedModel(Strict):
+    """Score -> churn probability map learned by `healthsync calibrate` (health = 100 - 100 x p).
+
+    kinds: `platt` (logistic on the composite score), `isotonic` (knots x -> y), `logistic` (on the
+    metric scores, one `coef` per entry of `metrics`), `regression` (`calibrate --method fitted`:
+    logistic on the metrics' raw values, one entry of `terms` each).
+    """
+
+    kind: Literal["platt", "isotonic", "logistic", "regression"] = "platt"
     coef: list[float] = Field(default_factory=list)
     intercept: float = 0.0
     metrics: list[str] = Field(default_factory=list)
     x: list[float] = Field(default_factory=list, description="isotonic knots (score)")
     y: list[float] = Field(default_factory=list, description="isotonic knots (churn probability)")
+    terms: list[RegressionTerm] = Field(default_factory=list, description="regression inputs")
 
 
 class ModelConfig(Strict):
@@ -265,6 +289,12 @@ class ModelConfig(Strict):
             unknown = set(getattr(self, key)) - set(names)
             if unknown:
                 raise ValueError(f"{key}: unknown metrics {sorted(unknown)}")
+        if self.fitted is not None:
+            unknown = ({t.metric for t in self.fitted.terms} | set(self.fitted.metrics)) - set(names)
+            if unknown:
+                raise ValueError(f"fitted: unknown metrics {sorted(unknown)} (the model's metrics are {names})")
+            if self.fitted.kind == "regression" and not self.fitted.terms:
+                raise ValueError("fitted.terms: a regression model needs at least one term")
         band_names = {b.name for b in self.bands}
         for seg_name, seg in self.segments.items():
             unknown = set(seg.weights) - set(names)
@@ -323,6 +353,30 @@ class BandMultiplier(Strict):
     multiplier: float = Field(ge=0)
 
 
+class FittedForecast(Strict):
+    """Chance of winning learned from the customer's own deal outcomes (`healthsync calibrate`).
+
+    logit(P(win)) = base_coef x logit(base probability) + health shift + trend_coef x trend, where the
+    health shift is piecewise linear in the account's score through the knots `health_x` -> `health_y`
+    (log-odds; flat beyond the end knots) and trend = clip(delta_30d, -30, 30) / 10. No change at all is
+    base_coef 1, every health_y 0, trend_coef 0: the fit is shrunk towards it where evidence is thin.
+    """
+
+    base_coef: float = 1.0
+    health_x: list[float] = Field(min_length=2, description="score knots, strictly increasing")
+    health_y: list[float] = Field(min_length=2, description="log-odds shift at each knot")
+    trend_coef: float = 0.0
+    opportunities: int = Field(0, ge=0, description="training opportunities the fit saw (documentation)")
+
+    @model_validator(mode="after")
+    def _knots(self):
+        if len(self.health_x) != len(self.health_y):
+            raise ValueError("health_x and health_y must have the same length")
+        if any(b <= a for a, b in zip(self.health_x, self.health_x[1:])):
+            raise ValueError(f"health_x must be strictly increasing (got {self.health_x})")
+        return self
+
+
 class ForecastConfig(Strict):
     """Opportunity probability adjustment by account health (seed 000_caaf87bd3b38802c.txt).
 
@@ -330,11 +384,19 @@ class ForecastConfig(Strict):
     score change over `delta_window_days` (default 30).
     method `band_multipliers`: adjusted = base x the multiplier of the account's score range,
     times the trend multiplier (improving / declining by `trend_points`).
-    Either way clipped to [0, 1] and to +- `max_swing` relative to base, once per opportunity.
+    With `renormalise` (the default for both), the factors are then scaled by one number per call
+    so the open pipeline's expected ARR equals its unadjusted total: uncalibrated health moves
+    probability between deals and never inflates or deflates the book. `renormalise: false`
+    applies the seed's multipliers as they stand.
+    method `fitted`: the map `fitted` learned by `healthsync calibrate` from won/lost deals
+    (never renormalised: the customer's own outcomes may move the book).
+    Every method: clipped to [0, 1] and to +- `max_swing` relative to base, once per opportunity.
     """
 
     enabled: bool = True
-    method: Literal["band_multipliers", "delta"] = "band_multipliers"
+    method: Literal["band_multipliers", "delta", "fitted"] = "band_multipliers"
+    renormalise: bool = True
+    fitted: FittedForecast | None = None
     sensitivity: float = Field(0.8, ge=0)
     delta_window_days: int = Field(30, ge=1)
     max_swing: float = Field(0.3, ge=0, le=1)
@@ -344,3 +406,9 @@ class ForecastConfig(Strict):
     declining_multiplier: float = Field(0.8, ge=0)
     expansion_multiplier: float = Field(1.5, ge=0)
     churn_risk_multiplier: float = Field(0.5, ge=0)
+
+    @model_validator(mode="after")
+    def _fitted_present(self):
+        if self.method == "fitted" and self.fitted is None:
+            raise ValueError("fitted: method 'fitted' needs the fitted map that `healthsync calibrate` writes")
+        return self

@@ -1,8 +1,10 @@
 """Settings schema, YAML loader with environment overrides, and secrets.
 
-Precedence (later wins): packaged `config/default.yaml` -> the user's file
-(`--config F`, deep-merged over the defaults) -> overlays (e.g. the file
-`healthsync calibrate` writes) -> environment variables `HEALTHSYNC__SECTION__KEY`.
+Precedence (later wins): packaged `config/default.yaml` -> the user's files in
+the order given (`--config base.yaml --config overlay.yaml`: each deep-merged over
+the result so far, the same merge as over the defaults; e.g. the overlay
+`healthsync calibrate` writes, stacked on the config it was calibrated with) ->
+environment variables `HEALTHSYNC__SECTION__KEY`.
 
 Secrets (`SecretStr`) are read only from the environment or a secrets file
 (`HEALTHSYNC_SECRETS_FILE`, YAML or `KEY=value` lines, same names as the
@@ -60,6 +62,12 @@ class SalesforceSource(Strict):
     quota_stop_share: float = Field(0.8, gt=0, le=1)
     lookback_minutes: int = Field(5, ge=0)
     timeout_s: float = Field(30, gt=0)
+    # Bulk API 2.0: wait at most this long for a job in one run (polls back off from bulk_poll_s);
+    # a job still running is kept in state and collected by the next run, never sent again
+    bulk_max_wait_s: float = Field(120, ge=0)
+    bulk_poll_s: float = Field(2, gt=0)
+    # incremental pulls skip records whose last change is the integration user's own write
+    exclude_own_changes: bool = True
     # secrets: environment / secrets file only
     password: SecretStr | None = None
     security_token: SecretStr | None = None
@@ -85,6 +93,10 @@ class HubSpotSource(Strict):
     host: str | None = None
     lookback_minutes: int = Field(5, ge=0)
     timeout_s: float = Field(30, gt=0)
+    # share of the tier's allowance (190 or 100 requests per 10 s, 5 searches per second) left unused
+    pacing_margin: float = Field(0.0, ge=0, lt=1)
+    # seconds a write may take to become searchable: the pull cursor never passes run start minus this
+    search_lag_s: float = Field(60.0, ge=0)
     access_token: SecretStr | None = None
 
     @property
@@ -376,21 +388,33 @@ _KEY_PREFIX = re.compile(r"^([A-Za-z_][\w.]*): ")
 _UNION_TAGS = {"steps", "linear", "ratio", "category", "boolean", "identity", "trend"}
 
 
+def config_paths(path: str | Path | list | tuple | None) -> list[Path]:
+    """One config file, several (stacked in order), or none."""
+    if path is None:
+        return []
+    if isinstance(path, (list, tuple)):
+        return [Path(p) for p in path if p is not None]
+    return [Path(path)]
+
+
 def load_settings(
-    path: str | Path | None = None,
+    path: str | Path | list[str | Path] | None = None,
     *,
     overlays: list[str | Path] = (),
     environ: dict[str, str] | None = None,
 ) -> Settings:
-    """Defaults <- file <- overlays <- environment; raises ConfigError listing every problem."""
+    """Defaults <- each file in order (then `overlays`) <- environment; raises ConfigError listing every problem."""
     data = _read_yaml(DEFAULT_CONFIG_PATH)
-    source = str(DEFAULT_CONFIG_PATH)
+    paths = config_paths(path) + [Path(p) for p in overlays]
+    source = " + ".join(str(p) for p in paths) or str(DEFAULT_CONFIG_PATH)
     problems: list[str] = []
-    for p in ([path] if path else []) + list(overlays):
-        user = _read_yaml(Path(p))
+    for p in paths:
+        user = _read_yaml(p)
         problems += _secrets_in(user)
-        data = merge_user_config(data, user)
-        source = str(p)
+        try:
+            data = merge_user_config(data, user)
+        except ConfigError as e:
+            raise ConfigError(e.problems, str(p)) from None
     if problems:
         raise ConfigError(problems, source)
     data = deep_merge(data, env_overrides(environ))
@@ -406,13 +430,17 @@ REPLACE_WHOLE = ("segments", "lifecycle", "traffic_light")
 def merge_user_config(defaults: dict, user: dict) -> dict:
     """A user's `model.metrics` list replaces the default list as a whole; the rest deep-merges.
 
-    A metric given as a mapping `{name: {weight: ...}}` under `model.metric_weights`
-    is a convenience for overlays (calibrate): it changes only the weights.
+    Two conveniences for overlays (calibrate), keyed by metric name so they stack on
+    any config that defines those metrics: `model.metric_weights: {name: weight}`
+    changes only the weights, `model.metric_rules: {name: rule}` replaces only those
+    metrics' rules (calibrate turns a metric around this way). A name the config
+    does not define is an error naming it.
     """
     user = deepcopy(user)
-    weights = None
-    if isinstance(user.get("model"), dict) and "metric_weights" in user["model"]:
-        weights = user["model"].pop("metric_weights")
+    weights = rules = None
+    if isinstance(user.get("model"), dict):
+        weights = user["model"].pop("metric_weights", None)
+        rules = user["model"].pop("metric_rules", None)
     merged = deep_merge(defaults, user)
     # Sections that refer to bands by name are replaced whole, never merged key by key:
     # a user who redefines the bands must not inherit default thresholds naming old bands.
@@ -420,19 +448,26 @@ def merge_user_config(defaults: dict, user: dict) -> dict:
         for key in REPLACE_WHOLE:
             if key in user["model"]:
                 merged["model"][key] = deepcopy(user["model"][key])
-    if isinstance(weights, dict):
-        metrics = merged.get("model", {}).get("metrics", [])
-        for m in metrics:
-            if isinstance(m, dict) and m.get("name") in weights:
-                m["weight"] = weights[m["name"]]
-        unknown = set(weights) - {m.get("name") for m in metrics if isinstance(m, dict)}
+    metrics = merged.get("model", {}).get("metrics", [])
+    known = {m.get("name") for m in metrics if isinstance(m, dict)}
+    for key, values, field in (("metric_weights", weights, "weight"), ("metric_rules", rules, "rule")):
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError([f"model.{key}: must be a mapping of metric name -> {field}"])
+        unknown = set(values) - known
         if unknown:
-            raise ConfigError([f"model.metric_weights: unknown metrics {sorted(unknown)}"])
+            raise ConfigError([f"model.{key}: unknown metrics {sorted(unknown)} (the config's metrics are "
+                               f"{sorted(n for n in known if n)}; stack the overlay on the config it was "
+                               "calibrated with: --config base.yaml --config overlay.yaml)"])
+        for m in metrics:
+            if isinstance(m, dict) and m.get("name") in values:
+                m[field] = deepcopy(values[m["name"]])
     return merged
 
 
-def validate_file(path: str | Path | None, environ: dict[str, str] | None = None) -> list[str]:
-    """All problems of a config file (empty list = valid)."""
+def validate_file(path: str | Path | list[str | Path] | None, environ: dict[str, str] | None = None) -> list[str]:
+    """All problems of a config file, or of a stack of them (empty list = valid)."""
     try:
         load_settings(path, environ=environ)
     except ConfigError as e:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Mapping, Sequence
 
 if TYPE_CHECKING:  # annotations only: importing the error classes must not cost a pandas import
     import pandas as pd
@@ -66,7 +66,8 @@ class Page:
     `sf:` / `hs:`), plus any extra mapped columns. `deleted_ids` lists records
     deleted or archived in the CRM since the cursor. `cursor` is the value to
     store once this page is safely stored (the high-water mark, capped at the
-    run's start; None when the pull is not incremental).
+    run's start; None when the pull is not incremental). `live_ids`, when set,
+    lists every live id of the object (see the field).
     """
 
     object: str
@@ -74,6 +75,24 @@ class Page:
     cursor: datetime | None = None
     deleted_ids: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # record-level problems found while mapping
+    # the complete set of live ids of the object in the CRM (a full reconcile, when the CRM can no longer
+    # list deletions since the cursor): every replica record not in it was deleted. None = not a reconcile.
+    live_ids: list[str] | None = None
+
+
+@dataclass
+class OwnWrites:
+    """Our own confirmed writes to one object, for a pull that reads only what others changed.
+
+    `stamps`: canonical record id -> the modification time the CRM gave our last write to it.
+    `unchanged(frame, ignore)`: for canonical rows, True where the stored replica already holds
+    the same values in every column but `ignore` (columns the connector did not read), i.e.
+    nobody else changed the record's mapped fields. A connector skips a record only when its
+    modification time is exactly ours AND it is unchanged.
+    """
+
+    stamps: Mapping[str, datetime]
+    unchanged: Callable[[pd.DataFrame, Sequence[str]], pd.Series]
 
 
 Outcome = Literal["ok", "failed", "invalid"]
@@ -101,6 +120,9 @@ class RecordResult:
     message: str | None = None
     retryable: bool = False
     crm_id: str | None = None  # e.g. the id of a created task
+    #: the record's modification time after this write, when the CRM reports it (HubSpot `updatedAt`):
+    #: lets the next pull recognise a change that is only our own (see `OwnWrites`)
+    stamp: datetime | None = None
 
     @property
     def ok(self) -> bool:
@@ -155,7 +177,11 @@ class CrmConnector(ABC):
 
     @abstractmethod
     def pull(self, object: ObjectName, since: datetime | None = None) -> Iterator[Page]:
-        """Yield pages of canonical records changed since `since` (all when None)."""
+        """Yield pages of canonical records changed since `since` (all when None).
+
+        A connector whose push reports `RecordResult.stamp` also takes `own_writes: OwnWrites`
+        (keyword) and leaves out records whose only change since `since` is our own write.
+        """
 
     @abstractmethod
     def push(self, object: ObjectName, changes: list[Change]) -> list[RecordResult]:

@@ -36,8 +36,8 @@ from healthsync.connectors.file_tables import (  # noqa: F401 - find_frame_file,
 )
 #: canonical frames `read_frames` looks for, and whether a directory must hold it
 FRAMES = {"accounts": True, "opportunities": False, "tickets": False, "tasks": False}
-#: the history directory of design.md ("history for validation")
-HISTORY = {"accounts_history": True, "tickets": True, "opportunities_history": False}
+#: the history directory of design.md ("history for validation"); without tickets, ticket metrics are absent
+HISTORY = {"accounts_history": True, "tickets": False, "opportunities_history": False}
 #: what one record of a frame is called in a "0 accounts" warning
 RECORD_NOUN = {"accounts_history": "account snapshots", "opportunities_history": "opportunity snapshots"}
 
@@ -210,5 +210,5 @@ def read_frames(
 
 
 def read_history(directory: str | Path) -> tuple[dict[str, pd.DataFrame], ValidationReport]:
-    """A history directory (design.md): `accounts_history`, `tickets`, optionally `opportunities_history`."""
+    """A history directory (design.md): `accounts_history`, optionally `tickets` and `opportunities_history`."""
     return _read_directory(directory, HISTORY)

@@ -4,10 +4,16 @@ Wire facts are in shared/reference/crm-api-notes.md section 2. Bodies are passed
 to the SDK as plain dicts (it serialises them as-is) and responses are turned
 into dicts with `.to_dict()`, so no HubSpot model class leaks out of here.
 
-Pacing is proactive (`_Pacer`): a sliding window keeps every connector under
-the tier's 10-second budget (100 starter / 190 professional, crm-api-notes 2.8)
-and search under 5 requests per second (2.4); a 429 is then rare and, when it
+Pacing is proactive (`_Pacer`): a sliding window keeps every connector at the
+tier's whole 10-second allowance (100 starter / 190 professional, crm-api-notes 2.8)
+and search at 5 requests per second (2.4), less the configured `pacing_margin`;
+a request occupies its slot until its answer arrives, so the server, which counts
+on arrival, never sees more than the allowance. A 429 is then rare and, when it
 comes, is retried by the one retry policy honouring `Retry-After`.
+
+Incremental pulls page search by key, never by offset (connectors/BEHAVIOR.md):
+`after` is an offset into a result set HubSpot recomputes for every page, so a
+record edited between two pages shifts the rest and one is never returned.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from healthsync.connectors.base import (
     ConfigurationError,
     CrmConnector,
     HealthsyncError,
+    OwnWrites,
     Page,
     QuotaExhaustedError,
     RecordResult,
@@ -47,14 +54,18 @@ from healthsync.connectors.retry import RETRYABLE_STATUSES, RetryPolicy, parse_r
 
 log = logging.getLogger(__name__)
 
-#: 10-second request budget per tier (crm-api-notes 2.8); we keep a small margin below it.
+#: 10-second request allowance per tier (crm-api-notes 2.8); paced at all of it less `pacing_margin`.
 TIER_LIMITS = {"free": 100, "starter": 100, "professional": 190, "enterprise": 190}
 BATCH_SIZE = 100  # batch endpoints take 100 inputs (2.3)
 LIST_LIMIT = 100  # list paging maximum (2.2)
 SEARCH_LIMIT = 200  # search page maximum (2.4)
-SEARCH_CAP = 10_000  # search results per query; paging beyond answers 400 (2.4)
 SEARCH_PER_SECOND = 5
-PAGE_RECORDS = 2000  # rows per yielded Page (API pages are regrouped; see _regroup)
+ASSOC_BATCH = 1000  # ids per v4 association batch read (changelog 2025-02-10, connectors/BEHAVIOR.md)
+LIST_SWITCH_MIN = 2000  # records in a search window before listing everything is even considered
+PAGE_RECORDS = 2000  # rows per yielded Page (API pages are regrouped: mapping a frame has a fixed cost)
+#: seconds a write may take to become searchable; the cursor never passes `run start - this` (BEHAVIOR.md)
+SEARCH_LAG_S = 60.0
+MODIFIED = "hs_lastmodifieddate"
 TASK_TO_COMPANY = 192  # AssociationType.TASK_TO_COMPANY (2.6)
 _HS_ID = re.compile(r"^\d+$")
 
@@ -91,40 +102,53 @@ GROUP = {"name": "healthsync", "label": "Healthsync", "displayOrder": -1}
 class _Pacer:
     """Sliding-window budget shared by every connector using the same HubSpot account (token).
 
-    `wait()` blocks until one more request fits in the window; the windows are
-    kept per (host, token) so a new connector in the same process inherits the
-    history of the previous one.
+    `slot()` blocks until one more request fits in the window and returns its slot;
+    `release(slot)` stamps the slot with the time the answer arrived. A slot counts
+    from the moment it is taken until `window` after its answer: the server counts a
+    request when it arrives, which is between the two, so the client never has more
+    requests in any server-side window than the budget, even with requests in flight
+    on several threads. The windows are kept per (host, token) so a new connector in
+    the same process inherits the history of the previous one.
     """
 
-    _registry: dict[tuple[str, str, str], "_Pacer"] = {}
+    _registry: dict[tuple, "_Pacer"] = {}
     _registry_lock = threading.Lock()
 
     def __init__(self, budget: int, window: float, *, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
         self.budget = budget
         self.window = window
-        self.sent: deque[float] = deque()
+        self.sent: deque[list] = deque()  # [answer time or None while in flight]
         self.lock = threading.Lock()
         self._clock = clock
         self._sleep = sleep
 
     @classmethod
-    def shared(cls, key: tuple[str, str, str], budget: int, window: float) -> "_Pacer":
+    def shared(cls, key: tuple, budget: int, window: float) -> "_Pacer":
         with cls._registry_lock:
             pacer = cls._registry.get(key)
-            if pacer is None or pacer.budget != budget:
+            if pacer is None or pacer.budget != budget or pacer.window != window:
                 pacer = cls._registry[key] = cls(budget, window)
             return pacer
 
-    def wait(self) -> None:
+    def slot(self) -> list:
         with self.lock:
             while True:
                 now = self._clock()
-                while self.sent and now - self.sent[0] >= self.window:
+                while self.sent and self.sent[0][0] is not None and now - self.sent[0][0] >= self.window:
                     self.sent.popleft()
                 if len(self.sent) < self.budget:
-                    self.sent.append(now)
-                    return
-                self._sleep(max(0.001, self.window - (now - self.sent[0])))
+                    slot: list = [None]
+                    self.sent.append(slot)
+                    return slot
+                head = self.sent[0][0]
+                self._sleep(max(0.001, self.window - (now - head)) if head is not None else 0.005)
+
+    def release(self, slot: list) -> None:
+        slot[0] = self._clock()
+
+    def wait(self) -> None:
+        """Take a slot for a request whose answer comes at once (tests, callers without an answer to wait for)."""
+        self.release(self.slot())
 
 
 class HubSpotApiError(HealthsyncError):
@@ -197,8 +221,10 @@ class HubSpotConnector(CrmConnector):
         lookback_minutes: float = 5,
         timeout: float = 30,
         retry: RetryPolicy | None = None,
-        search_cap: int = SEARCH_CAP,
         identity_property: str = "salesforce_account_id",
+        pacing_margin: float = 0.0,
+        search_lag_s: float = SEARCH_LAG_S,
+        clock: Callable[[], datetime] | None = None,
     ):
         token = reveal(access_token)
         if not token:
@@ -212,16 +238,22 @@ class HubSpotConnector(CrmConnector):
         self.lookback = timedelta(minutes=float(lookback_minutes))
         self.retry = retry or RetryPolicy(timeout=timeout)
         self.timeout = self.retry.timeout if retry else timeout
-        self.search_cap = int(search_cap)
+        if not 0 <= float(pacing_margin) < 1:
+            raise ConfigurationError(f"sources.hubspot.pacing_margin must be at least 0 and below 1 (got {pacing_margin!r})")
+        if float(search_lag_s) < 0:
+            raise ConfigurationError(f"sources.hubspot.search_lag_s must be >= 0 (got {search_lag_s!r})")
+        self.search_lag = timedelta(seconds=float(search_lag_s))
+        self._now = clock or (lambda: datetime.now(timezone.utc))  # HubSpot's time: the run's start bounds searches
         self.identity_property = identity_property  # config mapping.identity.hubspot_salesforce_id_property
         self.stats = CallStats()
         self.host = (host or "https://api.hubapi.com").rstrip("/")
         self._redact = Redactor([token])
         no_retry = urllib3.util.Retry(total=0, connect=0, read=0, redirect=0, status=0, raise_on_status=False)
         self._client = HubSpot(access_token=token, host=self.host, base_url=self.host, retry=no_retry)
-        key = (self.host, tier, str(hash(token)))
-        self._burst = _Pacer.shared(key + ("burst",), TIER_LIMITS[tier] - 10, 10.0)
-        self._search_pacer = _Pacer.shared(key + ("search",), SEARCH_PER_SECOND, 1.1)
+        key = (self.host, str(hash(token)))
+        share = 1.0 - float(pacing_margin)  # sources.hubspot.pacing_margin: the share kept in reserve
+        self._burst = _Pacer.shared(key + ("burst",), max(1, int(TIER_LIMITS[tier] * share)), 10.0)
+        self._search_pacer = _Pacer.shared(key + ("search",), SEARCH_PER_SECOND, 1.0 / share)
         self._owners: dict[str, str] = {}
         self._owner_ids: dict[str, str] = {}
         self._properties: dict[str, set[str]] = {}
@@ -232,9 +264,8 @@ class HubSpotConnector(CrmConnector):
         """One SDK call: paced, timed out, translated to the connectors.base tree, retried by the policy."""
 
         def attempt():
-            if search:
-                self._search_pacer.wait()
-            self._burst.wait()
+            search_slot = self._search_pacer.slot() if search else None
+            burst_slot = self._burst.slot()
             self.stats.calls += 1
             if write:
                 self.stats.write_calls += 1
@@ -249,6 +280,10 @@ class HubSpotConnector(CrmConnector):
                 if status is None:
                     raise
                 self._raise_for(exc, status, what)
+            finally:  # the answer (or the failure) has arrived: the slots start to age
+                self._burst.release(burst_slot)
+                if search_slot is not None:
+                    self._search_pacer.release(search_slot)
             return result.to_dict() if hasattr(result, "to_dict") else result
 
         if not retry:
@@ -328,21 +363,24 @@ class HubSpotConnector(CrmConnector):
                 assoc = prop.split(".", 1)[1]
         return object_type, read, assoc
 
-    def pull(self, object: str, since: datetime | None = None) -> Iterator[Page]:
-        """Full backfill by list paging (since None), else search on hs_lastmodifieddate >= since - lookback.
+    def pull(self, object: str, since: datetime | None = None, own_writes: OwnWrites | None = None) -> Iterator[Page]:
+        """Full backfill by list paging (since None), else keyset search of [since - lookback, run start].
 
-        The search is windowed: before a window reaches the 10,000-result cap it
-        restarts from the last modification time seen (records sharing that time
-        are read again and de-duplicated by id). Archived records since the
-        cursor come first, in their own page.
+        Search pages by key, never by offset (`_search_rows`). Archived records since the
+        cursor come first, in their own page. Each page's cursor is the highest
+        modification time seen, never past `run start - search_lag_s` (a write that recent
+        may not be searchable yet); once the whole window is read, the cursor moves up to
+        that bound. `own_writes`: records whose modification time is exactly the one our
+        own last write got, and whose mapped values are the stored ones, are not
+        rehydrated (no association read, not yielded): their only change is ours.
         """
-        run_start = datetime.now(timezone.utc)
+        run_start = self._now()
         if object == "owners":
             self._load_owners()
             yield Page("owners", pd.DataFrame({"owner_id": [f"hs:{i}" for i in self._owners], "email": list(self._owners.values())}))
             return
         object_type, read, assoc = self._read_spec(object)
-        props = sorted({p for p in read.values() if not p.startswith("associations.")} | {"hs_lastmodifieddate"})
+        props = sorted({p for p in read.values() if not p.startswith("associations.")} | {MODIFIED})
         existing = self._property_names(object_type)
         problems = [
             f"mapping.hubspot.{SECTIONS[object]}.read.{col}: property {p} not found on {object_type}; column left empty"
@@ -352,45 +390,66 @@ class HubSpotConnector(CrmConnector):
         ]
         if object == "tasks" and read["key"] not in existing:
             raise ConfigurationError(f"HubSpot tasks have no property {read['key']}; run `healthsync crm setup`")
-        props = [p for p in props if p in existing or p in ("hs_object_id", "hs_lastmodifieddate")]
+        props = [p for p in props if p in existing or p in ("hs_object_id", MODIFIED)]
+        settled = run_start - self.search_lag  # every write before this is searchable (BEHAVIOR.md)
 
         if since is None:
             pages = self._list_pages(object_type, props, assoc)
             cursor_base = None
         else:
-            start = (since if since.tzinfo else since.replace(tzinfo=timezone.utc)) - self.lookback
+            cursor_base = since if since.tzinfo else since.replace(tzinfo=timezone.utc)
+            start = cursor_base - self.lookback
             archived = self._archived_since(object_type, start)
             if archived:
                 yield Page(object, _empty(object), cursor=None, deleted_ids=archived)
-            pages = self._search_pages(object_type, props, start, assoc, key=read.get("key") if object == "tasks" else None)
-            cursor_base = since if since.tzinfo else since.replace(tzinfo=timezone.utc)
+            key = read.get("key") if object == "tasks" else None
+            pages = self._search_rows(object_type, props, start, run_start, key, assoc)
 
-        high_water = None
+        high_water: pd.Timestamp | None = None
         seen: dict[str, str] = {}
+        pending: list[dict] = []
         first = True
-        yielded = False
-        for rows, last in _regroup(pages, PAGE_RECORDS):
+        skipped = 0
+
+        def page_of(rows: list[dict], cursor: datetime | None) -> Page:
+            nonlocal first
+            if object == "tasks":
+                rows = [r for r in rows if (r.get("properties") or {}).get(read["key"])]
+            searched = [r for r in rows if not r.get("_listed")]
+            if assoc and searched and since is not None:  # search results carry no associations
+                self._attach_associations(object_type, assoc, searched)
+            frame, page_problems = self._to_canonical(rows, object, read, assoc)
+            page = Page(object, frame, cursor=cursor, problems=(problems if first else []) + page_problems)
+            first = False
+            return page
+
+        for rows in pages:
             fresh = []
             for r in rows:
-                stamp = str((r.get("properties") or {}).get("hs_lastmodifieddate") or r.get("updated_at"))
-                if seen.get(str(r["id"])) == stamp:
+                stamp = str((r.get("properties") or {}).get(MODIFIED) or r.get("updated_at"))
+                if seen.get(str(r["id"])) == stamp:  # keyset pages overlap on their boundary instant
                     continue
                 seen[str(r["id"])] = stamp
                 fresh.append(r)
                 t = _parse_time(stamp)
                 if t is not None:
                     high_water = max(high_water, t) if high_water is not None else t
-            if object == "tasks":
-                fresh = [r for r in fresh if (r.get("properties") or {}).get(read["key"])]
-            frame, page_problems = self._to_canonical(fresh, object, read, assoc)
-            cursor = min(high_water.to_pydatetime(), run_start) if high_water is not None else cursor_base
-            if since is None and not last:
-                cursor = None  # list paging is not ordered by time: the cursor is safe only once every page is read
-            yield Page(object, frame, cursor=cursor, problems=(problems if first else []) + page_problems)
-            first = False
-            yielded = True
-        if not yielded:
-            yield Page(object, _empty(object), cursor=cursor_base, problems=problems)
+            if own_writes is not None and fresh:
+                kept = self._without_own_writes(fresh, object, read, assoc, own_writes)
+                skipped += len(fresh) - len(kept)
+                fresh = kept
+            pending.extend(fresh)
+            if len(pending) >= PAGE_RECORDS:
+                cursor = None
+                if since is not None and high_water is not None:  # list paging is unordered: no cursor before the end
+                    cursor = max(cursor_base, min(high_water.to_pydatetime(), settled))
+                yield page_of(pending, cursor)
+                pending = []
+        # the whole window is read: everything searchable before `settled` has been seen
+        final = settled if cursor_base is None else max(cursor_base, settled)
+        if skipped:
+            log.info("HubSpot %s: %d records whose only change is our own write were not read again", object_type, skipped)
+        yield page_of(pending, final)
 
     def _list_pages(self, object_type: str, props: list[str], assoc: str | None) -> Iterator[list[dict]]:
         after = None
@@ -408,65 +467,145 @@ class HubSpotConnector(CrmConnector):
                 return
             seen_after.add(after)
 
-    def _search_pages(self, object_type, props, start: datetime, assoc, key: str | None) -> Iterator[list[dict]]:
-        window_start = start
+    def _search_rows(self, object_type: str, props: list[str], low: datetime, high: datetime, key: str | None,
+                     assoc: str | None = None) -> Iterator[list[dict]]:
+        """Every record modified in [low, high], by keyset paging (connectors/BEHAVIOR.md).
+
+        Each query asks for the first page only, sorted by modification time: `GTE` the last
+        time seen (the records at that instant come again and are de-duplicated by the
+        caller) and `LTE` the run's start, so records edited during the pull move out of
+        the window instead of shifting offsets, and no query ever reaches the 10,000-result
+        cap. A full page ending on the instant it started from (more than a page of records
+        share one modification time) is read through by `hs_object_id` (`_instant_rows`),
+        then the search goes on strictly after that instant. Every query moves the lower
+        bound forward, so the loop ends whatever the data. When the window holds most of
+        the object's records, they are listed instead (`_listing_is_cheaper`).
+        """
+        extra = [{"propertyName": key, "operator": "HAS_PROPERTY"}] if key else []
+        op, bound = "GTE", low
+        first_query = True
         while True:
-            offset = 0
-            after = None
-            last_stamp = None
-            restarted = False
-            while True:
-                filters = [{"propertyName": "hs_lastmodifieddate", "operator": "GTE", "value": _ms(window_start)}]
-                if key:
-                    filters.append({"propertyName": key, "operator": "HAS_PROPERTY"})
-                body = {
-                    "filterGroups": [{"filters": filters}],
-                    "sorts": [{"propertyName": "hs_lastmodifieddate", "direction": "ASCENDING"}],
-                    "properties": props,
-                    "limit": SEARCH_LIMIT,
-                }
-                if after:
-                    body["after"] = after
-                page = self._call(
-                    lambda body=body, **kw: self._client.crm.objects.search_api.do_search(object_type, public_object_search_request=body, **kw),
-                    what=f"search {object_type}",
-                    search=True,
-                )
-                rows = page.get("results") or []
-                if assoc and rows:
-                    self._attach_associations(object_type, assoc, rows)
-                yield rows
-                offset += len(rows)
-                if rows:
-                    last_stamp = _parse_time((rows[-1].get("properties") or {}).get("hs_lastmodifieddate"))
-                after = ((page.get("paging") or {}).get("next") or {}).get("after")
-                if not after:
-                    return
-                if offset + SEARCH_LIMIT > self.search_cap:  # next page would cross the cap: re-window
-                    if last_stamp is None or last_stamp.to_pydatetime() <= window_start:
-                        raise StopRunError(
-                            f"HubSpot search of {object_type}: more than {self.search_cap} records share the modification time "
-                            f"{window_start.isoformat()}; cannot page past the search cap"
-                        )
-                    window_start = last_stamp.to_pydatetime()
-                    restarted = True
-                    break
-            if not restarted:
+            filters = [
+                {"propertyName": MODIFIED, "operator": op, "value": _ms(bound)},
+                {"propertyName": MODIFIED, "operator": "LTE", "value": _ms(high)},
+                *extra,
+            ]
+            rows, more = self._search_page(object_type, filters, MODIFIED, props)
+            if first_query and more and not key and self._listing_is_cheaper(object_type, self._last_total, props):
+                yield from self._listed_rows(object_type, props, assoc, low, high)
                 return
+            first_query = False
+            yield rows
+            if not more:
+                return
+            first, last = (_parse_time((r.get("properties") or {}).get(MODIFIED)) for r in (rows[0], rows[-1]))
+            if first is None or last is None:
+                raise StopRunError(f"HubSpot search of {object_type} returned a record without {MODIFIED}")
+            first, last = first.to_pydatetime(), last.to_pydatetime()
+            if last < bound or (op == "GT" and last == bound):
+                raise StopRunError(f"HubSpot search of {object_type} returned records out of modification order")
+            if first == last:  # a whole page on one instant: read that instant by id, then go on after it
+                yield from self._instant_rows(object_type, last, props, extra)
+                op, bound = "GT", last
+            else:
+                op, bound = "GTE", last
+
+    def _instant_rows(self, object_type: str, instant: datetime, props: list[str], extra: list[dict]) -> Iterator[list[dict]]:
+        """Every record modified at exactly `instant`: `EQ` that time, `GT` the last id, sorted by id."""
+        after_id = None
+        while True:
+            filters = [{"propertyName": MODIFIED, "operator": "EQ", "value": _ms(instant)}, *extra]
+            if after_id is not None:
+                filters.append({"propertyName": "hs_object_id", "operator": "GT", "value": after_id})
+            rows, more = self._search_page(object_type, filters, "hs_object_id", props)
+            yield rows
+            if not more:
+                return
+            last_id = str(rows[-1]["id"])
+            if after_id is not None and int(last_id) <= int(after_id):
+                raise StopRunError(f"HubSpot search of {object_type} returned ids out of order")
+            after_id = last_id
+
+    def _search_page(self, object_type: str, filters: list[dict], sort: str, props: list[str], limit: int = SEARCH_LIMIT) -> tuple[list[dict], bool]:
+        """One search query, its first page only (one sorting rule: HubSpot applies no more); -> (rows, more).
+
+        The answer's `total` (records matching the query) is kept in `self._last_total`.
+        """
+        body = {
+            "filterGroups": [{"filters": filters}] if filters else [],
+            "sorts": [{"propertyName": sort, "direction": "ASCENDING"}],
+            "properties": props,
+            "limit": limit,
+        }
+        page = self._call(
+            lambda **kw: self._client.crm.objects.search_api.do_search(object_type, public_object_search_request=body, **kw),
+            what=f"search {object_type}",
+            search=True,
+        )
+        rows = page.get("results") or []
+        self._last_total = int(page.get("total") or 0)
+        more = bool(((page.get("paging") or {}).get("next") or {}).get("after")) or len(rows) >= limit
+        return rows, more and bool(rows)
+
+    def _listing_is_cheaper(self, object_type: str, in_window: int, props: list[str]) -> bool:
+        """Whether listing every record beats searching `in_window` of them (issue 14: the day after a full sync).
+
+        Search pages 200 records at 5 requests/s (1,000 records/s) and needs association reads;
+        listing pages 100 with their associations at the tier's 10-second allowance (1,900
+        records/s on professional). When most records changed, as on the day after the first
+        sync wrote them all, listing them all is the cheaper read.
+        """
+        if in_window < LIST_SWITCH_MIN:
+            return False
+        self._search_page(object_type, [], "hs_object_id", ["hs_object_id"], limit=1)
+        everything = self._last_total
+        search_s = in_window / (SEARCH_LIMIT * self._search_pacer.budget / self._search_pacer.window)
+        list_s = everything / (LIST_LIMIT * self._burst.budget / self._burst.window)
+        return list_s < search_s
+
+    def _listed_rows(self, object_type: str, props: list[str], assoc: str | None, low: datetime, high: datetime) -> Iterator[list[dict]]:
+        """The records modified in [low, high], found by listing them all (with their associations)."""
+        low_ts, high_ts = pd.Timestamp(low), pd.Timestamp(high)
+        for rows in self._list_pages(object_type, props, assoc):
+            kept = []
+            for r in rows:
+                t = _parse_time((r.get("properties") or {}).get(MODIFIED) or r.get("updated_at"))
+                if t is not None and low_ts <= t <= high_ts:  # later ones changed during the pull: next run
+                    r["_listed"] = True  # its associations came with it
+                    kept.append(r)
+            yield kept
+
+    def _without_own_writes(self, rows: list[dict], object: str, read: dict, assoc: str | None, own: OwnWrites) -> list[dict]:
+        """`rows` less the records whose last change is our own write (stamp equal, mapped values as stored)."""
+        candidates = []
+        for r in rows:
+            ours = own.stamps.get(f"{self.prefix}:{r['id']}")
+            if ours is not None and _parse_time((r.get("properties") or {}).get(MODIFIED)) == pd.Timestamp(ours):
+                candidates.append(r)
+        if not candidates:
+            return rows
+        if assoc:  # not read for them: a stand-in id lets the rows validate, and the column is not compared
+            candidates = [{**r, "associations": {assoc: {"results": [{"id": "0"}]}}} for r in candidates]
+        frame, _ = self._to_canonical(candidates, object, read, assoc)
+        ignore = [c for c, p in read.items() if p.startswith("associations.")]
+        same = frame.loc[own.unchanged(frame, ignore).to_numpy(dtype=bool), SPECS[object].key].astype(str)
+        drop = {strip_prefix(i, self.prefix) for i in same}
+        return [r for r in rows if str(r["id"]) not in drop]
 
     def _attach_associations(self, object_type: str, to_type: str, rows: list[dict]) -> None:
-        """Search results carry no associations; read them in one v4 batch call per page."""
-        body = {"inputs": [{"id": str(r["id"])} for r in rows]}
-        reply = self._call(
-            lambda **kw: self._client.crm.associations.v4.batch_api.get_page(
-                object_type, to_type, batch_input_public_fetch_associations_batch_request=body, **kw
-            ),
-            what=f"read {object_type} associations",
-        )
+        """Search results carry no associations; read them with v4 batch reads of up to 1,000 ids."""
         links: dict[str, list[str]] = {}
-        for item in reply.get("results") or []:
-            frm = str((item.get("_from") or item.get("from") or {}).get("id"))
-            links[frm] = [str(t.get("to_object_id") or t.get("toObjectId")) for t in item.get("to") or []]
+        for start in range(0, len(rows), ASSOC_BATCH):
+            body = {"inputs": [{"id": str(r["id"])} for r in rows[start : start + ASSOC_BATCH]]}
+            reply = self._call(
+                lambda body=body, **kw: self._client.crm.associations.v4.batch_api.get_page(
+                    object_type, to_type, batch_input_public_fetch_associations_batch_request=body, **kw
+                ),
+                what=f"read {object_type} associations",
+            )
+            for item in reply.get("results") or []:
+                frm = str((item.get("_from") or item.get("from") or {}).get("id"))
+                links[frm] = [str(t.get("to_object_id") or t.get("toObjectId")) for t in item.get("to") or []]
         for r in rows:
             r["associations"] = {to_type: {"results": [{"id": i} for i in links.get(str(r["id"]), [])]}}
 
@@ -566,7 +705,9 @@ class HubSpotConnector(CrmConnector):
             for i, _, _ in chunk:
                 results[i] = RecordResult(changes[i].record_id, "failed", exc.category or f"HTTP_{exc.status}", str(exc), False)
             return
-        done = {str(r.get("id")) for r in reply.get("results") or []}
+        # the modification time our write gave each record: the next pull knows this change is ours
+        done = {str(r.get("id")): _parse_time((r.get("properties") or {}).get(MODIFIED) or r.get("updated_at"))
+                for r in reply.get("results") or []}
         failed: dict[str, tuple[str, str]] = {}
         for err in reply.get("errors") or []:
             ids = (err.get("context") or {}).get("ids") or []
@@ -574,7 +715,8 @@ class HubSpotConnector(CrmConnector):
                 failed[str(rid)] = (err.get("category") or "ERROR", err.get("message") or "")
         for i, rid, _ in chunk:
             if rid in done:
-                results[i] = RecordResult(changes[i].record_id, "ok", crm_id=rid)
+                stamp = done[rid].to_pydatetime() if done[rid] is not None else None
+                results[i] = RecordResult(changes[i].record_id, "ok", crm_id=rid, stamp=stamp)
             elif rid in failed:
                 code, message = failed[rid]
                 results[i] = RecordResult(changes[i].record_id, "failed", code, message, code in ("RATE_LIMITS", "LOCKED"))
@@ -746,28 +888,6 @@ class HubSpotConnector(CrmConnector):
         return CheckResult(ok=not problems, problems=problems, details={"tier": self.tier})
 
 
-def _regroup(pages: Iterator[list[dict]], size: int) -> Iterator[tuple[list[dict], bool]]:
-    """API pages (100-200 rows) regrouped into pages of about `size` rows, each flagged whether it is the last.
-
-    Mapping and validating a frame has a fixed cost per call, so a few large pages
-    are much cheaper than many small ones.
-    """
-    buffer: list[dict] = []
-    full: list[dict] | None = None
-    for rows in pages:
-        buffer.extend(rows)
-        if len(buffer) >= size:
-            if full is not None:
-                yield full, False
-            full, buffer = buffer, []
-    if buffer:
-        if full is not None:
-            yield full, False
-        yield buffer, True
-    elif full is not None:
-        yield full, True
-
-
 def _first_association(row: dict, to_type: str) -> str | None:
     assoc = (row.get("associations") or {}).get(to_type) or {}
     results = assoc.get("results") if isinstance(assoc, dict) else None
@@ -785,7 +905,15 @@ def _fill(results: list, changes: list, code: str, message: str) -> list[RecordR
 
 
 def hubspot_from_ready(ready: dict, mapping: dict, **kwargs) -> HubSpotConnector:
-    """A connector for a running sandbox, from its ready-file dict."""
+    """A connector for a running sandbox, from its ready-file dict.
+
+    The sandbox's clock is HubSpot's clock there (tests move it by days), so the run's
+    start, which bounds the search window, is read from it.
+    """
     hs = ready["hubspot"]
     kwargs.setdefault("tier", hs.get("tier", "professional"))
+    if ready.get("inspect_url") and "clock" not in kwargs:
+        from healthsync.connectors.sandbox.clock import remote_clock
+
+        kwargs["clock"] = remote_clock(ready["inspect_url"])
     return HubSpotConnector(hs["access_token"], host=hs["host"], mapping=mapping, **kwargs)

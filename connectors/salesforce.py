@@ -12,19 +12,29 @@ Every HTTP request goes through `_SalesforceHttp`, a requests.Session that
 - re-authenticates once on 401 INVALID_SESSION_ID and resends (1.1),
 - runs the quota governor: reads `Sforce-Limit-Info` (1.8) and refuses to send
   once usage passed `quota_stop_share` of the daily limit, and turns 403
-  REQUEST_LIMIT_EXCEEDED (1.7) into `QuotaExhaustedError`.
+  REQUEST_LIMIT_EXCEEDED (1.7) into `QuotaExhaustedError`,
+- learns the server's clock from the `Date` header (cursor caps and replication
+  windows are in the org's time, not this machine's).
+
+Incremental pulls leave out the integration user's own modifications; the
+write-back guards each write against hiding someone else's edit (see
+`pull` and connectors/BEHAVIOR.md "Own changes").
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import math
 import re
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from typing import Any, Iterator
+from email.utils import parsedate_to_datetime
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -50,6 +60,7 @@ from healthsync.connectors.base import (
     TaskSpec,
 )
 from healthsync.connectors.mapping import SECTIONS, finish, section, strip_prefix, translate_values
+from healthsync.connectors.salesforce_fields import HealthsyncField, healthsync_fields
 from healthsync.connectors.redact import Redactor, reveal
 from healthsync.connectors.retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
 
@@ -63,24 +74,17 @@ _LIMIT_INFO = re.compile(r"api-usage=(\d+)/(\d+)")
 #: per-record errors worth retrying next run (lock contention, transient server trouble)
 _RETRYABLE_RECORD_CODES = {"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "REQUEST_RUNNING_TOO_LONG", "QUOTA_EXHAUSTED"}
 
-#: The healthsync fields `setup()` creates and `check()` expects (issue 4): object -> [(field, metadata)].
-HEALTHSYNC_FIELDS: dict[str, list[tuple[str, dict]]] = {
-    "Account": [
-        ("Health_Score__c", {"label": "Health Score", "type": "Number", "precision": 5, "scale": 1}),
-        ("Health_Band__c", {"label": "Health Band", "type": "Text", "length": 40}),
-        ("Health_Trend__c", {"label": "Health Trend", "type": "Text", "length": 40}),
-        ("Health_Drivers__c", {"label": "Health Drivers", "type": "Text", "length": 255}),
-        ("Health_Confidence__c", {"label": "Health Confidence", "type": "Number", "precision": 4, "scale": 3}),
-        ("Health_Updated__c", {"label": "Health Updated", "type": "DateTime"}),
-    ],
-    "Opportunity": [
-        ("Health_Adjusted_Probability__c", {"label": "Health Adjusted Probability", "type": "Number", "precision": 5, "scale": 4}),
-        ("Health_Expected_ARR__c", {"label": "Health Expected ARR", "type": "Number", "precision": 16, "scale": 2}),
-    ],
-    "Task": [
-        ("Healthsync_Key__c", {"label": "Healthsync Key", "type": "Text", "length": 255, "externalId": True, "unique": True}),
-    ],
-}
+#: The permission set `setup()` creates to grant the integration user read/edit on the healthsync fields.
+PERMISSION_SET_NAME = "Healthsync_Integration"
+PERMISSION_SET_LABEL = "Healthsync Integration"
+#: Deleted records stay listed (Recycle Bin, sobjects/{O}/deleted) for 15 days (resources_getdeleted.htm).
+DELETED_RETENTION = timedelta(days=15)
+#: sobjects/{O}/deleted needs start more than one minute before end (getDeleted rules).
+_MIN_REPLICATION_WINDOW = timedelta(minutes=2)
+#: Bulk API 2.0 job states after which nothing changes any more.
+BULK_DONE_STATES = ("JobComplete", "Failed", "Aborted")
+#: The longest pause between two status polls of a Bulk job (each poll is a counted API request).
+BULK_MAX_POLL_INTERVAL_S = 30.0
 
 _TASK_FIELDS = ["Id", "WhatId", "Status", "CreatedDate", "ActivityDate", "SystemModstamp"]
 
@@ -198,6 +202,29 @@ def _parse_sf_time(value: str | None) -> datetime | None:
     return None if pd.isna(ts) else ts.to_pydatetime()
 
 
+@dataclass
+class BulkJob:
+    """A Bulk API 2.0 ingest job as last seen: its state, and its per-row results once it is done.
+
+    `successful` / `failed` / `unprocessed` are the rows of the three result CSVs (dicts keyed by
+    column, `sf__Id`, `sf__Created`, `sf__Error` included); they stay empty until `done`.
+    """
+
+    job_id: str
+    sobject: str
+    state: str
+    error: str | None = None
+    created: datetime | None = None  # the job's createdDate (org time)
+    finished: datetime | None = None  # its systemModstamp once done (org time)
+    successful: list[dict] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)
+    unprocessed: list[dict] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.state in BULK_DONE_STATES
+
+
 class SalesforceConnector(CrmConnector):
     """Salesforce through simple-salesforce; see the module docstring for the HTTP behaviour."""
 
@@ -227,6 +254,8 @@ class SalesforceConnector(CrmConnector):
         timeout: float = 30,
         retry: RetryPolicy | None = None,
         bulk_poll_seconds: float = 2.0,
+        bulk_max_wait_s: float = 120.0,
+        exclude_own_changes: bool = True,
     ):
         if auth not in ("token", "password", "jwt"):
             raise ConfigurationError(f"sources.salesforce.auth must be token, password or jwt (got {auth!r})")
@@ -243,7 +272,17 @@ class SalesforceConnector(CrmConnector):
         self.bulk_threshold = int(bulk_threshold)
         self.quota_stop_share = float(quota_stop_share)
         self.lookback = timedelta(minutes=float(lookback_minutes))
-        self.bulk_poll_seconds = bulk_poll_seconds
+        self.bulk_poll_seconds = float(bulk_poll_seconds)
+        if bulk_max_wait_s < 0:
+            raise ConfigurationError("sources.salesforce.bulk_max_wait_s must be >= 0")
+        self.bulk_max_wait_s = float(bulk_max_wait_s)
+        self.exclude_own_changes = bool(exclude_own_changes)
+        #: called with the canonical object before every write request (collections call, Bulk upload,
+        #: Bulk poll); the write-back installs a guard sweep here (see `pull`). None = no guard.
+        self.before_write: Callable[[str], None] | None = None
+        self._user_id: str | None = None  # the integration user (None: not looked up yet, "": unknown)
+        self._user_id_problem: str | None = None
+        self._server_offset: timedelta | None = None  # org clock minus this machine's clock (Date header)
         base = retry or RetryPolicy()
         self.retry = RetryPolicy(**{**base.__dict__, "timeout": timeout}) if retry is None else retry
         self.stats = CallStats()
@@ -335,6 +374,9 @@ class SalesforceConnector(CrmConnector):
         body = response.json()
         self._token = body["access_token"]
         self._redact.add(self._token)
+        identity = str(body.get("id") or "").rstrip("/").rsplit("/", 1)[-1]  # .../id/<org id>/<user id>
+        if _SF_ID.match(identity):
+            self._user_id = identity
         if body.get("instance_url"):
             self.instance_url = body["instance_url"].rstrip("/")
 
@@ -349,6 +391,45 @@ class SalesforceConnector(CrmConnector):
         match = _LIMIT_INFO.search(response.headers.get("Sforce-Limit-Info", ""))
         if match:
             self.usage = (int(match.group(1)), int(match.group(2)))
+        stamp = response.headers.get("Date")
+        if stamp:
+            try:
+                server = parsedate_to_datetime(stamp)
+            except (TypeError, ValueError):
+                return
+            if server.tzinfo is not None:
+                # whole seconds, read after the answer: at most the true org time, never ahead of it
+                self._server_offset = server - datetime.now(timezone.utc)
+
+    def server_now(self) -> datetime:
+        """The org's current time as far as we know it (this machine's clock until a response said otherwise)."""
+        now = datetime.now(timezone.utc)
+        return now + self._server_offset if self._server_offset is not None else now
+
+    @property
+    def integration_user_id(self) -> str | None:
+        """The User id our token acts as (token response `id`, else `GET /services/oauth2/userinfo`); None if unknown."""
+        if self._user_id is None:
+            self.sf  # noqa: B018 - logs in when needed; a password/JWT login answers the identity
+        if self._user_id is None:
+            url = f"{self.instance_url}/services/oauth2/userinfo"
+            try:
+                response = self._http.request("GET", url, headers={"Authorization": "Bearer " + (self._token or "")})
+                user = response.json().get("user_id") if response.status_code == 200 else None
+            except (HealthsyncError, ValueError, AttributeError) as exc:
+                if isinstance(exc, StopRunError):
+                    raise
+                user, response = None, None
+            if user and _SF_ID.match(str(user)):
+                self._user_id = str(user)
+            else:
+                self._user_id = ""
+                status = getattr(response, "status_code", "no answer")
+                self._user_id_problem = (
+                    f"could not identify the Salesforce integration user (GET /services/oauth2/userinfo: {status}); "
+                    "its own changes are read back on every pull"
+                )
+        return self._user_id or None
 
     def _governor_check(self) -> None:
         if self.usage is None:
@@ -396,15 +477,22 @@ class SalesforceConnector(CrmConnector):
 
     # ------------------------------------------------------------------ pull
 
-    def pull(self, object: str, since: datetime | None = None) -> Iterator[Page]:
+    def pull(self, object: str, since: datetime | None = None, *, deletions: bool = True) -> Iterator[Page]:
         """Pages of canonical records changed since `since - lookback` (all when None).
 
         Incremental on SystemModstamp with `>=` and the lookback window, ordered
         by (SystemModstamp, Id); records seen twice (updated while paging) are
-        de-duplicated by Id. Deleted records (queryAll IsDeleted) come first in
-        their own page so a stored cursor never skips a deletion.
+        de-duplicated by Id; each page's cursor is capped at the run's start (org
+        time). The integration user's own modifications are left out
+        (`LastModifiedById != <us>`, `exclude_own_changes`): a record is read
+        again only when someone else changed it. The write-back's guard sweeps
+        keep our writes from hiding someone else's edit (connectors/BEHAVIOR.md).
+
+        Deletions (`deletions=True`) come first in their own page: `sobjects/{O}/deleted`
+        over [since - lookback, now]; when that window reaches past what Salesforce
+        still lists (15 days, `earliestDateAvailable`, INVALID_REPLICATION_DATE) the
+        page instead carries every live id (`Page.live_ids`, a full reconcile).
         """
-        run_start = datetime.now(timezone.utc)
         if object == "owners":
             yield self._pull_owners()
             return
@@ -425,33 +513,41 @@ class SalesforceConnector(CrmConnector):
             if object == "accounts" and "domain" not in read and "Website" in existing:
                 read["domain"] = "Website"  # extra column for cross-CRM identity (connectors/identity.py)
         fields: list[str] = []
-        for column, field in read.items():
-            if field.split(".")[0] not in existing:
+        for column, field_name in read.items():
+            if field_name.split(".")[0] not in existing:
                 problems.append(
-                    f"mapping.salesforce.{section_name(object)}.read.{column}: field {field} not found on {sobject}; column left empty"
+                    f"mapping.salesforce.{section_name(object)}.read.{column}: field {field_name} not found on {sobject}; column left empty"
                 )
                 continue
-            if field not in fields:
-                fields.append(field)
+            if field_name not in fields:
+                fields.append(field_name)
         for always in ("Id", "SystemModstamp"):
             if always not in fields:
                 fields.append(always)
-        where = ""
+        conditions: list[str] = []
         start = None
         if since is not None:
             start = _aware(since) - self.lookback
-            where = format_soql(" WHERE SystemModstamp >= {}", start)
-            if object == "tasks":
-                where += format_soql(" AND {:literal} != null", read["key"])
-        elif object == "tasks":
-            where = format_soql(" WHERE {:literal} != null", read["key"])
+            conditions.append(format_soql("SystemModstamp >= {}", start))
+            own = self._own_changes_filter(object)
+            if own:
+                conditions.append(own)
+            elif self._user_id_problem and object != "tasks":
+                problems.append(self._user_id_problem)
+        if object == "tasks":
+            conditions.append(format_soql("{:literal} != null", read["key"]))
+        where = (" WHERE " + " AND ".join(conditions)) if conditions else ""
         soql = f"SELECT {', '.join(fields)} FROM {sobject}{where} ORDER BY SystemModstamp, Id"
 
-        if since is not None:
-            deleted = self._deleted_ids(sobject, start)
-            if deleted:
-                yield Page(object, _empty_like(object), cursor=None, deleted_ids=deleted)
-
+        covered: datetime | None = None
+        if since is not None and deletions:
+            page, covered = self._deletions(object, sobject, start, read)
+            if page is not None:
+                yield page
+        run_start = self.server_now()  # the org's clock, as its last answer told it
+        cap = run_start
+        if covered is not None:  # the next deletion window (cursor - lookback - 1 min) must start before it
+            cap = min(cap, covered + self.lookback + timedelta(minutes=1))
         high_water: datetime | None = None
         seen: dict[str, str] = {}
         yielded = False
@@ -469,18 +565,95 @@ class SalesforceConnector(CrmConnector):
                     if not pd.isna(page_max):
                         high_water = max(high_water, page_max.to_pydatetime()) if high_water else page_max.to_pydatetime()
                 frame, page_problems = self._to_canonical(raw, object, read, sobject)
-                cursor = min(high_water, run_start) if high_water else (_aware(since) if since else None)
+                cursor = min(high_water, cap) if high_water else (_aware(since) if since else None)
+                if since is not None and not deletions:
+                    cursor = None  # no deletion check: the cursor must not move past what deletions covered
                 yield Page(object, frame, cursor=cursor, problems=(problems + page_problems) if not yielded else page_problems)
                 yielded = True
                 if result.get("done", True) or not result.get("nextRecordsUrl"):
                     break
                 result = self.sf.query_more(result["nextRecordsUrl"], identifier_is_url=True)
 
-    def _deleted_ids(self, sobject: str, start: datetime) -> list[str]:
-        soql = format_soql(f"SELECT Id FROM {sobject} WHERE IsDeleted = true AND SystemModstamp >= {{}}", start)
-        with self._errors(f"queryAll {sobject}"):
-            rows = list(self.sf.query_all_iter(soql, include_deleted=True))
-        return [f"sf:{r['Id']}" for r in rows]
+    def _own_changes_filter(self, object: str) -> str | None:
+        """`LastModifiedById != '<integration user>'` for incremental pulls (not tasks: their readers need our creates)."""
+        if not self.exclude_own_changes or object == "tasks":
+            return None
+        me = self.integration_user_id
+        return format_soql("LastModifiedById != {}", me) if me else None
+
+    def pull_own_writes(self, object: str, start: datetime, end: datetime) -> Iterator[Page]:
+        """Records WE last modified in [start - lookback, end + lookback] (the complement of the pull's filter).
+
+        The bounded re-read after a Bulk job that kept writing while no guard sweep ran (a job
+        collected by a later run): someone's edit landing on a record before the job wrote it is
+        hidden by our write, so those records are read back once. Pages carry no cursor.
+        """
+        me = self.integration_user_id
+        sec = section(self.mapping, object, "salesforce")
+        sobject = sec.get("object")
+        read = dict(sec.get("read") or {})
+        existing = self._field_names(sobject)
+        if object == "accounts" and "domain" not in read and "Website" in existing:
+            read["domain"] = "Website"
+        fields = list(dict.fromkeys([f for f in read.values() if f.split(".")[0] in existing] + ["Id", "SystemModstamp"]))
+        where = format_soql("SystemModstamp >= {} AND SystemModstamp <= {}", _aware(start) - self.lookback, _aware(end) + self.lookback)
+        if me:
+            where += format_soql(" AND LastModifiedById = {}", me)
+        with self._errors(f"query {sobject}"):
+            rows = [{k: v for k, v in r.items() if k != "attributes"}
+                    for r in self.sf.query_all_iter(f"SELECT {', '.join(fields)} FROM {sobject} WHERE {where}")]
+        frame, problems = self._to_canonical(pd.DataFrame.from_records(rows), object, read, sobject)
+        yield Page(object, frame, cursor=None, problems=problems)
+
+    def _deletions(self, object: str, sobject: str, start: datetime, read: dict) -> tuple[Page | None, datetime | None]:
+        """(a page of the ids deleted in [start, now] or of every live id (full reconcile), latestDateCovered).
+
+        The window starts a minute before the records' (the endpoint ignores seconds, so the last
+        partial minute of one window is read again by the next) and spans more than a minute.
+        """
+        now = self.server_now()
+        start = min(start - timedelta(minutes=1), now - _MIN_REPLICATION_WINDOW)  # earlier is harmless (idempotent)
+        reason = None
+        deleted: list[str] = []
+        problems: list[str] = []
+        covered: datetime | None = None
+        if start < now - DELETED_RETENTION:
+            reason = f"the last pull is older than the {DELETED_RETENTION.days} days Salesforce lists deletions"
+        else:
+            try:
+                with self._errors(f"get deleted {sobject}"):
+                    answer = getattr(self.sf, sobject).deleted(start.astimezone(timezone.utc), now.astimezone(timezone.utc))
+                    fresh = self.server_now()  # the answer's Date header: the org clock moved on since we last heard?
+                    if fresh.replace(second=0, microsecond=0) > now.replace(second=0, microsecond=0):
+                        now = fresh
+                        answer = getattr(self.sf, sobject).deleted(start.astimezone(timezone.utc), now.astimezone(timezone.utc))
+            except HealthsyncError as exc:
+                if isinstance(exc, (StopRunError, ConfigurationError)) or "INVALID_REPLICATION_DATE" not in str(exc):
+                    raise
+                reason = f"Salesforce no longer lists deletions since {start:%Y-%m-%d %H:%M} ({exc})"
+            else:
+                deleted = [f"sf:{r['id']}" for r in answer.get("deletedRecords") or [] if r.get("id")]
+                earliest = _parse_sf_time(answer.get("earliestDateAvailable"))
+                covered = _parse_sf_time(answer.get("latestDateCovered"))
+                if earliest is not None and earliest > start:
+                    reason = f"deletions before {earliest:%Y-%m-%d %H:%M} were purged (earliestDateAvailable)"
+                if covered is not None and covered + self.lookback < now - _MIN_REPLICATION_WINDOW:
+                    problems.append(
+                        f"Salesforce {sobject}: deletions are listed only up to {covered:%Y-%m-%d %H:%M} (latestDateCovered), "
+                        "more than the lookback window ago; a deletion after it may be seen late (raise "
+                        "sources.salesforce.lookback_minutes)"
+                    )
+        if reason is None:
+            if not deleted and not problems:
+                return None, covered
+            return Page(object, _empty_like(object), cursor=None, deleted_ids=deleted, problems=problems), covered
+        log.info("Salesforce %s: %s; reconciling every id", sobject, reason)
+        where = format_soql(" WHERE {:literal} != null", read["key"]) if object == "tasks" else ""
+        with self._errors(f"query {sobject} ids"):
+            live = [f"sf:{r['Id']}" for r in self.sf.query_all_iter(f"SELECT Id FROM {sobject}{where}")]
+        page = Page(object, _empty_like(object), cursor=None, deleted_ids=deleted, live_ids=live,
+                    problems=problems + [f"Salesforce {sobject}: {reason}; every id was reconciled instead"])
+        return page, None
 
     def _to_canonical(self, raw: pd.DataFrame, object: str, read: dict, sobject: str) -> tuple[pd.DataFrame, list[str]]:
         frame = pd.DataFrame(index=raw.index)
@@ -570,58 +743,155 @@ class SalesforceConnector(CrmConnector):
             valid.append((i, raw_id, {k: _json_value(v) for k, v in change.fields.items()}))
         try:
             if len(valid) > self.bulk_threshold:
-                self._push_bulk(sobject, changes, valid, results)
+                self._push_bulk(sobject, changes, valid, results, object)
             else:
-                self._push_collections(sobject, changes, valid, results)
+                self._push_collections(sobject, changes, valid, results, object)
         except QuotaExhaustedError as exc:
             exc.results = _fill(results, changes, "QUOTA_EXHAUSTED", str(exc))
             raise
         return _fill(results, changes, "NOT_SENT", "not sent")
 
-    def _push_collections(self, sobject: str, changes, valid, results) -> None:
+    def _push_collections(self, sobject: str, changes, valid, results, object: str | None = None) -> None:
         for start in range(0, len(valid), COLLECTION_SIZE):
             chunk = valid[start : start + COLLECTION_SIZE]
             body = {
                 "allOrNone": False,
                 "records": [{"attributes": {"type": sobject}, "id": rid, **fields} for _, rid, fields in chunk],
             }
+            self._guard(object)
             with self._errors(f"update {sobject}"):
                 reply = self.sf.restful("composite/sobjects", method="PATCH", json=body)
             for (i, _, _), item in zip(chunk, reply or []):
                 results[i] = _save_result(changes[i].record_id, item)
 
-    def _push_bulk(self, sobject: str, changes, valid, results) -> None:
-        by_id = {rid: i for i, rid, _ in valid}
+    def _guard(self, object: str | None) -> None:
+        """Run the write-back's guard sweep (if installed) right before a write request."""
+        if self.before_write is not None and object is not None:
+            self.before_write(object)
+
+    def _push_bulk(self, sobject: str, changes, valid, results, object: str | None = None) -> None:
         columns = sorted({k for _, _, f in valid for k in f})
         rows = [{"Id": rid, **{c: _bulk_value(f.get(c)) if c in f else "" for c in columns}} for _, rid, f in valid]
-        handler = getattr(self.sf.bulk2, sobject)
-        try:
-            with self._errors(f"Bulk API 2.0 update {sobject}"):
-                jobs = handler.update(records=rows, wait=self.bulk_poll_seconds)
-        except HealthsyncError as exc:
-            if isinstance(exc, (StopRunError, ConfigurationError, RetryableError)):
-                raise
-            for i, _, _ in valid:  # the job failed as a whole: every row is retried next run
-                results[i] = RecordResult(changes[i].record_id, "failed", "BULK_JOB_FAILED", str(exc), True)
+        index = {rid: i for i, rid, _ in valid}
+        for part in _csv_parts(rows):
+            mapped = [(index[r["Id"]], changes[index[r["Id"]]].record_id, r["Id"]) for r in part]
+            try:
+                job = self.bulk_ingest(sobject, "update", part, object=object)
+            except HealthsyncError as exc:
+                if isinstance(exc, (StopRunError, ConfigurationError, RetryableError)):
+                    raise
+                for i, record_id, _ in mapped:  # the job could not be submitted: nothing applied, retried next run
+                    results[i] = RecordResult(record_id, "failed", "BULK_JOB_FAILED", str(exc), True)
+                continue
+            self._bulk_results(job, mapped, results)
+
+    def collect_push(self, object: str, job_id: str,
+                     record_ids: list[str]) -> tuple[list[RecordResult], tuple[datetime, datetime] | None] | None:
+        """The outcome of a write-back Bulk job left running by an earlier run; None while it still runs.
+
+        One status poll (no waiting: the job has had a whole run interval), then its result files:
+        (one result per record id, in order; the org-time window in which the job wrote, for the
+        re-read of our own writes, or None when pulls read our own changes anyway). Nothing is sent again.
+        """
+        sobject = section(self.mapping, object, "salesforce")["object"]
+        job = self.bulk_job(sobject, job_id, wait_s=0)
+        if not job.done:
+            return None
+        results: list[RecordResult | None] = [None] * len(record_ids)
+        self._bulk_results(job, [(i, rid, strip_prefix(rid, self.prefix)) for i, rid in enumerate(record_ids)], results)
+        window = None
+        if self.exclude_own_changes and job.created is not None:
+            window = (job.created, job.finished or self.server_now())
+        return results, window  # type: ignore[return-value]
+
+    def _bulk_results(self, job: BulkJob, rows: list[tuple[int, str, str]], results: list) -> None:
+        """Map a job's per-row results onto `results` (index, canonical id, Salesforce id)."""
+        if not job.done:
+            for i, record_id, _ in rows:
+                results[i] = RecordResult(record_id, "failed", "BULK_JOB_PENDING",
+                                          f"Bulk job {job.job_id} is still {job.state}; its results are collected next run",
+                                          True, crm_id=job.job_id)
             return
-        with self._errors(f"Bulk API 2.0 results {sobject}"):
-            for job in jobs:
-                outcome = handler.get_all_ingest_records(job["job_id"])
-                for row in outcome["successfulRecords"]:
-                    i = by_id.get(row.get("Id") or row.get("sf__Id"))
-                    if i is not None:
-                        results[i] = RecordResult(changes[i].record_id, "ok", crm_id=row.get("sf__Id") or None)
-                for row in outcome["failedRecords"]:
-                    i = by_id.get(row.get("Id") or row.get("sf__Id"))
-                    if i is not None:
-                        code, _, message = (row.get("sf__Error") or "UNKNOWN_ERROR").partition(":")
-                        results[i] = RecordResult(
-                            changes[i].record_id, "failed", code, message.strip() or code, code in _RETRYABLE_RECORD_CODES
-                        )
-                for row in outcome["unprocessedRecords"]:
-                    i = by_id.get(row.get("Id"))
-                    if i is not None:
-                        results[i] = RecordResult(changes[i].record_id, "failed", "UNPROCESSED", "Bulk job did not process the row", True)
+        by_id = {sf_id[:15]: (i, record_id) for i, record_id, sf_id in rows}
+
+        def hit(row: dict):
+            rid = row.get("Id") or row.get("sf__Id") or ""
+            return by_id.get(rid[:15])
+
+        for row in job.successful:
+            found = hit(row)
+            if found:
+                results[found[0]] = RecordResult(found[1], "ok", crm_id=row.get("sf__Id") or None)
+        for row in job.failed:
+            found = hit(row)
+            if found:
+                code, _, message = (row.get("sf__Error") or "UNKNOWN_ERROR").partition(":")
+                results[found[0]] = RecordResult(found[1], "failed", code, message.strip() or code, code in _RETRYABLE_RECORD_CODES)
+        why = f"Bulk job {job.job_id} {job.state}" + (f": {job.error}" if job.error else "")
+        for i, record_id, _ in rows:
+            if results[i] is None:  # in no result file: not processed (job failed, aborted, or skipped the row)
+                code = "UNPROCESSED" if job.state == "JobComplete" else "BULK_JOB_FAILED"
+                results[i] = RecordResult(record_id, "failed", code, self._redact(why), True)
+
+    # ------------------------------------------------------------------ Bulk API 2.0 (shared helper)
+
+    def bulk_ingest(self, sobject: str, operation: str, rows: list[dict], *, external_id_field: str | None = None,
+                    object: str | None = None, wait_s: float | None = None) -> BulkJob:
+        """One Bulk API 2.0 ingest job: create, upload `rows` (dicts of CSV cells), close, then wait at most
+        `wait_s` (default `bulk_max_wait_s`) for it to finish.
+
+        Real jobs sit in UploadComplete/InProgress for minutes and every status poll is a counted
+        API request, so polls back off (`bulk_poll_seconds`, x1.5, at most 30 s apart) and stop at the
+        bound: the job then comes back not `done`, and the caller keeps `job_id` to collect it later
+        with `bulk_job` (never resend). Reusable for any object/operation (e.g. a task upsert on
+        Healthsync_Key__c); `object` (canonical) lets the write-back's guard run before each request.
+        """
+        client = self._bulk_client(sobject)
+        self._guard(object)
+        with self._errors(f"Bulk API 2.0 {operation} {sobject}"):
+            info = client.create_job(operation, external_id_field=external_id_field)
+        job_id = info["id"]
+        try:
+            with self._errors(f"Bulk API 2.0 upload {sobject}"):
+                client.upload_job_data(job_id, _to_csv(rows))
+                client.close_job(job_id)
+        except HealthsyncError:
+            with suppress_healthsync(), self._errors(f"Bulk API 2.0 abort {sobject}"):
+                client.abort_job(job_id, False)  # never leave an Open job behind; nothing of it was applied
+            raise
+        return self.bulk_job(sobject, job_id, object=object, wait_s=self.bulk_max_wait_s if wait_s is None else wait_s)
+
+    def bulk_job(self, sobject: str, job_id: str, *, object: str | None = None, wait_s: float = 0.0) -> BulkJob:
+        """Poll a job (first poll now, then backing off) until it is done or `wait_s` ran out; results once done."""
+        client = self._bulk_client(sobject)
+        deadline = time.monotonic() + max(0.0, wait_s)
+        interval = max(0.01, self.bulk_poll_seconds)
+        first = True
+        while True:
+            if not first:
+                self._guard(object)
+            first = False
+            with self._errors(f"Bulk API 2.0 status {sobject}"):
+                info = client.get_job(job_id, False)
+            state = str(info.get("state"))
+            if state in BULK_DONE_STATES or time.monotonic() + interval > deadline:
+                break
+            time.sleep(interval)
+            interval = min(interval * 1.5, BULK_MAX_POLL_INTERVAL_S)
+        job = BulkJob(job_id, sobject, state, error=info.get("errorMessage"),
+                      created=_parse_sf_time(info.get("createdDate")), finished=_parse_sf_time(info.get("systemModstamp")))
+        if job.done:
+            handler = getattr(self.sf.bulk2, sobject)
+            with self._errors(f"Bulk API 2.0 results {sobject}"):
+                outcome = handler.get_all_ingest_records(job_id)
+            job.successful = list(outcome["successfulRecords"])
+            job.failed = list(outcome["failedRecords"])
+            job.unprocessed = list(outcome["unprocessedRecords"])
+        return job
+
+    def _bulk_client(self, sobject: str):
+        """simple-salesforce's Bulk 2.0 client for one object (create/upload/close/get_job, on our session)."""
+        return getattr(self.sf.bulk2, sobject)._client
 
     # ------------------------------------------------------------------ tasks
 
@@ -695,23 +965,108 @@ class SalesforceConnector(CrmConnector):
     # ------------------------------------------------------------------ setup / check
 
     def setup(self) -> list[str]:
-        """Create the healthsync custom fields via the Tooling API; fields already there are left alone."""
+        """Create the healthsync fields (Tooling API) and give the integration user read/edit on them.
+
+        Fields made through the Tooling API have no field-level security: nobody sees them until a
+        permission grants it, so `check()` would keep asking for `crm setup`. Access is granted
+        through the permission set `Healthsync_Integration` (PermissionSet, FieldPermissions,
+        PermissionSetAssignment over REST). Returns the fields this call created; a field that was
+        already there (DUPLICATE_DEVELOPER_NAME, e.g. created earlier but invisible) is "already
+        exists", not "created". When the integration user may not manage permission sets, raises
+        ConfigurationError with the exact steps for a Salesforce administrator.
+        """
+        wanted = healthsync_fields(self.mapping)
         created: list[str] = []
-        for sobject, fields in HEALTHSYNC_FIELDS.items():
-            existing = self._field_names(sobject)
-            for name, meta in fields:
-                if name in existing:
+        existed: list[str] = []
+        for f in wanted:
+            if f.name in self._field_names(f.sobject):
+                existed.append(f.permission_name)
+                continue
+            body = {"FullName": f.full_name, "Metadata": {**f.metadata, "required": False}}
+            with self._errors(f"create field {f.full_name}"):
+                try:
+                    self.sf.toolingexecute("sobjects/CustomField/", method="POST", data=body)
+                except SalesforceError as exc:
+                    if "DUPLICATE" not in str(exc.content):
+                        raise
+                    existed.append(f.permission_name)  # there already, invisible to us: access is granted below
                     continue
-                body = {"FullName": f"{sobject}.{name}", "Metadata": {**meta, "required": False}}
-                with self._errors(f"create field {sobject}.{name}"):
-                    try:
-                        self.sf.toolingexecute("sobjects/CustomField/", method="POST", data=body)
-                    except SalesforceError as exc:
-                        if "DUPLICATE" not in str(exc.content):
-                            raise
-                created.append(f"{sobject}.{name}")
-            self._describes.pop(sobject, None)
+            created.append(f.permission_name)
+        self.setup_report = {"created": created, "already_existed": existed, "access_granted": []}
+        self._describes.clear()
+        if not all(self._usable(f) for f in wanted):
+            try:
+                self.setup_report["access_granted"] = self._grant_field_access(wanted)
+            except HealthsyncError as exc:
+                if isinstance(exc, StopRunError):
+                    raise
+                raise ConfigurationError(self._admin_steps(wanted, str(exc))) from None
+            self._describes.clear()
+            still = [f for f in wanted if not self._usable(f)]
+            if still:
+                raise ConfigurationError(self._admin_steps(still, "the fields are still not editable after the grant"))
         return created
+
+    def _usable(self, f: HealthsyncField) -> bool:
+        """The integration user sees the field and may write it (describe honours field-level security)."""
+        meta = next((x for x in self.describe(f.sobject).get("fields", []) if x["name"] == f.name), None)
+        return meta is not None and bool(meta.get("updateable", True) or meta.get("createable", True))
+
+    def _grant_field_access(self, fields: list[HealthsyncField]) -> list[str]:
+        """Permission set Healthsync_Integration with read+edit on `fields`, assigned to us; idempotent."""
+        me = self.integration_user_id
+        if not me:
+            raise HealthsyncError(self._user_id_problem or "could not identify the integration user")
+        with self._errors("query PermissionSet"):
+            found = self.sf.query(format_soql("SELECT Id FROM PermissionSet WHERE Name = {}", PERMISSION_SET_NAME))["records"]
+        if found:
+            ps = found[0]["Id"]
+        else:
+            with self._errors("create PermissionSet"):
+                ps = self.sf.PermissionSet.create({"Name": PERMISSION_SET_NAME, "Label": PERMISSION_SET_LABEL,
+                                                   "Description": "Read/edit on the fields healthsync writes"})["id"]
+        with self._errors("query FieldPermissions"):
+            have = {r["Field"]: r for r in self.sf.query_all_iter(
+                format_soql("SELECT Id, Field, PermissionsRead, PermissionsEdit FROM FieldPermissions WHERE ParentId = {}", ps))}
+        new = [{"attributes": {"type": "FieldPermissions"}, "ParentId": ps, "SobjectType": f.sobject,
+                "Field": f.permission_name, "PermissionsRead": True, "PermissionsEdit": True}
+               for f in fields if f.permission_name not in have]
+        fix = [{"attributes": {"type": "FieldPermissions"}, "id": have[f.permission_name]["Id"],
+                "PermissionsRead": True, "PermissionsEdit": True}
+               for f in fields if f.permission_name in have
+               and not (have[f.permission_name].get("PermissionsRead") and have[f.permission_name].get("PermissionsEdit"))]
+        for method, rows in (("POST", new), ("PATCH", fix)):
+            for start in range(0, len(rows), COLLECTION_SIZE):
+                chunk = rows[start : start + COLLECTION_SIZE]
+                with self._errors("grant field permissions"):
+                    reply = self.sf.restful("composite/sobjects", method=method, json={"allOrNone": False, "records": chunk})
+                refused = [(row.get("Field") or row.get("id"), item) for row, item in zip(chunk, reply or []) if not item.get("success")]
+                if refused:
+                    what, item = refused[0]
+                    error = (item.get("errors") or [{}])[0]
+                    raise HealthsyncError(f"FieldPermissions {what}: {error.get('statusCode')}: {error.get('message')}")
+        with self._errors("query PermissionSetAssignment"):
+            assigned = self.sf.query(format_soql(
+                "SELECT Id FROM PermissionSetAssignment WHERE PermissionSetId = {} AND AssigneeId = {}", ps, me))["records"]
+        if not assigned:
+            with self._errors("assign PermissionSet"):
+                self.sf.PermissionSetAssignment.create({"PermissionSetId": ps, "AssigneeId": me})
+        return [f.permission_name for f in fields]
+
+    def _admin_steps(self, fields: list[HealthsyncField], reason: str) -> str:
+        """The exact steps for a Salesforce administrator when we may not grant field access ourselves."""
+        by_object: dict[str, list[str]] = {}
+        for f in fields:
+            by_object.setdefault(f.sobject, []).append(f"{f.metadata.get('label', f.name)} ({f.name})")
+        lines = "; ".join(f"{obj}: {', '.join(names)}" for obj, names in by_object.items())
+        who = self.username or self.integration_user_id or "the integration user"
+        return (
+            f"the integration user cannot be given access to the healthsync fields ({reason}). "
+            f"Ask a Salesforce administrator to: (1) Setup > Permission Sets > New, Label '{PERMISSION_SET_LABEL}', "
+            f"API Name '{PERMISSION_SET_NAME}'; (2) in it, Object Settings > each object > Edit, tick Read Access and "
+            f"Edit Access for: {lines}; (3) Manage Assignments > Add Assignment > {who}. "
+            "Then run `healthsync crm check`."
+        )
 
     def check(self) -> CheckResult:
         """Log in, describe every mapped object, and name any missing field or missing edit permission."""
@@ -726,22 +1081,30 @@ class SalesforceConnector(CrmConnector):
                 except HealthsyncError as exc:
                     problems.append(f"{sobject}: cannot describe ({exc}); check the integration user's object permissions")
                     continue
-                for column, field in (sec.get("read") or {}).items():
-                    if field not in described:
+                for column, field_name in (sec.get("read") or {}).items():
+                    if field_name not in described:
                         problems.append(
-                            f"{sobject}.{field} (mapping.salesforce.{section_name(object)}.read.{column}) does not exist "
+                            f"{sobject}.{field_name} (mapping.salesforce.{section_name(object)}.read.{column}) does not exist "
                             "or the integration user cannot read it"
                         )
                 writes = list((sec.get("write") or {}).items())
                 if object == "tasks":
                     writes = [("key_field", (sec.get("key_field") or "Healthsync_Key__c"))]
-                for column, field in writes:
-                    meta = described.get(field)
+                    problems.extend(_picklist_problems(described))
+                for column, field_name in writes:
+                    meta = described.get(field_name)
                     key = f"mapping.salesforce.{section_name(object)}." + (column if column == "key_field" else f"write.{column}")
                     if meta is None:
-                        problems.append(f"{sobject}.{field} ({key}) is missing; run `healthsync crm setup`")
+                        problems.append(
+                            f"{sobject}.{field_name} ({key}) is missing or not visible to the integration user (no "
+                            f"field-level security); run `healthsync crm setup` (it creates the field and grants access "
+                            f"through the permission set {PERMISSION_SET_NAME})"
+                        )
                     elif not (meta.get("updateable", True) or meta.get("createable", True)):
-                        problems.append(f"{sobject}.{field} is not editable by the integration user; grant field-level edit access")
+                        problems.append(
+                            f"{sobject}.{field_name} is read-only for the integration user; run `healthsync crm setup` "
+                            f"or grant Edit Access on it (permission set {PERMISSION_SET_NAME})"
+                        )
             if self.usage:
                 details["api_usage"] = {"used": self.usage[0], "limit": self.usage[1]}
         except QuotaExhaustedError as exc:
@@ -780,8 +1143,55 @@ def _save_result(record_id: str, item: dict) -> RecordResult:
     return RecordResult(record_id, "failed", code, message, code in _RETRYABLE_RECORD_CODES)
 
 
+#: Bulk 2.0 uploads are at most 150 MB (simple-salesforce refuses 100 MB); stay well below
+_MAX_CSV_BYTES = 90 * 1024 * 1024
+
+
+def _to_csv(rows: list[dict]) -> str:
+    """Rows -> Bulk 2.0 CSV (LF line endings, header from the first row's keys plus any later ones)."""
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _csv_parts(rows: list[dict]) -> list[list[dict]]:
+    """Split rows into jobs whose CSV stays under the upload limit (one part in every ordinary case)."""
+    if not rows:
+        return []
+    size = len(_to_csv(rows[:100]).encode("utf-8")) / min(len(rows), 100)
+    per_job = max(1, int(_MAX_CSV_BYTES / max(size, 1.0)))
+    return [rows[i : i + per_job] for i in range(0, len(rows), per_job)]
+
+
+@contextmanager
+def suppress_healthsync():
+    """Best effort: a failure inside (e.g. aborting a job after an upload error) must not hide the first error."""
+    try:
+        yield
+    except HealthsyncError:
+        log.debug("best-effort Salesforce call failed", exc_info=True)
+
+
 def _fill(results: list, changes: list, code: str, message: str) -> list[RecordResult]:
     return [r if r is not None else RecordResult(c.record_id, "failed", code, message, True) for r, c in zip(results, changes)]
+
+
+def _picklist_problems(task_fields: dict) -> list[str]:
+    """Task Status/Priority values healthsync writes that a restricted picklist of this org would refuse."""
+    out = []
+    for field_name, kind in (("Status", "task_status"), ("Priority", "task_priority")):
+        meta = task_fields.get(field_name)
+        if not meta or not meta.get("restrictedPicklist"):
+            continue
+        allowed = {v.get("value") for v in meta.get("picklistValues") or [] if v.get("active", True)}
+        missing = sorted(set(crm_values.SALESFORCE[kind].values()) - allowed)
+        if missing:
+            out.append(f"Task.{field_name} is a restricted picklist without {', '.join(missing)}, which healthsync writes; "
+                       "add the values or adjust connectors/crm_values.py")
+    return out
 
 
 def _describe_sf_error(exc: SalesforceError) -> str:

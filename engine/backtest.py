@@ -44,8 +44,35 @@ from healthsync.engine.scoring import HealthScorer
 from healthsync.engine.trends import compute_trends
 
 #: outcome columns of the history files: never passed to features or scoring
-OUTCOME_COLUMNS = ("churned", "won", "won_amount")
+OUTCOME_COLUMNS = ("churned", "churned_at", "won", "won_amount")
 DEFAULT_TOP_N = 10
+#: backtest / calibrate warn when more than this share of account-snapshots is in the at-risk bands
+MAX_AT_RISK_SHARE = 0.35
+#: ... when the at-risk bands' precision is below this multiple of the base rate (they barely beat chance)
+MIN_PRECISION_LIFT = 1.5
+#: ... and when more than this share of accounts falls to the insufficient-data band
+MAX_INSUFFICIENT_SHARE = 0.05
+
+
+class HistoryError(ValueError):
+    """The history cannot be read as the design.md contract; the message names the file, column or record."""
+
+
+def outcome_labels(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """0/1 outcome labels from 0/1, true/false, yes/no, y/n in any case; returns (labels, bad mask).
+
+    The same spellings as the canonical boolean columns (config.canonical). Missing
+    and unreadable values are `bad` (label -1).
+    """
+    from healthsync.config.canonical import _to_bool
+
+    if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
+        num = values.to_numpy(dtype="float64", na_value=np.nan)
+        bad = ~np.isin(num, (0.0, 1.0))
+        return np.where(bad, -1, num).astype("int64"), bad
+    parsed, _ = _to_bool(values)
+    bad = parsed.isna().to_numpy()
+    return np.where(bad, -1, parsed.fillna(False).to_numpy(dtype=bool).astype("int64")), bad
 
 
 # ----------------------------------------------------------------------------- input
@@ -73,31 +100,38 @@ def history_frames(history) -> HistoryFrames:
 
     accounts = get("accounts_history")
     if accounts is None:
-        raise ValueError("history: accounts_history is required (design.md, 'history for validation')")
+        raise HistoryError("history: accounts_history is required (design.md, 'history for validation')")
     missing = [c for c in ("account_id", "as_of", "churned") if c not in accounts.columns]
     if missing:
-        raise ValueError(f"history: accounts_history is missing the column(s) {missing}")
+        raise HistoryError(f"history: accounts_history is missing the column(s) {missing}")
+    if not len(accounts):
+        raise HistoryError("history: accounts_history has no usable rows (see the record problems above)")
     accounts = accounts.copy()
     accounts["as_of"] = pd.to_datetime(accounts["as_of"], errors="coerce").dt.normalize()
     if accounts["as_of"].isna().any():
         bad = accounts.loc[accounts["as_of"].isna(), "account_id"].iloc[0]
-        raise ValueError(f"history: accounts_history has a row without a valid as_of date (account {bad})")
-    churned = pd.to_numeric(accounts["churned"], errors="coerce")
-    bad_rows = churned.isna() | ~churned.isin([0, 1])
+        raise HistoryError(f"history: accounts_history has a row without a valid as_of date (account {bad})")
+    churned, bad_rows = outcome_labels(accounts["churned"])
     if bad_rows.any():
-        bad = accounts.loc[bad_rows, "account_id"].iloc[0]
-        raise ValueError(f"history: accounts_history.churned must be 0 or 1 (account {bad})")
-    accounts["churned"] = churned.astype("int64")
+        ids = accounts.loc[bad_rows, "account_id"].astype(str).head(3).tolist()
+        raise HistoryError(f"history: accounts_history.churned must be 0/1, true/false, yes/no or y/n "
+                           f"({int(bad_rows.sum())} rows are not, e.g. accounts {', '.join(ids)})")
+    accounts["churned"] = churned
+    if "churned_at" in accounts.columns:
+        accounts["churned_at"] = pd.to_datetime(accounts["churned_at"], errors="coerce").dt.normalize()
     opps = get("opportunities_history")
     if opps is not None and len(opps):
         missing = [c for c in ("account_id", "as_of", "amount", "probability", "won_amount") if c not in opps.columns]
         if missing:
-            raise ValueError(f"history: opportunities_history is missing the column(s) {missing}")
+            raise HistoryError(f"history: opportunities_history is missing the column(s) {missing}")
         opps = opps.copy()
         opps["as_of"] = pd.to_datetime(opps["as_of"], errors="coerce").dt.normalize()
+        if "won" in opps.columns:
+            won, bad_won = outcome_labels(opps["won"])
+            opps["won"] = np.where(bad_won, np.nan, won)  # unknown outcome: left out of the forecast fit
     else:
         opps = None
-    return HistoryFrames(accounts, get("tickets"), opps)
+    return HistoryFrames(accounts, get("tickets"), opps)  # no tickets: ticket metrics absent, not zero
 
 
 # ----------------------------------------------------------------------------- scoring the past
@@ -110,6 +144,7 @@ class Snapshot:
     as_of: pd.Timestamp
     features: pd.DataFrame
     churned: np.ndarray
+    churned_at: np.ndarray | None = None
 
 
 def build_snapshots(frames: HistoryFrames, model: ModelConfig) -> list[Snapshot]:
@@ -125,7 +160,8 @@ def build_snapshots(frames: HistoryFrames, model: ModelConfig) -> list[Snapshot]
             opps = frames.opportunities_history[frames.opportunities_history["as_of"] == as_of]
             opps = opps.drop(columns=[c for c in OUTCOME_COLUMNS if c in opps.columns])
         features = build_features(accounts, tickets, opportunities=opps, as_of=as_of, model=model)
-        out.append(Snapshot(as_of, features, rows["churned"].to_numpy(dtype="int64")))
+        churned_at = rows["churned_at"].to_numpy() if "churned_at" in rows.columns else None
+        out.append(Snapshot(as_of, features, rows["churned"].to_numpy(dtype="int64"), churned_at))
     return out
 
 
@@ -180,28 +216,47 @@ def churn_probability(scored: pd.DataFrame, snapshots: list[Snapshot], model: Mo
 # ----------------------------------------------------------------------------- report pieces
 
 
-def lead_time(scored: pd.DataFrame, dates: list[pd.Timestamp]) -> dict:
-    """Days from the first at-risk snapshot (of the run ending at the last snapshot seen) to churn.
+def lead_time(scored: pd.DataFrame, dates: list[pd.Timestamp], churned_at: pd.Series | None = None) -> dict:
+    """Days from the first at-risk snapshot (of the run ending at the account's last snapshot) to churn.
 
-    The churn date is taken as the first snapshot the account is missing from
-    (an upper bound: it left between its last snapshot and that one). Churned
-    accounts still present in the last snapshot have no churn date yet.
+    The churn date is the account's `churned_at` when the history has that
+    column. Otherwise it is the first snapshot the account is missing from (an
+    upper bound: it left between its last snapshot and that one), so the
+    figure is only as fine as the snapshot interval, which the result states
+    (`resolution_days`); churned accounts still present in the last snapshot
+    then have no churn date yet.
     """
     frame = scored[["account_id", "as_of", "churned", "flagged"]].sort_values(["account_id", "as_of"])
     last = frame.groupby("account_id", sort=False).tail(1)
-    churners = last[(last["churned"] == 1) & (last["as_of"] < dates[-1])]
+    gaps = (np.diff(pd.DatetimeIndex(dates)) / pd.Timedelta(days=1)) if len(dates) > 1 else np.array([])
+    resolution = float(np.median(gaps)) if len(gaps) else None
+    empty = {"churned_accounts": 0, "flagged_before_churn": 0, "share_flagged": None,
+             "median_days": None, "mean_days": None}
+    if churned_at is not None:
+        when = pd.Series(pd.to_datetime(churned_at.to_numpy()), index=scored["account_id"].to_numpy())
+        when = when.dropna()
+        when = when[~when.index.duplicated(keep="last")]
+        churners = last[(last["churned"] == 1) & last["account_id"].isin(when.index)]
+        churn_date = when.reindex(churners["account_id"].to_numpy())
+        source = "churned_at column"
+    else:
+        churners = last[(last["churned"] == 1) & (last["as_of"] < dates[-1])]
+        date_index = pd.DatetimeIndex(dates)
+        if churners.empty:
+            return {**empty, "churn_date": "first snapshot the account is missing from (upper bound)",
+                    "resolution_days": resolution}
+        next_pos = date_index.searchsorted(pd.DatetimeIndex(churners["as_of"]), side="right")
+        churn_date = pd.Series(date_index[next_pos], index=churners["account_id"].to_numpy())
+        source = "first snapshot the account is missing from (upper bound)"
     if churners.empty:
-        return {"churned_accounts": 0, "flagged_before_churn": 0, "share_flagged": None,
-                "median_days": None, "mean_days": None}
-    date_index = pd.DatetimeIndex(dates)
-    next_pos = date_index.searchsorted(pd.DatetimeIndex(churners["as_of"]), side="right")
-    churn_date = pd.Series(date_index[next_pos], index=churners["account_id"].to_numpy())
+        return {**empty, "churn_date": source, "resolution_days": None}
     rows = frame[frame["account_id"].isin(churn_date.index)].iloc[::-1]
     # rows of each account's trailing run of consecutive at-risk snapshots (newest first)
     broken = (~rows["flagged"]).groupby(rows["account_id"], sort=False).cumsum()
     run = rows[broken == 0]
     first_flag = run.groupby("account_id")["as_of"].min()
     days = (churn_date.reindex(first_flag.index) - first_flag).dt.days.to_numpy(dtype="float64")
+    days = days[~np.isnan(days)]
     n = len(churn_date)
     return {
         "churned_accounts": int(n),
@@ -209,7 +264,8 @@ def lead_time(scored: pd.DataFrame, dates: list[pd.Timestamp]) -> dict:
         "share_flagged": len(days) / n,
         "median_days": float(np.median(days)) if len(days) else None,
         "mean_days": float(np.mean(days)) if len(days) else None,
-        "churn_date": "first snapshot the account is missing from (upper bound)",
+        "churn_date": source,
+        "resolution_days": None if churned_at is not None else resolution,
     }
 
 
@@ -246,23 +302,37 @@ def _period_rows(scored: pd.DataFrame) -> list[dict]:
     return rows
 
 
+def snapshot_trends(scored: pd.DataFrame, stable_within: float = 5.0, prior: pd.DataFrame | None = None):
+    """(as_of, scores of that snapshot with delta_30d / delta_90d / momentum) for each snapshot in order.
+
+    Each snapshot's trends come from the earlier snapshots' scores only (and
+    `prior`: scores of snapshots outside `scored`, e.g. the training period,
+    with account_id, score, band, scored_at).
+    """
+    history = prior
+    for as_of, current in scored.groupby("as_of", sort=True):
+        current = current.reset_index(drop=True)
+        earlier = None if history is None else history[history["scored_at"] < as_of]
+        trends = compute_trends(current, earlier, as_of=as_of, stable_within=stable_within)
+        yield as_of, pd.concat([current, trends.drop(columns=["account_id"])], axis=1)
+        snap = current[["account_id", "score", "band"]].assign(scored_at=as_of)
+        history = snap if history is None else pd.concat([history, snap], ignore_index=True)
+
+
 def forecast_backtest(frames: HistoryFrames, scored: pd.DataFrame, forecast: ForecastConfig,
-                      stable_within: float = 5.0) -> dict | None:
+                      stable_within: float = 5.0, prior: pd.DataFrame | None = None) -> dict | None:
     """Per period: won ARR vs expected ARR before and after the health adjustment (seed 000).
 
     Expected before = sum(amount x stage probability); after = the adjusted
     expected ARR of `engine.forecast`, with each snapshot's trends computed from
     the earlier snapshots' scores only. MAPE over periods with won ARR; uplift
-    = (MAPE before - MAPE after) / MAPE before.
+    = (MAPE before - MAPE after) / MAPE before; `book_change` = expected ARR
+    after / before - 1 over all periods (how much the adjustment moved the book).
     """
     if frames.opportunities_history is None:
         return None
     periods = []
-    history = None
-    for as_of, current in scored.groupby("as_of", sort=True):
-        current = current.reset_index(drop=True)
-        trends = compute_trends(current, history, as_of=as_of, stable_within=stable_within)
-        with_trends = pd.concat([current, trends.drop(columns=["account_id"])], axis=1)
+    for as_of, with_trends in snapshot_trends(scored, stable_within, prior):
         opps = frames.opportunities_history[frames.opportunities_history["as_of"] == as_of]
         if len(opps):
             outcome = pd.to_numeric(opps["won_amount"], errors="coerce").fillna(0.0).to_numpy()
@@ -277,8 +347,6 @@ def forecast_backtest(frames: HistoryFrames, scored: pd.DataFrame, forecast: For
                 "expected_before": float(before),
                 "expected_after": float(pd.to_numeric(adjusted["expected_arr"], errors="coerce").fillna(0.0).sum()),
             })
-        snap = current[["account_id", "score", "band"]].assign(scored_at=as_of)
-        history = snap if history is None else pd.concat([history, snap], ignore_index=True)
     if not periods:
         return None
     actual = [p["actual_won_arr"] for p in periods]
@@ -296,6 +364,8 @@ def forecast_backtest(frames: HistoryFrames, scored: pd.DataFrame, forecast: For
         "mae_before": m.mae(actual, before),
         "mae_after": m.mae(actual, after),
         "uplift": (mape_before - mape_after) / mape_before if mape_before else None,
+        "book_change": sum(after) / sum(before) - 1.0 if sum(before) else None,
+        "method": forecast.method if forecast.enabled else "disabled",
     }
 
 
@@ -313,22 +383,55 @@ def _drift(scored: pd.DataFrame, snapshots: list[Snapshot], model: ModelConfig) 
 # ----------------------------------------------------------------------------- public
 
 
+def health_warnings(report: dict, insufficient_band: str) -> list[str]:
+    """What a RevOps admin must not miss in a validation report (module constants)."""
+    warnings = []
+    share, precision, base = report.get("at_risk_share"), report.get("precision"), report.get("base_rate")
+    bands = "/".join(report.get("at_risk_bands") or [])
+    if share is not None and share > MAX_AT_RISK_SHARE:
+        warnings.append(f"{share:.0%} of account-snapshots are in the at-risk bands ({bands}), more than "
+                        f"{MAX_AT_RISK_SHARE:.0%}: the bands flag too much of the book to act on")
+    if precision is not None and base and precision < MIN_PRECISION_LIFT * base:
+        warnings.append(f"at-risk precision {precision:.1%} is below {MIN_PRECISION_LIFT:g}x the churn base rate "
+                        f"({base:.1%}): being flagged barely raises the odds of churn")
+    insufficient = report.get("insufficient_share")
+    if insufficient is not None and insufficient > MAX_INSUFFICIENT_SHARE:
+        warnings.append(f"{insufficient:.1%} of account-snapshots fall to {insufficient_band!r} "
+                        f"(more than {MAX_INSUFFICIENT_SHARE:.0%}): too little weight on the metrics they have")
+    return warnings
+
+
 def evaluate(frames: HistoryFrames, snapshots: list[Snapshot], model: ModelConfig,
-             forecast: ForecastConfig | None, top_n: int = DEFAULT_TOP_N) -> dict:
-    """The validation report of one model on already-built snapshots (used by backtest and calibrate)."""
+             forecast: ForecastConfig | None, top_n: int = DEFAULT_TOP_N,
+             prob_map: m.PlattCalibrator | None = None, prior_scores: pd.DataFrame | None = None) -> dict:
+    """The validation report of one model on already-built snapshots (used by backtest and calibrate).
+
+    `prob_map`: a score -> churn probability map fitted elsewhere (calibrate
+    fits the configured model's on the training part, so the configured and
+    calibrated models are compared on the same footing). `prior_scores`:
+    scores of earlier snapshots outside these (trends for the forecast).
+    """
     scored = score_snapshots(snapshots, model)
     y = scored["churned"].to_numpy(dtype="int64")
     score = scored["score"].to_numpy(dtype="float64")
-    prob, prob_method = churn_probability(scored, snapshots, model)
+    if prob_map is not None:
+        prob, prob_method = prob_map.predict(score), "Platt map fitted on the training part"
+    else:
+        prob, prob_method = churn_probability(scored, snapshots, model)
     flagged = scored["flagged"].to_numpy(dtype=bool)
     ops = m.confusion(y, flagged)
     has_prob = ~np.isnan(prob)
     dates = [s.as_of for s in snapshots]
+    churned_at = None
+    if snapshots and all(s.churned_at is not None for s in snapshots):
+        churned_at = pd.Series(np.concatenate([s.churned_at for s in snapshots]))
     report = {
         "periods": [d.date().isoformat() for d in dates],
         "rows": int(len(scored)),
         "churned": int(y.sum()),
         "base_rate": float(y.mean()) if len(y) else None,
+        "at_risk_share": float(flagged.mean()) if len(y) else None,
+        "insufficient_share": float((scored["band"] == model.insufficient_band).mean()) if len(y) else None,
         "auc": m.auc(y, -score),
         "pr_auc": m.pr_auc(y, -score),
         "brier": m.brier(y[has_prob], prob[has_prob]),
@@ -339,14 +442,15 @@ def evaluate(frames: HistoryFrames, snapshots: list[Snapshot], model: ModelConfi
         **ops,
         "band_counts": {str(k): int(v) for k, v in scored["band"].value_counts().items()},
         "retention_by_score": m.retention_by_score(score, y),
-        "lead_time": lead_time(scored, dates),
+        "lead_time": lead_time(scored, dates, churned_at),
         "false_negatives": _cases(scored, snapshots, model, (y == 1) & ~flagged, ascending=False, top_n=top_n),
         "false_positives": _cases(scored, snapshots, model, (y == 0) & flagged, ascending=True, top_n=top_n),
         "by_period": _period_rows(scored),
-        "forecast": (forecast_backtest(frames, scored, forecast, model.trend_stable_within)
+        "forecast": (forecast_backtest(frames, scored, forecast, model.trend_stable_within, prior_scores)
                      if forecast is not None else None),
         "drift": _drift(scored, snapshots, model),
     }
+    report["warnings"] = health_warnings(report, model.insufficient_band)
     return m.json_safe(report)
 
 
@@ -410,6 +514,10 @@ def _pct(value) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
 
+def _signed_pct(value) -> str:
+    return "n/a" if value is None else f"{value:+.1%}"
+
+
 def _section(report: dict, title: str) -> list[str]:
     c = report.get("confusion", {})
     lines = [
@@ -424,12 +532,16 @@ def _section(report: dict, title: str) -> list[str]:
         f"recall {_pct(report['recall'])}  F1 {_num(report['f1'])}",
         f"    TP {c.get('true_positive', 0)}  FP {c.get('false_positive', 0)}  "
         f"FN {c.get('false_negative', 0)}  TN {c.get('true_negative', 0)}",
+        f"    at-risk share {_pct(report.get('at_risk_share'))} of account-snapshots; "
+        f"insufficient data {_pct(report.get('insufficient_share'))}",
     ]
     lt = report.get("lead_time") or {}
     if lt.get("churned_accounts"):
         lines.append(f"  lead time: {lt['flagged_before_churn']} of {lt['churned_accounts']} churned accounts "
                      "were at risk before leaving;")
-        lines.append(f"    median {_num(lt['median_days'], '.0f')} days from first at-risk snapshot to churn")
+        resolution = lt.get("resolution_days")
+        within = f" (churn dated to within the {resolution:.0f}-day snapshot interval)" if resolution else ""
+        lines.append(f"    median {_num(lt['median_days'], '.0f')} days from first at-risk snapshot to churn{within}")
     lines.append("  reliability (decile: predicted -> observed churn)")
     for r in report.get("reliability", []):
         lines.append(f"    {r['decile']:>2}  {r['mean_predicted']:.3f} -> {r['observed_rate']:.3f}  (n={r['n']})")
@@ -446,7 +558,8 @@ def _section(report: dict, title: str) -> list[str]:
             )
         lines.append(f"    MAPE {_num(fc['mape_before'], '.1f')}% -> {_num(fc['mape_after'], '.1f')}%   "
                      f"uplift {_pct(fc['uplift'])}")
-        lines.append(f"    MAE {_num(fc['mae_before'], ',.0f')} -> {_num(fc['mae_after'], ',.0f')}")
+        lines.append(f"    MAE {_num(fc['mae_before'], ',.0f')} -> {_num(fc['mae_after'], ',.0f')}   "
+                     f"book {_signed_pct(fc.get('book_change'))} ({fc.get('method')})")
     for key, label in (("false_negatives", "missed churn (high score, churned)"),
                        ("false_positives", "false alarms (at risk, renewed)")):
         cases = report.get(key) or []
@@ -455,6 +568,8 @@ def _section(report: dict, title: str) -> list[str]:
             for case in cases:
                 lines.append(f"    {case['account_id']}  {case['as_of']}  {case['score']:5.1f} {case['band']}")
                 lines.append(f"      {case['drivers']}")
+    for w in report.get("warnings") or []:
+        lines.append(f"  WARNING {w}")
     return lines
 
 
@@ -462,25 +577,32 @@ def _calibration_lines(report: dict) -> list[str]:
     cal = report["calibration"]
     lines = [
         f"Calibration ({cal['method']}, {cal['probability_map']} probability map)",
+        f"  {cal.get('split_description', '')}",
         f"  trained on {', '.join(cal['train_periods'])} ({cal['train_churn_events']} churn events)",
         f"  validated on {', '.join(cal['validation_periods'])}",
         f"  at-risk bands ({'/'.join(cal['at_risk_bands'])}) below {_num(cal['at_risk_boundary'], '.0f')}: "
-        f"training recall {_pct(cal['train_recall'])}",
+        f"training recall {_pct(cal['train_recall'])}, precision {_pct(cal.get('train_precision'))}, "
+        f"at-risk share {_pct(cal.get('train_at_risk_share'))} (limit {_pct(cal.get('max_at_risk_share'))})",
         f"    worst training snapshot {_pct(cal.get('train_worst_period_recall'))} "
         f"(target {_pct(cal['target_recall'])} + margin {_pct(cal.get('recall_margin'))})",
         f"  weights ({cal['evidence_kind']}):",
     ]
+    turned, zeroed = set(cal.get("turned_around") or []), set(cal.get("zeroed") or [])
     for name, after in cal["weights_after"].items():
         before = cal["weights_before"].get(name)
         evidence = cal["evidence"].get(name)
-        lines.append(f"    {name:<22} {_num(before, '.4f')} -> {_num(after, '.4f')}   ({_num(evidence, '.4f')})")
+        note = "  turned around" if name in turned else ("  no clear direction: 0" if name in zeroed else "")
+        lines.append(f"    {name:<22} {_num(before, '.4f')} -> {_num(after, '.4f')}   ({_num(evidence, '.4f')}){note}")
     base = report.get("baseline") or {}
     if base:
-        lines.append("  held-out period, configured model -> calibrated:")
-        for key in ("auc", "pr_auc", "brier", "precision", "recall", "f1"):
-            lines.append(f"    {key:<10} {_num(base.get(key))} -> {_num(report.get(key))}")
-    for w in cal.get("warnings", []):
-        lines.append(f"  WARNING {w}")
+        lines.append("  held-out part, configured model -> calibrated (probability maps fitted on the training part):")
+        for key in ("auc", "pr_auc", "brier", "precision", "recall", "f1", "at_risk_share"):
+            lines.append(f"    {key:<13} {_num(base.get(key))} -> {_num(report.get(key))}")
+    fc = report.get("forecast") or {}
+    if fc.get("fitted"):
+        state = "kept" if fc.get("enabled") else "switched off (forecast.enabled: false)"
+        lines.append(f"  forecast map fitted on the training deals, held-out MAPE {_num(fc.get('mape_before'), '.1f')}% "
+                     f"-> {_num(fc.get('mape_after'), '.1f')}%: {state}")
     return lines + [""]
 
 

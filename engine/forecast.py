@@ -16,7 +16,23 @@ on an account in the bottom range gets `churn_risk_multiplier` (x0.5,
 delta = the score change over `delta_window_days` (30 -> delta_30d, 90 ->
 delta_90d). Unknown delta -> no change.
 
-Both: clipped to +-`max_swing` relative to base (seed: "Limit to 20-30%
+`renormalise` (default on for both): the seed's multipliers are absolute
+(x1.4 for Healthy), so on a book where most accounts are Healthy they raise
+the expected ARR of every period, whether or not the CRM's probabilities were
+already right. Until a history has been calibrated, health should only move
+probability between deals: every factor is multiplied by one scale, found so
+the open, adjustable pipeline's expected ARR equals its unadjusted total
+(after the swing limit and [0, 1]; fixed-point iteration, at most
+RENORMALISE_ROUNDS rounds), rounded to a power of RENORMALISE_STEP (the book
+then stays within 1% of its total, and a small change in some accounts does
+not move every other deal). `renormalise: false` keeps the seed's absolute
+multipliers.
+
+`fitted` (written by `healthsync calibrate`, `engine.forecast_fit`):
+P(win) = sigmoid(base_coef x logit(base) + health shift(score) + trend_coef x
+clip(delta_30d, -30, 30) / 10); the factor P / base is never renormalised.
+
+All methods: clipped to +-`max_swing` relative to base (seed: "Limit to 20-30%
 swings"), then to [0, 1]. Applied once per opportunity: the adjustment
 always starts from the CRM `probability` (never from a previous
 `adjusted_probability`), duplicate opportunity ids keep the last row, and
@@ -29,11 +45,61 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from healthsync.config.model import ForecastConfig
+from healthsync.config.model import FittedForecast, ForecastConfig
 from healthsync.engine.keys import KeyIndex, equals_any, has_duplicates, map_chunks, take_strings
 from healthsync.engine.rules import category_codes, numeric_column
 
 INSUFFICIENT_BAND_DEFAULT = "Insufficient data"
+#: renormalisation stops when the book is within this relative distance of its unadjusted total, or after so many rounds
+RENORMALISE_TOLERANCE = 1e-9
+RENORMALISE_ROUNDS = 50
+#: the scale is then rounded to a power of this step, so the book stays within half a step (1%) of its total
+#: and a small change elsewhere in the book does not rewrite every open deal's probability in the CRM
+RENORMALISE_STEP = 1.02
+#: base probabilities are kept inside (LOGIT_EDGE, 1 - LOGIT_EDGE) before taking their log-odds
+LOGIT_EDGE = 0.005
+#: the fitted map reads the trend as clip(delta_30d, -TREND_CLIP, TREND_CLIP) / TREND_UNIT
+TREND_CLIP, TREND_UNIT = 30.0, 10.0
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    q = np.clip(np.asarray(p, dtype="float64"), LOGIT_EDGE, 1.0 - LOGIT_EDGE)
+    return np.log(q / (1.0 - q))
+
+
+def trend_input(delta: np.ndarray) -> np.ndarray:
+    """The fitted map's trend input (unknown delta -> 0, no news)."""
+    return np.clip(np.nan_to_num(np.asarray(delta, dtype="float64")), -TREND_CLIP, TREND_CLIP) / TREND_UNIT
+
+
+def fitted_win_probability(base: np.ndarray, score: np.ndarray, delta: np.ndarray, fitted: FittedForecast) -> np.ndarray:
+    """P(win) of the fitted map (see the module docstring); NaN score -> no health shift."""
+    shift = np.interp(np.asarray(score, dtype="float64"), fitted.health_x, fitted.health_y)
+    shift = np.nan_to_num(shift)
+    z = fitted.base_coef * logit(base) + shift + fitted.trend_coef * trend_input(delta)
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _renormalised(base: np.ndarray, factor: np.ndarray, amount: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Factors times one scale so that sum(amount x clip(base x factor, 0, 1)) = sum(amount x base).
+
+    The sum grows with the scale (every term is non-decreasing in it), so the
+    fixed point scale <- scale x target / sum converges; the swing limit [lo, hi]
+    still holds for every factor afterwards.
+    """
+    weight = np.nan_to_num(amount) * np.nan_to_num(base)
+    target = weight.sum()
+    if not len(factor) or target <= 0:
+        return factor
+    scale = 1.0
+    for _ in range(RENORMALISE_ROUNDS):
+        adjusted = np.clip(factor * scale, lo, hi)
+        total = (np.nan_to_num(amount) * np.clip(np.nan_to_num(base) * adjusted, 0.0, 1.0)).sum()
+        if total <= 0 or abs(total - target) <= RENORMALISE_TOLERANCE * target:
+            break
+        scale *= target / total
+    step = np.log(RENORMALISE_STEP)
+    return np.clip(factor * float(np.exp(np.round(np.log(scale) / step) * step)), lo, hi)
 
 
 def _range_index(scores: np.ndarray, config: ForecastConfig) -> np.ndarray:
@@ -75,7 +141,8 @@ def adjust_opportunities(
     n = len(opps)
     score_out = np.empty(n)
     code_out = np.empty(n, dtype=np.int64)
-    adjusted_out = np.empty(n)
+    factor_out = np.empty(n)
+    usable_out = np.empty(n, dtype=bool)
 
     def adjust_chunk(start: int, stop: int) -> None:  # writes disjoint slices of the outputs
         chunk = opps.iloc[start:stop]
@@ -89,7 +156,11 @@ def adjust_opportunities(
             else np.zeros(len(chunk), dtype=bool)
         )
         usable = ~closed & acc_usable[pos] & bool(config.enabled)
-        if config.method == "delta":
+        if config.method == "fitted":
+            won = fitted_win_probability(base, score, delta, config.fitted)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                factor = np.where(base > 0, won / base, 1.0)
+        elif config.method == "delta":
             factor = 1.0 + np.nan_to_num(delta) / 100.0 * config.sensitivity
         else:
             idx = _range_index(np.nan_to_num(score), config)
@@ -105,8 +176,8 @@ def adjust_opportunities(
                     np.where(delta <= -config.trend_points, config.declining_multiplier, 1.0),
                 )
             factor = mult * trend
-        factor = np.clip(factor, 1.0 - config.max_swing, 1.0 + config.max_swing)
-        adjusted_out[start:stop] = np.round(np.where(usable, np.clip(base * factor, 0.0, 1.0), base), 6)
+        factor_out[start:stop] = np.clip(factor, 1.0 - config.max_swing, 1.0 + config.max_swing)
+        usable_out[start:stop] = usable
         score_out[start:stop] = score
         code_out[start:stop] = band_code[pos]
 
@@ -114,6 +185,12 @@ def adjust_opportunities(
 
     base = numeric_column(opps, "probability")
     amount = numeric_column(opps, "amount")
+    factor = factor_out
+    if config.renormalise and config.method != "fitted" and usable_out.any():
+        factor = factor_out.copy()
+        factor[usable_out] = _renormalised(base[usable_out], factor_out[usable_out], amount[usable_out],
+                                           1.0 - config.max_swing, 1.0 + config.max_swing)
+    adjusted_out = np.round(np.where(usable_out, np.clip(base * factor, 0.0, 1.0), base), 6)
     opps["health_score"] = score_out
     opps["health_band"] = take_strings(band_names, code_out)
     opps["adjusted_probability"] = adjusted_out

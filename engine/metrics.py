@@ -143,8 +143,17 @@ class PlattCalibrator:
         if not _both_classes(y):
             raise ValueError("Platt calibration needs both churned and retained accounts")
         lr = LogisticRegression(C=self.C, max_iter=1000)
+        # Scores have one decimal, so a history of any size has at most ~1,000 distinct values: fit on
+        # (value, outcome) pairs weighted by their counts - the same likelihood, far fewer rows.
+        values, inverse = np.unique(x, return_inverse=True)
+        churned = np.bincount(inverse, weights=y, minlength=len(values))
+        total = np.bincount(inverse, minlength=len(values)).astype("float64")
+        xs = np.concatenate([values, values])
+        ys = np.concatenate([np.ones(len(values), dtype=int), np.zeros(len(values), dtype=int)])
+        weights = np.concatenate([churned, total - churned])
+        keep = weights > 0
         # scores on 0-100: centre and scale for a well-conditioned fit, then fold back into coef/intercept
-        lr.fit(((x - 50.0) / 10.0)[:, None], y)
+        lr.fit(((xs[keep] - 50.0) / 10.0)[:, None], ys[keep], sample_weight=weights[keep])
         a = float(lr.coef_[0, 0]) / 10.0
         self.coef_ = a
         self.intercept_ = float(lr.intercept_[0]) - a * 50.0

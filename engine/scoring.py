@@ -26,7 +26,8 @@ Methods (seed 001, "Score Calculation Methods"):
   below its value -> worst band; otherwise the middle band). The reported
   score is the weighted score, so trends and the forecast keep working.
 - fitted: health = 100 - 100 x churn probability, with the probability from
-  `model.fitted` (platt / logistic on the metric scores / isotonic knots).
+  `model.fitted` (platt / logistic on the metric scores / isotonic knots /
+  regression on the metrics' raw values, engine.regression).
 
 Thresholds: base bands -> segment -> lifecycle stage -> renewal window, later
 winning per band (config/model.py). The combined minimums are then made
@@ -184,7 +185,7 @@ class HealthScorer:
         if model.method == "percentile":
             score = self._percentile(features, composite)
         elif model.method == "fitted":
-            score = self._fitted(composite, normalised)
+            score = self._fitted(composite, normalised, features)
         score = round_score(np.clip(score, 0.0, 100.0))
 
         stage = lifecycle_stage(features, model)
@@ -237,11 +238,15 @@ class HealthScorer:
         ranks = pd.Series(composite).groupby(cohort).rank(method="max", pct=True)
         return ranks.to_numpy(dtype="float64", na_value=np.nan) * 100.0
 
-    def _fitted(self, composite: np.ndarray, normalised: np.ndarray) -> np.ndarray:
+    def _fitted(self, composite: np.ndarray, normalised: np.ndarray, features: pd.DataFrame) -> np.ndarray:
         fitted = self.model.fitted
         if fitted is None:
             raise ValueError("model.fitted: method 'fitted' needs a fitted model (run `healthsync calibrate`)")
-        if fitted.kind == "isotonic":
+        if fitted.kind == "regression":
+            from healthsync.engine.regression import regression_probability
+
+            prob = regression_probability(features, self.model, fitted)
+        elif fitted.kind == "isotonic":
             if len(fitted.x) < 2 or len(fitted.x) != len(fitted.y):
                 raise ValueError("model.fitted.x/y: isotonic needs at least two knots of equal length")
             prob = np.interp(composite, fitted.x, fitted.y)

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 from rich.console import Console
@@ -41,7 +41,10 @@ app.add_typer(sandbox_app, name="sandbox")
 
 err_console = Console(stderr=True)
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="Config file (YAML), merged over the defaults.")
+ConfigOpt = typer.Option(
+    None, "--config", "-c",
+    help="Config file (YAML), merged over the defaults; repeat to stack files (later ones override earlier).",
+)
 SandboxOpt = typer.Option(
     None, "--sandbox", help=f"Ready file of a running `healthsync sandbox serve` (or env {SANDBOX_ENV})."
 )
@@ -61,9 +64,9 @@ def _fail(message: str, code: int) -> None:
     raise Exit(code)
 
 
-def _settings(config: Optional[Path], overlays: list[Path] | None = None) -> Settings:
+def _settings(config: Optional[List[Path]], overlays: list[Path] | None = None) -> Settings:
     try:
-        settings = load_settings(config, overlays=overlays or [])
+        settings = load_settings(list(config or []), overlays=overlays or [])
     except ConfigError as e:
         _fail(str(e), EXIT_CONFIG)
     register_settings_secrets(settings)
@@ -129,7 +132,7 @@ def _not_built(what: str) -> int:
 
 @app.command()
 def run(
-    config: Optional[Path] = ConfigOpt,
+    config: Optional[List[Path]] = ConfigOpt,
     sandbox: Optional[Path] = SandboxOpt,
     dry_run: bool = typer.Option(False, "--dry-run", help="Plan and print the CRM diff; send nothing."),
     as_json: bool = JsonOpt,
@@ -173,14 +176,14 @@ def _stage(name: str, config, sandbox, as_json, **kwargs):
 
 
 @app.command()
-def pull(config: Optional[Path] = ConfigOpt, sandbox: Optional[Path] = SandboxOpt, as_json: bool = JsonOpt):
+def pull(config: Optional[List[Path]] = ConfigOpt, sandbox: Optional[Path] = SandboxOpt, as_json: bool = JsonOpt):
     """Pull changed records from each CRM into the local replica; reports records per CRM and object."""
     _stage("pull", config, sandbox, as_json)
 
 
 @app.command()
 def score(
-    config: Optional[Path] = ConfigOpt,
+    config: Optional[List[Path]] = ConfigOpt,
     sandbox: Optional[Path] = SandboxOpt,
     input: Optional[Path] = typer.Option(None, "--input", help="Offline: a directory of canonical CSV/Parquet files."),
     output: Optional[Path] = typer.Option(None, "--output", help="Offline: the scored file (.csv or .parquet)."),
@@ -224,7 +227,7 @@ def _print_offline(result: dict) -> None:
 
 @app.command()
 def sync(
-    config: Optional[Path] = ConfigOpt,
+    config: Optional[List[Path]] = ConfigOpt,
     sandbox: Optional[Path] = SandboxOpt,
     dry_run: bool = typer.Option(False, "--dry-run"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Only retry the queue of failed records."),
@@ -235,13 +238,13 @@ def sync(
 
 
 @app.command()
-def escalate(config: Optional[Path] = ConfigOpt, sandbox: Optional[Path] = SandboxOpt, as_json: bool = JsonOpt):
+def escalate(config: Optional[List[Path]] = ConfigOpt, sandbox: Optional[Path] = SandboxOpt, as_json: bool = JsonOpt):
     """Check SLA clocks of open playbook tasks and escalate in Slack (deduplicated ladder)."""
     _stage("escalate", config, sandbox, as_json)
 
 
 @app.command()
-def status(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt):
+def status(config: Optional[List[Path]] = ConfigOpt, as_json: bool = JsonOpt):
     """Recent runs, failures and queue sizes."""
     configure_logging(False)
 
@@ -262,8 +265,8 @@ def status(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt):
 
 @app.command()
 def backtest(
-    history: Path = typer.Option(..., "--history", help="Directory with accounts_history.csv, tickets.csv[, opportunities_history.csv]."),
-    config: Optional[Path] = ConfigOpt,
+    history: Path = typer.Option(..., "--history", help="Directory with accounts_history.csv[, tickets.csv, opportunities_history.csv]."),
+    config: Optional[List[Path]] = ConfigOpt,
     challenger: Optional[Path] = typer.Option(None, "--challenger", help="A second config to compare."),
     as_json: bool = JsonOpt,
 ):
@@ -277,7 +280,7 @@ def backtest(
 
         report, text = run_backtest(settings, history, challenger_settings)
         _emit(report, as_json, lambda: Console().print(text, highlight=False, soft_wrap=True))
-        return EXIT_OK
+        return EXIT_RECORD_ERRORS if report.get("record_problem_count") else EXIT_OK
 
     _guard(body)
 
@@ -286,23 +289,41 @@ def backtest(
 def calibrate(
     history: Path = typer.Option(..., "--history"),
     out: Path = typer.Option(..., "--out", help="Where to write the config overlay (YAML)."),
-    method: str = typer.Option("logistic", "--method", help="logistic (class-weighted regression; default) | correlation (seed 001 method 1)"),
+    method: str = typer.Option(
+        "logistic", "--method",
+        help="logistic (class-weighted regression on metric scores; default) | correlation (seed 001 method 1) "
+             "| fitted (regularised regression on the metrics' raw values)"),
     target_recall: float = typer.Option(0.75, "--target-recall"),
-    config: Optional[Path] = ConfigOpt,
+    max_at_risk_share: float = typer.Option(
+        0.35, "--max-at-risk-share", help="At most this share of account-snapshots in the at-risk bands."),
+    split: str = typer.Option(
+        "auto", "--split", help="auto (time with two or more as_of, else random) | time | random"),
+    holdout: float = typer.Option(0.25, "--holdout", help="Share held out: of the snapshots (time) or accounts (random)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random split."),
+    config: Optional[List[Path]] = ConfigOpt,
     as_json: bool = JsonOpt,
 ):
-    """Learn weights, thresholds and the churn-probability map from outcomes; writes a config overlay."""
+    """Learn weights, thresholds, the churn-probability map and the forecast map from outcomes; writes a config overlay."""
     configure_logging(False)
 
     def body():
-        if method not in ("correlation", "logistic"):
-            _fail(f"--method: {method!r} is not one of correlation, logistic", EXIT_CONFIG)
+        if method not in ("correlation", "logistic", "fitted"):
+            _fail(f"--method: {method!r} is not one of correlation, logistic, fitted", EXIT_CONFIG)
+        if split not in ("auto", "time", "random"):
+            _fail(f"--split: {split!r} is not one of auto, time, random", EXIT_CONFIG)
+        for flag, value, low_open in (("--holdout", holdout, True), ("--max-at-risk-share", max_at_risk_share, False),
+                                      ("--target-recall", target_recall, False)):
+            upper_ok = value < 1 if low_open else value <= 1
+            if not (0 < value and upper_ok):
+                _fail(f"{flag}: {value:g} must be between 0 and 1", EXIT_CONFIG)
         settings = _settings(config)
         from healthsync.sync.validation_job import run_calibrate
 
-        report, text = run_calibrate(settings, history, out, method=method, target_recall=target_recall)
+        report, text = run_calibrate(settings, history, out, method=method, target_recall=target_recall,
+                                     max_at_risk_share=max_at_risk_share, split=split, holdout=holdout, seed=seed,
+                                     configs=list(config or []))
         _emit(report, as_json, lambda: Console().print(text, highlight=False, soft_wrap=True))
-        return EXIT_OK
+        return EXIT_RECORD_ERRORS if report.get("record_problem_count") else EXIT_OK
 
     _guard(body)
 
@@ -311,7 +332,7 @@ def calibrate(
 def report(
     out: Path = typer.Option(..., "--out", help="The HTML file to write."),
     owner: Optional[str] = typer.Option(None, "--owner", help="Only this CSM's book of business."),
-    config: Optional[Path] = ConfigOpt,
+    config: Optional[List[Path]] = ConfigOpt,
     as_json: bool = JsonOpt,
 ):
     """Portfolio report: executive view, book of business, account drill-down (one self-contained HTML file)."""
@@ -331,7 +352,7 @@ def report(
 
 
 @app.command()
-def schedule(config: Optional[Path] = ConfigOpt, sandbox: Optional[Path] = SandboxOpt):
+def schedule(config: Optional[List[Path]] = ConfigOpt, sandbox: Optional[Path] = SandboxOpt):
     """Run the jobs of `schedules:` (APScheduler, UTC) until stopped."""
     configure_logging(False)
 
@@ -348,25 +369,29 @@ def schedule(config: Optional[Path] = ConfigOpt, sandbox: Optional[Path] = Sandb
 
 
 @config_app.command("validate")
-def config_validate(file: Optional[Path] = typer.Argument(None, help="Config file; default: the packaged defaults.")):
-    """Print every problem of a config file; exit 2 on any."""
+def config_validate(
+    files: Optional[List[Path]] = typer.Argument(
+        None, help="Config files, stacked in order (later override earlier); default: the packaged defaults."),
+):
+    """Print every problem of a config file, or of a stack of them (base + overlays); exit 2 on any."""
 
     def body():
+        label = " + ".join(str(f) for f in files) if files else "defaults"
         try:
-            load_settings(file)
+            load_settings(list(files or []))
         except ConfigError as e:
-            err_console.print(f"[bold red]invalid:[/] {file or 'defaults'}", highlight=False)
+            err_console.print(f"[bold red]invalid:[/] {label}", highlight=False, soft_wrap=True)
             for p in e.problems:
                 err_console.print(f"  - {p}", highlight=False, soft_wrap=True)
             return EXIT_CONFIG
-        Console().print(f"[green]valid:[/] {file or 'defaults'}", highlight=False)
+        Console().print(f"[green]valid:[/] {label}", highlight=False, soft_wrap=True)
         return EXIT_OK
 
     _guard(body)
 
 
 @config_app.command("show")
-def config_show(config: Optional[Path] = ConfigOpt):
+def config_show(config: Optional[List[Path]] = ConfigOpt):
     """The effective configuration (defaults, file, environment), secrets redacted."""
 
     def body():
@@ -388,7 +413,7 @@ def config_schema():
 # ----------------------------------------------------------------------------- crm
 
 
-def _crm_connectors(config: Optional[Path], sandbox: Optional[Path]) -> dict:
+def _crm_connectors(config: Optional[List[Path]], sandbox: Optional[Path]) -> dict:
     """The configured CRM connectors, or those of a running sandbox; a clear error when there are none."""
     from healthsync.sync.connections import open_crm_connectors
 
@@ -400,7 +425,7 @@ def _crm_connectors(config: Optional[Path], sandbox: Optional[Path]) -> dict:
 
 
 @crm_app.command("setup")
-def crm_setup(config: Optional[Path] = ConfigOpt, sandbox: Optional[Path] = SandboxOpt, as_json: bool = JsonOpt):
+def crm_setup(config: Optional[List[Path]] = ConfigOpt, sandbox: Optional[Path] = SandboxOpt, as_json: bool = JsonOpt):
     """Create the healthsync fields (Salesforce) and properties (HubSpot); safe to run again."""
     configure_logging(False)
 
@@ -413,7 +438,7 @@ def crm_setup(config: Optional[Path] = ConfigOpt, sandbox: Optional[Path] = Sand
 
 
 @crm_app.command("check")
-def crm_check(config: Optional[Path] = ConfigOpt, sandbox: Optional[Path] = SandboxOpt, as_json: bool = JsonOpt):
+def crm_check(config: Optional[List[Path]] = ConfigOpt, sandbox: Optional[Path] = SandboxOpt, as_json: bool = JsonOpt):
     """Check credentials, permissions and the healthsync fields; names whatever is missing."""
     configure_logging(False)
 
@@ -446,6 +471,12 @@ def sandbox_serve(
     hubspot_tier: str = typer.Option("professional", "--hubspot-tier", help="starter | professional"),
     faults: Optional[str] = typer.Option(None, "--faults", help="e.g. salesforce.error_rate=0.1,slack.drop_rate=0.05"),
     ready_file: Optional[Path] = typer.Option(None, "--ready-file", help="Where to write the ready file (JSON)."),
+    same_stamp: int = typer.Option(
+        0, "--same-stamp", min=0, help="Give N records of each HubSpot object one modification time (as imports do)."
+    ),
+    search_lag: float = typer.Option(
+        2.0, "--search-lag", min=0, help="HubSpot search index lag in seconds (each write waits up to this long)."
+    ),
 ):
     """Run the emulators on 127.0.0.1 until SIGTERM/SIGINT; writes the ready file when ready."""
     configure_logging(False)
@@ -455,7 +486,8 @@ def sandbox_serve(
             _fail(f"--hubspot-tier: {hubspot_tier!r} is not one of starter, professional", EXIT_CONFIG)
         from healthsync.connectors.sandbox.serve import serve
 
-        return serve(accounts=accounts, seed=seed, hubspot_tier=hubspot_tier, faults_spec=faults, ready_file=ready_file)
+        return serve(accounts=accounts, seed=seed, hubspot_tier=hubspot_tier, faults_spec=faults, ready_file=ready_file,
+                     same_stamp=same_stamp, search_lag_seconds=search_lag)
 
     _guard(body)
 

@@ -63,11 +63,13 @@ def open_crm_connectors(settings: Settings, ready: dict | None = None) -> dict[s
         if sf.enabled and ready.get("salesforce"):
             out["salesforce"] = salesforce_from_ready(
                 ready, _mapping(settings, "salesforce"), bulk_threshold=sf.bulk_threshold, quota_stop_share=sf.quota_stop_share,
-                lookback_minutes=sf.lookback_minutes, timeout=sf.timeout_s,
+                lookback_minutes=sf.lookback_minutes, timeout=sf.timeout_s, bulk_max_wait_s=sf.bulk_max_wait_s,
+                bulk_poll_seconds=sf.bulk_poll_s, exclude_own_changes=sf.exclude_own_changes,
             )
         if hs.enabled and ready.get("hubspot"):
             out["hubspot"] = hubspot_from_ready(
-                ready, _mapping(settings, "hubspot"), lookback_minutes=hs.lookback_minutes, timeout=hs.timeout_s
+                ready, _mapping(settings, "hubspot"), lookback_minutes=hs.lookback_minutes, timeout=hs.timeout_s,
+                pacing_margin=hs.pacing_margin, search_lag_s=hs.search_lag_s,
             )
         return out
     sf = sources.salesforce
@@ -92,6 +94,9 @@ def open_crm_connectors(settings: Settings, ready: dict | None = None) -> dict[s
             quota_stop_share=sf.quota_stop_share,
             lookback_minutes=sf.lookback_minutes,
             timeout=sf.timeout_s,
+            bulk_max_wait_s=sf.bulk_max_wait_s,
+            bulk_poll_seconds=sf.bulk_poll_s,
+            exclude_own_changes=sf.exclude_own_changes,
         )
     hs = sources.hubspot
     if hs.configured:
@@ -104,6 +109,8 @@ def open_crm_connectors(settings: Settings, ready: dict | None = None) -> dict[s
             tier=hs.tier,
             lookback_minutes=hs.lookback_minutes,
             timeout=hs.timeout_s,
+            pacing_margin=hs.pacing_margin,
+            search_lag_s=hs.search_lag_s,
         )
     return out
 

@@ -15,13 +15,16 @@ For every open episode (sync.playbooks_job) with a CRM task:
 3. When an episode closes, everyone it was escalated to gets a recovery note.
 
 Exactly once per (episode_id, level, kind): that key is the primary key of the
-`escalations` table. A marker row is committed BEFORE the message is sent and
-completed (ts, sent_at) after. A definite failure (Slack said no) deletes the
-marker so the next run tries again; a crash or an ambiguous failure (retries
-exhausted on timeouts / 5xx) leaves it, and the message is never sent again.
-This is at-most-once on purpose: a missing escalation is visible in
-`healthsync status` (a marker without `sent_at`), a duplicate one trains
-managers to ignore the channel.
+`escalations` table. A marker row (destination conversation, message key,
+start time) is committed BEFORE the message is sent and completed (ts,
+sent_at) after. A definite failure (Slack said no) deletes the marker so the
+next run tries again. A crash or an ambiguous failure leaves it "maybe sent":
+the next run looks it up in that conversation's history before anything else
+and either marks it sent or sends it (sync.slack_delivery). Messages carry
+deterministic keys (recipient, day, content; one key per item), so a state
+database that was lost or moved checks the history before re-sending what
+another state may have sent. Nothing is sent twice, nothing is dropped: where
+history cannot be read (missing scopes) the run says so and exits 1.
 
 Who is the manager / VP: the `owners` frame (email, name, role, manager_email;
 the sandbox seeds it from its CRM users) walked upwards; failing that the
@@ -33,7 +36,6 @@ known recipient at all) gets the fallback channel of the account's segment
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from collections import defaultdict
@@ -46,10 +48,11 @@ from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from healthsync.connectors.base import ConfigurationError, CrmConnector, HealthsyncError, RetryableError, StopRunError
-from healthsync.connectors.slack import SlackUserNotFoundError
+from healthsync.connectors.slack import SlackScopeError, SlackUserNotFoundError
 from healthsync.playbooks.definitions import PlaybookSet, load_playbooks
 from healthsync.playbooks.render import plain, split_drivers
 from healthsync.sync.playbooks_job import CLOSED_TASK_DONE
+from healthsync.sync.slack_delivery import DestinationChecks, StateChannelCache, item_key, message_key, resolve_maybe_sent
 from healthsync.sync.slack_messages import AccountFacts, EpisodeFacts, digest_message, episode_message
 from healthsync.sync.state import StateStore, utc_aware, utc_naive
 
@@ -64,6 +67,11 @@ class EscalationResult:
     episodes_closed: int = 0
     errors: list[str] = field(default_factory=list)
     planned: list[dict] = field(default_factory=list)  # dry run: the messages that would be sent
+    notes: list[str] = field(default_factory=list)  # done, worth a line in the summary
+    maybe_sent_confirmed: int = 0  # maybe-sent markers found in Slack's history (marked sent)
+    maybe_sent_resent: int = 0  # maybe-sent markers not found there (sent again in this run)
+    found_delivered: int = 0  # messages another state (lost, moved) had already delivered: not sent again
+    history_reads: int = 0
 
     def to_json(self) -> dict:
         return {
@@ -312,16 +320,21 @@ class _Sender:
     Messages for the same recipient, kind and level in one run go as one digest
     (`escalation.digest_from`): the first run on a book of 40 accounts is one DM
     per CSM, not 40, and Slack's one-message-per-second-per-channel limit is not
-    what decides how long a run takes.
+    what decides how long a run takes. Before anything is posted, every message
+    is routed to its conversation ID, and items this state cannot vouch for
+    (sync.slack_delivery) are looked up there, one history read per conversation.
     """
 
-    def __init__(self, store: StateStore, settings, slack, result: EscalationResult, dry_run: bool, hook):
+    def __init__(self, store: StateStore, settings, slack, result: EscalationResult, dry_run: bool, hook, now: datetime):
         self.store, self.settings, self.slack, self.result, self.dry_run, self.hook = store, settings, slack, result, dry_run, hook
+        self.now = now
+        self.day = now.astimezone(timezone.utc).strftime("%Y-%m-%d")
         self.table = store.tables["escalations"]
         with store.engine.connect() as conn:
             self.existing = {(r.episode_id, r.level, r.kind) for r in conn.execute(select(self.table))}
         self.stopped: str | None = None
         self.outbox: list[Message] = []
+        self.checks = DestinationChecks(store, slack, now)
 
     def sent(self, episode_id: str, level: str, kind: str) -> bool:
         return (episode_id, level, kind) in self.existing
@@ -350,10 +363,31 @@ class _Sender:
         for msg in self.outbox:
             groups[((msg.email or "").lower(), msg.channel, msg.kind, msg.level)].append(msg)
         self.outbox = []
-        for (_, channel, kind, level), msgs in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][1] or "")):
+        ordered = sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][1] or ""))
+        if self.dry_run:
+            for (_, _, kind, level), msgs in ordered:
+                for m in msgs:
+                    self.result.planned.append({"episode_id": m.ep["episode_id"], "level": level, "kind": kind, "recipient": m.email, "channel": m.channel})
+                self._count(kind, len(msgs))
+            return
+        routed: list[_Route] = []
+        for (_, _, kind, level), msgs in ordered:
             if self.stopped:
-                break
-            self._send_group(msgs, kind, level)
+                self._drop(msgs)
+                continue
+            routed += self._route(msgs, kind, level)
+        self._settle(routed)
+        for route in routed:
+            if self.stopped:
+                self._drop(route.msgs)
+                continue
+            if route.msgs:
+                self._send(route)
+
+    def _drop(self, msgs: list[Message]) -> None:
+        """Not sent this run (Slack stopped): forget them, so the next run queues them again."""
+        for m in msgs:
+            self.existing.discard(m.key)
 
     def _count(self, kind: str, n: int) -> None:
         if kind == "alert":
@@ -363,50 +397,128 @@ class _Sender:
         else:
             self.result.recoveries += n
 
-    def _send_group(self, msgs: list[Message], kind: str, level: str) -> None:
-        if self.dry_run:
-            for m in msgs:
-                self.result.planned.append({"episode_id": m.ep["episode_id"], "level": level, "kind": kind, "recipient": m.email, "channel": m.channel})
-            self._count(kind, len(msgs))
-            return
+    def _fail(self, msgs: list[Message], kind: str, level: str, exc: HealthsyncError) -> None:
+        """Slack said no before anything was posted: nothing sent, the next run tries again."""
+        self._drop(msgs)
+        self.result.errors.append(f"Slack {kind} ({level}) for {len(msgs)} episode(s) not sent: {exc}")
+        if isinstance(exc, ConfigurationError) and not isinstance(exc, SlackScopeError):
+            self.stopped = str(exc)  # the token itself: nothing else can be sent (a missing scope stops only its method)
+
+    def _route(self, msgs: list[Message], kind: str, level: str) -> list["_Route"]:
+        """The conversation ID(s) for a group: the recipient's DM, or the segments' fallback channels."""
+        email, channel = msgs[0].email, msgs[0].channel
+        try:
+            if not email:
+                return [_Route(self.slack.channel_id(channel), channel, msgs, kind, level)]
+            try:
+                return [_Route(self.slack.dm_channel(email), None, msgs, kind, level)]
+            except SlackUserNotFoundError:
+                by_channel: dict[str, list[Message]] = defaultdict(list)
+                for m in msgs:
+                    fallback = self.fallback_channel(m.account.segment)
+                    if fallback is None:
+                        raise
+                    by_channel[fallback].append(m)
+                note = f"Posted here because no Slack user has the email {email}."
+                return [_Route(self.slack.channel_id(fb), fb, group, kind, level, note) for fb, group in by_channel.items()]
+        except RetryableError as exc:
+            self._drop(msgs)
+            self.result.errors.append(f"Slack {kind} ({level}) for {len(msgs)} episode(s) not sent this run: {exc}")
+            return []
+        except HealthsyncError as exc:
+            self._fail(msgs, kind, level, exc)
+            return []
+
+    def _settle(self, routes: list["_Route"]) -> None:
+        """Items someone else may have sent: one history read per conversation; found ones are recorded, not posted."""
+        doubted: dict[str, list[tuple[tuple[str, str, str], dict]]] = defaultdict(list)
+        for route in routes:
+            for m in route.msgs:
+                if self.checks.doubted(m.ep):
+                    doubted[route.dest].append((m.key, m.ep))
+        found: dict[tuple[str, str, str], tuple[str, str]] = {}
+        held: set[tuple[str, str, str]] = set()
+        for dest, items in doubted.items():
+            if self.stopped:
+                held |= {i for i, _ in items}
+                continue
+            settled = self.checks.settle(dest, items)
+            found.update({ident: (dest, ts) for ident, ts in settled.found.items()})
+            held |= settled.held
+            if settled.error:
+                self.result.errors.append(settled.error)
+            if settled.stop:
+                self.stopped = settled.stop
+        self.result.history_reads += self.checks.reads
+        if found:
+            sent_at = utc_naive(self.now)
+            by_key = {m.key: (m, route) for route in routes for m in route.msgs}
+            for ident, (dest, ts) in found.items():
+                m, route = by_key[ident]
+                try:
+                    with self.store.begin() as conn:
+                        conn.execute(insert(self.table).values(
+                            episode_id=ident[0], level=ident[1], kind=ident[2], recipient=m.email or m.channel,
+                            channel=route.channel, ts=ts, sent_at=sent_at, destination=dest))
+                except IntegrityError:
+                    continue  # another worker recorded it meanwhile
+            self.result.found_delivered += len(found)
+            self.result.notes.append(
+                f"Slack: {len(found)} message(s) were already delivered (found in the conversation history, e.g. "
+                "sent before the state database was lost or moved): not sent again"
+            )
+        for route in routes:
+            keep = [m for m in route.msgs if m.key not in found and m.key not in held]
+            self._drop([m for m in route.msgs if m.key in held])
+            route.msgs = keep
+
+    def _send(self, route: "_Route") -> None:
+        kind, level = route.kind, route.level
         mine: list[Message] = []
-        for m in msgs:  # the marker first; one transaction each so a row someone else wrote only skips that row
+        started = utc_naive(self.now)
+        for m in route.msgs:  # the marker first; one transaction each so a row someone else wrote only skips that row
             try:
                 with self.store.begin() as conn:
-                    conn.execute(insert(self.table).values(episode_id=m.key[0], level=level, kind=kind, recipient=m.email or m.channel, channel=m.channel))
+                    conn.execute(insert(self.table).values(
+                        episode_id=m.key[0], level=level, kind=kind, recipient=m.email or m.channel, channel=route.channel,
+                        destination=route.dest, started_at=started))
                 mine.append(m)
             except IntegrityError:
                 continue  # another worker got there first
         if not mine:
             return
+        items = [item_key(*m.key) for m in mine]
+        key = message_key(route.dest, self.day, kind, level, items)
+        with self.store.begin() as conn:
+            for m in mine:
+                conn.execute(update(self.table).where(self._where(m, level, kind)).values(message_key=key))
+        text, blocks = self._render(mine, kind, level, route.note)
         try:
-            delivered = self._post(mine, kind, level)
+            ts = self.slack.post(channel=route.dest, text=text, blocks=blocks, idempotency_key=key, items=items)
         except RetryableError as exc:
             self.result.errors.append(
-                f"Slack {kind} ({level}) for {len(mine)} episode(s) may not have been delivered: {exc}; not retried, to never send it twice"
+                f"Slack {kind} ({level}) for {len(mine)} episode(s) may not have been delivered: {exc}; "
+                "the next run looks it up in the conversation's history and sends it if it is not there"
             )
             return
         except HealthsyncError as exc:  # Slack said no: nothing was sent, try again next run
             self._forget(mine, level, kind)
-            self.result.errors.append(f"Slack {kind} ({level}) for {len(mine)} episode(s) not sent: {exc}")
-            if isinstance(exc, ConfigurationError):
-                self.stopped = str(exc)
+            self._fail(mine, kind, level, exc)
             return
         self.hook("after_slack_send")
         sent_at = utc_naive(datetime.now(timezone.utc))
         with self.store.begin() as conn:
-            for m, (ts, channel) in delivered:
-                conn.execute(
-                    update(self.table)
-                    .where(and_(self.table.c.episode_id == m.key[0], self.table.c.level == level, self.table.c.kind == kind))
-                    .values(ts=ts, channel=channel, sent_at=sent_at)
-                )
-        self._count(kind, len(delivered))
+            for m in mine:
+                conn.execute(update(self.table).where(self._where(m, level, kind)).values(ts=ts, sent_at=sent_at))
+        self._count(kind, len(mine))
+
+    def _where(self, m: Message, level: str, kind: str):
+        return and_(self.table.c.episode_id == m.key[0], self.table.c.level == level, self.table.c.kind == kind)
 
     def _forget(self, msgs: list[Message], level: str, kind: str) -> None:
         with self.store.begin() as conn:
             for m in msgs:
-                conn.execute(delete(self.table).where(and_(self.table.c.episode_id == m.key[0], self.table.c.level == level, self.table.c.kind == kind)))
+                conn.execute(delete(self.table).where(self._where(m, level, kind)))
                 self.existing.discard(m.key)
 
     def _render(self, msgs: list[Message], kind: str, level: str, note: str | None) -> tuple[str, list[dict]]:
@@ -419,36 +531,17 @@ class _Sender:
         notes = {m.facts.fallback_note for m in msgs if m.facts.fallback_note}
         return digest_message(kind, level, [(m.account, m.facts) for m in ordered], note or (notes.pop() if len(notes) == 1 else None))
 
-    @staticmethod
-    def _message_key(msgs: list[Message], kind: str, level: str) -> str:
-        """Deterministic idempotency key of one message/digest: the connector never posts it twice on a lost answer."""
-        ids = ",".join(sorted(m.ep["episode_id"] for m in msgs))
-        return "hs-" + hashlib.sha256(f"{kind}|{level}|{ids}".encode()).hexdigest()[:32]
 
-    def _post(self, msgs: list[Message], kind: str, level: str) -> list[tuple[Message, tuple[str, str | None]]]:
-        """Post one message (or digest) for these; a DM to an unknown email goes to the segments' fallback channels."""
-        email, channel = msgs[0].email, msgs[0].channel
-        if email:
-            text, blocks = self._render(msgs, kind, level, None)
-            try:
-                ts = self.slack.post(user_email=email, text=text, blocks=blocks, idempotency_key=self._message_key(msgs, kind, level))
-                return [(m, (ts, None)) for m in msgs]
-            except SlackUserNotFoundError:
-                by_channel: dict[str, list[Message]] = defaultdict(list)
-                for m in msgs:
-                    fallback = self.fallback_channel(m.account.segment)
-                    if fallback is None:
-                        raise
-                    by_channel[fallback].append(m)
-                out = []
-                for fallback, group in by_channel.items():
-                    text, blocks = self._render(group, kind, level, f"Posted here because no Slack user has the email {email}.")
-                    ts = self.slack.post(channel=fallback, text=text, blocks=blocks, idempotency_key=self._message_key(group, kind, level))
-                    out += [(m, (ts, fallback)) for m in group]
-                return out
-        text, blocks = self._render(msgs, kind, level, None)
-        ts = self.slack.post(channel=channel, text=text, blocks=blocks, idempotency_key=self._message_key(msgs, kind, level))
-        return [(m, (ts, channel)) for m in msgs]
+@dataclass
+class _Route:
+    """A group of messages bound for one conversation (`dest`: its ID; `channel`: the channel name, None for a DM)."""
+
+    dest: str
+    channel: str | None
+    msgs: list[Message]
+    kind: str
+    level: str
+    note: str | None = None
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -472,6 +565,12 @@ def run_escalation(
     hook = hooks or (lambda point: None)
     pset = playbooks or load_playbooks(settings)
     changes = refresh_tasks(store, connectors, now, result, dry_run)
+    if slack is not None and not dry_run:
+        if hasattr(slack, "use_channel_cache"):
+            slack.use_channel_cache(StateChannelCache(store, now))
+        stop = _resolve_maybe_sent(store, slack, now, result)
+        if stop:
+            return result
 
     table = store.tables["episodes"]
     esc = store.tables["escalations"]
@@ -491,7 +590,7 @@ def run_escalation(
         result.errors.append(f"Slack is not configured: {len(open_eps)} open episode(s) not notified")
         return result
 
-    sender = _Sender(store, settings, slack, result, dry_run, hook)
+    sender = _Sender(store, settings, slack, result, dry_run, hook, now)
     ladder = settings.escalation.ladder
     levels = [s.level for s in ladder]
     todo_open = [ep for ep in open_eps if not _ladder_done(sender, ep, ladder, pset, levels, now)]
@@ -566,6 +665,21 @@ def _ladder_done(sender: _Sender, ep: dict, ladder, pset, levels, now) -> bool:
     if not sender.sent(ep["episode_id"], ladder[0].level, "alert"):
         return False
     return all(sender.sent(ep["episode_id"], s.level, "escalation") for s in _due_steps(ep, ladder, pset, levels, now, any_band=True))
+
+
+def _resolve_maybe_sent(store: StateStore, slack, now: datetime, result: EscalationResult) -> bool:
+    """Settle last runs' maybe-sent markers before anything new is sent; True when Slack refused the token."""
+    resolution = resolve_maybe_sent(store, slack, now)
+    result.maybe_sent_confirmed += resolution.confirmed
+    result.maybe_sent_resent += resolution.resend
+    result.errors.extend(resolution.errors)
+    if resolution.confirmed or resolution.resend:
+        result.notes.append(
+            f"Slack: {resolution.confirmed + resolution.resend} message(s) left maybe-sent by an earlier run checked in "
+            f"the conversation history: {resolution.confirmed} had been delivered, {resolution.resend} had not "
+            "(sent in this run)"
+        )
+    return resolution.stop is not None
 
 
 def pending_markers(store: StateStore) -> list[dict]:

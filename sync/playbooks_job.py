@@ -232,10 +232,13 @@ def _create_pending_tasks(store, pset: PlaybookSet, frame: pd.DataFrame, connect
         with store.begin() as conn:
             for (ep, spec), outcome in zip(items, outcomes):
                 if outcome.ok and outcome.crm_id:
+                    # "found": the CRM had the task already (a lost or moved state, another worker), so its Slack
+                    # messages may have gone out already and sync.slack_delivery checks before sending them
+                    origin = "found" if outcome.message == "already exists" else "created"
                     conn.execute(
                         update(table)
                         .where(table.c.episode_id == ep["episode_id"])
-                        .values(task_id=outcome.crm_id, task_status="open")
+                        .values(task_id=outcome.crm_id, task_status="open", task_origin=origin)
                     )
                     if outcome.message != "already exists":
                         result.tasks_created += 1

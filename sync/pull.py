@@ -5,6 +5,10 @@ stored in ONE transaction, so a crash leaves either both or neither, and the
 next run resumes from the last stored page. Connectors read with `>=` and a
 lookback window, so records seen twice are simply stored again (by id).
 
+A connector that reports the modification time of our own writes (HubSpot) gets
+them back as `OwnWrites`, with a check against the replica, and leaves out the
+records whose only change since the last read is that write.
+
 Deleted (Salesforce `IsDeleted`) and archived (HubSpot) records arrive as
 `Page.deleted_ids`: they become tombstones in the replica (so they are no
 longer scored or written), and their `pushed` and `failed_records` rows are
@@ -13,16 +17,20 @@ cleared (see `StateStore.mark_deleted` for why).
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Callable
+from datetime import datetime, timedelta
+from typing import Callable, Sequence
 
 import pandas as pd
 
 from healthsync.config.canonical import SPECS, as_records
-from healthsync.connectors.base import CrmConnector
+from healthsync.connectors.base import CrmConnector, OwnWrites
 from healthsync.sync.state import StateStore, dumps
+
+#: own writes older than the cursor by more than this are not handed to the connector (its lookback is shorter)
+OWN_WRITES_MARGIN = timedelta(days=1)
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +71,22 @@ def pull_object(
     *,
     now: datetime,
     on_page: Callable[[int], None] | None = None,
+    **pull_options,
 ) -> PullStats:
-    """Pull one object incrementally into the replica; the cursor moves only with its records."""
+    """Pull one object incrementally into the replica; the cursor moves only with its records.
+
+    `pull_options` go to `connector.pull` (e.g. `deletions=False` for the write-back's guard sweeps).
+    """
     crm = connector.name
     key = SPECS[object].key
     since = store.cursor(crm, object)
     stats = PullStats(crm, object, since)
-    for page in connector.pull(object, since):
+    kwargs = dict(pull_options)
+    if since is not None:
+        stamps = store.own_write_stamps(crm, object, since - OWN_WRITES_MARGIN)
+        if stamps:
+            kwargs["own_writes"] = OwnWrites(stamps, lambda frame, ignore: _unchanged(store, crm, object, frame, ignore))
+    for page in connector.pull(object, since, **kwargs):
         frame = page.records
         ids: list[str] = []
         data: list[str] = []
@@ -79,8 +96,11 @@ def pull_object(
             data = [dumps(r) for r in as_records(frame)]
         with store.begin() as conn:
             store.upsert_replica(conn, crm, object, ids, data, now)
-            if page.deleted_ids:
-                stats.deleted += store.mark_deleted(conn, crm, object, page.deleted_ids, now)
+            deleted = list(page.deleted_ids)
+            if page.live_ids is not None:  # a full reconcile: what the CRM no longer lists was deleted
+                deleted += sorted(store.live_ids(crm, object) - set(page.live_ids) - set(ids))
+            if deleted:
+                stats.deleted += store.mark_deleted(conn, crm, object, deleted, now)
             if page.cursor is not None:
                 store.set_cursor(conn, crm, object, page.cursor)
                 stats.cursor = page.cursor
@@ -92,6 +112,22 @@ def pull_object(
     return stats
 
 
+def _unchanged(store: StateStore, crm: str, object: str, frame: pd.DataFrame, ignore: Sequence[str]) -> pd.Series:
+    """True for each canonical row the replica already holds with the same values (columns in `ignore` aside)."""
+    key = SPECS[object].key
+    if not len(frame):
+        return pd.Series([], dtype=bool, index=frame.index)
+    ids = frame[key].astype(str).tolist()
+    stored = store.replica_data(crm, object, ids)
+    skip = set(ignore)
+    same = []
+    for rid, row in zip(ids, as_records(frame)):
+        old = stored.get(rid)
+        fresh = json.loads(dumps(row))
+        same.append(old is not None and all(old.get(k) == v for k, v in fresh.items() if k not in skip))
+    return pd.Series(same, dtype=bool, index=frame.index)
+
+
 def pull_all(
     store: StateStore,
     connectors: dict[str, CrmConnector],
@@ -100,9 +136,15 @@ def pull_all(
     objects: tuple[str, ...] = PULLED_OBJECTS,
     on_page: Callable[[int], None] | None = None,
 ) -> list[PullStats]:
-    """Pull every object of every connector; a StopRunError propagates with what was stored kept."""
+    """Pull every object of every connector; a StopRunError propagates with what was stored kept.
+
+    First, write-back Bulk jobs an earlier run left running are collected (sync/pending_writes.py).
+    """
+    from healthsync.sync.pending_writes import collect_pending_writes
+
     out = []
     for connector in connectors.values():
+        collect_pending_writes(store, connector, now=now)
         for object in objects:
             out.append(pull_object(store, connector, object, now=now, on_page=on_page))
     return out

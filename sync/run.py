@@ -310,6 +310,7 @@ def _cycle(settings, conns: Connections, store: StateStore, summary: RunSummary,
         summary.escalations = result.escalations
         summary.recoveries = getattr(result, "recoveries", 0)
         summary.add_errors(list(result.errors))
+        summary.notes.extend(getattr(result, "notes", []))  # e.g. maybe-sent messages settled from Slack's history
     _hook(hooks, "after_escalation")
 
     # record
@@ -460,6 +461,7 @@ def escalate_stage(settings: Settings, *, ready: dict | None = None) -> dict[str
             summary.alerts_sent, summary.escalations = result.alerts_sent, result.escalations
             summary.recoveries = getattr(result, "recoveries", 0)
             summary.add_errors(list(result.errors))
+            summary.notes.extend(getattr(result, "notes", []))
             summary.finish_status()
         except StopRunError as exc:
             summary.status, summary.stopped_reason = "stopped", str(exc)

@@ -9,9 +9,14 @@ with the playbooks/escalation/scheduler code (notes/sync_contract.md):
     replica         canonical records pulled from the CRMs (deleted = tombstone)
     score_history   one row per account per run (trends read it back)
     pushed          the last value each CRM CONFIRMED per (crm, object, record, field)
+    own_writes      the modification time each CRM gave our last confirmed write to a record
     failed_records  the retry queue: records the CRM rejected or never confirmed
-    episodes        playbook episodes and their CRM task
-    escalations     Slack messages per (episode, level, kind), idempotency key
+    bulk_jobs       write-back Bulk jobs still running when their run ended (collected, never resent)
+    episodes        playbook episodes and their CRM task (task_origin: created here, or found in the CRM)
+    escalations     Slack messages per (episode, level, kind): marker, destination, message key, ts
+    slack_channels  channel name -> conversation ID (conversations.list), a cache
+    slack_destinations  per Slack conversation, the window whose healthsync messages were read back
+    slack_seen_items    the item keys those reads found, per conversation
     locks           named leases for the scheduler and jobs
     drift/backtests for the validation and report code
 
@@ -120,6 +125,15 @@ pushed = Table(
     Column("run_id", String(64)),
 )
 
+own_writes = Table(
+    "own_writes",
+    metadata,
+    Column("crm", String(16), primary_key=True),
+    Column("object", String(32), primary_key=True),
+    Column("record_id", String(128), primary_key=True),
+    Column("stamp", DateTime, nullable=False),  # the modification time the CRM gave our last confirmed write
+)
+
 failed_records = Table(
     "failed_records",
     metadata,
@@ -133,6 +147,17 @@ failed_records = Table(
     Column("attempts", Integer, nullable=False, default=1),
     Column("first_failed_at", DateTime),
     Column("last_failed_at", DateTime),
+    Column("run_id", String(64)),
+)
+
+bulk_jobs = Table(
+    "bulk_jobs",
+    metadata,
+    Column("crm", String(16), primary_key=True),
+    Column("job_id", String(64), primary_key=True),
+    Column("object", String(32), nullable=False),
+    Column("records_json", Text, nullable=False),  # record_id -> {field: value} the job carries, in job order
+    Column("submitted_at", DateTime),
     Column("run_id", String(64)),
 )
 
@@ -154,6 +179,9 @@ episodes = Table(
     Column("owner_email", String(255)),
     Column("segment", String(64)),
     Column("last_seen_run", String(64)),
+    # "created": this state's create call made the task, so no other state can have alerted it;
+    # "found": the CRM already had it (lost/moved state, another worker); NULL: unknown (older rows)
+    Column("task_origin", String(16)),
     UniqueConstraint("task_key", name="uq_episodes_task_key"),
 )
 
@@ -167,6 +195,35 @@ escalations = Table(
     Column("channel", String(128)),
     Column("ts", String(64)),
     Column("sent_at", DateTime),
+    Column("destination", String(32)),  # the conversation ID it was posted to (D... for a DM)
+    Column("message_key", String(64)),  # the idempotency key of the message (digest) that carries it
+    Column("started_at", DateTime),  # when the send was started: a maybe-sent marker is looked up from here
+)
+
+slack_channels = Table(
+    "slack_channels",
+    metadata,
+    Column("name", String(255), primary_key=True),  # lower case, without '#'
+    Column("channel_id", String(32), nullable=False),
+    Column("resolved_at", DateTime, nullable=False),
+)
+
+slack_destinations = Table(
+    "slack_destinations",
+    metadata,
+    Column("channel_id", String(32), primary_key=True),
+    # every healthsync message posted there between verified_from and verified_to was read back from
+    # conversations.history: its item keys are in slack_seen_items
+    Column("verified_from", DateTime, nullable=False),
+    Column("verified_to", DateTime, nullable=False),
+)
+
+slack_seen_items = Table(
+    "slack_seen_items",
+    metadata,
+    Column("channel_id", String(32), primary_key=True),
+    Column("item_key", String(32), primary_key=True),
+    Column("ts", String(64)),
 )
 
 locks = Table(
@@ -459,6 +516,43 @@ class StateStore:
             return []
         return json.loads("[" + ",".join(texts) + "]")  # one parse instead of one per row
 
+    def replica_data(self, crm: str, object: str, ids: list[str]) -> dict[str, dict]:
+        """record_id -> stored data of the live records among `ids` (absent ids are left out)."""
+        out: dict[str, dict] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(ids):
+                for rid, text in conn.execute(
+                    select(replica.c.record_id, replica.c.data_json).where(
+                        replica.c.crm == crm, replica.c.object == object, replica.c.record_id.in_(chunk),
+                        replica.c.deleted == False,  # noqa: E712
+                    )
+                ):
+                    out[rid] = json.loads(text)
+        return out
+
+    # ------------------------------------------------------------------ own writes
+
+    def record_own_writes(self, crm: str, object: str, stamps: dict[str, datetime]) -> None:
+        """Remember the modification time the CRM gave each record we just wrote (replacing the previous one)."""
+        if not stamps:
+            return
+        ids = list(stamps)
+        with self.begin() as conn:
+            for chunk in _chunks(ids):
+                conn.execute(delete(own_writes).where(own_writes.c.crm == crm, own_writes.c.object == object, own_writes.c.record_id.in_(chunk)))
+                conn.execute(
+                    insert(own_writes),
+                    [{"crm": crm, "object": object, "record_id": i, "stamp": utc_naive(stamps[i])} for i in chunk],
+                )
+
+    def own_write_stamps(self, crm: str, object: str, since: datetime | None = None) -> dict[str, datetime]:
+        """record_id -> modification time of our last write, for writes at or after `since` (aware UTC)."""
+        query = select(own_writes.c.record_id, own_writes.c.stamp).where(own_writes.c.crm == crm, own_writes.c.object == object)
+        if since is not None:
+            query = query.where(own_writes.c.stamp >= utc_naive(since))
+        with self.engine.connect() as conn:
+            return {rid: utc_aware(stamp) for rid, stamp in conn.execute(query)}
+
     def live_ids(self, crm: str, object: str) -> set[str]:
         with self.engine.connect() as conn:
             return set(
@@ -522,16 +616,25 @@ class StateStore:
                     )
                 )
             keys = [(rid, f) for rid in ids for f in confirmed[rid]]
-            for chunk in _chunks(ids):
-                fields = {f for rid in chunk for f in confirmed[rid]}
-                conn.execute(
-                    delete(pushed).where(
-                        pushed.c.crm == crm,
-                        pushed.c.object == object,
-                        pushed.c.record_id.in_(chunk),
-                        pushed.c.field.in_(sorted(fields)),
+            # Replace exactly the confirmed (record, field) pairs. Records are grouped by the set of
+            # fields they wrote so one statement deletes only pairs that are re-inserted below: a
+            # record that wrote a subset of the fields keeps its other confirmed values (deleting
+            # the union per chunk made those records look changed, and rewritten, on every run).
+            by_fields: dict[tuple[str, ...], list[str]] = {}
+            for rid in ids:
+                by_fields.setdefault(tuple(sorted(confirmed[rid])), []).append(rid)
+            for fields, group in by_fields.items():
+                if not fields:
+                    continue
+                for chunk in _chunks(group):
+                    conn.execute(
+                        delete(pushed).where(
+                            pushed.c.crm == crm,
+                            pushed.c.object == object,
+                            pushed.c.record_id.in_(chunk),
+                            pushed.c.field.in_(fields),
+                        )
                     )
-                )
             rows = [
                 {"crm": crm, "object": object, "record_id": rid, "field": f, "value_json": confirmed[rid][f], "pushed_at": at_n, "run_id": run_id}
                 for rid, f in keys
@@ -579,6 +682,34 @@ class StateStore:
                 )
             for chunk in _chunks(rows):
                 conn.execute(insert(failed_records), chunk)
+
+    # ------------------------------------------------------------------ pending Bulk jobs
+
+    def add_bulk_job(self, crm: str, object: str, job_id: str, records: dict[str, dict], run_id: str, at: datetime) -> None:
+        """Remember a write-back Bulk job that was still running when the bounded wait ended."""
+        with self.begin() as conn:
+            conn.execute(delete(bulk_jobs).where(bulk_jobs.c.crm == crm, bulk_jobs.c.job_id == job_id))
+            conn.execute(insert(bulk_jobs).values(crm=crm, job_id=job_id, object=object, records_json=dumps(records),
+                                                  submitted_at=utc_naive(at), run_id=run_id))
+
+    def bulk_jobs(self, crm: str | None = None) -> list[dict]:
+        """Pending Bulk jobs (oldest first), `records` decoded (record_id -> fields, in job order)."""
+        query = select(bulk_jobs).order_by(bulk_jobs.c.submitted_at, bulk_jobs.c.job_id)
+        if crm:
+            query = query.where(bulk_jobs.c.crm == crm)
+        with self.engine.connect() as conn:
+            rows = [dict(r) for r in conn.execute(query).mappings()]
+        for r in rows:
+            r["records"] = json.loads(r.pop("records_json") or "{}")
+        return rows
+
+    def drop_bulk_job(self, crm: str, job_id: str) -> None:
+        with self.begin() as conn:
+            conn.execute(delete(bulk_jobs).where(bulk_jobs.c.crm == crm, bulk_jobs.c.job_id == job_id))
+
+    def pending_bulk_records(self, crm: str, object: str) -> set[str]:
+        """Record ids a pending Bulk job still carries: the write-back must not send them again."""
+        return {rid for job in self.bulk_jobs(crm) if job["object"] == object for rid in job["records"]}
 
     def count(self, table: str, **where: Any) -> int:
         t = self.tables[table]

@@ -3,12 +3,20 @@
 The engine computes (no I/O); this module reads the history directory, writes
 the config overlay that `--config` accepts, and records the last backtest in
 the state store so the portfolio report can show model accuracy.
+
+History records that cannot be used (an unreadable `churned` label, a missing
+id, ...) are skipped and named by id in the report's `record_problems` and in
+`warnings`; the command then exits 1 (finished with record errors). A history
+or request the engine cannot work with at all (too few churn events, no usable
+rows, a model without at-risk bands) is a configuration error naming what is
+wrong, never a traceback.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shlex
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,6 +26,7 @@ from healthsync.connectors.base import ConfigurationError
 from healthsync.connectors.files import read_history
 
 log = logging.getLogger("healthsync.validation")
+PROBLEMS_SHOWN = 20
 
 
 def _history(path: Path):
@@ -29,7 +38,25 @@ def _history(path: Path):
         raise ConfigurationError(f"--history {path}: no accounts_history.csv or accounts_history.parquet found")
     if problems:
         log.warning("%d history record problems (skipped or ignored); first: %s", len(problems), problems.lines(1)[0])
-    return frames
+    return frames, problems
+
+
+def _with_problems(report: dict, problems) -> dict:
+    report = dict(report)
+    report["record_problems"] = problems.lines(PROBLEMS_SHOWN) if problems else []
+    report["record_problem_count"] = len(problems) if problems else 0
+    if problems:
+        report["warnings"] = [f"{len(problems)} history record problems (records skipped or values ignored); "
+                              f"first: {problems.lines(1)[0]}"] + list(report.get("warnings") or [])
+    return report
+
+
+def _engine_errors():
+    """The engine's refusals of a history (reported as configuration errors naming the directory)."""
+    from healthsync.engine.backtest import HistoryError
+    from healthsync.engine.splits import InsufficientHistoryError
+
+    return (HistoryError, InsufficientHistoryError)
 
 
 def _record_backtest(settings, report: dict) -> None:
@@ -52,34 +79,64 @@ def _record_backtest(settings, report: dict) -> None:
 def run_backtest(settings, history_dir: Path, challenger=None) -> tuple[dict, str]:
     from healthsync.engine.backtest import backtest, format_text
 
-    history = _history(history_dir)
-    report = backtest(
-        history,
-        settings.model,
-        settings.forecast,
-        challenger_model=challenger.model if challenger is not None else None,
-        challenger_forecast=challenger.forecast if challenger is not None else None,
-    )
+    history, problems = _history(history_dir)
+    try:
+        report = backtest(
+            history,
+            settings.model,
+            settings.forecast,
+            challenger_model=challenger.model if challenger is not None else None,
+            challenger_forecast=challenger.forecast if challenger is not None else None,
+        )
+    except _engine_errors() as e:
+        raise ConfigurationError(f"--history {history_dir}: {e}") from None
+    report = _with_problems(report, problems)
     _record_backtest(settings, report)
     return report, format_text(report)
 
 
-def run_calibrate(settings, history_dir: Path, out: Path, method: str = "correlation", target_recall: float = 0.75):
-    from healthsync.engine.backtest import format_text
-    from healthsync.engine.calibration import InsufficientHistoryError, calibrate
+def reproduce_command(history_dir: Path, out: Path, configs: list[Path], method: str, target_recall: float,
+                      max_at_risk_share: float, split: str, holdout: float, seed: int) -> str:
+    """The `healthsync calibrate` command line that writes this overlay again."""
+    parts = ["healthsync", "calibrate", "--history", str(history_dir), "--out", str(out), "--method", method,
+             "--target-recall", f"{target_recall:g}", "--max-at-risk-share", f"{max_at_risk_share:g}",
+             "--split", split, "--holdout", f"{holdout:g}", "--seed", str(seed)]
+    for c in configs:
+        parts += ["--config", str(c)]
+    return shlex.join(parts)
 
-    history = _history(history_dir)
+
+def run_calibrate(settings, history_dir: Path, out: Path, method: str = "logistic", target_recall: float = 0.75,
+                  max_at_risk_share: float = 0.35, split: str = "auto", holdout: float = 0.25, seed: int = 0,
+                  configs: list[Path] | None = None):
+    from healthsync.engine.backtest import format_text
+    from healthsync.engine.calibration import calibrate
+
+    configs = [Path(c) for c in (configs or [])]
+    history, problems = _history(history_dir)
     try:
-        result = calibrate(history, settings.model, settings.forecast, method=method, target_recall=target_recall)
-    except InsufficientHistoryError as e:
+        result = calibrate(history, settings.model, settings.forecast, method=method, target_recall=target_recall,
+                           holdout_share=holdout, split=split, seed=seed, max_at_risk_share=max_at_risk_share)
+    except _engine_errors() as e:
         raise ConfigurationError(f"--history {history_dir}: {e}") from None
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    held_out = {k: result.report.get(k) for k in ("auc", "brier", "recall", "precision", "at_risk_share")}
+    fc = result.report.get("forecast") or {}
+    if fc:
+        held_out.update({"forecast.mape_before": fc.get("mape_before"), "forecast.mape_after": fc.get("mape_after")})
+    use = shlex.join(["healthsync", "backtest", "--history", str(history_dir)]
+                     + [a for c in configs for a in ("--config", str(c))] + ["--config", str(out)])
     header = (
-        f"# healthsync calibration overlay ({method}); use with --config {out.name}\n"
-        f"# held-out validation: {json.dumps({k: result.report.get(k) for k in ('auc', 'recall', 'precision', 'brier')})}\n"
+        f"# healthsync calibration overlay ({method}; {result.report['calibration']['split_description']})\n"
+        f"# stack it on the config it was calibrated with (later files win):\n"
+        f"#   {use}\n"
+        f"# reproduce it:\n"
+        f"#   {reproduce_command(history_dir, out, configs, method, target_recall, max_at_risk_share, split, holdout, seed)}\n"
+        f"# held-out validation: {json.dumps(held_out)}\n"
     )
     out.write_text(header + yaml.safe_dump(result.overlay, sort_keys=False))
-    report = dict(result.report)
+    report = _with_problems(result.report, problems)
     report["overlay"] = str(out)
-    return report, format_text(result.report) + f"\n\nconfig overlay written: {out}"
+    report["use"] = use
+    return report, format_text(report) + f"\n\nconfig overlay written: {out}\n  use: {use}"

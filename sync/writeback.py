@@ -17,6 +17,14 @@ tried to send (what-users-expect.md, reverse-ETL mechanics 1 and 4):
   apart from records the CRM rejected, and are not queued;
 - a batch rejected whole (the connector raised, or every record failed with the
   same error) is split in halves until each record is accepted or rejected alone;
+- records refused UNABLE_TO_LOCK_ROW (another transaction held them) are sent
+  again at once in smaller and smaller batches (`LOCK_RETRY_ROUNDS`), then queued;
+- a Bulk job still running when the connector's bounded wait ends is kept in
+  state (`bulk_jobs`) and collected by a later run (sync/pending_writes.py); its
+  records are not planned again until then (never sent twice);
+- before each write request to a CRM whose pulls leave out our own changes
+  (Salesforce), a guard sweep pulls what others changed since the cursor, so our
+  write cannot hide an edit made since the pull (connectors/BEHAVIOR.md);
 - the write allowlist: only the fields of `mapping.<crm>.<object>.write` are
   ever written; `assert_allowed` refuses anything else before a request is made.
 
@@ -40,13 +48,16 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from contextlib import contextmanager
 from typing import Any, Callable
 
 import pandas as pd
 
 from healthsync.config.settings import Settings
+from healthsync.connectors.salesforce_fields import max_abs_value
 from healthsync.connectors.base import (
     Change,
     ConfigurationError,
@@ -69,6 +80,11 @@ BATCH_SIZES = {"salesforce": 200, "hubspot": 100}
 DRIVERS_MAX = 255
 #: the output never compared by itself (see the module docstring)
 TIMESTAMP_OUTPUT = "updated"
+#: rounds of immediate re-sends, in halving batches, for records refused UNABLE_TO_LOCK_ROW
+LOCK_RETRY_ROUNDS = 4
+LOCKED = "UNABLE_TO_LOCK_ROW"
+#: a push result meaning "in a Bulk job that is still running" (connectors/salesforce.py)
+BULK_JOB_PENDING = "BULK_JOB_PENDING"
 
 
 class WriteNotAllowedError(HealthsyncError):
@@ -102,8 +118,10 @@ def desired_outputs(scores: pd.DataFrame, opportunities: pd.DataFrame, now: date
     return {"accounts": accounts, "opportunities": opps}
 
 
-#: inclusive valid range per numeric output; a value outside it makes the record invalid (never sent)
-RANGES = {"score": (0.0, 100.0), "confidence": (0.0, 1.0), "adjusted_probability": (0.0, 1.0), "expected_arr": (0.0, math.inf)}
+#: inclusive valid range per numeric output; a value outside it makes the record invalid (never sent).
+#: expected_arr is bounded by its field's digits (connectors/salesforce_fields.py: Currency(16,2)).
+RANGES = {"score": (0.0, 100.0), "confidence": (0.0, 1.0), "adjusted_probability": (0.0, 1.0),
+          "expected_arr": (0.0, (max_abs_value("expected_arr") or math.inf) - 0.01)}
 
 
 def _plain(value: Any) -> Any:
@@ -155,6 +173,7 @@ class WritePlan:
     invalid: list[InvalidRecord] = field(default_factory=list)
     unchanged: dict[tuple[str, str], int] = field(default_factory=dict)
     stale: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # queued records no longer written
+    pending: dict[tuple[str, str], int] = field(default_factory=dict)  # in a Bulk job still running: not planned
 
     def counts(self) -> dict[str, int]:
         return {"changed": len(self.records), "unchanged": sum(self.unchanged.values()), "invalid": len(self.invalid)}
@@ -210,6 +229,7 @@ def plan_writes(store: StateStore, settings: Settings, desired: dict[str, pd.Dat
             rows = frame[frame["crm"] == crm] if "crm" in frame.columns else frame.iloc[0:0]
             confirmed = store.pushed_values(crm, obj)
             queue = store.failed_queue(crm, obj)
+            in_flight = store.pending_bulk_records(crm, obj)
             outputs = [o for o in mapping if o in rows.columns]
             compared = [o for o in outputs if o != TIMESTAMP_OUTPUT]
             values = rows[outputs].astype(object).where(rows[outputs].notna(), None)
@@ -222,6 +242,9 @@ def plan_writes(store: StateStore, settings: Settings, desired: dict[str, pd.Dat
                 seen.add(record_id)
                 if not record_id.startswith(prefix) or len(record_id) <= len(prefix):
                     plan.invalid.append(InvalidRecord(crm, obj, record_id, "INVALID_ID", f"not a {crm} record id"))
+                    continue
+                if record_id in in_flight:  # a Bulk job still carries it: its outcome is collected, never resent
+                    plan.pending[(crm, obj)] = plan.pending.get((crm, obj), 0) + 1
                     continue
                 problem = _out_of_range(record)
                 if problem:
@@ -301,6 +324,7 @@ class CrmWriteReport:
     invalid: int = 0
     unchanged: int = 0
     retried: int = 0
+    pending: int = 0  # in a Bulk job still running when the bounded wait ended (collected next run)
     errors: list[str] = field(default_factory=list)
     written: dict[str, dict[str, Any]] = field(default_factory=dict)  # record_id -> fields confirmed (not in JSON)
 
@@ -313,6 +337,7 @@ class CrmWriteReport:
             "invalid": self.invalid,
             "unchanged": self.unchanged,
             "retried": self.retried,
+            "pending": self.pending,
         }
 
 
@@ -351,43 +376,86 @@ def execute_plan(
             if connector is None:
                 continue
             report = reports[crm]
-            size = BATCH_SIZES.get(crm, 100)
-            threshold = getattr(connector, "bulk_threshold", None)
-            if threshold and len(records) > threshold:
-                size = len(records)  # one push call: the connector switches to Bulk API 2.0
-            for start in range(0, len(records), size):
-                batch = records[start : start + size]
-                calls_before = connector.stats.calls
-                try:
-                    results = _push_split(connector, obj, [Change(r.record_id, dict(r.fields)) for r in batch], settings, crm)
-                except StopRunError as exc:
-                    results = getattr(exc, "results", None) or [
-                        RecordResult(r.record_id, "failed", "NOT_SENT", str(exc), True) for r in batch
-                    ]
-                    _settle(store, report, crm, obj, batch, results, run_id, now)
-                    report.api_calls += connector.stats.calls - calls_before
-                    raise
-                report.api_calls += connector.stats.calls - calls_before
-                _settle(store, report, crm, obj, batch, results, run_id, now)
-                if on_batch:
-                    on_batch(len(batch))
-                if hooks:
-                    hooks("after_push_batch")
+            with _guarded(store, connector, now):
+                _push_group(store, settings, connector, crm, obj, records, report, run_id, now, hooks, on_batch)
     except StopRunError as exc:
         exc.reports = reports
         raise
     return reports
 
 
+@contextmanager
+def _guarded(store: StateStore, connector: CrmConnector, now: datetime):
+    """Install the guard sweep on a connector that leaves its own changes out of pulls (Salesforce).
+
+    Before each write request the connector calls it: a pull of what OTHERS changed since the
+    cursor (records only). Our write sets LastModifiedById to us, which would hide from the next
+    filtered pull an edit someone made between our pull and this write; the sweep reads that edit
+    first. The hidden window shrinks to one request in flight (connectors/BEHAVIOR.md).
+    """
+    if not hasattr(connector, "before_write") or not getattr(connector, "exclude_own_changes", False):
+        yield
+        return
+    from healthsync.sync.pull import pull_object
+
+    def sweep(object: str) -> None:
+        # without a cursor nothing was pulled incrementally yet: the next pull reads everything anyway
+        if object in OBJECT_SECTIONS and store.cursor(connector.name, object) is not None:
+            pull_object(store, connector, object, now=now, deletions=False)
+
+    connector.before_write = sweep
+    try:
+        yield
+    finally:
+        connector.before_write = None
+
+
+def _push_group(store, settings, connector, crm, obj, records: list[RecordPlan], report: CrmWriteReport, run_id, now,
+                hooks, on_batch) -> None:
+    """Push one (crm, object) group batch by batch; after each batch store what was confirmed and queue what failed."""
+    size = BATCH_SIZES.get(crm, 100)
+    threshold = getattr(connector, "bulk_threshold", None)
+    if threshold and len(records) > threshold:
+        size = len(records)  # one push call: the connector switches to Bulk API 2.0
+    for start in range(0, len(records), size):
+        batch = records[start : start + size]
+        calls_before = connector.stats.calls
+        try:
+            changes = [Change(r.record_id, dict(r.fields)) for r in batch]
+            results = _retry_locked(connector, obj, changes, _push_split(connector, obj, changes, settings, crm), settings, crm)
+        except StopRunError as exc:
+            results = getattr(exc, "results", None) or [
+                RecordResult(r.record_id, "failed", "NOT_SENT", str(exc), True) for r in batch
+            ]
+            _settle(store, report, crm, obj, batch, results, run_id, now)
+            report.api_calls += connector.stats.calls - calls_before
+            raise
+        report.api_calls += connector.stats.calls - calls_before
+        _settle(store, report, crm, obj, batch, results, run_id, now)
+        if on_batch:
+            on_batch(len(batch))
+        if hooks:
+            hooks("after_push_batch")
+
+
 def _settle(store, report: CrmWriteReport, crm, object, batch: list[RecordPlan], results: list[RecordResult], run_id, now) -> None:
     """Store confirmed values and queue failures for one batch (the record's own transaction per kind)."""
     confirmed: dict[str, dict[str, str]] = {}
+    stamps: dict[str, datetime] = {}  # the CRM's modification time of each write: the next pull skips our own change
     failures: list[dict] = []
+    pending: dict[str, dict[str, dict]] = {}
     for plan, result in zip(batch, results):
         if plan.retry:
             report.retried += 1
+        if result.outcome == "failed" and result.error_code == BULK_JOB_PENDING and result.crm_id:
+            # still running after the bounded wait: remembered, collected by a later run, never resent
+            pending.setdefault(result.crm_id, {})[plan.record_id] = {f: _json_safe(v) for f, v in plan.fields.items()}
+            report.pending += 1
+            continue
         if result.outcome == "ok":
             confirmed[plan.record_id] = {f: dumps(v) for f, v in plan.fields.items()}
+            if result.stamp is not None:
+                stamps[plan.record_id] = result.stamp
             report.records_changed += 1
             report.fields_written += len(plan.fields)
             report.written[plan.record_id] = dict(plan.fields)
@@ -407,7 +475,39 @@ def _settle(store, report: CrmWriteReport, crm, object, batch: list[RecordPlan],
                 }
             )
     store.record_confirmed(crm, object, confirmed, run_id, now)
+    store.record_own_writes(crm, object, stamps)
     store.record_failed(crm, object, failures, run_id, now)
+    for job_id, records in pending.items():
+        store.add_bulk_job(crm, object, job_id, records, run_id, now)
+
+
+def _retry_locked(connector, object, changes: list[Change], results: list[RecordResult], settings, crm) -> list[RecordResult]:
+    """Send records refused UNABLE_TO_LOCK_ROW again at once, in halving batches; what stays locked is queued.
+
+    Lock contention (another transaction, a trigger, a roll-up on the parent) is short-lived and
+    grows with the batch size, so Salesforce's advice is to retry with smaller batches.
+    """
+    results = list(results)
+    size = len(changes)
+    for round_ in range(LOCK_RETRY_ROUNDS):
+        locked = [i for i, r in enumerate(results) if r.outcome == "failed" and r.error_code == LOCKED]
+        if not locked:
+            break
+        size = max(1, min(size, len(locked)) // 2)
+        time.sleep(min(1.0, 0.05 * 2**round_))
+        for start in range(0, len(locked), size):
+            idx = locked[start : start + size]
+            try:
+                again = _push_split(connector, object, [changes[i] for i in idx], settings, crm)
+            except StopRunError as exc:
+                done = getattr(exc, "results", None) or [RecordResult(changes[i].record_id, "failed", "NOT_SENT", str(exc), True) for i in idx]
+                for i, r in zip(idx, done):
+                    results[i] = r
+                exc.results = results
+                raise
+            for i, r in zip(idx, again):
+                results[i] = r
+    return results
 
 
 def _whole_batch_rejected(results: list[RecordResult]) -> bool:

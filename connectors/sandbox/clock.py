@@ -8,8 +8,11 @@ advancing the clock must not refill a 10-second window.
 
 from __future__ import annotations
 
+import json
 import threading
+import urllib.request
 from datetime import datetime, timedelta, timezone
+from typing import Callable
 
 
 class Clock:
@@ -65,3 +68,15 @@ def parse_datetime(text: str) -> datetime:
     if t.tzinfo is None:
         t = t.replace(tzinfo=timezone.utc)
     return t.astimezone(timezone.utc)
+
+
+def remote_clock(inspect_url: str, timeout: float = 10.0) -> Callable[[], datetime]:
+    """A `now()` reading a running sandbox's clock (`GET {inspect_url}/clock`), for connectors in sandbox mode."""
+    url = inspect_url.rstrip("/") + "/clock"
+
+    def now() -> datetime:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # loopback only: the ready file's URL
+            value = datetime.fromisoformat(json.loads(response.read())["now"])
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+    return now

@@ -31,13 +31,15 @@ class FaultSettings:
     latency_ms: float = 0.0  # added to every request
     session_expiry_after: int = 0  # Salesforce: a session dies after N requests (0 = never)
     retry_after: int = 1  # seconds in Retry-After on injected 429s
+    lock_rate: float = 0.0  # Salesforce: share of records in a write refused UNABLE_TO_LOCK_ROW (not applied)
+    lock_burst: int = 0  # Salesforce: the next N records written are refused UNABLE_TO_LOCK_ROW
 
     def validate(self, api: str) -> None:
-        for name in ("error_rate", "drop_rate", "lost_response_rate"):
+        for name in ("error_rate", "drop_rate", "lost_response_rate", "lock_rate"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"faults: {api}.{name} must be between 0 and 1, got {v}")
-        for name in ("burst_429", "burst_every", "latency_ms", "session_expiry_after", "retry_after"):
+        for name in ("burst_429", "burst_every", "latency_ms", "session_expiry_after", "retry_after", "lock_burst"):
             if getattr(self, name) < 0:
                 raise ValueError(f"faults: {api}.{name} must be >= 0, got {getattr(self, name)}")
 
@@ -90,6 +92,8 @@ class FaultInjector:
         self._rng = {api: random.Random(f"{seed}:{api}") for api in APIS}
         self._burst_left = {api: 0 for api in APIS}
         self._since_burst = {api: 0 for api in APIS}
+        self._locks_left = {api: 0 for api in APIS}
+        self._lock_rng = {api: random.Random(f"{seed}:{api}:locks") for api in APIS}
         for api, values in (settings or {}).items():
             self.update(api, values)
 
@@ -108,18 +112,33 @@ class FaultInjector:
             if "burst_429" in values:
                 self._burst_left[api] = new.burst_429
                 self._since_burst[api] = 0
+            if "lock_burst" in values:
+                self._locks_left[api] = new.lock_burst
             return new
 
     def reset(self, api: str) -> None:
         with self._lock:
             self._settings[api] = FaultSettings()
             self._burst_left[api] = 0
+            self._locks_left[api] = 0
 
     def settings(self, api: str) -> FaultSettings:
         return self._settings[api]
 
     def snapshot(self) -> dict:
         return {api: asdict(s) for api, s in self._settings.items()}
+
+    def row_locked(self, api: str) -> bool:
+        """One record of a write: is it refused UNABLE_TO_LOCK_ROW? (lock_burst first, then lock_rate)
+
+        Its own random stream, so record-level lock faults never shift the request-level faults.
+        """
+        s = self._settings[api]
+        with self._lock:
+            if self._locks_left[api] > 0:
+                self._locks_left[api] -= 1
+                return True
+            return s.lock_rate > 0 and self._lock_rng[api].random() < s.lock_rate
 
     def decide(self, api: str, is_write: bool) -> FaultDecision:
         s = self._settings[api]

@@ -18,6 +18,7 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
@@ -206,6 +207,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read /requests instead
         pass
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The `Date` header on the emulator clock: clients learn the server's time from it, as from a real API."""
+        if timestamp is None:
+            try:
+                timestamp = datetime.fromisoformat(self.server.clock_now()).timestamp()
+            except (TypeError, ValueError):
+                pass
+        return super().date_time_string(timestamp)
 
     def _serve(self) -> None:
         srv = self.server

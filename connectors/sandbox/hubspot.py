@@ -5,6 +5,13 @@ the exact status codes it expects (201 on create, 207 on partial batches), so th
 kept exact. Every property value is stored and returned as a string, as HubSpot does.
 Rate limits use real (monotonic) time: the 10-second rolling window per tier with the
 X-HubSpot-RateLimit-* headers, 5 searches per second (no headers on search), a daily cap.
+
+Search works like HubSpot's (BEHAVIOR.md, "Search"): the result set is recomputed on every
+request and `after` is an offset into it, so records edited between two pages shift the
+offsets; at most 10,000 results per query, 200 per page, one sorting rule; and the search
+index lags the records: each new version of a record becomes searchable only after its own
+delay (up to `search_lag_seconds` of the emulator clock), and until then search answers
+with the previous indexed version, or not at all for a new record.
 """
 
 from __future__ import annotations
@@ -13,10 +20,11 @@ import json
 import threading
 import time
 import uuid
+import zlib
 from bisect import bisect_left
 from collections import deque
 from itertools import repeat
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from healthsync.connectors.sandbox import schema
@@ -30,7 +38,10 @@ TIERS = {  # crm-api-notes 2.8: (burst per 10 s, daily)
     "enterprise": (190, 1_000_000),
 }
 LIST_MAX, BATCH_MAX, SEARCH_MAX, SEARCH_CAP, SEARCH_PER_SECOND = 100, 100, 200, 10_000, 5
+#: filterGroups per query, filters per group, filters in total (search guide "Limits", BEHAVIOR.md)
+SEARCH_GROUPS, SEARCH_FILTERS_PER_GROUP, SEARCH_FILTERS = 5, 6, 18
 OWNERS_MAX = 500
+ASSOC_READ_MAX = 1000  # ids per v4 association batch read (developer changelog, February 2025)
 TYPE_ALIASES = {"companies": "companies", "company": "companies", "0-2": "companies",
                 "deals": "deals", "deal": "deals", "0-3": "deals",
                 "tickets": "tickets", "ticket": "tickets", "0-5": "tickets",
@@ -78,7 +89,11 @@ class HubSpotApi(Api):
         self.burst_max, default_daily = TIERS[tier]
         self.daily_limit = daily_limit or default_daily
         self.access_token = access_token or "sandbox-hubspot-" + str(uuid.uuid4())  # not a real token format, on purpose
-        self.search_lag_seconds = search_lag_seconds
+        self.search_lag_seconds = float(search_lag_seconds)
+        #: (type, id) -> (from stamp, seconds): a fixed index delay for a record's versions from then on (tests)
+        self.index_delays: dict[tuple[str, str], tuple[str, float]] = {}
+        self._indexing: deque[tuple[str, str, str]] = deque()  # (expires, type, id) of stale snapshots
+        self._search_hooks: list[list] = []  # [searches left, action]: someone edits the CRM mid-pull (tests)
         self.lock = threading.RLock()
         self.props = schema.hubspot_properties()
         self.groups: dict[str, dict[str, dict]] = {
@@ -329,20 +344,30 @@ class HubSpotApi(Api):
         self.order[t].append(int(rid))
         return rec
 
-    def insert_columns(self, t: str, cols: dict, n: int, created: list | None = None) -> list[str]:
-        """Seed `n` records given as string-valued columns (lists or itertools.repeat), one timestamp."""
-        stamp = hs_datetime(self.clock.now())
+    def insert_columns(self, t: str, cols: dict, n: int, created: list | None = None,
+                       stamps: list[str] | None = None) -> list[str]:
+        """Seed `n` records given as string-valued columns (lists or itertools.repeat).
+
+        `stamps` are the records' modification times (HubSpot datetime strings), default now;
+        `created` their creation times (None entries and the default: their modification time).
+        """
+        now = hs_datetime(self.clock.now())
         first = self._next_id[t]
         self._next_id[t] = first + n
         ids = [str(i) for i in range(first, first + n)]
+        stamp_col = list(stamps) if stamps is not None else repeat(now)
         cols = dict(cols)
-        cols["createdate"] = [stamp if c is None else c for c in created] if created is not None else repeat(stamp)
+        if created is not None:
+            cols["createdate"] = [s if c is None else c for c, s in zip(created, stamps or repeat(now))]
+        else:
+            cols["createdate"] = stamp_col
         cols["hs_object_id"] = ids
-        cols["hs_lastmodifieddate"] = repeat(stamp)
+        cols["hs_lastmodifieddate"] = stamp_col
         names = list(cols)
         props = list(map(dict, map(zip, repeat(names), zip(*cols.values()))))
-        self.objects[t].update((rid, {"id": rid, "properties": p, "createdAt": p["createdate"], "updatedAt": stamp,
-                                      "archived": False}) for rid, p in zip(ids, props))
+        self.objects[t].update((rid, {"id": rid, "properties": p, "createdAt": p["createdate"],
+                                      "updatedAt": p["hs_lastmodifieddate"], "archived": False})
+                               for rid, p in zip(ids, props))
         self.order[t].extend(range(first, first + n))
         return ids
 
@@ -386,8 +411,10 @@ class HubSpotApi(Api):
                     self.assoc.setdefault((to_t, other), {}).setdefault(t, {})[rid] = inverse
         return mine if mine is not None else {}
 
-    def apply_update(self, t: str, rec: dict, values: dict) -> dict:
-        stamp = hs_datetime(self.clock.now())
+    def apply_update(self, t: str, rec: dict, values: dict, stamp: str | None = None) -> dict:
+        """Write `values` on a live record; its modification time moves to now (or `stamp`)."""
+        stamp = stamp or hs_datetime(self.clock.now())
+        self._keep_indexed_version(t, rec, stamp)
         for k, v in values.items():
             if v in ("", None):
                 rec["properties"].pop(k, None)
@@ -415,6 +442,87 @@ class HubSpotApi(Api):
         fwd_links[to_id] = frozenset(fwd_links.get(to_id, frozenset()) | {fwd})
         inv_links = self.assoc.setdefault((to_t, to_id), {}).setdefault(from_t, {})
         inv_links[from_id] = frozenset(inv_links.get(from_id, frozenset()) | {inv})
+
+    # --- search index (BEHAVIOR.md "Search index lag") ----------------------------------------
+    def _lagging(self) -> bool:
+        return bool(self.search_lag_seconds or self.index_delays)
+
+    def index_delay(self, t: str, rid: str, stamp: str) -> float:
+        """Seconds after `stamp` until that version of the record is searchable.
+
+        HubSpot only says it "may take a few moments"; each version waits a pseudo-random
+        share of `search_lag_seconds` (fixed per record and stamp), so records can become
+        searchable out of modification order. `delay_indexing` pins it for one record (tests).
+        """
+        fixed = self.index_delays.get((t, rid))
+        if fixed is not None and stamp >= fixed[0]:
+            return fixed[1]
+        if not self.search_lag_seconds:
+            return 0.0
+        return self.search_lag_seconds * (zlib.crc32(f"{rid}@{stamp}".encode()) % 1000) / 1000.0
+
+    def delay_indexing(self, t: str, rid: str, seconds: float) -> None:
+        """Versions of one record written from now on become searchable `seconds` after their write."""
+        with self.lock:
+            self.index_delays[(self._type(t), rid)] = (hs_datetime(self.clock.now()), float(seconds))
+
+    def _indexed_at(self, t: str, rid: str, stamp: str) -> str:
+        delay = self.index_delay(t, rid, stamp)
+        return stamp if not delay else hs_datetime(parse_datetime(stamp) + timedelta(seconds=delay))
+
+    def _keep_indexed_version(self, t: str, rec: dict, stamp: str) -> None:
+        """Before a record changes, keep the version search still answers with until the new one is indexed."""
+        if not self._lagging():
+            return
+        self._forget_indexed_versions(stamp)
+        if self._indexed_at(t, rec["id"], rec["updatedAt"]) <= stamp:
+            rec["_indexed"] = (rec["updatedAt"], rec["properties"])
+        rec["properties"] = dict(rec["properties"])  # copy on write: the snapshot keeps the old dict
+        self._indexing.append((self._indexed_at(t, rec["id"], stamp), t, rec["id"]))
+
+    def _forget_indexed_versions(self, now: str) -> None:
+        """Drop the kept versions of records whose current version is searchable by now (bounded memory)."""
+        for _ in range(len(self._indexing)):
+            if not self._indexing or self._indexing[0][0] > now:
+                return
+            _, t, rid = self._indexing.popleft()
+            rec = self.objects[t].get(rid)
+            if rec is None or "_indexed" not in rec:
+                continue
+            ready = self._indexed_at(t, rid, rec["updatedAt"])
+            if ready <= now:
+                del rec["_indexed"]
+            else:
+                self._indexing.append((ready, t, rid))
+
+    def _searchable(self, t: str, rec: dict, now: str, settled: str) -> dict | None:
+        """The version of `rec` the search index holds at `now` (None: not searchable)."""
+        if rec["archived"]:
+            return None
+        if rec["updatedAt"] <= settled or self._indexed_at(t, rec["id"], rec["updatedAt"]) <= now:
+            return rec
+        kept = rec.get("_indexed")
+        if kept is None:
+            return None
+        return {"id": rec["id"], "properties": kept[1], "createdAt": rec["createdAt"], "updatedAt": kept[0],
+                "archived": False}
+
+    def touch_many(self, t: str, ids: list[str], values: dict | None = None) -> str:
+        """Update many records at ONE modification time, as HubSpot's imports and workflows do; returns it."""
+        stamp = hs_datetime(self.clock.now())
+        with self.lock:
+            recs = []
+            for rid in ids:
+                rec = self.objects[t].get(rid)
+                if rec is None or rec["archived"]:
+                    raise KeyError(f"hubspot {t} {rid} does not exist")
+                recs.append(rec)
+            checked, errors = self._validate(t, dict(values or {}), recs[0] if recs else None)
+            if errors:
+                raise ValueError(f"hubspot {t}: {errors[0]['error']}: {errors[0]['message']}")
+            for rec in recs:
+                self.apply_update(t, rec, checked, stamp)
+        return stamp
 
     def _present(self, t: str, rec: dict, props: list[str] | None, assoc: list[str] | None = None) -> dict:
         names = props if props else schema.HS_DEFAULT_PROPERTIES[t]
@@ -667,52 +775,82 @@ class HubSpotApi(Api):
 
     # --- search --------------------------------------------------------------------------------
     def search(self, req: Request) -> Response:
+        """POST .../search: filter, ONE sort, offset paging over a result set recomputed per request."""
         t = self._type(req.params["type"])
         body = self._body(req)
-        limit = int(body.get("limit") or 10)
-        after = int(body.get("after") or 0)
+        try:
+            limit = int(body.get("limit") or 10)
+            after = int(body.get("after") or 0)
+        except (TypeError, ValueError):
+            return hs_error(400, "VALIDATION_ERROR", "limit and after must be integers")
         if not 1 <= limit <= SEARCH_MAX:
             return hs_error(400, "VALIDATION_ERROR", f"limit must be between 1 and {SEARCH_MAX}, got {limit}")
-        if after + limit > SEARCH_CAP:
+        if after < 0 or after + limit > SEARCH_CAP:
             return hs_error(400, "VALIDATION_ERROR",
                             f"The search endpoints are limited to {SEARCH_CAP} total results for any given query; "
                             f"after={after} limit={limit} pages beyond it.")
         groups = body.get("filterGroups") or []
         n_filters = sum(len(g.get("filters") or []) for g in groups)
-        if len(groups) > 5 or any(len(g.get("filters") or []) > 10 for g in groups) or n_filters > 25:
-            return hs_error(400, "VALIDATION_ERROR", "Too many filters: at most 5 filterGroups, 10 filters per "
-                                                     "group and 25 filters in total.")
+        if (len(groups) > SEARCH_GROUPS or any(len(g.get("filters") or []) > SEARCH_FILTERS_PER_GROUP for g in groups)
+                or n_filters > SEARCH_FILTERS):
+            return hs_error(400, "VALIDATION_ERROR",
+                            f"Too many filters: at most {SEARCH_GROUPS} filterGroups, {SEARCH_FILTERS_PER_GROUP} "
+                            f"filters per group and {SEARCH_FILTERS} filters in total.")
+        sorts = body.get("sorts") or []
+        if len(sorts) > 1:
+            return hs_error(400, "VALIDATION_ERROR", "Only one sorting rule can be applied to any search.")
         try:
             preds = [[self._filter(t, f) for f in g.get("filters") or []] for g in groups]
         except ValueError as e:
             return hs_error(400, "VALIDATION_ERROR", str(e))
         text = (body.get("query") or "").lower()
-        cutoff = None
-        if self.search_lag_seconds:
-            cutoff = hs_datetime(datetime.fromtimestamp(self.clock.now().timestamp() - self.search_lag_seconds,
-                                                        timezone.utc))
+        now_t = self.clock.now()
+        now = hs_datetime(now_t)
+        longest = max([self.search_lag_seconds, *(d for _, d in self.index_delays.values())]) if self._lagging() else 0.0
+        settled = hs_datetime(now_t - timedelta(seconds=longest))
         with self.lock:
+            self._forget_indexed_versions(now)
             rows = []
             for rec in self.objects[t].values():
-                if rec["archived"] or (cutoff and rec["updatedAt"] > cutoff):
+                rec = self._searchable(t, rec, now, settled)
+                if rec is None:
                     continue
                 if preds and not any(all(p(rec["properties"]) for p in g) for g in preds):
                     continue
                 if text and not any(v is not None and text in str(v).lower() for v in rec["properties"].values()):
                     continue
                 rows.append(rec)
-            for s in reversed(body.get("sorts") or []):
+            if sorts:
+                s = sorts[0]
                 if isinstance(s, str):
                     name, desc = s.lstrip("-"), s.startswith("-")
                 else:
                     name, desc = s.get("propertyName"), str(s.get("direction", "ASCENDING")).upper() == "DESCENDING"
-                key = self._sort_key(t, name)
-                rows.sort(key=key, reverse=desc)
+                # ties come back in an order of HubSpot's choosing: here a hash of the id, NOT the id
+                rows.sort(key=lambda r: zlib.crc32(r["id"].encode()))
+                rows.sort(key=self._sort_key(t, name), reverse=desc)
             page = [self._present(t, r, body.get("properties")) for r in rows[after:after + limit]]
         out: dict[str, Any] = {"total": len(rows), "results": page}
         if after + limit < len(rows):
             out["paging"] = {"next": {"after": str(after + limit)}}
+        self._run_search_hooks()
         return Response.json(200, out)
+
+    def after_searches(self, n: int, action) -> None:
+        """Run `action()` once the next `n` searches have been answered: a user editing records while a pull pages."""
+        with self.lock:
+            self._search_hooks.append([n, action])
+
+    def _run_search_hooks(self) -> None:
+        due = []
+        with self.lock:
+            for hook in self._search_hooks:
+                hook[0] -= 1
+                if hook[0] == 0:
+                    due.append(hook[1])
+            self._search_hooks = [h for h in self._search_hooks if h[0] > 0]
+        for action in due:
+            action()
 
     def _sort_key(self, t: str, name: str):
         p = self.props[t].get(name)
@@ -956,6 +1094,8 @@ class HubSpotApi(Api):
     def assoc_batch_read(self, req: Request) -> Response:
         f, t = self._type(req.params["from"]), self._type(req.params["to"])
         inputs = self._body(req).get("inputs") or []
+        if len(inputs) > ASSOC_READ_MAX:
+            return hs_error(400, "VALIDATION_ERROR", f"Too many inputs: {len(inputs)}. The maximum is {ASSOC_READ_MAX}.")
         started = hs_datetime(self.clock.now())
         results, missing = [], []
         with self.lock:

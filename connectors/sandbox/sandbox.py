@@ -33,6 +33,10 @@ from healthsync.connectors.sandbox.tls import make_tls
 
 
 LARGE_SEED = 200_000  # records; above this the seeded objects are frozen out of the cyclic GC
+#: HubSpot search index lag, emulator seconds (BEHAVIOR.md "Search index lag"): on by default, so
+#: everything built on the sandbox meets it; each version waits a share of it, so advancing the
+#: clock by this much makes every write searchable
+DEFAULT_SEARCH_LAG_S = 2.0
 
 
 def _generate(n_accounts: int, seed: int):
@@ -50,19 +54,31 @@ class Sandbox:
                  portfolio: Any = None, hubspot_portfolio: Any = None,
                  salesforce_daily_limit: int = 100_000, hubspot_daily_limit: int | None = None,
                  slack_channels: tuple[str, ...] | list[str] = DEFAULT_CHANNELS,
-                 session_timeout_s: float | None = None, search_lag_seconds: float = 0.0,
-                 slack_message_interval_s: float = 1.0) -> None:
+                 session_timeout_s: float | None = None, search_lag_seconds: float = DEFAULT_SEARCH_LAG_S,
+                 slack_message_interval_s: float = 1.0, slack_app_type: str = "non_marketplace",
+                 slack_scopes: set[str] | frozenset[str] | None = None, same_stamp: int = 0,
+                 salesforce_manage_permissions: bool = True, bulk_polls_in_progress: int = 3) -> None:
+        if same_stamp < 0:
+            raise ValueError(f"same_stamp must be >= 0, got {same_stamp}")
         self.hubspot_tier = hubspot_tier
+        self.seed = seed
+        self.same_stamp = int(same_stamp)
         self.clock = Clock()
         self.recorder = Recorder()
         spec = parse_spec(faults) if isinstance(faults, str) else (faults or {})
         self.faults = FaultInjector(seed, spec)
         self.salesforce = SalesforceApi(self.clock, self.faults, daily_limit=salesforce_daily_limit,
-                                        session_timeout_s=session_timeout_s)
+                                        session_timeout_s=session_timeout_s,
+                                        manage_permissions=salesforce_manage_permissions,
+                                        bulk_polls_in_progress=bulk_polls_in_progress)
         self.hubspot = HubSpotApi(self.clock, self.faults, tier=hubspot_tier, daily_limit=hubspot_daily_limit,
                                   search_lag_seconds=search_lag_seconds)
+        # slack_app_type: "non_marketplace" (default, the strictest history budget: 1 conversations.history
+        # call a minute, 15 messages a page), "internal" or "marketplace" (Tier 3); slack_scopes: the bot
+        # token's scopes (default: every scope the emulator checks)
         self.slack = SlackApi(self.clock, self.faults, channels=slack_channels,
-                              per_channel_interval_s=slack_message_interval_s)
+                              per_channel_interval_s=slack_message_interval_s, app_type=slack_app_type,
+                              scopes=slack_scopes)
         if precreate_fields:
             self.precreate_fields()
         sf_portfolio = portfolio if portfolio is not None else (_generate(accounts, seed) if accounts else None)
@@ -150,19 +166,24 @@ class Sandbox:
         if crm not in ("both", "salesforce", "hubspot"):
             raise ValueError(f"crm must be both, salesforce or hubspot, got {crm!r}")
         if crm in ("both", "salesforce"):
-            seeding.seed_salesforce(self.salesforce, accounts, opportunities, tickets, owners)
+            seeding.seed_salesforce(self.salesforce, accounts, opportunities, tickets, owners, seed=self.seed)
         if crm in ("both", "hubspot"):
-            seeding.seed_hubspot(self.hubspot, accounts, opportunities, tickets, owners)
+            seeding.seed_hubspot(self.hubspot, accounts, opportunities, tickets, owners, seed=self.seed,
+                                 same_stamp=self.same_stamp)
         known = {u["profile"]["email"].lower() for u in self.slack.users.values()}
         if owners is not None:
             fresh = owners[~owners["email"].str.lower().isin(known)]
             seeding.seed_slack(self.slack, fresh)
 
     def precreate_fields(self) -> None:
-        """Create every field/property healthsync writes, as `healthsync crm setup` would."""
+        """Create every field/property healthsync writes, as `healthsync crm setup` would
+        (Salesforce: the fields, and read/edit access for the integration user through a permission set)."""
+        created = []
         for obj, fname, meta in schema.salesforce_healthsync_fields():
             if fname not in self.salesforce.fields[obj]:
                 self.salesforce.add_custom_field(obj, fname, meta)
+            created.append((obj, fname))
+        self.salesforce.grant_field_access(self.salesforce.integration_user_id, created)
         for obj, prop in schema.hubspot_healthsync_properties():
             self.hubspot.groups[obj].setdefault(prop.group, {"name": prop.group, "label": "Healthsync",
                                                              "displayOrder": -1, "archived": False})
@@ -253,7 +274,7 @@ class Sandbox:
                 values, errors = sf._normalize(o, fields, False, rec)
                 if errors:
                     raise ValueError(f"salesforce {o} {rid}: {errors[0].code}: {errors[0].message}")
-                return dict(sf._apply(o, values, rec, sf.integration_user_id))
+                return dict(sf._apply(o, values, rec, sf.admin_user_id))  # a person, not the integration
         if api == "hubspot":
             hs = self.hubspot
             t = hs._type(obj)
@@ -265,6 +286,12 @@ class Sandbox:
                 return dict(hs.apply_update(t, rec, values))
         raise KeyError(f"unknown api {api!r} (expected salesforce or hubspot)")
 
+    def modify_many(self, api: str, obj: str, ids: list[str], fields: dict) -> str:
+        """HubSpot: change many records at ONE modification time (an import or workflow); returns that time."""
+        if api != "hubspot":
+            raise KeyError(f"modify_many is emulated for hubspot only, not {api!r}")
+        return self.hubspot.touch_many(self.hubspot._type(obj), list(ids), fields)
+
     def create(self, api: str, obj: str, fields: dict) -> str:
         """Create a record as a user would; returns its id."""
         if api == "salesforce":
@@ -274,7 +301,7 @@ class Sandbox:
                 values, errors = sf._normalize(o, fields, True, None)
                 if errors:
                     raise ValueError(f"salesforce {o}: {errors[0].code}: {errors[0].message}")
-                return sf._apply(o, values, None, sf.integration_user_id)["Id"]
+                return sf._apply(o, values, None, sf.admin_user_id)["Id"]
         if api == "hubspot":
             hs = self.hubspot
             t = hs._type(obj)
@@ -290,7 +317,7 @@ class Sandbox:
             sf = self.salesforce
             o = sf._obj(obj)
             with sf.lock:
-                sf._soft_delete(o, self._live_salesforce(o, rid), sf.integration_user_id)
+                sf._soft_delete(o, self._live_salesforce(o, rid), sf.admin_user_id)
             return
         if api == "hubspot":
             hs = self.hubspot

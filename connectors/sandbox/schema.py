@@ -41,16 +41,27 @@ class SfField:
     reference_to: list[str] = field(default_factory=list)
     relationship_name: str | None = None
     picklist: list[str] = field(default_factory=list)
+    restricted: bool = False  # restricted picklist: values outside `picklist` are refused
+    precision: int = 0  # numbers: total digits (0 = unchecked, the standard fields)
+    scale: int = 0  # numbers: digits right of the decimal point
+    needs_grant: bool = False  # created through the Tooling API: invisible until field-level security is granted
 
-    def describe(self) -> dict:
+    @property
+    def display_label(self) -> str:
+        return self.label or self.name.replace("__c", "").replace("_", " ")
+
+    def describe(self, createable: bool | None = None, updateable: bool | None = None) -> dict:
         return {
             "name": self.name,
-            "label": self.label or self.name.replace("__c", "").replace("_", " "),
+            "label": self.display_label,
             "type": self.type,
             "length": self.length,
+            "precision": self.precision,
+            "scale": self.scale,
+            "digits": 0,
             "nillable": self.nillable,
-            "createable": self.createable,
-            "updateable": self.updateable,
+            "createable": self.createable if createable is None else createable,
+            "updateable": self.updateable if updateable is None else updateable,
             "custom": self.custom,
             "externalId": self.external_id,
             "unique": self.unique,
@@ -58,6 +69,7 @@ class SfField:
             "filterable": True,
             "sortable": self.type != "textarea",
             "picklistValues": [{"value": v, "label": v, "active": True, "defaultValue": False} for v in self.picklist],
+            "restrictedPicklist": self.restricted,
             "referenceTo": list(self.reference_to),
             "relationshipName": self.relationship_name,
             "soapType": _SOAP.get(self.type, "xsd:string"),
@@ -71,8 +83,11 @@ _SOAP = {"id": "tns:ID", "reference": "tns:ID", "boolean": "xsd:boolean", "doubl
 _KIND_TO_SF = {"str": "string", "float": "double", "int": "double", "enum": "picklist", "date": "date",
                "datetime": "datetime", "bool": "boolean"}
 
-SF_PREFIX = {"Account": "001", "Opportunity": "006", "Case": "500", "Task": "00T", "User": "005"}
+SF_PREFIX = {"Account": "001", "Opportunity": "006", "Case": "500", "Task": "00T", "User": "005",
+             "PermissionSet": "0PS", "FieldPermissions": "01k", "PermissionSetAssignment": "0Pa"}
 SF_OBJECTS = tuple(SF_PREFIX)
+#: the access-control objects `crm setup` writes to grant field-level security (FLS)
+SF_SETUP_OBJECTS = ("PermissionSet", "FieldPermissions", "PermissionSetAssignment")
 
 
 def _ro(name: str, type_: str, **kw) -> SfField:
@@ -116,7 +131,8 @@ def salesforce_fields() -> dict[str, dict[str, SfField]]:
             SfField("Amount", "currency"),
             SfField("Probability", "percent"),
             SfField("CloseDate", "date", nillable=False),
-            SfField("Type", "picklist", length=255, picklist=["New Business", "Existing Business", "Renewal"]),
+            SfField("Type", "picklist", length=255, picklist=["New Business", "Existing Business", "Renewal"],
+                    restricted=True),
             SfField("ForecastCategoryName", "picklist", length=255),
             _ro("IsClosed", "boolean"),
             _ro("IsWon", "boolean"),
@@ -126,8 +142,9 @@ def salesforce_fields() -> dict[str, dict[str, SfField]]:
         "Case": [
             SfField("AccountId", "reference", reference_to=["Account"], relationship_name="Account", length=18),
             SfField("Subject", "string", length=255),
-            SfField("Priority", "picklist", length=40, picklist=["Critical", "High", "Medium", "Low"]),
-            SfField("Status", "picklist", length=40, picklist=["New", "Working", "Escalated", "On Hold", "Closed"]),
+            SfField("Priority", "picklist", length=40, picklist=["Critical", "High", "Medium", "Low"], restricted=True),
+            SfField("Status", "picklist", length=40, picklist=["New", "Working", "Escalated", "On Hold", "Closed"],
+                    restricted=True),
             SfField("Origin", "picklist", length=40),
             _ro("ClosedDate", "datetime"),
             _ro("IsClosed", "boolean"),
@@ -141,9 +158,10 @@ def salesforce_fields() -> dict[str, dict[str, SfField]]:
             SfField("WhoId", "reference", reference_to=["Contact", "Lead"], relationship_name="Who", length=18),
             _owner(),
             SfField("ActivityDate", "date"),
-            SfField("Status", "picklist", nillable=False, length=40,
+            SfField("Status", "picklist", nillable=False, length=40, restricted=True,
                     picklist=["Not Started", "In Progress", "Completed", "Waiting on someone else", "Deferred"]),
-            SfField("Priority", "picklist", nillable=False, length=40, picklist=["High", "Normal", "Low"]),
+            SfField("Priority", "picklist", nillable=False, length=40, picklist=["High", "Normal", "Low"],
+                    restricted=True),
             SfField("Description", "textarea", length=32000),
             _ro("IsClosed", "boolean"),
             _ro("AccountId", "reference", reference_to=["Account"], relationship_name="Account", length=18),
@@ -158,6 +176,27 @@ def salesforce_fields() -> dict[str, dict[str, SfField]]:
             _ro("IsActive", "boolean"),
             _ro("ManagerId", "reference", reference_to=["User"], relationship_name="Manager", length=18),
         ],
+        # access control (what `crm setup` writes; API 24.0+, sforce_api_objects_fieldpermissions)
+        "PermissionSet": [
+            SfField("Name", "string", nillable=False, length=80),
+            SfField("Label", "string", nillable=False, length=80),
+            SfField("Description", "textarea", length=255),
+            _ro("IsOwnedByProfile", "boolean"),
+        ],
+        "FieldPermissions": [
+            SfField("ParentId", "reference", nillable=False, reference_to=["PermissionSet"], relationship_name="Parent",
+                    length=18, updateable=False),
+            SfField("SobjectType", "string", nillable=False, length=40, updateable=False),
+            SfField("Field", "string", nillable=False, length=120, updateable=False),
+            SfField("PermissionsRead", "boolean"),
+            SfField("PermissionsEdit", "boolean"),
+        ],
+        "PermissionSetAssignment": [
+            SfField("PermissionSetId", "reference", nillable=False, reference_to=["PermissionSet"],
+                    relationship_name="PermissionSet", length=18, updateable=False),
+            SfField("AssigneeId", "reference", nillable=False, reference_to=["User"], relationship_name="Assignee",
+                    length=18, updateable=False),
+        ],
     }
     specs = {"account": ACCOUNTS, "opportunity": OPPORTUNITIES, "ticket": TICKETS}
     for entity, spec in specs.items():
@@ -166,9 +205,12 @@ def salesforce_fields() -> dict[str, dict[str, SfField]]:
         for column, sf_name in m[entity]["read"].items():
             if sf_name in known or "." in sf_name:
                 continue
-            kind = spec.column(column).kind
+            col = spec.column(column)
+            kind = col.kind
+            choices = list(col.choices or []) if kind == "enum" else []
+            # the customer's own picklists: values listed, not restricted (an org may spell them its own way)
             objs[obj].append(SfField(sf_name, _KIND_TO_SF[kind], custom=sf_name.endswith("__c"),
-                                     length=255 if kind in ("str", "enum") else 0))
+                                     length=255 if kind in ("str", "enum") else 0, picklist=choices))
             known.add(sf_name)
     out: dict[str, dict[str, SfField]] = {}
     for obj, fs in objs.items():
@@ -182,32 +224,15 @@ TOOLING_TYPES = {"Number": "double", "Percent": "percent", "Currency": "currency
                  "DateTime": "datetime", "Checkbox": "boolean", "Picklist": "picklist", "Email": "email",
                  "Url": "url", "Phone": "string"}
 
-# The healthsync-written custom fields (what precreate_fields=True creates), as Tooling Metadata.
-_WRITE_TYPES = {
-    "score": {"type": "Number", "precision": 5, "scale": 1},
-    "band": {"type": "Text", "length": 20},
-    "trend": {"type": "Text", "length": 20},
-    "drivers": {"type": "LongTextArea", "length": 32768, "visibleLines": 5},
-    "confidence": {"type": "Number", "precision": 5, "scale": 2},
-    "updated": {"type": "DateTime"},
-    "adjusted_probability": {"type": "Percent", "precision": 5, "scale": 1},
-    "expected_arr": {"type": "Currency", "precision": 16, "scale": 2},
-}
-
-
 def salesforce_healthsync_fields() -> list[tuple[str, str, dict]]:
-    """[(object, field, Tooling Metadata)] for every field healthsync writes."""
-    m = mapping()["salesforce"]
-    out = []
-    for entity in ("account", "opportunity"):
-        for column, sf_name in m[entity].get("write", {}).items():
-            meta = dict(_WRITE_TYPES.get(column, {"type": "Text", "length": 255}))
-            meta["label"] = sf_name.replace("__c", "").replace("_", " ")
-            out.append((m[entity]["object"], sf_name, meta))
-    key = m["task"]["key_field"]
-    out.append((m["task"]["object"], key, {"type": "Text", "length": 80, "externalId": True, "unique": True,
-                                           "label": key.replace("__c", "").replace("_", " ")}))
-    return out
+    """[(object, field, Tooling Metadata)] for every field healthsync writes.
+
+    The one definition shared with `healthsync crm setup` (connectors/salesforce_fields.py),
+    so the sandbox never holds a field of another type than a real org gets.
+    """
+    from healthsync.connectors.salesforce_fields import healthsync_fields
+
+    return [(f.sobject, f.name, dict(f.metadata)) for f in healthsync_fields(mapping()["salesforce"])]
 
 
 def sf_field_from_metadata(name: str, meta: dict) -> SfField:
@@ -216,8 +241,17 @@ def sf_field_from_metadata(name: str, meta: dict) -> SfField:
         raise ValueError(f"unsupported Metadata.type {meta.get('type')!r} (supported: {', '.join(TOOLING_TYPES)})")
     values = [v.get("fullName") or v.get("label") for v in
               ((meta.get("valueSet") or {}).get("valueSetDefinition") or {}).get("value", [])]
+    precision, scale = int(meta.get("precision") or 0), int(meta.get("scale") or 0)
+    if type_ in ("double", "percent", "currency"):
+        if not 1 <= precision <= 18 or not 0 <= scale <= precision:
+            raise ValueError(f"{name}: precision must be 1-18 and scale 0-precision (got {precision}, {scale})")
+    length = int(meta.get("length") or 0)
+    if meta.get("type") == "Text" and not 1 <= length <= 255:
+        raise ValueError(f"{name}: Text length must be 1-255 (got {length})")
+    restricted = bool((meta.get("valueSet") or {}).get("restricted"))
     return SfField(name, type_, label=meta.get("label") or "", custom=True, external_id=bool(meta.get("externalId")),
-                   unique=bool(meta.get("unique")), length=int(meta.get("length") or 0), picklist=values)
+                   unique=bool(meta.get("unique")), length=length, picklist=values, restricted=restricted,
+                   precision=precision, scale=scale, needs_grant=True)
 
 
 # --- HubSpot -------------------------------------------------------------------------------

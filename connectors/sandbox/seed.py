@@ -6,10 +6,17 @@ connectors/crm_values.py, so the connectors reading the sandbox back get exactly
 canonical values that went in. Each CRM issues its own ids; the canonical ids of the
 input frames are only used to link opportunities and tickets to their account.
 Salesforce Opportunity.Probability is a percent (0-100); HubSpot hs_deal_stage_probability is 0-1.
+
+Modification times are spread over the year before the emulator clock's now (no seeded record
+is newer than an hour), as in a real org or portal where most records were last touched weeks or
+months ago (`spread_stamps`). `same_stamp=N` gives the first N companies, deals and tickets of
+HubSpot ONE modification time, half an hour ago and newer than every other seeded stamp, as
+HubSpot's own imports and workflows leave them (BEHAVIOR.md).
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from itertools import repeat
 from typing import Any
 
@@ -18,7 +25,7 @@ import pandas as pd
 
 from healthsync.config.canonical import ACCOUNTS, OPPORTUNITIES, TICKETS
 from healthsync.connectors import crm_values
-from healthsync.connectors.sandbox.clock import sf_datetime
+from healthsync.connectors.sandbox.clock import hs_datetime, sf_datetime
 from healthsync.connectors.sandbox.schema import mapping
 
 _REF_COLUMNS = {"account_id", "opportunity_id", "ticket_id", "owner_email"}
@@ -119,11 +126,70 @@ def _subjects(frame: pd.DataFrame) -> list[str]:
     return ["Support ticket " + t for t in frame["ticket_id"].astype(str).tolist()]
 
 
+#: seeded modification times fall within this many days before the emulator's now ...
+STAMP_HORIZON_DAYS = 365
+#: ... and are at least this old, so nothing seeded is still waiting for the search index
+STAMP_NEWEST = timedelta(hours=1)
+#: the shared instant of `same_stamp`: newer than every spread stamp
+SAME_STAMP_AGE = timedelta(minutes=30)
+
+
+def spread_stamps(rng: np.random.Generator, n: int, now: datetime, created: list | None = None,
+                  style: str = "hs") -> tuple[list[str], list[str]]:
+    """(modification times, creation times) for `n` seeded records, as CRM datetime strings.
+
+    A record created at `created` (CRM datetime text; None or absent: a random day of the
+    horizon) was last modified at a random time between its creation and an hour ago,
+    skewed towards recent. A creation time newer than that keeps its own time as stamp.
+    """
+    latest = np.datetime64(now.replace(tzinfo=None) - STAMP_NEWEST, "ms")
+    start = latest - np.timedelta64(STAMP_HORIZON_DAYS * 86_400_000, "ms")
+    span = (latest - start).astype("int64")
+    born = start + (rng.random(n) * span).astype("int64").astype("timedelta64[ms]")
+    if created is not None:
+        given = pd.to_datetime(pd.Series(created, dtype=object), errors="coerce", utc=True).dt.tz_localize(None)
+        given = given.to_numpy(dtype="datetime64[ms]")
+        born = np.where(np.isnat(given), born, given)
+    lo = np.minimum(born, latest)
+    stamps = lo + ((latest - lo).astype("int64") * np.sqrt(rng.random(n))).astype("int64").astype("timedelta64[ms]")
+    stamps = np.maximum(stamps, born)
+    suffix = "Z" if style == "hs" else "+0000"
+    return ([t + suffix for t in np.datetime_as_string(stamps, unit="ms").tolist()],
+            [t + suffix for t in np.datetime_as_string(born, unit="ms").tolist()])
+
+
+def _restamp_salesforce(api, obj: str, ids: list[str], stamps: list[str], created: list[str] | None) -> None:
+    """Give seeded Salesforce records their own modification (and creation) times."""
+    records = api.records[obj]
+    for i, rid in enumerate(ids):
+        rec = records[rid]
+        rec["LastModifiedDate"] = rec["SystemModstamp"] = stamps[i]
+        if created is not None:
+            rec["CreatedDate"] = created[i]
+
+
+def _stamps_for(rng, n: int, now: datetime, created: list | None, same_stamp: int, shared: str,
+                style: str = "hs") -> tuple[list[str], list[str]]:
+    stamps, born = spread_stamps(rng, n, now, created, style)
+    stamps[: min(same_stamp, n)] = [shared] * min(same_stamp, n)
+    return stamps, born
+
+
 def seed_salesforce(api, accounts: pd.DataFrame, opportunities: pd.DataFrame, tickets: pd.DataFrame,
-                    owners: pd.DataFrame | None) -> dict[str, str]:
-    """Insert Users, Accounts, Opportunities and Cases; returns canonical account_id -> Salesforce Id."""
+                    owners: pd.DataFrame | None, *, seed: int = 0) -> dict[str, str]:
+    """Insert Users, Accounts, Opportunities and Cases; returns canonical account_id -> Salesforce Id.
+
+    Accounts, Opportunities and Cases get modification times spread over the past year (`spread_stamps`).
+    """
     m = mapping()["salesforce"]
-    now = sf_datetime(api.clock.now())
+    clock_now = api.clock.now()
+    now = sf_datetime(clock_now)
+    rng = np.random.default_rng([seed, 1])
+
+    def restamp(obj: str, ids: list[str], created: list | None = None) -> None:
+        stamps, born = spread_stamps(rng, len(ids), clock_now, created, style="sf")
+        _restamp_salesforce(api, obj, ids, stamps, born)
+
     with api.lock:
         user_ids: dict[str, str] = {}
         managers: dict[str, str] = {}
@@ -155,7 +221,9 @@ def seed_salesforce(api, accounts: pd.DataFrame, opportunities: pd.DataFrame, ti
             cols["Name"] = [f"Account {c}" for c in canon_ids]
         if "domain" in accounts.columns:
             cols["Website"] = _py(accounts["domain"], "str", "sf")
-        acc_map = dict(zip(canon_ids, api.insert_columns("Account", cols, n, now)))
+        acc_ids = api.insert_columns("Account", cols, n, now)
+        restamp("Account", acc_ids)
+        acc_map = dict(zip(canon_ids, acc_ids))
 
         if opportunities is not None and len(opportunities):
             opp = opportunities.copy()
@@ -165,7 +233,7 @@ def seed_salesforce(api, accounts: pd.DataFrame, opportunities: pd.DataFrame, ti
                             {"type": (crm_values.SALESFORCE, "opportunity_type")})
             cols["AccountId"] = _account_refs(opp, acc_map)
             cols["OwnerId"] = _resolve_owners(_emails(opp), user_ids, make_user, uid)
-            api.insert_columns("Opportunity", cols, len(opp), now)
+            restamp("Opportunity", api.insert_columns("Opportunity", cols, len(opp), now))
 
         if tickets is not None and len(tickets):
             cols = _columns(tickets, TICKETS, m["ticket"]["read"], "sf",
@@ -176,14 +244,27 @@ def seed_salesforce(api, accounts: pd.DataFrame, opportunities: pd.DataFrame, ti
             if "Status" in cols:
                 cols["IsClosed"] = [s == "Closed" for s in cols["Status"]]
             cols["OwnerId"] = repeat(uid)
-            api.insert_columns("Case", cols, len(tickets), now)
+            created = list(cols["CreatedDate"]) if "CreatedDate" in cols else None
+            restamp("Case", api.insert_columns("Case", cols, len(tickets), now), created)
     return acc_map
 
 
 def seed_hubspot(api, accounts: pd.DataFrame, opportunities: pd.DataFrame, tickets: pd.DataFrame,
-                 owners: pd.DataFrame | None) -> dict[str, str]:
-    """Insert owners, companies, deals and tickets (with associations); returns canonical id -> company id."""
+                 owners: pd.DataFrame | None, *, seed: int = 0, same_stamp: int = 0) -> dict[str, str]:
+    """Insert owners, companies, deals and tickets (with associations); returns canonical id -> company id.
+
+    Modification times are spread over the past year; with `same_stamp` the first N records of each
+    object share one instant, newer than the others (see the module docstring).
+    """
     m = mapping()["hubspot"]
+    clock_now = api.clock.now()
+    rng = np.random.default_rng([seed, 2])
+    shared = hs_datetime(clock_now - SAME_STAMP_AGE)
+
+    def stamped(n: int, created: list | None = None) -> dict[str, list[str]]:
+        stamps, born = _stamps_for(rng, n, clock_now, created, same_stamp, shared)
+        return {"stamps": stamps, "created": born}
+
     with api.lock:
         owner_ids: dict[str, str] = {}
         if owners is not None and len(owners):
@@ -202,7 +283,7 @@ def seed_hubspot(api, accounts: pd.DataFrame, opportunities: pd.DataFrame, ticke
             cols["name"] = [f"Company {c}" for c in canon_ids]
         if "domain" in accounts.columns:
             cols["domain"] = _py(accounts["domain"], "str", "hs")
-        comp_map = dict(zip(canon_ids, api.insert_columns("companies", cols, len(accounts))))
+        comp_map = dict(zip(canon_ids, api.insert_columns("companies", cols, len(accounts), **stamped(len(accounts)))))
 
         if opportunities is not None and len(opportunities):
             cols = _columns(opportunities, OPPORTUNITIES, m["opportunity"]["read"], "hs",
@@ -211,7 +292,7 @@ def seed_hubspot(api, accounts: pd.DataFrame, opportunities: pd.DataFrame, ticke
                 cols["closedate"] = _py(opportunities["close_date"], "datetime", "hs")
             cols["hubspot_owner_id"] = _resolve_owners(_emails(opportunities), owner_ids, make_owner, None)
             cols["pipeline"] = repeat("default")
-            deal_ids = api.insert_columns("deals", cols, len(opportunities))
+            deal_ids = api.insert_columns("deals", cols, len(opportunities), **stamped(len(opportunities)))
             api.link_many("deals", deal_ids, "companies", _account_refs(opportunities, comp_map))
 
         if tickets is not None and len(tickets):
@@ -221,7 +302,7 @@ def seed_hubspot(api, accounts: pd.DataFrame, opportunities: pd.DataFrame, ticke
             created = cols.pop("createdate", None)
             cols["hs_pipeline"] = repeat("0")
             cols["subject"] = _subjects(tickets)
-            ticket_ids = api.insert_columns("tickets", cols, len(tickets), created)
+            ticket_ids = api.insert_columns("tickets", cols, len(tickets), **stamped(len(tickets), created))
             api.link_many("tickets", ticket_ids, "companies", _account_refs(tickets, comp_map))
     return comp_map
 

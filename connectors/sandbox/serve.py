@@ -9,15 +9,16 @@ import threading
 from pathlib import Path
 
 from healthsync.connectors.sandbox.faults import parse_spec
-from healthsync.connectors.sandbox.sandbox import Sandbox
+from healthsync.connectors.sandbox.sandbox import DEFAULT_SEARCH_LAG_S, Sandbox
 
 
 def serve(accounts: int = 500, seed: int = 7, hubspot_tier: str = "professional", faults_spec: str | None = None,
-          ready_file: str | Path | None = None, *, portfolio=None, stop_event: threading.Event | None = None) -> int:
+          ready_file: str | Path | None = None, *, portfolio=None, stop_event: threading.Event | None = None,
+          same_stamp: int = 0, search_lag_seconds: float = DEFAULT_SEARCH_LAG_S) -> int:
     """Start the sandbox, write `ready_file` (JSON, mode 600), block until a signal; returns the exit code.
 
-    Returns 2 for a bad `faults_spec` or tier (configuration error), 0 after a clean stop.
-    `stop_event` lets an embedding caller stop it without a signal.
+    Returns 2 for a bad `faults_spec`, tier, `same_stamp` or `search_lag_seconds` (configuration error),
+    0 after a clean stop. `stop_event` lets an embedding caller stop it without a signal.
     """
     try:
         faults = parse_spec(faults_spec)
@@ -28,6 +29,9 @@ def serve(accounts: int = 500, seed: int = 7, hubspot_tier: str = "professional"
         print(f"healthsync sandbox serve: --hubspot-tier must be starter or professional, got {hubspot_tier!r}",
               file=sys.stderr)
         return 2
+    if same_stamp < 0 or search_lag_seconds < 0:
+        print("healthsync sandbox serve: --same-stamp and --search-lag must be >= 0", file=sys.stderr)
+        return 2
     stop = stop_event or threading.Event()
     previous = {}
     if threading.current_thread() is threading.main_thread():
@@ -35,7 +39,7 @@ def serve(accounts: int = 500, seed: int = 7, hubspot_tier: str = "professional"
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
     try:
         with Sandbox(accounts=accounts, seed=seed, hubspot_tier=hubspot_tier, faults=faults,
-                     portfolio=portfolio) as sb:
+                     portfolio=portfolio, same_stamp=same_stamp, search_lag_seconds=search_lag_seconds) as sb:
             if ready_file:
                 sb.write_ready_file(ready_file)
             summary = {k: v for k, v in sb.ready.items() if k != "salesforce"}

@@ -155,5 +155,8 @@ def test_backtest_json_contract_on_generated_history(tmp_path):
     report = json.loads(r.stdout)
     for key in ("auc", "pr_auc", "brier", "accuracy", "precision", "recall", "f1"):
         assert isinstance(report[key], float), key
-    assert report["forecast"]["mape_after"] < report["forecast"]["mape_before"]
+    # uncalibrated, health only moves probability between deals: the book (hence MAPE) stays put (issue 11)
+    assert abs(report["forecast"]["book_change"]) <= 0.02
+    assert report["forecast"]["mape_after"] == pytest.approx(report["forecast"]["mape_before"], rel=0.02)
+    assert isinstance(report["at_risk_share"], float) and isinstance(report["warnings"], list)
     assert report["auc"] >= 0.75

@@ -1,7 +1,9 @@
 """A keyed Slack post lands exactly once even when Slack applies it and the answer is lost.
 
 Everything runs the official slack_sdk client against the Slack emulator, whose
-`lost_response_rate` applies chat.postMessage and then closes the connection.
+`lost_response_rate` applies chat.postMessage and then closes the connection. The emulator
+is as strict as real Slack: conversations.history takes channel IDs only, and a
+non-Marketplace app (its default) may read history once a minute, 15 messages a page.
 """
 
 from __future__ import annotations
@@ -15,7 +17,13 @@ from slack_sdk.errors import SlackApiError
 
 from healthsync.connectors.base import RetryableError
 from healthsync.connectors.sandbox import Sandbox
-from healthsync.connectors.slack import METADATA_EVENT_TYPE, SlackDeliveryUncertainError, slack_from_ready
+from healthsync.connectors.slack import (
+    METADATA_EVENT_TYPE,
+    SlackChannelNotFoundError,
+    SlackDeliveryUncertainError,
+    SlackHistoryUnreadableError,
+    slack_from_ready,
+)
 from tests.connectors.conftest import FAST, accounts_only
 
 
@@ -26,6 +34,13 @@ def sb():
         yield sandbox
 
 
+@pytest.fixture(autouse=True)
+def a_minute_passes(request):
+    """Each test starts with the history budget of a fresh minute (the emulator's windows run on its clock)."""
+    if "sb" in request.fixturenames:
+        request.getfixturevalue("sb").advance_clock(61)
+
+
 def _landed(sb, text: str) -> list[dict]:
     return [m for m in sb.slack_messages() if m["text"] == text]
 
@@ -34,20 +49,38 @@ def _endpoints(sb, since: int) -> list[tuple[str, str | None]]:
     return [(r["endpoint"], r["fault"]) for r in sb.requests(since=since, api="slack")["requests"]]
 
 
-def test_given_a_lost_answer_when_posting_with_a_key_then_one_message_and_its_ts(sb):
+def _client(sb) -> WebClient:
+    client = WebClient(token=sb.ready["slack"]["token"], base_url=sb.ready["slack"]["base_url"].rstrip("/") + "/")
+    client.retry_handlers = []
+    return client
+
+
+def test_given_a_channel_name_and_a_lost_answer_when_posting_keyed_then_exactly_one_message(sb):
+    """Issue 12.1: history by name answers channel_not_found, which once read as "nothing posted" and posted again."""
     notifier = slack_from_ready(sb.ready, retry=FAST)
     seq = sb.requests()["last_seq"]
     sb.set_faults(api="slack", lost_response_rate=1.0)
     try:
-        ts = notifier.post(channel="cs-escalations", text="Acme missed its SLA", idempotency_key="ep-1|manager|escalation")
+        ts = notifier.post(channel="#cs-escalations", text="Acme missed its SLA", idempotency_key="ep-1|manager|escalation")
     finally:
         sb.clear_faults()
     landed = _landed(sb, "Acme missed its SLA")
-    assert len(landed) == 1
-    assert ts == landed[0]["ts"]
+    assert [m["ts"] for m in landed] == [ts]
     assert landed[0]["metadata"] == {"event_type": METADATA_EVENT_TYPE, "event_payload": {"key": "ep-1|manager|escalation"}}
-    # the post was applied and its answer lost; the retry read history instead of posting again
-    assert _endpoints(sb, seq) == [("chat.postMessage", "lost_response"), ("conversations.history", None)]
+    # the name was resolved to its ID first; the post was applied, its answer lost; the retry read history by ID
+    assert _endpoints(sb, seq) == [("conversations.list", None), ("chat.postMessage", "lost_response"),
+                                   ("conversations.history", None)]
+    history = sb.requests(since=seq, api="slack")["requests"][-1]
+    assert history["status"] == 200
+
+
+def test_given_a_resolved_name_when_posting_again_then_conversations_list_is_not_asked_again(sb):
+    notifier = slack_from_ready(sb.ready, retry=FAST)
+    notifier.post(channel="revops", text="first keyed", idempotency_key="k-first")
+    seq = sb.requests()["last_seq"]
+    notifier.post(channel="#revops", text="second keyed", idempotency_key="k-second")
+    assert [e for e, _ in _endpoints(sb, seq)] == ["chat.postMessage"]
+    assert notifier.channel_id("REVOPS") == _landed(sb, "second keyed")[0]["channel"]
 
 
 def test_given_a_lost_answer_on_a_dm_when_posting_with_a_key_then_found_in_the_dm(sb):
@@ -56,16 +89,23 @@ def test_given_a_lost_answer_on_a_dm_when_posting_with_a_key_then_found_in_the_d
     notifier.dm_channel(email)  # resolve the DM before the faults, so only the post loses its answer
     sb.set_faults(api="slack", lost_response_rate=1.0)
     try:
-        ts = notifier.post(user_email=email, text="your book: 3 at risk", idempotency_key="digest-dm-1")
+        ts = notifier.post(user_email=email, text="your book: 3 at risk", idempotency_key="digest-dm-1", items=["a1", "b2"])
     finally:
         sb.clear_faults()
     landed = _landed(sb, "your book: 3 at risk")
     assert [m["ts"] for m in landed] == [ts] and landed[0]["channel"].startswith("D")
+    assert landed[0]["metadata"]["event_payload"] == {"key": "digest-dm-1", "items": "a1 b2"}
+    sb.advance_clock(61)
+    scan = notifier.scan_history(landed[0]["channel"], time.time() - 60)
+    assert scan.complete and scan.keys == {"digest-dm-1": ts} and scan.items == {"a1": ts, "b2": ts}
 
 
 def test_given_drops_and_lost_answers_when_posting_many_keyed_then_each_lands_exactly_once():
-    """Dropped requests were never applied (so the lookup finds nothing and the post is repeated); lost ones were."""
-    with Sandbox(portfolio=accounts_only(3, 2), seed=5, slack_message_interval_s=0.0) as sandbox:
+    """Dropped requests were never applied (so the lookup finds nothing and the post is repeated); lost ones were.
+
+    Many lookups in a row: an internal app (Tier 3); the non-Marketplace budget has its own tests below.
+    """
+    with Sandbox(portfolio=accounts_only(3, 2), seed=5, slack_message_interval_s=0.0, slack_app_type="internal") as sandbox:
         notifier = slack_from_ready(sandbox.ready, retry=FAST)
         sandbox.set_faults("slack.drop_rate=0.3,slack.lost_response_rate=0.4,slack.error_rate=0.1")
         try:
@@ -77,6 +117,40 @@ def test_given_drops_and_lost_answers_when_posting_many_keyed_then_each_lands_ex
         for text, ts in sent.items():
             assert [m["ts"] for m in _landed(sandbox, text)] == [ts], text
         assert len(sandbox.slack_messages()) == 12
+
+
+def test_given_the_history_budget_spent_when_an_answer_is_lost_then_not_posted_again_and_uncertain(sb):
+    """Non-Marketplace: 1 history call a minute. The lookup is refused with Retry-After 60, more than this
+    policy waits: the post is not repeated blindly, it is reported uncertain (the next run resolves it)."""
+    notifier = slack_from_ready(sb.ready, retry=FAST)
+    channel = notifier.channel_id("healthsync")
+    notifier.scan_history(channel, time.time() - 60)  # this minute's one read
+    seq = sb.requests()["last_seq"]
+    sb.set_faults(api="slack", lost_response_rate=1.0)
+    try:
+        with pytest.raises(SlackDeliveryUncertainError, match="may have been posted"):
+            notifier.post(channel=channel, text="budget spent", idempotency_key="k-budget")
+    finally:
+        sb.clear_faults()
+    log = sb.requests(since=seq, api="slack")["requests"]
+    assert [(r["endpoint"], r["status"]) for r in log][:2] == [("chat.postMessage", 0), ("conversations.history", 429)]
+    assert [r["endpoint"] for r in log].count("chat.postMessage") == 1
+    assert len(_landed(sb, "budget spent")) == 1
+
+
+def test_given_a_retry_after_within_the_policy_then_the_lookup_waits_and_finds_the_message(sb):
+    """The same, with a policy that waits out the remaining seconds of the minute (the production default waits 60 s)."""
+    notifier = slack_from_ready(sb.ready, retry=dataclasses.replace(FAST, max_retry_after=5))
+    channel = notifier.channel_id("general")
+    notifier.scan_history(channel, time.time() - 60)
+    sb.advance_clock(57)  # 3 s of this minute's window left
+    sb.set_faults(api="slack", lost_response_rate=1.0)
+    try:
+        ts = notifier.post(channel=channel, text="waited", idempotency_key="k-waited")
+    finally:
+        sb.clear_faults()
+    assert [m["ts"] for m in _landed(sb, "waited")] == [ts]
+    assert notifier.stats.retries >= 2  # the lost answer, then the 429 on history
 
 
 def test_given_no_key_when_the_answer_is_lost_then_the_post_is_retried_blindly_as_before(sb):
@@ -98,49 +172,95 @@ def test_given_no_key_when_the_answer_is_lost_then_the_post_is_retried_blindly_a
 def test_given_nothing_can_be_confirmed_then_not_posted_again_and_the_error_says_so(sb):
     """Every request dropped: the post may have landed, history cannot tell, so it is not repeated."""
     notifier = slack_from_ready(sb.ready, retry=dataclasses.replace(FAST, max_attempts=2))
+    channel = notifier.channel_id("healthsync")
     seq = sb.requests()["last_seq"]
     sb.set_faults(api="slack", drop_rate=1.0)
     try:
         with pytest.raises(SlackDeliveryUncertainError, match="may have been posted"):
-            notifier.post(channel="healthsync", text="unconfirmable", idempotency_key="k-unconfirmable")
+            notifier.post(channel=channel, text="unconfirmable", idempotency_key="k-unconfirmable")
     finally:
         sb.clear_faults()
     assert [e for e, _ in _endpoints(sb, seq)] == ["chat.postMessage", "conversations.history", "conversations.history"]
     assert _landed(sb, "unconfirmable") == []
 
 
-def test_given_an_unknown_channel_then_the_lookup_says_channel_not_found(sb):
+def test_given_no_history_scope_when_an_answer_is_lost_then_uncertain_naming_the_scope(sb):
     notifier = slack_from_ready(sb.ready, retry=FAST)
-    with pytest.raises(Exception, match="channel_not_found") as err:
+    channel = notifier.channel_id("cs-leadership")
+    scopes = set(sb.slack.scopes)
+    sb.slack.scopes.discard("channels:history")
+    sb.set_faults(api="slack", lost_response_rate=1.0)
+    try:
+        with pytest.raises(SlackDeliveryUncertainError, match="channels:history"):
+            notifier.post(channel=channel, text="no scope", idempotency_key="k-no-scope")
+    finally:
+        sb.clear_faults()
+        sb.slack.scopes = scopes
+    assert len(_landed(sb, "no scope")) == 1
+
+
+def test_given_an_unknown_channel_then_resolution_and_lookup_say_channel_not_found(sb):
+    notifier = slack_from_ready(sb.ready, retry=FAST)
+    with pytest.raises(SlackHistoryUnreadableError, match="channel_not_found") as err:
         notifier.find_posted("no-such-channel", "k", time.time() - 60)
     assert not isinstance(err.value, RetryableError)  # a definite answer, not retried
-    # and the same channel in a keyed post is a plain, definite Slack error (nothing was sent)
-    with pytest.raises(Exception, match="channel_not_found") as err:
+    # and the same channel in a keyed post is a definite error before anything is sent
+    seq = sb.requests()["last_seq"]
+    with pytest.raises(SlackChannelNotFoundError, match="channel_not_found") as err:
         notifier.post(channel="no-such-channel", text="x", idempotency_key="k-unknown")
     assert not isinstance(err.value, RetryableError)
+    assert "chat.postMessage" not in [e for e, _ in _endpoints(sb, seq)]
+
+
+def test_given_an_archived_channel_when_posting_keyed_then_is_archived_and_the_cached_name_is_dropped(sb):
+    notifier = slack_from_ready(sb.ready, retry=FAST)
+    sb.slack.add_channel("cs-old-escalations")
+    notifier.post(channel="cs-old-escalations", text="before", idempotency_key="k-before")
+    sb.slack.archive_channel("cs-old-escalations")
+    with pytest.raises(Exception, match="is_archived"):
+        notifier.post(channel="cs-old-escalations", text="after", idempotency_key="k-after")
+    sb.advance_clock(61)
+    with pytest.raises(SlackChannelNotFoundError):  # resolved again: archived channels are not listed
+        notifier.post(channel="cs-old-escalations", text="after", idempotency_key="k-after")
+
+
+def test_given_more_channels_than_one_page_then_resolution_follows_the_cursor(sb):
+    notifier = slack_from_ready(sb.ready, retry=FAST)
+    for i in range(25):
+        sb.slack.add_channel(f"cs-region-{i:02d}")
+    seq = sb.requests()["last_seq"]
+    cid = notifier.channel_id("#cs-region-24")
+    assert cid == next(k for k, v in sb.slack.channels.items() if v == "cs-region-24")
+    assert [e for e, _ in _endpoints(sb, seq)].count("conversations.list") >= 3  # at most 10 a page
 
 
 def test_history_through_the_official_client(sb):
-    """The emulator's conversations.history: newest first, oldest/latest bounds, metadata only on request."""
-    client = WebClient(token=sb.ready["slack"]["token"], base_url=sb.ready["slack"]["base_url"].rstrip("/") + "/")
-    client.retry_handlers = []
+    """The emulator's conversations.history: IDs only, newest first, oldest/latest bounds, metadata on request."""
+    client = _client(sb)
     first = client.chat_postMessage(channel="healthsync-alerts", text="h1",
                                     metadata={"event_type": METADATA_EVENT_TYPE, "event_payload": {"key": "h1"}})
     second = client.chat_postMessage(channel="healthsync-alerts", text="h2")
-    history = client.conversations_history(channel=first["channel"], oldest="0", include_all_metadata=True, limit=100)
-    assert [m["text"] for m in history["messages"]] == ["h2", "h1"] and history["has_more"] is False
-    assert history["messages"][1]["metadata"]["event_payload"] == {"key": "h1"}
-    plain = client.conversations_history(channel="healthsync-alerts", oldest="0")  # by name, as the emulator resolves it
+    cid = first["channel"]
+
+    def history(**kw):
+        sb.advance_clock(61)  # one call a minute (non-Marketplace app)
+        return client.conversations_history(**kw)
+
+    got = history(channel=cid, oldest="0", include_all_metadata=True, limit=100)
+    assert [m["text"] for m in got["messages"]] == ["h2", "h1"] and got["has_more"] is False
+    assert got["messages"][1]["metadata"]["event_payload"] == {"key": "h1"}
+    with pytest.raises(SlackApiError) as by_name:
+        history(channel="healthsync-alerts", oldest="0")
+    assert by_name.value.response["error"] == "channel_not_found"  # a name is not a conversation ID
+    plain = history(channel=cid, oldest="0")
     assert [m["text"] for m in plain["messages"]] == ["h2", "h1"] and "metadata" not in plain["messages"][1]
-    only_first = client.conversations_history(channel="healthsync-alerts", latest=second["ts"], limit=1)
+    only_first = history(channel=cid, latest=second["ts"], limit=1)
     assert [m["ts"] for m in only_first["messages"]] == [first["ts"]]
-    after_second = client.conversations_history(channel="healthsync-alerts", oldest=second["ts"])
-    assert after_second["messages"] == []
-    paged = client.conversations_history(channel="healthsync-alerts", oldest="0", limit=1)
+    assert history(channel=cid, oldest=second["ts"])["messages"] == []
+    paged = history(channel=cid, oldest="0", limit=1)
     assert [m["text"] for m in paged["messages"]] == ["h2"] and paged["has_more"] is True
-    rest = client.conversations_history(channel="healthsync-alerts", oldest="0", limit=1,
-                                        cursor=paged["response_metadata"]["next_cursor"])
+    rest = history(channel=cid, oldest="0", limit=1, cursor=paged["response_metadata"]["next_cursor"])
     assert [m["text"] for m in rest["messages"]] == ["h1"] and rest["has_more"] is False
     with pytest.raises(SlackApiError) as err:
-        client.conversations_history(channel="C0NOPE")
+        history(channel="C0NOPE00")
     assert err.value.response["error"] == "channel_not_found"

@@ -43,6 +43,9 @@ def _pushed_in_run(store, run_id):
 
 
 def test_main_job_first_run_rerun_changes_and_dry_run_parity(make_sandbox, settings, store_of):
+    # The seed's absolute multipliers: with the default renormalisation (issue 11) a change in some accounts may
+    # move the book's scale, and with it every open deal's adjusted probability, which this test rules out.
+    settings.forecast.renormalise = False
     sb = make_sandbox(accounts=40, seed=11)
 
     # ---- first run: every account and open opportunity carries its healthsync fields
@@ -101,6 +104,7 @@ def test_main_job_first_run_rerun_changes_and_dry_run_parity(make_sandbox, setti
         sb.modify("hubspot", "companies", rid[3:], {"qbrs_missed": "3" if int(float(props.get("qbrs_missed") or 0)) < 2 else "0",
                                                      "csm_sentiment": "red" if props.get("csm_sentiment") != "red" else "green"})
     changed = set(sf_ids) | set(hs_ids)
+    sb.advance_clock(sb.hubspot.search_lag_seconds)  # HubSpot search sees the changes once indexed
 
     seq = sb.requests()["last_seq"]
     dry = run_cycle(settings, ready=sb.ready, dry_run=True, json_mode=True).to_json()
@@ -137,6 +141,7 @@ def test_main_job_first_run_rerun_changes_and_dry_run_parity(make_sandbox, setti
     gone_sf, gone_hs = sf_ids[0], hs_ids[0]
     sb.delete("salesforce", "Account", gone_sf[3:])
     sb.delete("hubspot", "companies", gone_hs[3:])
+    sb.advance_clock(60)  # Salesforce lists a deletion once its minute is over (sobjects/{O}/deleted ignores seconds)
     third = run_cycle(settings, ready=sb.ready, json_mode=True)
     assert third.status == "ok", third.errors
     assert third.pulled["salesforce"]["accounts"]["deleted"] == 1

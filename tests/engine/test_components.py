@@ -223,10 +223,10 @@ def test_forecast_applies_once_closed_and_unknown_accounts_unchanged():
         "forecast_category": ["Commit", "Commit", "Closed", "Pipeline"],
     })
     scored = pd.DataFrame({"account_id": ["a"], "score": [50.0], "band": ["Yellow"], "delta_30d": [-15.0]})
-    out = adjust_opportunities(opps, scored, ForecastConfig(method="delta", sensitivity=0.8))
+    out = adjust_opportunities(opps, scored, ForecastConfig(method="delta", sensitivity=0.8, renormalise=False))
     assert out["opportunity_id"].tolist() == ["o1", "o2", "o3"]
     assert out["adjusted_probability"].tolist() == [0.44, 0.9, 0.5]
-    again = adjust_opportunities(out, scored, ForecastConfig(method="delta", sensitivity=0.8))
+    again = adjust_opportunities(out, scored, ForecastConfig(method="delta", sensitivity=0.8, renormalise=False))
     assert again["adjusted_probability"].tolist() == [0.44, 0.9, 0.5]  # from `probability`, never compounded
     by_quarter = rollup(out, by=("close_quarter",)).set_index("close_quarter")
     assert by_quarter.loc["2026Q4", "base_expected_arr"] == 950.0 and by_quarter.loc["2026Q4", "expected_arr"] == 890.0
@@ -237,7 +237,7 @@ def test_delta_method_limited_by_max_swing_and_unknown_delta_keeps_base():
                          "probability": [0.5, 0.5], "is_closed": [False, False]})
     scored = pd.DataFrame({"account_id": ["a", "b"], "score": [50.0, 50.0], "band": ["Yellow", "Yellow"],
                            "delta_30d": [-60.0, np.nan]})
-    out = adjust_opportunities(opps, scored, ForecastConfig(method="delta", sensitivity=1.0, max_swing=0.3))
+    out = adjust_opportunities(opps, scored, ForecastConfig(method="delta", sensitivity=1.0, max_swing=0.3, renormalise=False))
     assert out["adjusted_probability"].tolist() == [0.35, 0.5]
 
 
@@ -294,3 +294,52 @@ def test_daily_usage_overrides_account_usage_columns_inside_the_window():
     assert f.loc["a", "license_utilization"] == 0.8
     # b: its only row is outside the 28-day window, so the accounts values stay
     assert f.loc["b", "logins_per_user_week"] == 2.0 and f.loc["b", "active_users_30d"] == 6
+
+
+def test_given_a_mostly_healthy_book_when_uncalibrated_then_health_only_moves_probability_between_deals():
+    # issue 11: the seed's absolute multipliers (x1.4 Healthy) inflate a healthy book; the default renormalises
+    n = 10
+    opps = pd.DataFrame({"opportunity_id": [f"o{i}" for i in range(n)], "account_id": [f"a{i}" for i in range(n)],
+                         "amount": [1000.0 * (i + 1) for i in range(n)], "probability": [0.5] * 9 + [0.9],
+                         "is_closed": [False] * n})
+    scored = pd.DataFrame({"account_id": [f"a{i}" for i in range(n)], "score": [85.0] * 8 + [20.0, 85.0],
+                           "band": ["Green"] * 8 + ["Red", "Green"], "delta_30d": [0.0] * n})
+    default = adjust_opportunities(opps, scored, load_settings().forecast).set_index("opportunity_id")
+    base_total = (opps["amount"] * opps["probability"]).sum()
+    assert default["expected_arr"].sum() == pytest.approx(base_total, rel=0.02)
+    ratio = default["adjusted_probability"] / opps.set_index("opportunity_id")["probability"]
+    assert ratio["o8"] < 0.8 and (ratio.drop("o8") > 1.0).all()  # the at-risk deal gives probability to the rest
+    assert ratio.between(0.7 - 1e-9, 1.3 + 1e-9).all() and default["adjusted_probability"].max() <= 1.0
+    seed = load_settings().forecast.model_copy(update={"renormalise": False})
+    absolute = adjust_opportunities(opps, scored, seed)
+    assert absolute["expected_arr"].sum() > 1.15 * base_total  # the documented option moves the book
+
+
+def test_given_a_fitted_forecast_map_when_applied_then_it_follows_the_formula_within_the_swing_limit():
+    from healthsync.config.model import FittedForecast
+
+    fitted = FittedForecast(base_coef=1.0, health_x=[0.0, 50.0, 100.0], health_y=[-2.0, 0.0, 0.2], trend_coef=0.1)
+    config = ForecastConfig(method="fitted", fitted=fitted, max_swing=0.3)
+    opps = pd.DataFrame({"opportunity_id": ["o1", "o2", "o3"], "account_id": ["a", "b", "c"],
+                         "amount": [100.0] * 3, "probability": [0.5] * 3, "is_closed": [False] * 3})
+    scored = pd.DataFrame({"account_id": ["a", "b", "c"], "score": [25.0, 100.0, 50.0],
+                           "band": ["Red", "Green", "Yellow"], "delta_30d": [0.0, 0.0, 20.0]})
+    out = adjust_opportunities(opps, scored, config)["adjusted_probability"].tolist()
+    # a: logit 0 - 1.0 -> 0.269, limited to -30% -> 0.35; b: sigmoid(0.2) = 0.5498; c: sigmoid(0.1 x 2) = 0.5498
+    assert out == pytest.approx([0.35, 0.549834, 0.549834], abs=1e-6)
+
+
+def test_given_one_account_changing_band_when_renormalised_then_the_other_deals_keep_their_probability():
+    # the scale is rounded to 2% steps: a small change in the book does not rewrite every deal in the CRM
+    n = 200
+    opps = pd.DataFrame({"opportunity_id": [f"o{i}" for i in range(n)], "account_id": [f"a{i}" for i in range(n)],
+                         "amount": 1000.0, "probability": 0.4, "is_closed": False})
+    scores = np.where(np.arange(n) % 3 == 0, 50.0, 85.0)
+    scored = pd.DataFrame({"account_id": [f"a{i}" for i in range(n)], "score": scores, "delta_30d": 0.0,
+                           "band": np.where(scores > 70, "Green", "Yellow")})
+    before = adjust_opportunities(opps, scored, load_settings().forecast)["adjusted_probability"]
+    scored.loc[1, ["score", "band"]] = [20.0, "Red"]
+    after = adjust_opportunities(opps, scored, load_settings().forecast)["adjusted_probability"]
+    assert after[1] < before[1]
+    assert (after.drop(index=1) == before.drop(index=1)).all()
+    assert abs(after.sum() / (0.4 * n) - 1) <= 0.02

@@ -96,10 +96,15 @@ def _one_opportunity(probability: float, score: float, delta: float | None, kind
     return opps, scored
 
 
+def seed_forecast():
+    """The default forecast with the seed's absolute multipliers (`renormalise: false`, the documented option)."""
+    return load_settings().forecast.model_copy(update={"renormalise": False})
+
+
 def test_delta_formula_example_44_percent():
     # seed 000: 50% x (1 + (-15/100) x 0.8) = 44%; $100,000 x 0.44 = $44,000 (down from $50,000)
     opps, scored = _one_opportunity(0.50, 60.0, -15.0)
-    config = ForecastConfig(method="delta", sensitivity=0.8, max_swing=0.3)
+    config = ForecastConfig(method="delta", sensitivity=0.8, max_swing=0.3, renormalise=False)
     row = adjust_opportunities(opps, scored, config).iloc[0]
     assert row["adjusted_probability"] == pytest.approx(0.44, abs=1e-9)
     assert row["expected_arr"] == 44_000.00
@@ -121,7 +126,7 @@ TABLE = [
 
 @pytest.mark.parametrize("label,base,score,delta,kind,expected", TABLE, ids=[t[0] for t in TABLE])
 def test_band_multiplier_table(label, base, score, delta, kind, expected):
-    forecast = load_settings().forecast
+    forecast = seed_forecast()
     # the table itself has no swing limit (x1.4, x1.5, x0.5 exceed 30 %); the default limit is tested below
     config = forecast.model_copy(update={"max_swing": 1.0})
     opps, scored = _one_opportunity(base, score, delta, kind)
@@ -131,7 +136,7 @@ def test_band_multiplier_table(label, base, score, delta, kind, expected):
 
 
 def test_band_boundaries_of_multiplier_ranges_are_inclusive_minimums():
-    config = load_settings().forecast.model_copy(update={"max_swing": 1.0})
+    config = seed_forecast().model_copy(update={"max_swing": 1.0})
     for score, expected in ((30.9, 0.30), (31.0, 0.50), (70.9, 0.50), (71.0, 0.70)):
         opps, scored = _one_opportunity(0.50, score, 0.0)
         assert adjust_opportunities(opps, scored, config)["adjusted_probability"].iloc[0] == pytest.approx(expected)
@@ -139,10 +144,10 @@ def test_band_boundaries_of_multiplier_ranges_are_inclusive_minimums():
 
 def test_default_max_swing_limits_healthy_multiplier_to_30_percent():
     opps, scored = _one_opportunity(0.50, 85.0, 12.0)  # 1.4 x 1.2 = 1.68 -> limited to 1.3
-    row = adjust_opportunities(opps, scored, load_settings().forecast).iloc[0]
+    row = adjust_opportunities(opps, scored, seed_forecast()).iloc[0]
     assert row["adjusted_probability"] == pytest.approx(0.65)
 
 
 def test_probability_clipped_to_one():
     opps, scored = _one_opportunity(0.90, 85.0, 0.0)  # 0.9 x 1.3 = 1.17 -> 1.0
-    assert adjust_opportunities(opps, scored, load_settings().forecast)["adjusted_probability"].iloc[0] == 1.0
+    assert adjust_opportunities(opps, scored, seed_forecast())["adjusted_probability"].iloc[0] == 1.0

@@ -18,8 +18,21 @@ from sandbox_helpers import sf_client, sf_session, tiny_portfolio
 
 HEALTH_SCORE = {"FullName": "Account.Health_Score__c",
                 "Metadata": {"type": "Number", "precision": 5, "scale": 1, "label": "Health Score"}}
-TASK_KEY = {"FullName": "Task.Healthsync_Key__c",
+TASK_KEY = {"FullName": "Activity.Healthsync_Key__c",
             "Metadata": {"type": "Text", "length": 80, "externalId": True, "unique": True, "label": "Key"}}
+
+
+def grant(sf, sobject_fields: list[str]) -> None:
+    """Field-level security the way `crm setup` grants it: a permission set, its FieldPermissions, an assignment."""
+    me = sf.session.get(f"https://{sf.sf_instance}/services/oauth2/userinfo",
+                        headers={"Authorization": "Bearer " + sf.session_id}).json()["user_id"]
+    found = sf.query("SELECT Id FROM PermissionSet WHERE Name = 'Test_Grants'")["records"]
+    ps = found[0]["Id"] if found else sf.PermissionSet.create({"Name": "Test_Grants", "Label": "Test grants"})["id"]
+    for field in sobject_fields:
+        sf.FieldPermissions.create({"ParentId": ps, "SobjectType": field.split(".")[0], "Field": field,
+                                    "PermissionsRead": True, "PermissionsEdit": True})
+    if not sf.query(f"SELECT Id FROM PermissionSetAssignment WHERE PermissionSetId = '{ps}' AND AssigneeId = '{me}'")["records"]:
+        sf.PermissionSetAssignment.create({"PermissionSetId": ps, "AssigneeId": me})
 
 
 def test_seeded_records_carry_the_mapped_canonical_values(sandbox):
@@ -95,6 +108,7 @@ def test_crud_upsert_and_custom_fields_via_tooling(sandbox):
     with pytest.raises(SalesforceMalformedRequest) as dup:
         sf.restful("tooling/sobjects/CustomField", method="POST", json=HEALTH_SCORE)
     assert dup.value.content[0]["errorCode"] == "DUPLICATE_DEVELOPER_NAME"
+    grant(sf, ["Account.Health_Score__c"])
     assert "Health_Score__c" in [f["name"] for f in sf.Account.describe()["fields"]]
     assert sf.Account.update(acc_id, {"Health_Score__c": 42}) == 204
     assert sf.Account.get(acc_id)["Health_Score__c"] == 42
@@ -103,6 +117,7 @@ def test_crud_upsert_and_custom_fields_via_tooling(sandbox):
     assert typed.value.content[0]["errorCode"] == "INVALID_TYPE_ON_FIELD_IN_RECORD"
 
     sf.restful("tooling/sobjects/CustomField", method="POST", json=TASK_KEY)
+    grant(sf, ["Task.Healthsync_Key__c"])
     assert sf.Task.upsert("Healthsync_Key__c/k-1", {"Subject": "Call", "WhatId": acc_id}) == 201
     assert sf.Task.upsert("Healthsync_Key__c/k-1", {"Subject": "Call back"}) == 200
     tasks = sf.query("SELECT Id, Subject, AccountId, Status FROM Task")["records"]
@@ -246,7 +261,8 @@ def test_global_describe_metadata_external_id_read_and_collection_delete():
         sf = sf_client(sb)
         described = sf.describe()
         assert {o["name"]: o["keyPrefix"] for o in described["sobjects"]} == {
-            "Account": "001", "Opportunity": "006", "Case": "500", "Task": "00T", "User": "005"}
+            "Account": "001", "Opportunity": "006", "Case": "500", "Task": "00T", "User": "005",
+            "PermissionSet": "0PS", "FieldPermissions": "01k", "PermissionSetAssignment": "0Pa"}
         assert sf.Account.metadata()["objectDescribe"]["name"] == "Account"
         key_field = next(f for f in sf.Task.describe()["fields"] if f["name"] == "Healthsync_Key__c")
         assert key_field["externalId"] and key_field["unique"] and key_field["custom"]
@@ -265,7 +281,7 @@ def test_derived_fields_follow_only_the_fields_written():
         sf = sf_client(sb)
         opp = sf.query("SELECT Id, IsClosed FROM Opportunity WHERE StageName = 'Closed Won' LIMIT 1")["records"][0]
         sb.salesforce.records["Opportunity"][opp["Id"]]["StageName"] = "Renewal Signed"  # a customised stage name
-        sf.Opportunity.update(opp["Id"], {"Health_Adjusted_Probability__c": 90})
+        sf.Opportunity.update(opp["Id"], {"Health_Adjusted_Probability__c": 0.9})
         assert sb.record("salesforce", "Opportunity", opp["Id"])["IsClosed"] is True  # untouched by the write-back
         sf.Opportunity.update(opp["Id"], {"StageName": "Negotiation"})
         assert sb.record("salesforce", "Opportunity", opp["Id"])["IsClosed"] is False

@@ -45,6 +45,8 @@ def test_given_a_stored_cursor_then_only_changes_are_pulled_and_deletions_become
     time.sleep(1.1)
     sb.modify("salesforce", "Account", changed[3:], {"QBRs_Missed__c": 2})
     sb.delete("salesforce", "Account", gone[3:])
+    # sobjects/{O}/deleted ignores seconds: a deletion is listed once its minute is over
+    sb.advance_clock(60)
     third = pull_object(store, sf, "accounts", now=NOW)
     assert third.since == first_cursor and third.deleted == 1
     assert third.cursor > first_cursor

@@ -152,6 +152,7 @@ def test_given_a_record_the_crm_rejects_then_exit_1_with_its_reason_and_the_next
         assert ("salesforce", "accounts", f"sf:{victim}") in store.failed_queue()
         assert status(store)["queues"]["failed_records"] >= 1
 
+        sb.advance_clock(60)  # Salesforce lists a deletion once its minute is over (sobjects/{O}/deleted ignores seconds)
         settled = run_cycle(settings, ready=sb.ready, json_mode=True)  # the pull sees the deletion
         assert settled.status == "ok", settled.errors
         assert store.failed_queue() == {}

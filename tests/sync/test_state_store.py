@@ -99,8 +99,14 @@ def test_given_the_revisions_applied_then_the_database_matches_the_tables_the_co
 def test_given_a_database_of_the_pre_alembic_migrations_when_opened_then_it_is_adopted_not_rebuilt(tmp_path):
     from sqlalchemy import create_engine, text
 
+    from alembic import command
+
+    from healthsync.sync.state import StateStore, _alembic_config
+
     url = f"sqlite:///{tmp_path}/old.db"
-    s = open_store(url)
+    s = StateStore(url)
+    with s.begin() as conn:  # the schema the pre-Alembic migrations left: revision 0001, not head
+        command.upgrade(_alembic_config(conn), "0001")
     with s.begin() as conn:
         s.set_cursor(conn, "hubspot", "accounts", T0)
         conn.execute(text("DROP TABLE alembic_version"))

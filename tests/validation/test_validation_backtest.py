@@ -75,7 +75,8 @@ def test_false_negatives_and_positives_name_accounts_with_drivers(default_backte
     assert len({c["account_id"] for c in fn}) == len(fn)
 
 
-def test_health_adjusted_forecast_cuts_mape_by_a_quarter(default_backtest, demo_history):
+def test_given_an_uncalibrated_default_when_backtested_then_every_period_keeps_its_book_within_2_percent(
+        default_backtest, demo_history):
     fc = default_backtest["forecast"]
     assert len(fc["periods"]) == 6
     opps = demo_history.opportunities_history
@@ -83,10 +84,21 @@ def test_health_adjusted_forecast_cuts_mape_by_a_quarter(default_backtest, demo_
     rows = opps[opps["as_of"] == pd.Timestamp(first["as_of"])]
     assert first["actual_won_arr"] == pytest.approx(rows["won_amount"].sum())
     assert first["expected_before"] == pytest.approx((rows["amount"] * rows["probability"]).sum())
-    # issue 7 target: MAPE after adjustment at least 25 % lower than before
-    assert fc["mape_after"] <= 0.75 * fc["mape_before"]
+    # issue 11: until calibrated, health only moves probability between deals (renormalised multipliers)
+    for period in fc["periods"]:
+        assert abs(period["expected_after"] / period["expected_before"] - 1) <= 0.02, period
+    assert abs(fc["book_change"]) <= 0.02
     assert fc["uplift"] == pytest.approx((fc["mape_before"] - fc["mape_after"]) / fc["mape_before"])
-    assert fc["mae_after"] < fc["mae_before"]
+
+
+def test_given_the_seeds_absolute_multipliers_when_backtested_on_the_demo_history_then_they_move_the_book(
+        demo_history, settings):
+    # the documented option (renormalise: false). The demo generator draws wins as stage probability x a
+    # health multiplier like the seed's, so the MAPE cut here is by construction, not evidence (README).
+    absolute = settings.forecast.model_copy(update={"renormalise": False})
+    fc = backtest(demo_history, settings.model, absolute)["forecast"]
+    assert fc["book_change"] > 0.05
+    assert fc["mape_after"] <= 0.75 * fc["mape_before"]
 
 
 def test_challenger_is_compared_metric_by_metric(demo_history, settings):

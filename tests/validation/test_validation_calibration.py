@@ -76,8 +76,11 @@ def test_calibrate_moves_weight_to_the_metric_that_predicts_churn(settings, meth
 
 def test_thin_history_is_refused_with_what_is_thin(settings):
     history = synthetic_history(n=400, snapshots=1)
-    with pytest.raises(InsufficientHistoryError, match="single as_of snapshot"):
-        calibrate(history, settings.model)
+    with pytest.raises(InsufficientHistoryError, match="a time split needs at least two as_of snapshots"):
+        calibrate(history, settings.model, split="time")
+    # one snapshot: a random, stratified holdout, which 200 accounts cannot feed with 50 churn events
+    with pytest.raises(InsufficientHistoryError, match=r"random split: .* has \d+ churn events"):
+        calibrate(synthetic_history(n=200, snapshots=1), settings.model)
     # few churn events: rare churn in a small book
     history = synthetic_history(n=300, snapshots=3, churn_intercept=-5.0)
     with pytest.raises(InsufficientHistoryError, match=r"has \d+ churn events; calibration needs at least 50"):
