@@ -91,7 +91,7 @@ def _read_parquet(path: Path, wanted: Collection[str] | None) -> FileTable:
         names = [n for n in schema.names if not n.startswith("__index_level_")]
         by_stripped = {n.strip(): n for n in names}
         read = names if wanted is None else [by_stripped[w] for w in by_stripped if w in wanted]
-        # pre_buffer off: column chunks are read as decoded, not all held at once (a third less memory)
+        # pre_buffer off: column chunks are read as they are decoded, not all held at once
         table = pq.read_table(path, columns=read, pre_buffer=False)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise ConfigurationError(f"{path}: cannot read as Parquet: {exc}") from None
@@ -105,7 +105,15 @@ def _read_parquet(path: Path, wanted: Collection[str] | None) -> FileTable:
 
 
 def _header(data: bytes) -> list[str]:
-    head = data[: 1 << 16].decode("utf-8", errors="replace").lstrip("\ufeff")
+    """The header's names, stripped; a repeated name gets pandas' suffix (a, a.1, a.2)."""
+    end = data.find(b"\n")
+    if end < 0:
+        first = data
+    elif b'"' in data[:end]:
+        first = data[: 1 << 22]  # a quoted name may hold a line break: let the csv module find the end
+    else:
+        first = data[: end + 1]
+    head = first.decode("utf-8", errors="replace").lstrip("\ufeff")
     try:
         names = next(csv.reader(io.StringIO(head, newline="")))
     except (StopIteration, csv.Error):
@@ -137,20 +145,28 @@ def _records(data: bytes):
 
 
 class _CsvLayout:
-    """Lines of the records pyarrow kept, worked out once when a problem needs them."""
+    """Lines of the records pyarrow kept, worked out once when a problem needs them.
 
-    def __init__(self, data: bytes, n_fields: int, kept_rows: int, ragged_rows: int):
-        self._data, self._n, self._kept, self._ragged = data, n_fields, kept_rows, ragged_rows
+    Holds the file's path, not its bytes: a clean file's text is freed as soon as it is
+    decoded, and only a file with problems is read a second time, by Python's csv module.
+    """
+
+    def __init__(self, path: Path, n_fields: int, kept_rows: int, ragged_rows: int):
+        self._path, self._n, self._kept, self._ragged = path, n_fields, kept_rows, ragged_rows
         self._done = False
         self.kept_lines: np.ndarray | None = None
         self.ragged: list[tuple[int, list[str]]] = []
 
-    def _scan(self) -> None:
+    def scan(self, data: bytes | None = None) -> None:
         if self._done:
             return
         self._done = True
+        try:
+            data = self._path.read_bytes() if data is None else data
+        except OSError:
+            return  # gone since it was read: problems are then named by record number
         kept, ragged = [], []
-        for start, fields in _records(self._data):
+        for start, fields in _records(data):
             if len(fields) == self._n:
                 kept.append(start)
             else:
@@ -160,7 +176,7 @@ class _CsvLayout:
             self.ragged = ragged
 
     def lines(self, rows: np.ndarray) -> np.ndarray | None:
-        self._scan()
+        self.scan()
         return None if self.kept_lines is None else self.kept_lines[rows]
 
 
@@ -216,11 +232,11 @@ def _read_csv(path: Path, wanted: Collection[str] | None, text_columns: Collecti
         table, ragged_count = _read_csv_arrow(data, names, wanted, text_columns)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         table, ragged_count = _read_csv_python(data, names, wanted)
-    layout = _CsvLayout(data, len(names), table.num_rows, ragged_count)
+    layout = _CsvLayout(path, len(names), table.num_rows, ragged_count)
     out = FileTable(path, table, "line", names, _lines=layout.lines)
     out.table = _repair_text(out)
     if ragged_count:
-        layout._scan()
+        layout.scan(data)
         if layout.kept_lines is not None:
             rows = layout.ragged
         else:

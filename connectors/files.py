@@ -168,11 +168,14 @@ def write_frame(frame: pd.DataFrame, path: str | Path) -> Path:
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise ConfigurationError(f"{path}: unsupported file type {suffix!r} (use .csv or .parquet)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".csv":
-        frame.to_csv(path, index=False, date_format="%Y-%m-%dT%H:%M:%S")
-    else:
-        frame.to_parquet(path, index=False)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if suffix == ".csv":
+            frame.to_csv(path, index=False, date_format="%Y-%m-%dT%H:%M:%S")
+        else:
+            frame.to_parquet(path, index=False)
+    except OSError as exc:  # a read-only place, a parent that is a file, a full disk: the user's to fix
+        raise ConfigurationError(f"{path}: cannot write ({exc.strerror or exc})") from None
     return path
 
 

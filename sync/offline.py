@@ -43,6 +43,22 @@ def _parse_as_of(as_of: str | date | None):
         raise ConfigurationError(f"--as-of: {as_of!r} is not a date (YYYY-MM-DD)") from None
 
 
+def _check_output(output: Path) -> None:
+    """Fail before reading anything when the output cannot be written (no pandas needed)."""
+    import os
+
+    if output.parent.exists() and not output.parent.is_dir():
+        raise ConfigurationError(f"--output {output}: {output.parent} is a file, not a directory")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(f"--output {output}: cannot create its directory ({exc.strerror or exc})") from None
+    if output.is_dir():
+        raise ConfigurationError(f"--output {output}: is a directory, not a file name")
+    if not os.access(output.parent, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
+        raise ConfigurationError(f"--output {output}: not writable")
+
+
 def score_files(input_dir: Path, output: Path, settings, as_of: str | None = None) -> dict:
     input_dir, output = Path(input_dir), Path(output)
     if output.suffix.lower() not in (".csv", ".parquet"):
@@ -56,6 +72,7 @@ def score_files(input_dir: Path, output: Path, settings, as_of: str | None = Non
             raise ConfigurationError(f"--as-of: {as_of!r} is not a date (YYYY-MM-DD)") from None
     from healthsync.connectors.file_tables import find_frame_file, start_reading
 
+    _check_output(output)
     if find_frame_file(input_dir, "accounts") is None:
         raise ConfigurationError(f"--input {input_dir}: no accounts.csv or accounts.parquet found")
     needs = model_inputs(settings.model)

@@ -211,3 +211,17 @@ def test_given_values_that_look_like_terminal_markup_when_printed_as_text_then_t
                        capture_output=True, text=True, env=env, timeout=120)
     assert "Traceback" not in r.stderr and r.returncode == 1, r.stderr
     assert "not a number: '[/x]'" in " ".join(r.stderr.split())
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "in_proc"])
+def test_given_an_output_that_cannot_be_written_then_exit_2_names_it_without_a_traceback(tmp_path, where):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "accounts.csv").write_bytes((FIXTURE / "accounts.csv").read_bytes())
+    output = src / "accounts.csv" / "scored.csv" if where == "under_a_file" else Path("/proc/healthsync-nowhere/scored.csv")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC")}
+    env["HEALTHSYNC__STATE__URL"] = f"sqlite:///{tmp_path}/state.db"
+    r = subprocess.run([str(BIN), "score", "--input", str(src), "--output", str(output), "--json"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert "Traceback" not in r.stderr and r.returncode == 2, (r.returncode, r.stderr)
+    assert str(output) in "".join(r.stderr.split())  # rich wraps long lines
