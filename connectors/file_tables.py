@@ -26,8 +26,6 @@ from typing import Collection, Mapping
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from healthsync.config.canonical import SPECS, FrameSpec
@@ -181,6 +179,8 @@ class _CsvLayout:
 
 
 def _read_csv_arrow(data: bytes, names: list[str], wanted: Collection[str] | None, text_columns: Collection[str]):
+    import pyarrow.csv as pacsv  # here, not at the top: a Parquet read starts without loading it
+
     skipped: list[str] = []
 
     def skip(row) -> str:
@@ -292,6 +292,8 @@ def _repair_text(file: FileTable) -> pa.Table:
                     for i, message in bad:
                         mask[i] = True
                         file.bad_values.append(BadValue(offset + i, name, message))
+                    import pyarrow.compute as pc  # only for a chunk with bad bytes
+
                     as_binary = chunk.cast(pa.large_binary())
                     cleared = pc.if_else(pa.array(mask), pa.scalar(None, pa.large_binary()), as_binary)
                     chunk = cleared.cast(pa.large_string())
