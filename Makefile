@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: demo test bench install clean browser
+.PHONY: demo test bench install clean browser postgres
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,17 @@ browser:
 	  (apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "chromium not installed: the browser test will be skipped"; }
 
-test: $(STAMP) browser
-	$(BIN)/python -m pytest -q
+# PostgreSQL server binaries for the tests that need a real server (tests/postgres_server.py starts
+# a private one per test session; Debian package; skipped where apt-get is unavailable).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+	  || echo "postgresql not installed: the PostgreSQL tests will be skipped"; }
+
+# Four workers, one test file each at a time: the end-to-end tests mostly wait on emulated rate
+# limits and Slack pacing, so they overlap well even on two cores.
+test: $(STAMP) browser postgres
+	$(BIN)/python -m pytest -q -n 4 --dist loadfile
 
 # Speed and memory targets; not run by CI.
 bench: $(STAMP)

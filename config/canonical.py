@@ -93,6 +93,7 @@ ACCOUNTS = FrameSpec(
         Column("customer_since", "date"),
         Column("renewal_date", "date"),
         Column("owner_email", "str"),
+        Column("product_account_id", "str", doc="the product's own account id: the warehouse account_key"),
     ),
 )
 

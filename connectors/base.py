@@ -5,14 +5,27 @@ or HubSpot model classes (shared/reference/style.md). The sync layer talks to
 Salesforce and HubSpot only through `CrmConnector`, and to Slack only through
 `connectors.slack`.
 
-Errors are grouped by what happens next (design.md, "Errors"):
+Errors are grouped by what happens next (design.md, "Errors"; the exit codes are
+the command line's contract, README "Exit codes"):
 
     HealthsyncError
-    ├── ConfigurationError   a setting or credential is wrong: exit 2, nothing sent
-    ├── RetryableError       429, 5xx, timeout, dropped connection: retried (tenacity), bounded
-    ├── RecordError          one record is bad: skipped and reported, the rest go on
-    └── StopRunError         the run cannot go on now (quota, auth, unreachable): stop cleanly,
-        └── QuotaExhaustedError  keep state, report, resume next run (exit 3)
+    ├── ConfigurationError       a setting or credential is wrong: exit 2, nothing sent
+    │   └── CredentialsError     a permission or scope is missing
+    │       └── AuthenticationError  the CRM refused the token / login
+    ├── RetryableError           429, 5xx, timeout, dropped connection: retried (tenacity), bounded
+    ├── RecordError              one record is bad: skipped and reported, the rest go on
+    └── StopRunError             this CRM cannot go on now: its lane stops, state is kept, exit 3
+        ├── QuotaExhaustedError      the daily API quota (or the configured share) is spent
+        ├── UnreachableError         no connection / timeouts, after the bounded retries (*)
+        └── RetriesExhaustedError    429 / 5xx answers outlasted the bounded retries (*)
+
+(*) also `RetryableError`s, so a caller that treats a transient failure as "may have
+been applied" still does; the retry loop never retries them a second time.
+
+A `StopRunError` names the system (`salesforce`, `hubspot`, `slack`), the call
+that failed and what to do (`system`, `call`, `action`), so the run summary's
+`stopped_reason` can tell a user where and why without a traceback. The table
+`connectors.errors.ERROR_KINDS` maps each class to its exit code and kind.
 """
 
 from __future__ import annotations
@@ -34,12 +47,25 @@ class ConfigurationError(HealthsyncError):
     """A configuration key or credential is wrong or missing; names the key."""
 
 
-class RetryableError(HealthsyncError):
-    """A transient failure worth retrying (429, 5xx, timeout, dropped connection)."""
+class CredentialsError(ConfigurationError):
+    """The CRM refused the credentials (401, failed login) or a permission/scope is missing: exit 2."""
 
-    def __init__(self, message: str, retry_after: float | None = None):
+
+class AuthenticationError(CredentialsError):
+    """The credentials themselves were refused (401, failed login): nothing else can be checked or set up."""
+
+
+class RetryableError(HealthsyncError):
+    """A transient failure worth retrying (429, 5xx, timeout, dropped connection).
+
+    `kind` says which (`network` for no answer at all, `rate_limited`, `server_error`);
+    None lets `connectors.retry` tell it from the exception that caused this one.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None, kind: str | None = None):
         super().__init__(message)
         self.retry_after = retry_after
+        self.kind = kind
 
 
 class RecordError(HealthsyncError):
@@ -47,11 +73,41 @@ class RecordError(HealthsyncError):
 
 
 class StopRunError(HealthsyncError):
-    """The run must stop now with state kept (auth lost, CRM unreachable after retries)."""
+    """This CRM (or Slack) cannot go on now: its remaining stages are skipped, state is kept (exit 3).
+
+    `system` is the API (`salesforce`, `hubspot`, `slack`), `call` the request that
+    failed, `action` what the user can do; all optional, for the run summary's
+    `stopped_reason`. `str()` is the full sentence.
+    """
+
+    def __init__(self, message: str, *, system: str | None = None, call: str | None = None, action: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.system = system
+        self.call = call
+        self.action = action
+
+    def __str__(self) -> str:
+        text = self.message
+        if self.action and self.action not in text:
+            text = f"{text}; {self.action}"
+        return text
 
 
 class QuotaExhaustedError(StopRunError):
     """The API quota (or the configured share of it) is spent: stop, keep state, resume next run."""
+
+
+class UnreachableError(StopRunError, RetryableError):
+    """No answer (connection refused, DNS, timeouts) even after the bounded retries.
+
+    Also a `RetryableError`: code that treats a transient failure as "may have been
+    applied" (a Slack post, a write) keeps doing so; `connectors.retry` never retries it again.
+    """
+
+
+class RetriesExhaustedError(StopRunError, RetryableError):
+    """The API kept answering 429 / 5xx until the bounded retries ran out (also a `RetryableError`, see above)."""
 
 
 #: Canonical object names the sync layer asks for.

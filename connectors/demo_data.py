@@ -97,7 +97,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +127,8 @@ __all__ = [
     "generate_history",
     "write_portfolio",
     "write_history",
+    "write_usage",
+    "UsageEvents",
     "read_history",
     "STAGES",
     "HIDDEN_WEIGHTS",
@@ -206,6 +208,24 @@ _COMPANY = (
 
 
 @dataclass
+class UsageEvents:
+    """A portfolio's product usage, as times before the end of the data (`write_usage` dates them).
+
+    Events: one login (feature 0) or feature use (feature k = `feature_k`) by one user.
+    Touchpoints: one marketing/sales interaction on one channel (index into TOUCH_CHANNELS).
+    """
+
+    product_ids: pa.Array  # the warehouse account_key of each account row
+    account: np.ndarray
+    seconds_before: np.ndarray
+    user: np.ndarray
+    feature: np.ndarray
+    touch_account: np.ndarray
+    touch_seconds_before: np.ndarray
+    touch_channel: np.ndarray
+
+
+@dataclass
 class Portfolio:
     """One point-in-time book of business (canonical frames plus owners)."""
 
@@ -214,6 +234,7 @@ class Portfolio:
     tickets: pd.DataFrame
     owners: pd.DataFrame
     as_of: date
+    usage: UsageEvents | None = None
 
 
 @dataclass
@@ -359,6 +380,7 @@ class _Book:
         self.owner_effect = 0.35 * rng.standard_normal(_csm_count(n))[_csm_of_account(n)]
         self.g = rng.standard_normal(n)
         self.noise = {k: rng.standard_normal(n) for k in self.NOISES}
+        self.product_ids: pa.Array | None = None  # set with the account identities
         self.nps_missing = rng.random(n) < 0.30
         self.sentiment_missing = rng.random(n) < 0.15
         factor = _TICKET_SEGMENT_FACTOR / (_TICKET_SEGMENT_FACTOR @ _SEGMENT_SHARE)
@@ -536,13 +558,14 @@ def _accounts_frame(book: _Book, rows: np.ndarray, sig: dict, as_of: date, ids: 
             "customer_since": since,
             "renewal_date": renewal,
             "owner_email": _strings(owner.take(take)),
+            "product_account_id": _strings(_crm_product_ids(book.product_ids, rows)),
         }
     )
     frame["domain"] = _strings(domains.take(take))
     return frame
 
 
-def _account_identity(book: _Book, csm_emails: pa.Array):
+def _account_identity(book: _Book, csm_emails: pa.Array, seed: int):
     n = book.n
     width = _id_width(n, 7)
     ids = _numbered("A", np.arange(1, n + 1), width)
@@ -552,7 +575,19 @@ def _account_identity(book: _Book, csm_emails: pa.Array):
     names = _join(pc.utf8_capitalize(word), " ", number)
     domains = _join(word, "-", number, ".example.com")
     owner = csm_emails.take(pa.array(_csm_of_account(n)))
+    # the product's own account id (the warehouse's account_key); distinct per generated book
+    book.product_ids = _join(f"prd{seed}-", number)
     return ids, names, domains, owner
+
+
+#: every this-many-th account's CRM record lacks its product account id (the field was never filled
+#: in), so the demo shows unmatched warehouse keys and accounts without usage (2%)
+PRODUCT_ID_GAP = 50
+
+
+def _crm_product_ids(product_ids: pa.Array, rows: np.ndarray) -> pa.Array:
+    blank = (rows % PRODUCT_ID_GAP) == PRODUCT_ID_GAP - 1
+    return product_ids.take(pa.array(rows, mask=blank if blank.any() else None))
 
 
 def _tickets_frame(t: _Tickets, account_ids: pa.Array, day_zero: date, data_end_s: float, first_number: int = 1):
@@ -622,10 +657,14 @@ def generate_portfolio(
     opportunities_per_account: float = 5.0,
     tickets_per_account: float = 10.0,
     inject_bad_records: int = 0,
+    usage: bool = False,
 ) -> Portfolio:
     """A book of `n_accounts` accounts at `as_of` with opportunities, trailing-180-day tickets and owners.
 
     Frames hold exactly the canonical columns and dtypes (accounts add `domain`).
+    `usage` also generates the product usage behind the usage signals (`Portfolio.usage`,
+    written to DuckDB by `write_usage`; see "Product usage" in the module docstring); it
+    draws from its own random stream, so the frames are the same either way.
     `inject_bad_records` appends that many invalid account rows, cycling through
     missing id, duplicate id, negative ARR, unparsable date, unknown enum, for
     validator tests (customer_since then holds ISO text instead of datetimes).
@@ -636,7 +675,7 @@ def generate_portfolio(
     rng = np.random.default_rng(seed)
     book = _Book(rng, n_accounts, tickets_per_account)
     owners, csm = _owners(n_accounts)
-    ids, names, domains, owner = _account_identity(book, csm)
+    ids, names, domains, owner = _account_identity(book, csm, seed)
     momentum = 0.45 * rng.standard_normal(n_accounts)  # change of health over the last quarter
     sig = book.signals(rng)
     day_zero = as_of - timedelta(days=180)
@@ -653,7 +692,8 @@ def generate_portfolio(
     tickets_frame = _tickets_frame(tickets, ids, day_zero, end_s)
     if inject_bad_records:
         accounts = _inject_bad_accounts(accounts, inject_bad_records, seed)
-    return Portfolio(accounts, opportunities, tickets_frame, owners, as_of)
+    events = _usage_events(np.random.default_rng([seed, 2]), book, sig, momentum) if usage else None
+    return Portfolio(accounts, opportunities, tickets_frame, owners, as_of, events)
 
 
 BAD_RECORD_KINDS = ("missing id", "duplicate id", "negative arr", "unparsable date", "unknown enum")
@@ -709,7 +749,7 @@ def generate_history(
     pool = n_accounts + (snapshots - 1) * joining
     book = _Book(rng, pool, tickets_per_account)
     _, csm = _owners(pool)
-    ids, names, domains, owner = _account_identity(book, csm)
+    ids, names, domains, owner = _account_identity(book, csm, seed)
     join_step = np.concatenate([np.zeros(n_accounts, np.int64), np.repeat(np.arange(1, snapshots), joining)])
     # customer_since in days from `start`: the first book as generated, newcomers since the previous snapshot
     since_day = np.where(join_step == 0, -book.tenure0, join_step * interval_days - rng.integers(0, interval_days, pool))
@@ -774,6 +814,127 @@ def generate_history(
         [start + timedelta(days=k * interval_days) for k in range(snapshots)],
         horizon_days,
     )
+
+
+# --------------------------------------------------------------------------- product usage
+
+DAY_S = 86400.0
+TOUCH_CHANNELS = ("email", "webinar", "call", "event", "ads")
+
+
+def _within(counts: np.ndarray) -> np.ndarray:
+    """0, 1, 2, ... within each run of np.repeat(arange(n), counts)."""
+    total = int(counts.sum())
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    return np.arange(total, dtype=np.int64) - starts
+
+
+def _usage_events(rng: np.random.Generator, book: _Book, sig: dict, momentum: np.ndarray) -> UsageEvents:
+    """Events whose warehouse aggregates reproduce the account's usage signals (module docstring)."""
+    n = book.n
+    index = np.arange(n, dtype=np.int64)
+    users = sig["active_users_30d"].astype(np.int64)
+    logins = sig["logins_per_user_week"]
+    used = sig["features_used"].astype(np.int64)
+    # last 30 days: logins/user/week x users x 30/7 logins, at least one per active user
+    recent = np.where(users > 0, np.maximum(np.round(logins * users * 30 / 7), users), 0).astype(np.int64)
+    # days 30-90: the same daily level moved by the quarter's momentum (a declining account used it more before)
+    daily = logins * np.maximum(users, 1) / 7.0
+    early = rng.poisson(60.0 * daily * np.exp(-momentum))
+    acct_r = np.repeat(index, recent)
+    k = _within(recent)
+    active = users[acct_r]
+    user_r = np.where(k < active, k, np.floor(rng.random(len(acct_r)) * active)).astype(np.int64)
+    t_r = rng.random(len(acct_r)) * 30 * DAY_S
+    acct_e = np.repeat(index, early)
+    user_e = np.floor(rng.random(len(acct_e)) * np.maximum(users[acct_e], 1) * 1.2).astype(np.int64)
+    t_e = (30 + rng.random(len(acct_e)) * 60) * DAY_S
+    # features: exactly `features_used` distinct ones in the last 30 days (only where someone was active)
+    distinct = np.where(users > 0, used, 0)
+    acct_f = np.repeat(index, distinct)
+    feat_f = _within(distinct) + 1
+    uses = 1 + rng.poisson(1.5, len(acct_f))
+    acct_f, feat_f = np.repeat(acct_f, uses), np.repeat(feat_f, uses)
+    user_f = np.floor(rng.random(len(acct_f)) * users[acct_f]).astype(np.int64)
+    t_f = rng.random(len(acct_f)) * 30 * DAY_S
+    older = rng.poisson(np.maximum(used, 1).astype(float))  # feature use in days 30-90
+    acct_o = np.repeat(index, older)
+    feat_o = 1 + np.floor(rng.random(len(acct_o)) * book.features_available[acct_o]).astype(np.int64)
+    user_o = np.floor(rng.random(len(acct_o)) * np.maximum(users[acct_o], 1) * 1.2).astype(np.int64)
+    t_o = (30 + rng.random(len(acct_o)) * 60) * DAY_S
+    # touchpoints over 90 days, more for healthier (more engaged) accounts
+    touches = rng.poisson(4.0 * np.exp(0.4 * book.health))
+    acct_t = np.repeat(index, touches)
+    return UsageEvents(
+        product_ids=book.product_ids,
+        account=np.concatenate([acct_r, acct_e, acct_f, acct_o]).astype(np.int32),
+        seconds_before=np.concatenate([t_r, t_e, t_f, t_o]),
+        user=np.concatenate([user_r, user_e, user_f, user_o]).astype(np.int32),
+        feature=np.concatenate([np.zeros(len(acct_r) + len(acct_e), np.int64), feat_f, feat_o]).astype(np.int16),
+        touch_account=acct_t.astype(np.int32),
+        touch_seconds_before=rng.random(len(acct_t)) * 90 * DAY_S,
+        touch_channel=rng.integers(0, len(TOUCH_CHANNELS), len(acct_t)).astype(np.int8),
+    )
+
+
+def write_usage(portfolios: list[Portfolio], path, end: datetime) -> Path:
+    """Write the portfolios' usage to a DuckDB file, dated back from `end`; returns the path.
+
+    Tables (the shape `sources.warehouse` reads, README "Warehouse"):
+    `usage_events(account_key, occurred_at, user_id, feature, value)`, one row per event, in time
+    order (as an event table is loaded, so the timestamp's zone maps prune), and
+    `touchpoints(account_key, touched_at, channel)`.
+    """
+    import duckdb
+
+    end64 = np.datetime64(end.astimezone(timezone.utc).replace(tzinfo=None) if end.tzinfo else end, "us")
+    keys, events, touches = [], [], []
+    offset = 0
+    for p in portfolios:
+        u = p.usage
+        if u is None:
+            raise ValueError("write_usage: generate the portfolio with usage=True")
+        keys.append(u.product_ids)
+        events.append(pa.table({
+            "k": u.account.astype(np.int64) + offset,
+            "t": end64 - (u.seconds_before * 1e6).astype("timedelta64[us]"),
+            "u": u.user, "f": u.feature,
+        }))
+        touches.append(pa.table({
+            "k": u.touch_account.astype(np.int64) + offset,
+            "t": end64 - (u.touch_seconds_before * 1e6).astype("timedelta64[us]"),
+            "c": u.touch_channel,
+        }))
+        offset += len(u.product_ids)
+    key_table = pa.table({"k": np.arange(offset, dtype=np.int64), "key": pa.concat_arrays(keys)})
+    channel_table = pa.table({"c": np.arange(len(TOUCH_CHANNELS), dtype=np.int8), "channel": list(TOUCH_CHANNELS)})
+    event_table, touch_table = pa.concat_tables(events), pa.concat_tables(touches)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in (path, Path(str(path) + ".wal")):
+        if stale.exists():
+            stale.unlink()
+    con = duckdb.connect(str(path))
+    try:
+        con.execute("SET enable_progress_bar = false")
+        con.register("key_table", key_table)
+        con.register("event_table", event_table)
+        con.register("touch_table", touch_table)
+        con.register("channel_table", channel_table)
+        con.execute(
+            "CREATE TABLE usage_events AS SELECT k.key AS account_key, e.t AS occurred_at, "
+            "'u' || CAST(e.u AS VARCHAR) AS user_id, "
+            "CASE WHEN e.f = 0 THEN 'login' ELSE 'feature_' || lpad(CAST(e.f AS VARCHAR), 2, '0') END AS feature, "
+            "CAST(1 AS DOUBLE) AS value "
+            "FROM event_table e JOIN key_table k USING (k) ORDER BY e.t"
+        )
+        con.execute(
+            "CREATE TABLE touchpoints AS SELECT k.key AS account_key, t.t AS touched_at, c.channel "
+            "FROM touch_table t JOIN key_table k USING (k) JOIN channel_table c USING (c) ORDER BY t.t"
+        )
+    finally:
+        con.close()
+    return path
 
 
 # --------------------------------------------------------------------------- files

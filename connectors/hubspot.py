@@ -38,6 +38,8 @@ from healthsync.connectors.base import (
     Change,
     CheckResult,
     ConfigurationError,
+    AuthenticationError,
+    CredentialsError,
     CrmConnector,
     HealthsyncError,
     OwnWrites,
@@ -311,11 +313,11 @@ class HubSpotConnector(CrmConnector):
                 f"HubSpot {what}: HTTP {status}", retry_after=parse_retry_after(headers.get("Retry-After"))
             ) from None
         if status == 401:
-            raise ConfigurationError(
+            raise AuthenticationError(
                 "HubSpot rejected the access token (check HEALTHSYNC__HUBSPOT__ACCESS_TOKEN, the private app may be revoked)"
             ) from None
         if status == 403:
-            raise ConfigurationError(f"HubSpot {what}: permission denied: {message} (add the missing scope to the private app)") from None
+            raise CredentialsError(f"HubSpot {what}: permission denied: {message} (add the missing scope to the private app)") from None
         raise HubSpotApiError(f"HubSpot {what}: HTTP {status}: {message}", status, body.get("category"), body) from None
 
     # ------------------------------------------------------------------ owners and properties
@@ -865,12 +867,14 @@ class HubSpotConnector(CrmConnector):
             object_type = sec.get("object") or "tasks"
             try:
                 names = self._property_names(object_type)
+            except AuthenticationError:  # nothing else can be checked, nor set up, without a valid token (exit 2)
+                raise
             except ConfigurationError as exc:
-                if "access token" in str(exc):  # nothing else can be checked without a valid token
-                    return CheckResult(ok=False, problems=[str(exc)], details={"tier": self.tier})
                 problems.append(f"{object_type}: {exc}")
                 continue
-            except (StopRunError, HubSpotApiError, RetryableError) as exc:
+            except StopRunError:  # unreachable, quota, retries exhausted: not a missing scope (exit 3)
+                raise
+            except (HubSpotApiError, RetryableError) as exc:
                 problems.append(f"{object_type}: cannot read its properties ({exc}); the private app needs the crm.schemas.{object_type}.read scope")
                 continue
             for column, prop in (sec.get("read") or {}).items():
@@ -883,7 +887,9 @@ class HubSpotConnector(CrmConnector):
                     problems.append(f"{object_type}.{prop} ({key}) is missing; run `healthsync crm setup`")
         try:
             self._load_owners()
-        except (ConfigurationError, HubSpotApiError, RetryableError, StopRunError) as exc:
+        except StopRunError:
+            raise
+        except (ConfigurationError, HubSpotApiError, RetryableError) as exc:
             problems.append(f"owners: {exc} (the private app needs the crm.objects.owners.read scope)")
         return CheckResult(ok=not problems, problems=problems, details={"tier": self.tier})
 

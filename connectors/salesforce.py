@@ -50,6 +50,8 @@ from healthsync.connectors.base import (
     Change,
     CheckResult,
     ConfigurationError,
+    AuthenticationError,
+    CredentialsError,
     CrmConnector,
     HealthsyncError,
     Page,
@@ -357,7 +359,7 @@ class SalesforceConnector(CrmConnector):
             if self._consumer_secret:
                 form["client_secret"] = self._consumer_secret
         else:
-            raise StopRunError(
+            raise AuthenticationError(
                 "Salesforce session expired and no login credentials are configured "
                 "(set sources.salesforce.auth to jwt or password, or refresh HEALTHSYNC__SALESFORCE__ACCESS_TOKEN)"
             )
@@ -368,7 +370,7 @@ class SalesforceConnector(CrmConnector):
                 reason = f"{body.get('error')}: {body.get('error_description')}"
             except ValueError:
                 reason = f"HTTP {response.status_code}"
-            raise ConfigurationError(
+            raise AuthenticationError(
                 self._redact(f"Salesforce login failed ({reason}); check sources.salesforce.username/consumer_key and the Salesforce secrets")
             )
         body = response.json()
@@ -448,10 +450,10 @@ class SalesforceConnector(CrmConnector):
             yield
         except HealthsyncError:
             raise
-        except SalesforceExpiredSession:
-            raise StopRunError(
-                f"Salesforce {what}: the session expired and re-authentication did not help; "
-                "check the Salesforce credentials (sources.salesforce.*)"
+        except SalesforceExpiredSession:  # a rejected token is a credentials problem (exit 2), not a stop
+            raise AuthenticationError(
+                f"Salesforce {what}: the access token was rejected (INVALID_SESSION_ID) and logging in again did not help; "
+                "check the Salesforce credentials (sources.salesforce.*, HEALTHSYNC__SALESFORCE__ACCESS_TOKEN)"
             ) from None
         except SalesforceOperationError as exc:  # a Bulk 2.0 job failed or was aborted (not a SalesforceError)
             raise HealthsyncError(self._redact(f"Salesforce {what}: {exc}")) from None
@@ -461,7 +463,7 @@ class SalesforceConnector(CrmConnector):
             if status in (400, 404):
                 raise HealthsyncError(self._redact(f"Salesforce {what}: {detail}")) from None
             if status == 403:
-                raise ConfigurationError(self._redact(f"Salesforce {what}: permission refused: {detail}")) from None
+                raise CredentialsError(self._redact(f"Salesforce {what}: permission refused: {detail}")) from None
             raise StopRunError(self._redact(f"Salesforce {what}: {detail}")) from None
 
     # ------------------------------------------------------------------ describe
@@ -1078,6 +1080,8 @@ class SalesforceConnector(CrmConnector):
                 sobject = sec.get("object") or "Task"
                 try:
                     described = {f["name"]: f for f in self.describe(sobject).get("fields", [])}
+                except (StopRunError, AuthenticationError):  # unreachable / quota / token: not an object permission
+                    raise
                 except HealthsyncError as exc:
                     problems.append(f"{sobject}: cannot describe ({exc}); check the integration user's object permissions")
                     continue
@@ -1107,9 +1111,9 @@ class SalesforceConnector(CrmConnector):
                         )
             if self.usage:
                 details["api_usage"] = {"used": self.usage[0], "limit": self.usage[1]}
-        except QuotaExhaustedError as exc:
-            problems.append(str(exc))
-        except (ConfigurationError, StopRunError) as exc:
+        except AuthenticationError:  # nothing else can be checked, nor set up (exit 2)
+            raise
+        except ConfigurationError as exc:
             problems.append(str(exc))
         return CheckResult(ok=not problems, problems=problems, details=details)
 

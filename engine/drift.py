@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from healthsync.config.model import ModelConfig
+from healthsync.engine.usage import unavailable_usage_metrics
 from healthsync.engine.rules import numeric_column, rule_columns
 
 PSI_MODERATE = 0.1
@@ -115,7 +116,12 @@ def drift_report(reference: pd.DataFrame | None, current: pd.DataFrame, model: M
         reference = current.iloc[0:0]
     metrics = {}
     warnings: list[str] = []
+    # product-usage metrics are out of the model where no warehouse feeds it (engine/usage.py): nothing to warn about
+    not_in_use = unavailable_usage_metrics(model, current.columns)
     for metric in model.metrics:
+        if metric.name in not_in_use:
+            metrics[metric.name] = {"psi": None, "level": "unknown", "present_share": None, "inputs": "no warehouse"}
+            continue
         col = f"m_{metric.name}"
         value = None
         if col in reference.columns and col in current.columns:

@@ -26,6 +26,7 @@ from healthsync.engine.inputs import OPPORTUNITY_FEATURES, TICKET_FEATURES, mode
 from healthsync.engine.keys import KeyIndex, equals_any, has_duplicates, map_chunks, positions
 from healthsync.engine.lifecycle import lifecycle_stage
 from healthsync.engine.rules import _boolean, numeric_column
+from healthsync.engine.usage import account_usage_columns
 
 SHORT_WINDOW_DAYS = 30
 LONG_WINDOW_DAYS = 90  # seed 003: escalations and P1s "in the last 90 days"; ticket trend 30 vs 90
@@ -184,6 +185,7 @@ def build_features(
     usage: pd.DataFrame | None = None,
     as_of: date | datetime | str | None = None,
     model: ModelConfig | None = None,
+    account_usage: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """One row per account: the accounts columns plus computed metric inputs.
 
@@ -193,6 +195,10 @@ def build_features(
     license_utilization, feature_adoption (from accounts columns);
     lifecycle_stage (when `model` is given). Duplicate account ids keep the
     last row.
+
+    `account_usage` (one row per account_id, from the warehouse; engine/usage.py) is
+    authoritative for the columns it holds: they replace the accounts frame's, and an
+    account without a row gets NaN there (no usage known: absent, never zero).
     """
     if "account_id" not in accounts.columns:
         raise ValueError("accounts: the account_id column is required")
@@ -211,6 +217,8 @@ def build_features(
         for col, values in _usage_features(features, usage, end).items():
             current = numeric_column(features, col)
             computed[col] = np.where(np.isnan(values), current, values)
+    if account_usage is not None:
+        computed.update(account_usage_columns(features, account_usage))
 
     if "customer_since" in features.columns:
         since = _naive_utc(features["customer_since"])

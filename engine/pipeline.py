@@ -38,14 +38,17 @@ def score_portfolio(
     as_of=None,
     usage: pd.DataFrame | None = None,
     top_drivers: int = 3,
+    account_usage: pd.DataFrame | None = None,
 ) -> PortfolioScores:
     """features -> HealthScorer -> trends (from `history`: account_id, scored_at, score, band)
-    -> drivers -> forecast adjustment of the opportunities."""
+    -> drivers -> forecast adjustment of the opportunities. `account_usage`: the warehouse's
+    per-account usage columns (engine/usage.py)."""
     day = as_of_timestamp(as_of)
     # opportunity features cost a join of every opportunity; only build them when a metric reads them
     needed = {c for m in model.metrics for c in rule_columns(m.rule)}
     opps_for_features = opportunities if needed & set(OPPORTUNITY_FEATURES) else None
-    features = build_features(accounts, tickets, opps_for_features, usage=usage, as_of=day, model=model)
+    features = build_features(accounts, tickets, opps_for_features, usage=usage, as_of=day, model=model,
+                              account_usage=account_usage)
     tickets = opps_for_features = None  # not read past the features: a caller that handed them over frees them now
     scores = HealthScorer(model).score(features)
     trends = compute_trends(scores, history, as_of=day, stable_within=model.trend_stable_within)

@@ -52,6 +52,7 @@ from healthsync.config.model import ModelConfig
 from healthsync.engine.keys import map_chunks, take_strings
 from healthsync.engine.lifecycle import in_renewal_window, lifecycle_stage
 from healthsync.engine.rules import category_codes, lookup, rule_columns, rule_max_points, score_rule
+from healthsync.engine.usage import redistribute_within_dimension, unavailable_usage_metrics
 
 
 def round_score(values: np.ndarray) -> np.ndarray:
@@ -89,7 +90,11 @@ class HealthScorer:
         """
         model = self.model
         base = np.array([m.weight for m in model.metrics], dtype="float64")
+        # product-usage metrics with no warehouse feeding this frame are not part of the model (engine/usage.py)
+        dropped = unavailable_usage_metrics(model, features.columns)
         if not any(seg.weights for seg in model.segments.values()):
+            if dropped:  # the same redistribution for every row: done on one row
+                base = redistribute_within_dimension(base[None, :], model, dropped)[0]
             return np.broadcast_to(base, (len(features), len(base)))
         weights = np.broadcast_to(base, (len(features), len(base))).copy()
         if segments is None:
@@ -98,7 +103,7 @@ class HealthScorer:
             if seg.weights:
                 rows = segments == code
                 weights[rows] = np.array(list(model.weights(name).values()), dtype="float64")
-        return weights
+        return redistribute_within_dimension(weights, model, dropped) if dropped else weights
 
     def missing_columns(self, features: pd.DataFrame) -> list[str]:
         """Columns the model reads that the frame does not have (their metrics are absent everywhere)."""

@@ -2,10 +2,15 @@
 
 Each command parses its flags, loads the settings and hands over to the module
 that does the work; this file holds no business logic. Output rules: `--json`
-prints exactly one JSON object on stdout and logs go to stderr. Exit codes:
-0 ok, 1 finished with record errors, 2 configuration error, 3 stopped (quota,
-auth, unreachable). A user mistake gets a message naming the key or record,
-never a stack trace.
+prints exactly one JSON object on stdout, whatever happened (an error too), and
+logs go to stderr. Exit codes (one table for every command, connectors/errors.py):
+0 ok; 1 record errors or an internal error; 2 configuration or credentials (wrong
+token, missing scope, missing field, bad path, missing driver), nothing sent;
+3 stopped (unreachable, quota, retries exhausted), state kept. A user mistake gets
+a message naming the key, file or record, never a stack trace; an unexpected
+exception prints one line naming a log file that holds its traceback.
+Every command that uses the state store says where it is (JSON key `state`, or a
+`state:` line on stderr).
 """
 
 from __future__ import annotations
@@ -13,11 +18,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from healthsync.config.settings import ConfigError, Settings, load_settings
 from healthsync.sync.logs import configure_logging, register_settings_secrets, scrub
@@ -55,13 +63,28 @@ JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout.")
 
 
 class Exit(Exception):
-    def __init__(self, code: int):
+    def __init__(self, code: int, message: str | None = None):
         self.code = code
+        self.message = message
 
 
 def _fail(message: str, code: int) -> None:
-    err_console.print(f"[bold red]error:[/] {scrub(message)}", highlight=False, soft_wrap=True)
-    raise Exit(code)
+    err_console.print(f"[bold red]error:[/] {escape(scrub(message))}", highlight=False, soft_wrap=True)
+    raise Exit(code, message)
+
+
+class _Output:
+    """What the current command printed: `--json` must print exactly one object, even on failure."""
+
+    emitted = False
+    state: str | None = None  # where the command's state store is, once known
+
+
+def _say_state(shown: str | None, as_json: bool) -> None:
+    """Tell where the state store is: a `state:` line on stderr (the JSON object carries it as `state`)."""
+    _Output.state = shown
+    if shown and not as_json:
+        err_console.print(f"[dim]state: {escape(scrub(shown))}[/]", highlight=False, soft_wrap=True)
 
 
 def _settings(config: Optional[List[Path]], overlays: list[Path] | None = None) -> Settings:
@@ -90,36 +113,112 @@ def _ready(sandbox: Optional[Path]) -> dict | None:
 
 
 def _emit(data: Any, as_json: bool, text: Callable[[], None] | None = None) -> None:
+    if isinstance(data, dict) and _Output.state and "state" not in data:
+        data = {**data, "state": _Output.state}
     if as_json:
-        sys.stdout.write(json.dumps(data, default=str) + "\n")
+        sys.stdout.write(scrub(json.dumps(data, default=str)) + "\n")
         sys.stdout.flush()
+        _Output.emitted = True
     elif text is not None:
         text()
     else:
-        Console().print_json(json.dumps(data, default=str))
+        Console().print_json(scrub(json.dumps(data, default=str)))
 
 
-def _guard(fn: Callable[[], int | None]) -> None:
-    """Run a command body, mapping healthsync's error tree to exit codes and clean messages."""
-    from healthsync.connectors.base import ConfigurationError, StopRunError
+def crash_log_dir() -> Path:
+    """Where tracebacks of unexpected errors go (`$HEALTHSYNC_LOG_DIR`, else the per-user state dir's `logs/`)."""
+    if os.environ.get("HEALTHSYNC_LOG_DIR"):
+        return Path(os.environ["HEALTHSYNC_LOG_DIR"])
+    from healthsync.config.state_location import user_state_dir
 
+    return user_state_dir() / "logs"
+
+
+def _write_crash_log(exc: BaseException) -> Path | None:
+    """The traceback (secrets scrubbed) in a log file of its own; None when no file can be written."""
+    import tempfile
+
+    text = scrub(
+        f"healthsync {' '.join(sys.argv[1:])}\n{datetime.now().astimezone().isoformat()}\n\n"
+        + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    )
+    name = f"healthsync-crash-{datetime.now():%Y%m%dT%H%M%S}-{os.getpid()}.log"
+    for folder in (crash_log_dir(), Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / name
+            path.write_text(text, encoding="utf-8")
+            return path
+        except OSError:
+            continue
+    return None
+
+
+def _guard(fn: Callable[[], int | None], as_json: bool = False, command: str | None = None) -> None:
+    """Run a command body, mapping every failure to its exit code and one clean line (connectors/errors.py).
+
+    With `--json`, a failure still prints its one JSON object: `status`, `exit_code`,
+    `errors`, `error_kind`, `stopped_reason` (when stopped), `state`, `log_file`.
+    """
+    from healthsync.connectors.errors import EXIT_INTERNAL, classify
+
+    _Output.emitted, _Output.state = False, None
+    message: str | None = None
+    kind = None
+    log_file: Path | None = None
     try:
         code = fn() or EXIT_OK
     except Exit as e:
-        code = e.code
-    except ConfigError as e:
-        err_console.print(f"[bold red]error:[/] {scrub(str(e))}", highlight=False)
-        code = EXIT_CONFIG
-    except ConfigurationError as e:
-        err_console.print(f"[bold red]configuration error:[/] {scrub(str(e))}", highlight=False)
-        code = EXIT_CONFIG
-    except StopRunError as e:
-        err_console.print(f"[bold red]stopped:[/] {scrub(str(e))}", highlight=False)
-        code = EXIT_STOPPED
+        code, message = e.code, e.message
+        kind = "configuration" if code == EXIT_CONFIG else None
     except KeyboardInterrupt:
         err_console.print("interrupted")
-        code = 130
+        code, message, kind = 130, "interrupted", "interrupted"
+    except OSError as e:  # a path the user gave that cannot be read or written: a configuration problem
+        if e.filename is None:
+            code, message, kind, log_file = _internal(e)
+        else:
+            message = f"{e.filename}: {e.strerror or e} (check the path and its permissions)"
+            err_console.print(f"[bold red]error:[/] {escape(scrub(message))}", highlight=False, soft_wrap=True)
+            code, kind = EXIT_CONFIG, "configuration"
+    except Exception as e:  # noqa: BLE001 - every failure gets its exit code, none a traceback
+        what = classify(e)
+        if what.exit_code == EXIT_INTERNAL and what.kind == "internal":
+            code, message, kind, log_file = _internal(e)
+        else:
+            code, kind, message = what.exit_code, what.kind, str(e)
+            label = {"stopped": "stopped", "failed": "configuration error"}.get(what.status, "error")
+            if kind == "credentials":
+                label = "credentials error"
+            err_console.print(f"[bold red]{label}:[/] {escape(scrub(message))}", highlight=False, soft_wrap=True)
+    if as_json and not _Output.emitted and code != EXIT_OK:
+        status = "stopped" if code == EXIT_STOPPED else "failed"
+        _emit(
+            {
+                "command": command,
+                "status": status,
+                "exit_code": code,
+                "error_kind": kind,
+                "errors": [message] if message else [],
+                "stopped_reason": message if status == "stopped" else None,
+                "state": _Output.state,
+                "log_file": str(log_file) if log_file else None,
+            },
+            True,
+        )
     raise typer.Exit(code)
+
+
+def _internal(exc: BaseException) -> tuple[int, str, str, Path | None]:
+    """An unexpected exception: its traceback goes to a log file, one line to the terminal (exit 1)."""
+    from healthsync.connectors.errors import EXIT_INTERNAL
+
+    log_file = _write_crash_log(exc)
+    where = f"the traceback is in {log_file}" if log_file else "no log file could be written"
+    first = (scrub(str(exc)).strip().splitlines() or [""])[0][:300]
+    message = f"internal error: {type(exc).__name__}: {first} ({where}; please report it)"
+    err_console.print(f"[bold red]{escape(message)}[/]", highlight=False, soft_wrap=True)
+    return EXIT_INTERNAL, message, "internal", log_file
 
 
 def _not_built(what: str) -> int:
@@ -147,14 +246,16 @@ def run(
     def body():
         settings = _settings(config)
         ready = _ready(sandbox)
+        from healthsync.sync.connections import state_location
         from healthsync.sync.run import run_cycle
 
+        _Output.state = state_location(settings, ready).shown  # the summary prints it too
         summary = run_cycle(settings, ready=ready, dry_run=dry_run, json_mode=as_json)
         if as_json:
             _emit(summary.to_json(), True)
         return summary.exit_code
 
-    _guard(body)
+    _guard(body, as_json, "run")
 
 
 def _stage(name: str, config, sandbox, as_json, **kwargs):
@@ -164,15 +265,17 @@ def _stage(name: str, config, sandbox, as_json, **kwargs):
         settings = _settings(config)
         ready = _ready(sandbox)
         import healthsync.sync.run as run_module
+        from healthsync.sync.connections import state_location
 
         fn = getattr(run_module, f"{name}_stage", None)
         if fn is None:
             return _not_built(f"`healthsync {name}`")
+        _Output.state = state_location(settings, ready).shown  # the result carries it as `state`
         result = fn(settings, ready=ready, **kwargs)
         _emit(result, as_json)
         return int(result.get("exit_code", EXIT_OK)) if isinstance(result, dict) else EXIT_OK
 
-    _guard(body)
+    _guard(body, as_json, name)
 
 
 @app.command()
@@ -200,13 +303,14 @@ def score(
         if input is None or output is None:
             _fail("--input and --output go together", EXIT_CONFIG)
         settings = _settings(config)
+        _writable(output, "--output")
         from healthsync.sync.offline import score_files
 
         result = score_files(input, output, settings, as_of=as_of)
         _emit(result, as_json, lambda: _print_offline(result))
         return result.get("exit_code", EXIT_OK)
 
-    _guard(body)
+    _guard(body, as_json, "score")
 
 
 def _print_offline(result: dict) -> None:
@@ -245,19 +349,21 @@ def escalate(config: Optional[List[Path]] = ConfigOpt, sandbox: Optional[Path] =
 
 @app.command()
 def status(config: Optional[List[Path]] = ConfigOpt, as_json: bool = JsonOpt):
-    """Recent runs, failures and queue sizes."""
+    """Recent runs (a run whose process is gone shows as `abandoned`), failures and queue sizes."""
     configure_logging(False)
 
     def body():
         settings = _settings(config)
+        from healthsync.sync.connections import state_location
         from healthsync.sync.state import open_store
         from healthsync.sync.status import status as status_of
 
+        _say_state(state_location(settings).shown, as_json)
         result = status_of(open_store(settings.state.url))
         _emit(result, as_json)
         return EXIT_OK
 
-    _guard(body)
+    _guard(body, as_json, "status")
 
 
 # ----------------------------------------------------------------------------- validation & report
@@ -282,7 +388,7 @@ def backtest(
         _emit(report, as_json, lambda: Console().print(text, highlight=False, soft_wrap=True))
         return EXIT_RECORD_ERRORS if report.get("record_problem_count") else EXIT_OK
 
-    _guard(body)
+    _guard(body, as_json, "backtest")
 
 
 @app.command()
@@ -317,6 +423,7 @@ def calibrate(
             if not (0 < value and upper_ok):
                 _fail(f"{flag}: {value:g} must be between 0 and 1", EXIT_CONFIG)
         settings = _settings(config)
+        _writable(out, "--out")
         from healthsync.sync.validation_job import run_calibrate
 
         report, text = run_calibrate(settings, history, out, method=method, target_recall=target_recall,
@@ -325,7 +432,7 @@ def calibrate(
         _emit(report, as_json, lambda: Console().print(text, highlight=False, soft_wrap=True))
         return EXIT_RECORD_ERRORS if report.get("record_problem_count") else EXIT_OK
 
-    _guard(body)
+    _guard(body, as_json, "calibrate")
 
 
 @app.command()
@@ -340,15 +447,35 @@ def report(
 
     def body():
         settings = _settings(config)
+        from healthsync.sync.connections import state_location
         from healthsync.sync.report import write_report
         from healthsync.sync.state import open_store
 
+        _say_state(state_location(settings).shown, as_json)
+        _writable(out, "--out")
         info = write_report(open_store(settings.state.url), settings, out, owner=owner)
         data = info if isinstance(info, dict) else getattr(info, "__dict__", {"path": str(out)})
         _emit(data, as_json, lambda: Console().print(f"report written: {out}"))
         return EXIT_OK
 
-    _guard(body)
+    _guard(body, as_json, "report")
+
+
+def _writable(path: Path, option: str) -> None:
+    """Exit 2 naming the option before any work when `path` cannot be written (a folder, no such folder, read-only)."""
+    target = Path(path)
+    if target.is_dir():
+        _fail(f"{option} {target}: is a folder; give a file name", EXIT_CONFIG)
+    folder = target.parent if str(target.parent) else Path(".")
+    if folder.exists() and not folder.is_dir():
+        _fail(f"{option} {target}: {folder} is a file, not a folder", EXIT_CONFIG)
+    if not folder.exists():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            _fail(f"{option} {target}: cannot create its folder {folder} ({e.strerror or e})", EXIT_CONFIG)
+    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        _fail(f"{option} {target}: not writable (check the path and its permissions)", EXIT_CONFIG)
 
 
 @app.command()
@@ -358,11 +485,14 @@ def schedule(config: Optional[List[Path]] = ConfigOpt, sandbox: Optional[Path] =
 
     def body():
         settings = _settings(config)
+        ready = _ready(sandbox)
+        from healthsync.sync.connections import state_location
         from healthsync.sync.scheduler import serve
 
-        return serve(settings, ready=_ready(sandbox))
+        _say_state(state_location(settings, ready).shown, False)
+        return serve(settings, ready=ready)
 
-    _guard(body)
+    _guard(body, False, "schedule")
 
 
 # ----------------------------------------------------------------------------- config
@@ -376,18 +506,23 @@ def config_validate(
     """Print every problem of a config file, or of a stack of them (base + overlays); exit 2 on any."""
 
     def body():
+        from healthsync.config.checks import deep_problems
+
         label = " + ".join(str(f) for f in files) if files else "defaults"
         try:
-            load_settings(list(files or []))
+            settings = load_settings(list(files or []))
+            problems = deep_problems(settings)
         except ConfigError as e:
-            err_console.print(f"[bold red]invalid:[/] {label}", highlight=False, soft_wrap=True)
-            for p in e.problems:
-                err_console.print(f"  - {p}", highlight=False, soft_wrap=True)
+            problems = e.problems
+        if problems:
+            err_console.print(f"[bold red]invalid:[/] {escape(label)}", highlight=False, soft_wrap=True)
+            for p in problems:
+                err_console.print(f"  - {escape(scrub(p))}", highlight=False, soft_wrap=True)
             return EXIT_CONFIG
         Console().print(f"[green]valid:[/] {label}", highlight=False, soft_wrap=True)
         return EXIT_OK
 
-    _guard(body)
+    _guard(body, False, "config validate")
 
 
 @config_app.command("show")
@@ -396,10 +531,10 @@ def config_show(config: Optional[List[Path]] = ConfigOpt):
 
     def body():
         settings = _settings(config)
-        sys.stdout.write(json.dumps(settings.redacted(), indent=2, default=str) + "\n")
+        sys.stdout.write(scrub(json.dumps(settings.redacted(), indent=2, default=str)) + "\n")
         return EXIT_OK
 
-    _guard(body)
+    _guard(body, False, "config show")
 
 
 @config_app.command("schema")
@@ -434,7 +569,7 @@ def crm_setup(config: Optional[List[Path]] = ConfigOpt, sandbox: Optional[Path] 
         _emit(result, as_json)
         return EXIT_OK
 
-    _guard(body)
+    _guard(body, as_json, "crm setup")
 
 
 @crm_app.command("check")
@@ -453,12 +588,12 @@ def crm_check(config: Optional[List[Path]] = ConfigOpt, sandbox: Optional[Path] 
                 mark = "[green]ok[/]" if r["ok"] else "[red]problems[/]"
                 Console().print(f"{name}: {mark}")
                 for p in r["problems"]:
-                    Console().print(f"  - {p}", highlight=False)
+                    Console().print(f"  - {escape(p)}", highlight=False)
         else:
             _emit(result, True)
         return EXIT_OK if ok else EXIT_CONFIG
 
-    _guard(body)
+    _guard(body, as_json, "crm check")
 
 
 # ----------------------------------------------------------------------------- sandbox & demo data
@@ -477,6 +612,8 @@ def sandbox_serve(
     search_lag: float = typer.Option(
         2.0, "--search-lag", min=0, help="HubSpot search index lag in seconds (each write waits up to this long)."
     ),
+    warehouse: bool = typer.Option(True, "--warehouse/--no-warehouse",
+                                   help="Also write the demo usage to a DuckDB warehouse (named in the ready file)."),
 ):
     """Run the emulators on 127.0.0.1 until SIGTERM/SIGINT; writes the ready file when ready."""
     configure_logging(False)
@@ -487,9 +624,9 @@ def sandbox_serve(
         from healthsync.connectors.sandbox.serve import serve
 
         return serve(accounts=accounts, seed=seed, hubspot_tier=hubspot_tier, faults_spec=faults, ready_file=ready_file,
-                     same_stamp=same_stamp, search_lag_seconds=search_lag)
+                     same_stamp=same_stamp, search_lag_seconds=search_lag, warehouse=warehouse)
 
-    _guard(body)
+    _guard(body, False, "sandbox serve")
 
 
 @app.command("demo-data")
@@ -515,7 +652,7 @@ def demo_data(
         Console().print(f"wrote {'history' if history else 'portfolio'} of {accounts} accounts to {out}")
         return EXIT_OK
 
-    _guard(body)
+    _guard(body, False, "demo-data")
 
 
 def main() -> None:

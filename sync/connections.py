@@ -4,9 +4,16 @@
 - A ready dict (`--sandbox F` / `HEALTHSYNC_SANDBOX`): a running sandbox, with
   the configured state database (the sandbox outlives the command).
 - Neither (only `healthsync run`): the embedded sandbox is started with demo
-  data, and a FRESH state database is used next to the configured one
-  (`<state dir>/sandbox/state.db`, reset at each start): the embedded sandbox
-  is new each time, so remembered cursors and pushed values would be wrong.
+  data. It is a new world each time, so the run forgets the bookkeeping of the
+  state database (cursors, replica, pushed values, retry queue, episodes, Slack
+  markers and caches) before it starts, and keeps the run history, score history
+  and backtests. A state database that holds runs against live CRMs is never used
+  for the embedded sandbox (exit 2): missing credentials on a production host
+  must not wipe its state.
+
+`state_location` is the one place that says which state database a command uses,
+so `run`, `status`, `report`, `schedule` and the embedded sandbox always agree:
+`state.url` (which never depends on the working directory, config/state_location.py).
 """
 
 from __future__ import annotations
@@ -15,8 +22,6 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from sqlalchemy.engine import make_url
 
 from healthsync.config.settings import Settings
 from healthsync.connectors.base import ConfigurationError, CrmConnector
@@ -47,8 +52,27 @@ class Connections:
             self.embedded = None
 
 
-def _mapping(settings: Settings, crm: str) -> dict:
-    return getattr(settings.mapping, crm).model_dump()
+#: canonical accounts column read only when a warehouse matches on it (sync/warehouse_job.py)
+WAREHOUSE_KEY_COLUMN = "product_account_id"
+
+
+def _mapping(settings: Settings, crm: str, ready: dict | None = None) -> dict:
+    """The CRM's field mapping; the product account id is read only when a warehouse uses it, so an
+    org without that field gets no "field not found" warning on every run."""
+    mapping = getattr(settings.mapping, crm).model_dump()
+    warehouse = settings.sources.warehouse.configured or bool((ready or {}).get("warehouse"))
+    if not warehouse:
+        mapping["account"]["read"].pop(WAREHOUSE_KEY_COLUMN, None)
+    return mapping
+
+
+def retry_policy(settings: Settings, timeout: float = 30.0):
+    """The retry policy of `settings.retries` (the same bounds for every API)."""
+    from healthsync.connectors.retry import RetryPolicy
+
+    r = settings.retries
+    return RetryPolicy(max_attempts=r.max_attempts, max_total_seconds=r.max_total_seconds, base_wait=r.base_wait_s,
+                       max_wait=r.max_wait_s, max_retry_after=r.max_retry_after_s, timeout=timeout)
 
 
 def open_crm_connectors(settings: Settings, ready: dict | None = None) -> dict[str, CrmConnector]:
@@ -62,13 +86,15 @@ def open_crm_connectors(settings: Settings, ready: dict | None = None) -> dict[s
         sf, hs = sources.salesforce, sources.hubspot
         if sf.enabled and ready.get("salesforce"):
             out["salesforce"] = salesforce_from_ready(
-                ready, _mapping(settings, "salesforce"), bulk_threshold=sf.bulk_threshold, quota_stop_share=sf.quota_stop_share,
-                lookback_minutes=sf.lookback_minutes, timeout=sf.timeout_s, bulk_max_wait_s=sf.bulk_max_wait_s,
+                ready, _mapping(settings, "salesforce", ready), bulk_threshold=sf.bulk_threshold, quota_stop_share=sf.quota_stop_share,
+                lookback_minutes=sf.lookback_minutes, timeout=sf.timeout_s, retry=retry_policy(settings, sf.timeout_s),
+                bulk_max_wait_s=sf.bulk_max_wait_s,
                 bulk_poll_seconds=sf.bulk_poll_s, exclude_own_changes=sf.exclude_own_changes,
             )
         if hs.enabled and ready.get("hubspot"):
             out["hubspot"] = hubspot_from_ready(
-                ready, _mapping(settings, "hubspot"), lookback_minutes=hs.lookback_minutes, timeout=hs.timeout_s,
+                ready, _mapping(settings, "hubspot", ready), lookback_minutes=hs.lookback_minutes, timeout=hs.timeout_s,
+                retry=retry_policy(settings, hs.timeout_s),
                 pacing_margin=hs.pacing_margin, search_lag_s=hs.search_lag_s,
             )
         return out
@@ -94,6 +120,7 @@ def open_crm_connectors(settings: Settings, ready: dict | None = None) -> dict[s
             quota_stop_share=sf.quota_stop_share,
             lookback_minutes=sf.lookback_minutes,
             timeout=sf.timeout_s,
+            retry=retry_policy(settings, sf.timeout_s),
             bulk_max_wait_s=sf.bulk_max_wait_s,
             bulk_poll_seconds=sf.bulk_poll_s,
             exclude_own_changes=sf.exclude_own_changes,
@@ -109,6 +136,7 @@ def open_crm_connectors(settings: Settings, ready: dict | None = None) -> dict[s
             tier=hs.tier,
             lookback_minutes=hs.lookback_minutes,
             timeout=hs.timeout_s,
+            retry=retry_policy(settings, hs.timeout_s),
             pacing_margin=hs.pacing_margin,
             search_lag_s=hs.search_lag_s,
         )
@@ -123,30 +151,55 @@ def open_slack(settings: Settings, ready: dict | None = None):
     from healthsync.connectors import slack
 
     if ready is not None:
-        return slack.slack_from_ready(ready) if ready.get("slack") else None
+        return slack.slack_from_ready(ready, retry=retry_policy(settings)) if ready.get("slack") else None
     if src.configured:
-        return slack.SlackNotifier(src.bot_token, base_url=src.base_url)
+        return slack.SlackNotifier(src.bot_token, base_url=src.base_url, retry=retry_policy(settings))
     return None
 
 
-def sandbox_state_url(settings: Settings) -> str:
-    """`<dir of the configured SQLite state db>/sandbox/state.db` (or `.healthsync/sandbox/state.db`)."""
-    base = Path(".healthsync")
-    try:
-        url = make_url(settings.state.url)
-        if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-            base = Path(url.database).expanduser().parent
-    except Exception:  # an unparsable URL is reported when the store opens it
-        pass
-    return f"sqlite:///{base / 'sandbox' / 'state.db'}"
+@dataclass(frozen=True)
+class StateLocation:
+    """Which state database a command uses, and why (shown by every command: JSON key `state`)."""
+
+    url: str
+    embedded: bool  # the embedded sandbox's own state
+
+    @property
+    def shown(self) -> str:
+        """The location as shown to users: a SQLite file path, or the URL with its password hidden."""
+        from healthsync.config.state_location import describe
+
+        return describe(self.url)
+
+    def to_json(self) -> str:
+        return self.shown
 
 
-def _reset_sqlite(url: str) -> None:
-    path = Path(make_url(url).database)
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        p = Path(str(path) + suffix)
-        if p.exists():
-            p.unlink()
+def state_location(settings: Settings, ready: dict | None = None) -> StateLocation:
+    """The state database of every command: `state.url`; `embedded` when `run` would start the embedded sandbox."""
+    return StateLocation(str(settings.state.url), embedded=ready is None and not settings.live)
+
+
+#: what an embedded-sandbox run keeps: history, not bookkeeping of the previous world. Every other
+#: table (cursors, replica, pushed values, retry queue, episodes, Slack markers and caches...) is
+#: cleared, so a table added later describing the world is cleared too.
+SANDBOX_KEPT_TABLES = ("runs", "score_history", "drift", "backtests", "locks")
+
+
+def forget_sandbox_world(store) -> None:
+    """Before an embedded-sandbox run: clear the previous world's bookkeeping, refuse a live state database."""
+    from sqlalchemy import func, select
+
+    runs = store.tables["runs"]
+    with store.engine.connect() as conn:
+        live = conn.execute(select(func.count()).select_from(runs).where(runs.c.mode == "live")).scalar() or 0
+    if live:
+        raise ConfigurationError(
+            f"no CRM credentials are configured, and the state database {store.shown} holds {live} run(s) against live CRMs: "
+            "healthsync will not run the embedded demo sandbox on it. Set the CRM credentials (README, Configuration), "
+            "or give the demo its own state (state.url or another config file)"
+        )
+    store.reset(keep=SANDBOX_KEPT_TABLES)
 
 
 def start_embedded_sandbox(settings: Settings):
@@ -156,7 +209,11 @@ def start_embedded_sandbox(settings: Settings):
     # Slack's one-message-per-second-per-channel pacing is off in the embedded demo: a first run
     # alerts hundreds of episodes to a handful of owner DMs, which would make `make demo` take
     # ten minutes of sleeping. Tests of the pacing use a sandbox they start themselves.
-    sandbox = Sandbox(accounts=settings.sandbox.accounts, seed=settings.sandbox.seed, slack_message_interval_s=0)
+    # with `sandbox.warehouse` the sandbox also writes its demo usage to DuckDB and the run scores from it
+    # (sync/warehouse_job.py), unless a real warehouse is configured
+    warehouse = settings.sandbox.warehouse and not settings.sources.warehouse.configured
+    sandbox = Sandbox(accounts=settings.sandbox.accounts, seed=settings.sandbox.seed, slack_message_interval_s=0,
+                      warehouse=warehouse)
     started = sandbox.start()
     ready = started if isinstance(started, dict) else sandbox.ready
     return sandbox, ready
@@ -174,35 +231,46 @@ def connect(settings: Settings, ready: dict | None = None, *, allow_embedded: bo
             "(--sandbox READY_FILE or HEALTHSYNC_SANDBOX)"
         )
     sandbox, ready = start_embedded_sandbox(settings)
-    state_url = sandbox_state_url(settings)
-    _reset_sqlite(state_url)
+    location = state_location(settings, None)
     try:
         conns = Connections(
-            "sandbox", open_crm_connectors(settings, ready), open_slack(settings, ready), ready, state_url, embedded=sandbox
+            "sandbox", open_crm_connectors(settings, ready), open_slack(settings, ready), ready, location.url, embedded=sandbox
         )
     except BaseException:
         sandbox.stop()
         raise
     conns.notes.append(
-        f"no CRM credentials configured: using the embedded sandbox ({settings.sandbox.accounts} demo accounts, "
-        f"seed {settings.sandbox.seed}); state in {state_url.removeprefix('sqlite:///')}"
+        f"no CRM credentials configured: using the embedded sandbox ({settings.sandbox.accounts} demo accounts); "
+        f"its state is in {location.shown}"
     )
     return conns
 
 
-def ensure_fields(conns: Connections) -> list[str]:
-    """Check each CRM has the healthsync fields; in sandbox mode create them, in live mode stop with what to do."""
+def ensure_fields(conns: Connections, only: list[str] | None = None) -> list[str]:
+    """Check each CRM has the healthsync fields; in sandbox mode create them, in live mode stop with what to do.
+
+    A CRM that cannot be reached raises `StopRunError` from `check()` (never a
+    "missing permission" problem); `only` limits the check to some CRMs (one lane).
+    """
     created: list[str] = []
     for name, connector in conns.connectors.items():
-        result = connector.check()
-        if result.ok:
+        if only is not None and name not in only:
             continue
-        if conns.mode != "sandbox":
-            raise ConfigurationError(
-                f"{name} is not ready for healthsync: " + "; ".join(result.problems) + " (run `healthsync crm setup`)"
-            )
-        created += [f"{name}: {f}" for f in connector.setup()]
-        again = connector.check()
-        if not again.ok:
-            raise ConfigurationError(f"{name} sandbox setup incomplete: " + "; ".join(again.problems))
+        created += ensure_connector_fields(name, connector, sandbox=conns.mode == "sandbox")
+    return created
+
+
+def ensure_connector_fields(name: str, connector: CrmConnector, *, sandbox: bool) -> list[str]:
+    """`ensure_fields` for one CRM."""
+    result = connector.check()
+    if result.ok:
+        return []
+    if not sandbox:
+        raise ConfigurationError(
+            f"{name} is not ready for healthsync: " + "; ".join(result.problems) + " (run `healthsync crm setup`)"
+        )
+    created = [f"{name}: {f}" for f in connector.setup()]
+    again = connector.check()
+    if not again.ok:
+        raise ConfigurationError(f"{name} sandbox setup incomplete: " + "; ".join(again.problems))
     return created

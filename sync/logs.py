@@ -58,12 +58,15 @@ class SecretScrubber(logging.Filter):
 
 
 def register_settings_secrets(settings) -> None:
-    """Register every SecretStr of the settings' sources."""
+    """Register every SecretStr of the settings' sources, and the password inside `state.url`."""
     for section in ("salesforce", "hubspot", "slack"):
         src = getattr(settings.sources, section)
         for name, value in src:
             if hasattr(value, "get_secret_value"):
                 register_secret(value)
+    from healthsync.config.state_location import url_password
+
+    register_secret(url_password(getattr(settings.state, "url", None)))
 
 
 def configure_logging(verbose: bool = False) -> None:

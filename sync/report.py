@@ -369,6 +369,7 @@ def render_report(data: ReportData, settings: Settings) -> tuple[str, int]:
         "drift_rows": drift_rows,
         "drift_flagged": any(d.get("warning") for d in drift_rows),
         "drift_warnings": data.drift_warnings,
+        "data_quality": data.data_quality,
         "owners": owners,
         "book_cap": book_cap,
         "due_soon": f"in the last {DUE_SOON_SHARE:.0%} of the task's SLA window (at least the last {DUE_SOON_MIN_HOURS} h)",

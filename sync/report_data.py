@@ -87,6 +87,7 @@ class ReportData:
     drill_down_total: int  # how many accounts qualified before the cap
     adjusted_source: str  # where adjusted probabilities came from ("crm write-back", "engine", "none")
     notes: list[str] = field(default_factory=list)
+    data_quality: dict[str, Any] = field(default_factory=dict)  # the last run's KPIs per source (sync/data_quality.py)
 
     @property
     def arr_at_risk(self) -> float:
@@ -620,4 +621,14 @@ def load_report_data(store: StateStore, settings: Settings, now: datetime | None
         drill_down_total=max(qualified, len(drill)),
         adjusted_source=source,
         notes=notes,
+        data_quality=_data_quality(store),
     )
+
+
+def _data_quality(store: StateStore) -> dict[str, Any]:
+    from healthsync.sync.data_quality import latest
+
+    try:
+        return latest(store)
+    except Exception:  # noqa: BLE001 - a store from before the data-quality revision: the section says so
+        return {}

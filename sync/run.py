@@ -4,11 +4,16 @@
 `score_stage`, `sync_stage` and `escalate_stage` run one stage each for
 `healthsync pull | score | sync | escalate` and return JSON-safe dicts.
 
-How a run ends (design.md "Errors", exit codes in sync/summary.py):
-- StopRunError / QuotaExhaustedError (quota, auth, CRM unreachable): stop at
-  once, keep everything stored so far (cursors, confirmed writes, the retry
-  queue), status `stopped`, exit 3; the next run resumes.
-- ConfigurationError: status `failed`, exit 2.
+Each CRM's work runs in its own lane (sync/lanes.py): fields check, pull,
+write-back and tasks per CRM, around the shared scoring step and the shared
+Slack step. How a run ends (exit codes: README "Exit codes", sync/summary.py):
+
+- a lane stops (StopRunError: unreachable, quota, retries exhausted): that CRM's
+  remaining stages are skipped and what it stored is kept; the other CRM goes
+  on; status `stopped`, exit 3, `stopped_reason` names the CRM, the call and what
+  to do. The next run resumes.
+- ConfigurationError before anything is sent (fields check, playbooks, state):
+  status `failed`, exit 2, nothing sent.
 - record errors (write failures, invalid records, playbook/escalation errors):
   the rest goes on; status `record_errors`, exit 1, never `ok`.
 - anything else (a bug, or a test's hook simulating a crash) propagates after
@@ -35,15 +40,18 @@ import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from healthsync.config.settings import Settings
+from healthsync.config.settings import ConfigError, Settings
 from healthsync.connectors.base import ConfigurationError, HealthsyncError, StopRunError
+from healthsync.connectors.errors import classify
 from healthsync.sync.clock import now_for
-from healthsync.sync.connections import Connections, connect, ensure_fields
-from healthsync.sync.pull import pull_all
+from healthsync.sync.connections import Connections, connect, ensure_connector_fields, forget_sandbox_world, state_location
+from healthsync.sync.lanes import Lane, LaneStop, alive, each_lane, make_lanes
+from healthsync.sync.pull import PULLED_OBJECTS, PullStats, pull_object
 from healthsync.sync.score_job import ScoreResult, record_history, score_replica
-from healthsync.sync.state import StateStore, open_store
+from healthsync.sync.state import HOST, StateStore, holder_alive, lock_holder, open_store
 from healthsync.sync.summary import RunSummary, render_diff
-from healthsync.sync.writeback import desired_outputs, execute_plan, plan_writes
+from healthsync.sync.warehouse_job import warehouse_stage
+from healthsync.sync.writeback import CrmWriteReport, WritePlan, desired_outputs, execute_plan, plan_writes
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +94,9 @@ class _Progress:
 
 
 #: The state lock of a run: one cycle at a time per state database (manual runs, the scheduler,
-#: several workers). Renewed as the run makes progress, so a killed run blocks the next one
-#: for at most this long.
+#: several workers). Renewed as the run makes progress. Its holder names host and pid: a run on
+#: the same host whose holder process is gone takes it over at once; a holder on another host
+#: blocks the next run for at most this long after its last progress.
 RUN_LOCK = "run_cycle"
 RUN_LOCK_TTL_S = 600.0
 
@@ -95,8 +104,8 @@ RUN_LOCK_TTL_S = 600.0
 class _RunLock:
     """The run's lease in the `locks` table, renewed (at most every 30 s) whenever the run makes progress."""
 
-    def __init__(self, store: StateStore, holder: str):
-        self.store, self.holder = store, holder
+    def __init__(self, store: StateStore, run_id: str):
+        self.store, self.holder = store, lock_holder(run_id)
         self._renewed = 0.0
 
     def acquire(self) -> bool:
@@ -109,6 +118,20 @@ class _RunLock:
 
     def release(self) -> None:
         self.store.release_lock(RUN_LOCK, self.holder)
+
+    def busy_reason(self) -> str:
+        """Why the lease could not be taken: who holds it and when it frees up."""
+        row = self.store.lock_holder_of(RUN_LOCK) or {}
+        holder = str(row.get("holder") or "unknown")
+        host, _, rest = holder.partition(":")
+        pid, _, run = rest.partition(":")
+        who = f"run {run} (host {host}, pid {pid})" if run else f"holder {holder}"
+        if host == HOST and holder_alive(holder):
+            when = "try again when it has finished"
+        else:
+            when = (f"try again when it has finished (a run on another host that died releases it "
+                    f"{RUN_LOCK_TTL_S / 60:.0f} minutes after its last progress)")
+        return f"another healthsync run is in progress on this state database: {who}; {when}"
 
     def wrap(self, hooks: Hooks | None) -> Hooks:
         def renewing(point: str) -> None:
@@ -124,8 +147,12 @@ def _hook(hooks: Hooks | None, point: str) -> None:
         hooks(point)
 
 
-def load_owners(connectors: dict) -> pd.DataFrame | None:
-    """Owners known to the CRMs (email plus whatever the CRM tells: name, role, manager_email)."""
+def load_owners(connectors: dict, on_stop: Callable[[str, StopRunError], None] | None = None) -> pd.DataFrame | None:
+    """Owners known to the CRMs (email plus whatever the CRM tells: name, role, manager_email).
+
+    A CRM that stops while listing owners calls `on_stop(crm, exc)` (its lane stops) when
+    given; without it the StopRunError propagates.
+    """
     frames = []
     for connector in connectors.values():
         try:
@@ -134,7 +161,10 @@ def load_owners(connectors: dict) -> pd.DataFrame | None:
                     frames.append(page.records)
         except HealthsyncError as exc:
             if isinstance(exc, StopRunError):
-                raise
+                if on_stop is None:
+                    raise
+                on_stop(connector.name, exc)
+                continue
             log.warning("owners of %s not available: %s", connector.name, exc)
     if not frames:
         return None
@@ -150,6 +180,19 @@ def _writes_json(reports: dict) -> dict[str, dict]:
     return {crm: r.to_json() for crm, r in reports.items()}
 
 
+def _failed_summary(settings: Settings, exc: BaseException, *, dry_run: bool, state: str | None, mode: str | None = None) -> RunSummary:
+    """The summary of a run that could not start (configuration, state store, sandbox clock)."""
+    summary = RunSummary(run_id=new_run_id(datetime.now().astimezone()), mode=mode or ("live" if settings.live else "sandbox"),
+                         dry_run=dry_run, state=state)
+    kind = classify(exc)
+    summary.status = kind.status
+    summary.failure_kind = kind.kind if kind.status == "failed" else None
+    if kind.status == "stopped":
+        summary.stopped_reason = str(exc)
+    summary.errors.append(f"{'stopped' if kind.status == 'stopped' else kind.kind + ' error'}: {exc}")
+    return summary
+
+
 def run_cycle(
     settings: Settings,
     *,
@@ -163,12 +206,11 @@ def run_cycle(
     clock0 = time.monotonic()
     console = console or Console()
     progress = _Progress(not json_mode)
+    location = state_location(settings, ready)
     try:
         conns = connect(settings, ready)
-    except ConfigurationError as exc:
-        summary = RunSummary(run_id=new_run_id(datetime.now().astimezone()), mode="live" if settings.live else "sandbox", dry_run=dry_run)
-        summary.status = "failed"
-        summary.errors.append(str(exc))
+    except (ConfigurationError, StopRunError) as exc:
+        summary = _failed_summary(settings, exc, dry_run=dry_run, state=location.shown)
         summary.duration_s = time.monotonic() - clock0
         if not json_mode:
             summary.render(console)
@@ -186,10 +228,14 @@ def run_cycle(
 
 
 def _run(settings: Settings, conns: Connections, *, dry_run: bool, hooks, progress: _Progress, console, json_mode) -> RunSummary:
-    store = open_store(conns.state_url)
-    now = now_for(conns.ready)
+    location = state_location(settings, conns.ready)
+    try:
+        store = open_store(conns.state_url)
+        now = now_for(conns.ready)
+    except (ConfigurationError, StopRunError) as exc:
+        return _failed_summary(settings, exc, dry_run=dry_run, state=location.shown, mode=conns.mode)
     run_id = new_run_id(now)
-    summary = RunSummary(run_id=run_id, mode=conns.mode, dry_run=dry_run, started_at=now.isoformat())
+    summary = RunSummary(run_id=run_id, mode=conns.mode, dry_run=dry_run, started_at=now.isoformat(), state=store.shown)
     summary.notes.extend(conns.notes)
     if conns.embedded is not None and not json_mode:
         for note in conns.notes:
@@ -198,34 +244,30 @@ def _run(settings: Settings, conns: Connections, *, dry_run: bool, hooks, progre
     lock = _RunLock(store, run_id)
     if not lock.acquire():
         summary.status = "stopped"
-        summary.stopped_reason = (
-            "another healthsync run is in progress on this state database; try again when it has finished "
-            f"(a run that died releases it {RUN_LOCK_TTL_S / 60:.0f} minutes after its last progress)"
-        )
+        summary.stopped_reason = lock.busy_reason()
         summary.errors.append(f"stopped: {summary.stopped_reason}")
         _finish(store, summary)
         return summary
     try:
-        created = ensure_fields(conns)
-        if created:
-            summary.notes.append(f"created healthsync fields in the sandbox: {len(created)}")
+        abandoned = store.mark_abandoned(exclude=run_id)
+        if abandoned:
+            summary.notes.append(f"runs left unfinished by a process that is gone, now marked abandoned: {', '.join(abandoned)}")
+        if conns.embedded is not None:
+            forget_sandbox_world(store)  # a new world each time; never on a live state database (exit 2)
         _cycle(settings, conns, store, summary, now=now, dry_run=dry_run, hooks=lock.wrap(hooks), progress=progress,
                on_progress=lock.renew)
         summary.finish_status()
-    except StopRunError as exc:
-        summary.status = "stopped"
-        summary.stopped_reason = str(exc)
-        summary.errors.append(f"stopped: {exc}")
-        reports = getattr(exc, "reports", None)
-        if reports:
-            summary.writes = _writes_json(reports)
-            for r in reports.values():
-                summary.add_errors(r.errors)
-    except ConfigurationError as exc:
+    except (ConfigurationError, ConfigError) as exc:
         summary.status = "failed"
+        summary.failure_kind = classify(exc).kind
         summary.errors.append(f"configuration error: {exc}")
+    except StopRunError as exc:  # a shared step (the sandbox clock, Slack) cannot go on
+        summary.add_stop(LaneStop(system=exc.system or "run", stage="run", kind=classify(exc).kind, reason=str(exc),
+                                  call=exc.call, action=exc.action))
+        summary.finish_status()
     except BaseException as exc:
         summary.status = "failed"
+        summary.failure_kind = "internal"
         summary.errors.append(f"crashed: {type(exc).__name__}")
         _finish(store, summary)
         raise
@@ -242,83 +284,225 @@ def _finish(store: StateStore, summary: RunSummary) -> None:
         log.warning("could not record run %s", summary.run_id, exc_info=True)
 
 
+def _lane_plan(plan: WritePlan, crm: str) -> WritePlan:
+    """The part of a write plan that belongs to one CRM (its lane sends only that)."""
+    return WritePlan(
+        records=[r for r in plan.records if r.crm == crm],
+        invalid=[r for r in plan.invalid if r.crm == crm],
+        unchanged={k: v for k, v in plan.unchanged.items() if k[0] == crm},
+        stale={k: v for k, v in plan.stale.items() if k[0] == crm},
+    )
+
+
+def _dry_writes(plan: WritePlan, crms: list[str]) -> tuple[dict, dict]:
+    diff = plan.to_json()
+    writes = {crm: {"records_changed": c["changed"], "unchanged": c["unchanged"], "invalid": c["invalid"],
+                    "failed": 0, "api_calls": 0, "retried": 0}
+              for crm, c in diff["by_crm"].items()}
+    for crm in crms:
+        writes.setdefault(crm, {"records_changed": 0, "unchanged": 0, "invalid": 0, "failed": 0, "api_calls": 0, "retried": 0})
+    return diff, writes
+
+
 def _cycle(settings, conns: Connections, store: StateStore, summary: RunSummary, *, now, dry_run, hooks, progress,
            on_progress: Callable[[], None] = lambda: None) -> None:
-    connectors = conns.connectors
-    crms = list(connectors)
+    lanes = make_lanes(conns.connectors)
+    try:
+        _lanes_cycle(settings, conns, store, summary, lanes, now=now, dry_run=dry_run, hooks=hooks, progress=progress,
+                     on_progress=on_progress)
+    finally:
+        for lane in lanes:
+            summary.lanes[lane.crm] = {
+                "status": "ok" if lane.alive else "stopped",
+                "stages": list(lane.stages_done),
+                "stopped": lane.stop.to_json() if lane.stop else None,
+            }
+            if lane.stop and all(s.get("system") != lane.crm for s in summary.stopped):
+                summary.add_stop(lane.stop)
 
-    # pull
+
+def _lanes_cycle(settings, conns: Connections, store: StateStore, summary: RunSummary, lanes: list[Lane], *, now, dry_run,
+                 hooks, progress, on_progress) -> None:
+    # preflight: nothing is sent before every CRM's fields and the playbooks are known to be right
+    load_playbooks = _optional("healthsync.playbooks.definitions", "load_playbooks")
+    if load_playbooks is not None and settings.playbooks.enabled:
+        load_playbooks(settings)  # ConfigError -> failed, exit 2, nothing sent
+    created: list[str] = []
+
+    def check_fields(lane: Lane) -> None:
+        done = lane.run("fields check", lambda: ensure_connector_fields(lane.crm, lane.connector, sandbox=conns.mode == "sandbox"),
+                        fail_fast_on_config=True)
+        created.extend(done or [])
+
+    each_lane(lanes, check_fields)
+    if created:
+        summary.notes.append(f"created healthsync fields in the sandbox: {len(created)}")
+
+    # pull, per lane
+    pulled: list[PullStats] = []
     with progress.task("pull", None) as advance:
-        stats = pull_all(store, connectors, now=now, on_page=lambda n: (advance(n), on_progress()))
-    for s in stats:
-        summary.pulled.setdefault(s.crm, {})[s.object] = {"records": s.records, "deleted": s.deleted}
-        summary.data_problems += len(s.problems)
-        summary.warnings.extend(s.problems[: max(0, 50 - len(summary.warnings))])
+        def pull_lane(lane: Lane) -> None:
+            for object in PULLED_OBJECTS:
+                stats = lane.run(
+                    f"pull of {object}",
+                    lambda object=object: pull_object(store, lane.connector, object, now=now,
+                                                      on_page=lambda n: (advance(n), on_progress())),
+                )
+                if stats is None:
+                    return
+                pulled.append(stats)
+                summary.pulled.setdefault(stats.crm, {})[stats.object] = {"records": stats.records, "deleted": stats.deleted}
+                summary.data_problems += len(stats.problems)
+                summary.warnings.extend(stats.problems[: max(0, 50 - len(summary.warnings))])
+
+        each_lane(lanes, pull_lane)
     _hook(hooks, "after_pull")
 
-    # score + forecast
+    live = alive(lanes)
+    if not live:
+        summary.stages_skipped.append("score, write-back, playbooks, escalation (no CRM could go on)")
+        return
+
+    # product usage aggregated in the warehouse (sync/warehouse_job.py): a configuration problem
+    # fails the run here (exit 2, nothing written); an unreachable warehouse lets the CRMs' stages
+    # go on and ends the run `stopped` (exit 3, see _end_warehouse_stage)
+    with progress.task("warehouse", None):
+        usage = warehouse_stage(settings, conns.ready, now)
+
+    # score + forecast: shared, over the replica of every CRM, as last pulled. A stopped CRM's accounts
+    # are scored from what its state kept (the forecast adjusts the whole book at once, so leaving them
+    # out would move the other CRM's opportunities); only the live lanes write, task and record them.
+    crms = [lane.crm for lane in lanes]
     with progress.task("score", None):
-        scored = score_replica(store, settings, crms, now)
+        scored = score_replica(store, settings, crms, now, usage=usage)
     summary.accounts_scored = len(scored.scores)
     summary.bands = scored.bands
     summary.opportunities_adjusted = len(scored.opportunities)
+    # data-quality KPIs of what was just pulled and scored: recorded and alerted before anything is written
+    _data_quality(store, settings, conns, summary, crms, scored, pulled, usage, now, record=not dry_run)
     _hook(hooks, "after_score")
 
-    # write-back
-    plan = plan_writes(store, settings, desired_outputs(scored.scores, scored.opportunities, now), crms)
+    # write-back and tasks, per lane
+    plan = plan_writes(store, settings, desired_outputs(scored.scores, scored.opportunities, now), [lane.crm for lane in live])
     summary.invalid = len(plan.invalid)
     if dry_run:
-        summary.diff = plan.to_json()
-        summary.writes = {crm: {"records_changed": c["changed"], "unchanged": c["unchanged"], "invalid": c["invalid"],
-                                "failed": 0, "api_calls": 0, "retried": 0}
-                          for crm, c in summary.diff["by_crm"].items()}
-        for crm in crms:
-            summary.writes.setdefault(crm, {"records_changed": 0, "unchanged": 0, "invalid": 0, "failed": 0, "api_calls": 0, "retried": 0})
-    else:
-        with progress.task("write-back", len(plan.records)) as advance:
-            reports = execute_plan(store, settings, plan, connectors, run_id=summary.run_id, now=now, hooks=hooks, on_batch=advance)
-        summary.writes = _writes_json(reports)
-        for r in reports.values():
-            summary.add_errors(r.errors)
-    _hook(hooks, "after_writeback")
-
-    # playbooks -> CRM tasks
+        summary.diff, summary.writes = _dry_writes(plan, [lane.crm for lane in live])
     run_playbooks = _optional("healthsync.sync.playbooks_job", "run_playbooks")
     if run_playbooks is None:
         summary.stages_skipped.append("playbooks (not in this build)")
-    else:
-        with progress.task("playbooks", None):
-            result = run_playbooks(store, settings, scored.scores, connectors, now, summary.run_id, dry_run=dry_run, hooks=hooks)
-        summary.tasks_created = result.tasks_created
-        summary.episodes_opened = result.episodes_opened
-        summary.episodes_closed = result.episodes_closed
-        summary.add_errors(list(result.errors))
+
+    with progress.task("write-back", None if dry_run else len(plan.records)) as advance:
+        def sync_lane(lane: Lane) -> None:
+            if not dry_run:
+                _write_back(store, settings, summary, lane, _lane_plan(plan, lane.crm), now=now, hooks=hooks, on_batch=advance)
+            if run_playbooks is not None and lane.alive:
+                lane_scores = _rows_of(scored.scores, lane.crm)
+                result = lane.run("tasks", lambda: run_playbooks(store, settings, lane_scores, lane.connectors, now, summary.run_id,
+                                                                 dry_run=dry_run, hooks=hooks))
+                if result is not None:
+                    summary.tasks_created += result.tasks_created
+                    summary.episodes_opened += result.episodes_opened
+                    summary.episodes_closed += result.episodes_closed
+                    summary.add_errors(list(result.errors))
+
+        each_lane(live, sync_lane)
+    _hook(hooks, "after_writeback")
     _hook(hooks, "after_playbooks")
 
-    # escalation in Slack
-    run_escalation = _optional("healthsync.sync.escalation", "run_escalation")
-    if run_escalation is None:
-        summary.stages_skipped.append("escalation (not in this build)")
-    elif conns.slack is None:
-        summary.stages_skipped.append("escalation (Slack not configured)")
-    else:
-        with progress.task("escalation", None):
-            owners = load_owners(connectors)
-            result = run_escalation(store, settings, conns.slack, connectors, now, summary.run_id,
-                                    scores=scored.scores, owners=owners, dry_run=dry_run, hooks=hooks)
-        summary.alerts_sent = result.alerts_sent
-        summary.escalations = result.escalations
-        summary.recoveries = getattr(result, "recoveries", 0)
-        summary.add_errors(list(result.errors))
-        summary.notes.extend(getattr(result, "notes", []))  # e.g. maybe-sent messages settled from Slack's history
+    # escalation in Slack, for the CRMs still going
+    _escalate(settings, conns, store, summary, lanes, scored, now=now, dry_run=dry_run, hooks=hooks, progress=progress)
     _hook(hooks, "after_escalation")
 
     # record
     _hook(hooks, "before_record")
     _drift(store, settings, scored, summary, record=not dry_run)
     if not dry_run:
-        record_history(store, settings, scored.scores, summary.run_id, now)
+        live_crms = [lane.crm for lane in alive(lanes)]
+        live_scores = pd.concat([_rows_of(scored.scores, crm) for crm in live_crms]) if live_crms else scored.scores.iloc[0:0]
+        record_history(store, settings, live_scores, summary.run_id, now)
         _report(store, settings, summary, now)
+    _end_warehouse_stage(summary, usage)
+
+
+def _data_quality(store, settings, conns, summary: RunSummary, crms, scored, stats, usage, now, *, record: bool) -> None:
+    """Per-source data-quality KPIs (sync/data_quality.py): in the summary; recorded and alerted unless a dry run."""
+    from healthsync.sync import data_quality as dq
+
+    try:
+        summary.data_quality = dq.measure(store, settings, crms, scored, stats, usage, now)
+        if not record:
+            return
+        pending = dq.record(store, summary.run_id, dq.evaluate(summary.data_quality, settings), now)
+        if settings.data_quality.alert:
+            dq.announce(store, conns.slack, settings.escalation.ops_channel, pending, now)
+    except Exception as exc:  # noqa: BLE001 - a KPI failure never fails the sync; it is reported
+        log.warning("data-quality KPIs failed", exc_info=True)
+        summary.warnings.append(f"data-quality KPIs failed: {type(exc).__name__}")
+
+
+def _end_warehouse_stage(summary: RunSummary, usage) -> None:
+    """An unreachable warehouse ends an otherwise finished run `stopped` (exit 3): usage is missing this time."""
+    if usage is None or not usage.unreachable:
+        return
+    summary.add_stop(LaneStop(system="warehouse", stage="usage", kind="unreachable",
+                              reason=f"{usage.unreachable} (scored without warehouse usage this run)"))
+
+
+def _rows_of(scores: pd.DataFrame, crm: str) -> pd.DataFrame:
+    """The scored accounts of one CRM (by the `crm` column, else the id prefix)."""
+    if "crm" in scores.columns:
+        return scores[scores["crm"].astype("string") == crm]
+    prefix = {"salesforce": "sf:", "hubspot": "hs:"}.get(crm, f"{crm}:")
+    return scores[scores["account_id"].astype("string").str.startswith(prefix)]
+
+
+def _write_back(store, settings, summary: RunSummary, lane: Lane, plan: WritePlan, *, now, hooks, on_batch) -> None:
+    """One lane's write-back; a stop keeps the outcome of every batch sent so far."""
+    partial: dict[str, CrmWriteReport] = {}
+
+    def push() -> dict[str, CrmWriteReport]:
+        try:
+            return execute_plan(store, settings, plan, lane.connectors, run_id=summary.run_id, now=now, hooks=hooks, on_batch=on_batch)
+        except StopRunError as exc:
+            partial.update(getattr(exc, "reports", None) or {})
+            raise
+
+    reports = lane.run("write-back", push) or partial
+    report = reports.get(lane.crm)
+    if report is not None:
+        summary.writes[lane.crm] = report.to_json()
+        summary.add_errors(report.errors)
+
+
+def _escalate(settings, conns: Connections, store, summary: RunSummary, lanes: list[Lane], scored: ScoreResult, *, now, dry_run,
+              hooks, progress) -> None:
+    run_escalation = _optional("healthsync.sync.escalation", "run_escalation")
+    if run_escalation is None:
+        summary.stages_skipped.append("escalation (not in this build)")
+        return
+    if conns.slack is None:
+        summary.stages_skipped.append("escalation (Slack not configured)")
+        return
+    by_crm = {lane.crm: lane for lane in lanes}
+    with progress.task("escalation", None):
+        owners = load_owners({lane.crm: lane.connector for lane in alive(lanes)},
+                             on_stop=lambda crm, exc: by_crm[crm].halt("owners", exc))
+        live = {lane.crm: lane.connector for lane in alive(lanes)}
+        if not live:
+            summary.stages_skipped.append("escalation (no CRM could go on)")
+            return
+        try:
+            result = run_escalation(store, settings, conns.slack, live, now, summary.run_id,
+                                    scores=scored.scores, owners=owners, dry_run=dry_run, hooks=hooks)
+        except StopRunError as exc:
+            summary.add_stop(LaneStop(system=exc.system or "slack", stage="alerts", kind=classify(exc).kind, reason=str(exc),
+                                      call=exc.call, action=exc.action))
+            return
+    summary.alerts_sent = result.alerts_sent
+    summary.escalations = result.escalations
+    summary.recoveries = getattr(result, "recoveries", 0)
+    summary.add_errors(list(result.errors))
+    summary.notes.extend(getattr(result, "notes", []))  # e.g. maybe-sent messages settled from Slack's history
 
 
 def _drift(store: StateStore, settings: Settings, scored, summary: RunSummary, *, record: bool) -> None:
@@ -373,33 +557,61 @@ def _report(store: StateStore, settings: Settings, summary: RunSummary, now: dat
 def _stage_connections(settings: Settings, ready: dict | None) -> Iterator[tuple[Connections, StateStore, datetime]]:
     conns = connect(settings, ready, allow_embedded=False)
     try:
-        yield conns, open_store(conns.state_url), now_for(conns.ready)
+        store = open_store(conns.state_url)
+        yield conns, store, now_for(conns.ready)
     finally:
         conns.close()
 
 
-def pull_stage(settings: Settings, *, ready: dict | None = None) -> dict[str, Any]:
-    """`healthsync pull`: CRM changes into the replica; per CRM and object the records stored and deleted."""
-    with _stage_connections(settings, ready) as (conns, store, now):
-        try:
-            stats = pull_all(store, conns.connectors, now=now)
-        except StopRunError as exc:
-            return {"status": "stopped", "exit_code": 3, "errors": [str(exc)]}
-    out: dict[str, Any] = {"status": "ok", "exit_code": 0, "pulled": {}, "data_problems": [], "mode": conns.mode}
-    for s in stats:
-        out["pulled"].setdefault(s.crm, {})[s.object] = s.to_json()
-        out["data_problems"].extend(s.problems[:50])
+def _stopped_json(out: dict[str, Any], lanes: list[Lane]) -> dict[str, Any]:
+    """Status, exit code and `stopped_reason` of a stage command from its lanes."""
+    stops = [lane.stop for lane in lanes if lane.stop]
+    out["lanes"] = {lane.crm: {"status": "ok" if lane.alive else "stopped", "stopped": lane.stop.to_json() if lane.stop else None}
+                    for lane in lanes}
+    out["stopped"] = [s.to_json() for s in stops]
+    if stops:
+        config = [s for s in stops if s.kind in ("configuration", "credentials")]
+        out["status"], out["exit_code"] = ("failed", 2) if config else ("stopped", 3)
+        out["stopped_reason"] = " | ".join(s.sentence for s in stops)
+        out.setdefault("errors", []).extend(f"stopped: {s.sentence}" for s in stops)
+    else:
+        out.setdefault("stopped_reason", None)
     return out
+
+
+def pull_stage(settings: Settings, *, ready: dict | None = None) -> dict[str, Any]:
+    """`healthsync pull`: CRM changes into the replica; per CRM and object the records stored and deleted.
+
+    One CRM that cannot be reached stops only its own pull (exit 3); the other is pulled.
+    """
+    with _stage_connections(settings, ready) as (conns, store, now):
+        out: dict[str, Any] = {"status": "ok", "exit_code": 0, "pulled": {}, "data_problems": [], "mode": conns.mode,
+                               "state": store.shown, "errors": []}
+        lanes = make_lanes(conns.connectors)
+
+        def pull_lane(lane: Lane) -> None:
+            for object in PULLED_OBJECTS:
+                stats = lane.run(f"pull of {object}", lambda object=object: pull_object(store, lane.connector, object, now=now),
+                                 fail_fast_on_config=True)
+                if stats is None:
+                    return
+                out["pulled"].setdefault(stats.crm, {})[stats.object] = stats.to_json()
+                out["data_problems"].extend(stats.problems[:50])
+
+        each_lane(lanes, pull_lane)
+    return _stopped_json(out, lanes)
 
 
 def score_stage(settings: Settings, *, ready: dict | None = None) -> dict[str, Any]:
     """`healthsync score`: score the replica as it is (no pull, nothing written, no history recorded)."""
     with _stage_connections(settings, ready) as (conns, store, now):
-        scored = score_replica(store, settings, list(conns.connectors), now)
+        usage = warehouse_stage(settings, conns.ready, now)
+        scored = score_replica(store, settings, list(conns.connectors), now, usage=usage)
     top = scored.scores.sort_values("score").head(10) if len(scored.scores) else scored.scores
     return {
         "status": "ok",
         "exit_code": 0,
+        "state": store.shown,
         "accounts_scored": len(scored.scores),
         "bands": scored.bands,
         "opportunities_adjusted": len(scored.opportunities),
@@ -410,34 +622,66 @@ def score_stage(settings: Settings, *, ready: dict | None = None) -> dict[str, A
     }
 
 
+def _locked_stage(store: StateStore, summary: RunSummary, work: Callable[[_RunLock], None]) -> dict[str, Any]:
+    """A stage command that sends: under the same run lease as `healthsync run`, recorded in `runs`."""
+    store.start_run(summary.run_id, summary.mode, datetime.fromisoformat(summary.started_at) if summary.started_at else datetime.now())
+    lock = _RunLock(store, summary.run_id)
+    if not lock.acquire():
+        summary.status, summary.stopped_reason = "stopped", lock.busy_reason()
+        summary.errors.append(f"stopped: {summary.stopped_reason}")
+        _finish(store, summary)
+        return summary.to_json()
+    try:
+        work(lock)
+        summary.finish_status()
+    except (ConfigurationError, ConfigError) as exc:
+        summary.status, summary.failure_kind = "failed", classify(exc).kind
+        summary.errors.append(f"configuration error: {exc}")
+    except StopRunError as exc:
+        summary.add_stop(LaneStop(system=exc.system or "run", stage="run", kind=classify(exc).kind, reason=str(exc),
+                                  call=exc.call, action=exc.action))
+        summary.finish_status()
+    except BaseException as exc:
+        summary.status, summary.failure_kind = "failed", "internal"
+        summary.errors.append(f"crashed: {type(exc).__name__}")
+        _finish(store, summary)
+        raise
+    finally:
+        lock.release()
+    _finish(store, summary)
+    return summary.to_json()
+
+
 def sync_stage(settings: Settings, *, ready: dict | None = None, dry_run: bool = False, retry_failed: bool = False) -> dict[str, Any]:
     """`healthsync sync`: write the replica's current scores back (diffed); `retry_failed` sends only the retry queue."""
     with _stage_connections(settings, ready) as (conns, store, now):
         crms = list(conns.connectors)
-        scored = score_replica(store, settings, crms, now)
+        usage = warehouse_stage(settings, conns.ready, now)
+        scored = score_replica(store, settings, crms, now, usage=usage)
         plan = plan_writes(store, settings, desired_outputs(scored.scores, scored.opportunities, now), crms)
         if retry_failed:
             plan.records = [r for r in plan.records if r.retry]
         if dry_run:
             diff = plan.to_json()
-            return {"status": "ok", "exit_code": 0, "dry_run": True, **diff}
+            return {"status": "ok", "exit_code": 0, "dry_run": True, "state": store.shown, **diff}
         run_id = new_run_id(now)
-        store.start_run(run_id, conns.mode, now)
-        summary = RunSummary(run_id=run_id, mode=conns.mode, started_at=now.isoformat())
+        summary = RunSummary(run_id=run_id, mode=conns.mode, started_at=now.isoformat(), state=store.shown)
         summary.invalid = len(plan.invalid)
-        try:
-            reports = execute_plan(store, settings, plan, conns.connectors, run_id=run_id, now=now)
-            summary.writes = _writes_json(reports)
-            for r in reports.values():
-                summary.add_errors(r.errors)
-            summary.finish_status()
-        except StopRunError as exc:
-            summary.status, summary.stopped_reason = "stopped", str(exc)
-            summary.errors.append(f"stopped: {exc}")
-            if getattr(exc, "reports", None):
-                summary.writes = _writes_json(exc.reports)
-        _finish(store, summary)
-    return summary.to_json()
+        lanes = make_lanes(conns.connectors)
+
+        def work(lock: _RunLock) -> None:
+            try:
+                each_lane(lanes, lambda lane: _write_back(store, settings, summary, lane, _lane_plan(plan, lane.crm), now=now,
+                                                          hooks=lock.wrap(None), on_batch=None))
+            finally:
+                for lane in lanes:
+                    summary.lanes[lane.crm] = {"status": "ok" if lane.alive else "stopped", "stages": list(lane.stages_done),
+                                               "stopped": lane.stop.to_json() if lane.stop else None}
+                    if lane.stop:
+                        summary.add_stop(lane.stop)
+            _end_warehouse_stage(summary, usage)
+
+        return _locked_stage(store, summary, work)
 
 
 def retry_failed(settings: Settings, *, ready: dict | None = None) -> dict[str, Any]:
@@ -454,17 +698,22 @@ def escalate_stage(settings: Settings, *, ready: dict | None = None) -> dict[str
         if conns.slack is None:
             raise ConfigurationError("Slack is not configured (sources.slack: HEALTHSYNC__SLACK__BOT_TOKEN) and no sandbox given")
         run_id = new_run_id(now)
-        store.start_run(run_id, conns.mode, now)
-        summary = RunSummary(run_id=run_id, mode=conns.mode, started_at=now.isoformat())
-        try:
-            result = run_escalation(store, settings, conns.slack, conns.connectors, now, run_id, owners=load_owners(conns.connectors))
+        summary = RunSummary(run_id=run_id, mode=conns.mode, started_at=now.isoformat(), state=store.shown)
+        lanes = make_lanes(conns.connectors)
+        by_crm = {lane.crm: lane for lane in lanes}
+
+        def work(lock: _RunLock) -> None:
+            owners = load_owners(conns.connectors, on_stop=lambda crm, exc: by_crm[crm].halt("owners", exc))
+            live = {lane.crm: lane.connector for lane in alive(lanes)}
+            try:
+                result = run_escalation(store, settings, conns.slack, live, now, run_id, owners=owners)
+            finally:
+                for lane in lanes:
+                    if lane.stop:
+                        summary.add_stop(lane.stop)
             summary.alerts_sent, summary.escalations = result.alerts_sent, result.escalations
             summary.recoveries = getattr(result, "recoveries", 0)
             summary.add_errors(list(result.errors))
             summary.notes.extend(getattr(result, "notes", []))
-            summary.finish_status()
-        except StopRunError as exc:
-            summary.status, summary.stopped_reason = "stopped", str(exc)
-            summary.errors.append(f"stopped: {exc}")
-        _finish(store, summary)
-    return summary.to_json()
+
+        return _locked_stage(store, summary, work)

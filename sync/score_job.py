@@ -41,6 +41,8 @@ class ScoreResult:
     opportunities: pd.DataFrame
     features: pd.DataFrame | None = None
     problems: list[str] = field(default_factory=list)
+    #: the replica frames scored (accounts, opportunities, tickets), for the data-quality KPIs
+    inputs: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     @property
     def bands(self) -> dict[str, int]:
@@ -64,17 +66,24 @@ def trend_text(momentum: pd.Series, delta_30d: pd.Series) -> pd.Series:
     return text.where(known, "new (no 30d history)").astype(object)
 
 
-def score_replica(store: StateStore, settings: Settings, crms: list[str], now: datetime) -> ScoreResult:
-    """Run the engine over the replica of `crms`; nothing is written to the store."""
+def score_replica(store: StateStore, settings: Settings, crms: list[str], now: datetime, usage=None) -> ScoreResult:
+    """Run the engine over the replica of `crms`; nothing is written to the store.
+
+    `usage` (sync.warehouse_job.WarehouseUsage) adds the warehouse's usage columns, matched to
+    the accounts here (the replica is loaded once).
+    """
     from healthsync.engine.pipeline import score_portfolio
+    from healthsync.sync.warehouse_job import match_accounts
 
     accounts = replica_frame(store, crms, "accounts")
     opportunities = replica_frame(store, crms, "opportunities")
     tickets = replica_frame(store, crms, "tickets")
     history = store.score_history_frame()
     as_of = pd.Timestamp(utc_naive(now))
+    inputs = {"accounts": accounts, "opportunities": opportunities, "tickets": tickets}
     if accounts.empty:
-        return ScoreResult(_empty_scores(), opportunities.iloc[0:0])
+        return ScoreResult(_empty_scores(), opportunities.iloc[0:0], inputs=inputs)
+    account_usage = match_accounts(accounts, usage, settings) if usage is not None else None
 
     result = score_portfolio(
         accounts.drop(columns=["crm"]),
@@ -84,6 +93,7 @@ def score_replica(store: StateStore, settings: Settings, crms: list[str], now: d
         settings.forecast,
         history=history[["account_id", "scored_at", "score", "band"]] if len(history) else None,
         as_of=as_of,
+        account_usage=account_usage,
     )
     scores = result.scores.copy()
     context = accounts.drop_duplicates("account_id", keep="last").set_index("account_id")
@@ -103,7 +113,7 @@ def score_replica(store: StateStore, settings: Settings, crms: list[str], now: d
             opps["crm"] = opps["opportunity_id"].map(crm_of)
         closed = opps["is_closed"].astype("boolean").fillna(False).astype(bool) if "is_closed" in opps.columns else False
         opps = opps.loc[~closed].reset_index(drop=True)
-    return ScoreResult(scores.reset_index(drop=True), opps, getattr(result, "features", None))
+    return ScoreResult(scores.reset_index(drop=True), opps, getattr(result, "features", None), inputs=inputs)
 
 
 def _previous(history: pd.DataFrame) -> pd.DataFrame:

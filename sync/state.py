@@ -19,6 +19,8 @@ with the playbooks/escalation/scheduler code (notes/sync_contract.md):
     slack_seen_items    the item keys those reads found, per conversation
     locks           named leases for the scheduler and jobs
     drift/backtests for the validation and report code
+    data_quality    per-source data-quality KPIs of each run (sync/data_quality.py)
+    data_quality_state  each KPI's current state and whether the ops channel was told
 
 Schema changes are Alembic revisions (sync/migrations/versions/), never drop-and-rebuild: a
 user's state survives upgrades. The tables below are the current shape the code queries; a
@@ -32,6 +34,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -59,9 +63,16 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError
 
+from healthsync.config.state_location import redact_url
+from healthsync.connectors.base import ConfigurationError
+
+#: Only for code that opens a store without settings (tests, tools); commands use the settings'
+#: `state.url`, which never depends on the working directory (config/state_location.py).
 DEFAULT_URL = "sqlite:///.healthsync/state.db"
+#: A fixed PostgreSQL advisory-lock key: concurrent first opens migrate one at a time.
+MIGRATE_LOCK_KEY = 0x6865616C7468  # "health"
 #: rows per statement when deleting/inserting by key (stays under SQLite's variable limit)
 CHUNK = 400
 
@@ -77,6 +88,9 @@ runs = Table(
     Column("status", String(16), nullable=False),  # running | ok | record_errors | stopped | failed
     Column("summary_json", Text),
     Column("exit_code", Integer),
+    # who runs it: a run left `running` whose process is gone shows as `abandoned` (sync/status.py)
+    Column("host", String(255)),
+    Column("pid", Integer),
 )
 
 cursors = Table(
@@ -252,6 +266,30 @@ backtests = Table(
     Column("report_json", Text),
 )
 
+data_quality = Table(
+    "data_quality",
+    metadata,
+    Column("run_id", String(64), nullable=False, index=True),
+    Column("measured_at", DateTime, nullable=False),
+    Column("source", String(32), nullable=False),  # salesforce | hubspot | warehouse
+    Column("kpi", String(32), nullable=False),  # completeness | freshness_hours | error_rate | duplicate_ids | key_match_rate
+    Column("subject", String(128), nullable=False),  # metric input, object, or "" for the source as a whole
+    Column("value", Float),
+    Column("threshold", Float),
+    Column("breached", Boolean, nullable=False),
+)
+
+data_quality_state = Table(
+    "data_quality_state",
+    metadata,
+    Column("source", String(32), primary_key=True),
+    Column("kpi", String(32), primary_key=True),
+    Column("subject", String(128), primary_key=True),
+    Column("breached", Boolean, nullable=False),  # the state as last measured
+    Column("since", DateTime),
+    Column("announced", Boolean),  # the ops channel was told of this state
+)
+
 #: Where the Alembic environment and revisions live (shipped as package data).
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 #: The table of the hand-rolled migrations before Alembic; a database that has it is at revision 0001.
@@ -341,37 +379,86 @@ def _chunks(items: list, size: int = CHUNK) -> Iterator[list]:
 # ----------------------------------------------------------------------------- the store
 
 
+class StateStoreError(ConfigurationError):
+    """The state database cannot be opened or written (bad path, read-only, missing driver): exit 2, nothing sent."""
+
+
 class StateStore:
     """One state database. `migrate()` before first use (idempotent)."""
 
     def __init__(self, url: str = DEFAULT_URL):
         self.url = url
-        parsed = make_url(url)
+        try:
+            parsed = make_url(url)
+        except ArgumentError:
+            raise StateStoreError(f"state.url: {redact_url(url)!r} is not a database URL") from None
+        self.backend = parsed.get_backend_name()
         kwargs: dict[str, Any] = {"future": True}
-        if parsed.get_backend_name() == "sqlite":
+        if self.backend == "sqlite":
             database = parsed.database
             if database and database != ":memory:":
-                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                folder = Path(database).expanduser().parent
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    raise StateStoreError(
+                        f"state.url: cannot create the folder {folder} for the state database ({e.strerror or e}); "
+                        "choose a writable path"
+                    ) from None
+                if Path(database).expanduser().is_dir():
+                    raise StateStoreError(f"state.url: {database} is a folder, not a database file")
             # several threads (scheduler, progress) may share it; writers wait instead of failing
             kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
-        self.engine: Engine = create_engine(url, **kwargs)
-        if parsed.get_backend_name() == "sqlite":
+        try:
+            self.engine: Engine = create_engine(url, **kwargs)
+        except ImportError as e:
+            raise StateStoreError(f"state.url: the database driver is not installed ({e.name or e}): "
+                                  "pip install 'healthsync[postgres]' for PostgreSQL") from None
+        except (ArgumentError, NoSuchModuleError) as e:
+            raise StateStoreError(f"state.url: {redact_url(url)!r}: {e}") from None
+        if self.backend == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self.metadata = metadata
         self.tables = metadata.tables
 
+    @property
+    def shown(self) -> str:
+        """Where this store is, as shown to users (a file path, or the URL with its password hidden)."""
+        from healthsync.config.state_location import describe
+
+        return describe(self.url)
+
     # ------------------------------------------------------------------ lifecycle
 
     def migrate(self) -> str:
-        """Bring the schema to the newest revision (idempotent); returns it."""
+        """Bring the schema to the newest revision (idempotent); returns it.
+
+        Safe when several processes open a fresh database at once: the check and the
+        upgrade run under one database-wide lock (SQLite `BEGIN EXCLUSIVE`, PostgreSQL
+        `pg_advisory_xact_lock`), so the second process waits and then finds the
+        schema at head instead of creating the same tables again.
+        """
         from alembic import command
 
-        with self.engine.begin() as conn:
-            names = set(inspect(conn).get_table_names())
-            cfg = _alembic_config(conn)
-            if LEGACY_VERSION_TABLE in names and "alembic_version" not in names:
-                command.stamp(cfg, "0001")  # made by the pre-Alembic migrations, which stopped at 0001
-            command.upgrade(cfg, "head")
+        head = head_revision()
+        try:
+            if self.version() == head:
+                return head  # the common case: no lock taken
+            with self.engine.connect() as conn:
+                if self.backend == "sqlite":
+                    conn.exec_driver_sql("BEGIN EXCLUSIVE")
+                elif self.backend == "postgresql":
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATE_LOCK_KEY})")
+                names = set(inspect(conn).get_table_names())
+                cfg = _alembic_config(conn)
+                if LEGACY_VERSION_TABLE in names and "alembic_version" not in names:
+                    command.stamp(cfg, "0001")  # made by the pre-Alembic migrations, which stopped at 0001
+                command.upgrade(cfg, "head")
+                conn.commit()
+        except OperationalError as e:
+            raise StateStoreError(
+                f"state.url: cannot use the state database at {self.shown}: {_db_reason(e)}"
+            ) from None
         return self.version() or ""
 
     def version(self) -> str | None:
@@ -390,16 +477,23 @@ class StateStore:
     def close(self) -> None:
         self.engine.dispose()
 
-    def reset(self) -> None:
-        """Delete every row of every table (the embedded sandbox is new each time, so is its state)."""
+    def reset(self, keep: tuple[str, ...] = ()) -> None:
+        """Delete every row of every table but `keep` (the embedded sandbox is new each time, so is its bookkeeping)."""
         with self.begin() as conn:
             for table in reversed(metadata.sorted_tables):
-                conn.execute(delete(table))
+                if table.name not in keep:
+                    conn.execute(delete(table))
 
     # ------------------------------------------------------------------ locks
 
     def acquire_lock(self, name: str, holder: str, ttl_s: float, now: datetime | None = None) -> bool:
-        """Take the named lease if it is free, expired, or already ours; False when someone else holds it."""
+        """Take the named lease if it is free, expired, already ours, or its holder's process is gone.
+
+        Holders made by `lock_holder()` read `host:pid:tag`: a lease whose holder ran on
+        this host in a process that no longer exists is taken over at once (a `kill -9`
+        no longer blocks runs for the lease's lifetime); a holder on another host keeps
+        the lease until it expires, since its process cannot be checked from here.
+        """
         now_n = utc_naive(now) if now else _now()
         expires = now_n + timedelta(seconds=ttl_s)
         with self.begin() as conn:
@@ -410,7 +504,8 @@ class StateStore:
                     return True
                 except IntegrityError:
                     return False
-            if row.holder != holder and row.expires_at is not None and row.expires_at > now_n:
+            live = row.expires_at is not None and row.expires_at > now_n
+            if row.holder != holder and live and holder_alive(row.holder) is not False:
                 return False
             result = conn.execute(
                 update(locks)
@@ -425,9 +520,30 @@ class StateStore:
 
     # ------------------------------------------------------------------ runs
 
+    def lock_holder_of(self, name: str) -> dict | None:
+        """The current lease row of `name` (holder, acquired_at, expires_at), or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(locks).where(locks.c.name == name)).mappings().first()
+        return dict(row) if row else None
+
     def start_run(self, run_id: str, mode: str, started_at: datetime) -> None:
         with self.begin() as conn:
-            conn.execute(insert(runs).values(run_id=run_id, started_at=utc_naive(started_at), mode=mode, status="running"))
+            conn.execute(
+                insert(runs).values(
+                    run_id=run_id, started_at=utc_naive(started_at), mode=mode, status="running", host=HOST, pid=os.getpid()
+                )
+            )
+
+    def mark_abandoned(self, exclude: str | None = None) -> list[str]:
+        """Runs left `running` by a process of this host that is gone become `abandoned`; returns their ids."""
+        with self.begin() as conn:
+            rows = conn.execute(select(runs.c.run_id, runs.c.host, runs.c.pid).where(runs.c.status == "running")).all()
+            dead = [r.run_id for r in rows if r.run_id != exclude and process_alive(r.host, r.pid) is False]
+            for chunk in _chunks(dead):
+                conn.execute(
+                    update(runs).where(runs.c.run_id.in_(chunk), runs.c.status == "running").values(status="abandoned")
+                )
+        return dead
 
     def finish_run(self, run_id: str, status: str, summary: dict, exit_code: int, finished_at: datetime | None = None) -> None:
         with self.begin() as conn:
@@ -724,6 +840,51 @@ def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+#: this machine's name, as recorded with runs and leases
+HOST = socket.gethostname()
+
+
+def lock_holder(tag: str) -> str:
+    """A lease holder naming this process: `host:pid:tag` (see `acquire_lock`)."""
+    return f"{HOST}:{os.getpid()}:{tag}"
+
+
+def process_alive(host: str | None, pid: int | None) -> bool | None:
+    """True/False for a process of THIS host; None when it cannot be told (another host, no pid)."""
+    if not host or pid is None or host != HOST:
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except (OSError, ValueError, OverflowError):
+        return None
+    return True
+
+
+def holder_alive(holder: str | None) -> bool | None:
+    """Whether the process named by a `host:pid:tag` holder is alive (None: cannot be told)."""
+    parts = (holder or "").split(":", 2)
+    if len(parts) < 2 or not parts[1].isdigit():
+        return None
+    return process_alive(parts[0], int(parts[1]))
+
+
+def _db_reason(exc: OperationalError) -> str:
+    """The database's own words for why it cannot be used, with the usual causes spelled out."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    low = text.lower()
+    if "readonly" in low or "read-only" in low:
+        return f"{text} (the file or its folder is read-only; choose a writable path)"
+    if "unable to open" in low:
+        return f"{text} (the path does not exist, is not a file, or is not writable)"
+    if "not a database" in low:
+        return f"{text} (that file is not a SQLite database; choose another path)"
+    return text
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     try:
@@ -734,7 +895,11 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 
 
 def open_store(url: str) -> StateStore:
-    """A migrated store for `url`."""
+    """A migrated store for `url`; `StateStoreError` (a ConfigurationError, exit 2) names what is wrong."""
     store = StateStore(url)
-    store.migrate()
+    try:
+        store.migrate()
+    except BaseException:
+        store.close()
+        raise
     return store

@@ -10,7 +10,27 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from healthsync.sync.state import StateStore, episodes, failed_records, utc_aware
+from healthsync.sync.state import StateStore, _now, episodes, failed_records, locks, process_alive, utc_aware
+
+#: the lease every run holds (sync/run.py RUN_LOCK); a `running` row whose run holds none is abandoned
+_RUN_LEASE = "run_cycle"
+
+
+def run_state(row: dict, lease: dict | None) -> str:
+    """A run's status as shown: a `running` row whose process is gone is `abandoned`.
+
+    On this host the process is checked directly; a run of another host is alive while
+    it holds the run lease and the lease has not expired.
+    """
+    if row.get("status") != "running":
+        return row.get("status")
+    alive = process_alive(row.get("host"), row.get("pid"))
+    if alive is not None:
+        return "running" if alive else "abandoned"
+    holder = str((lease or {}).get("holder") or "")
+    expires = (lease or {}).get("expires_at")
+    holds = holder.endswith(":" + str(row.get("run_id"))) or holder == row.get("run_id")
+    return "running" if holds and expires is not None and expires > _now() else "abandoned"
 
 
 def _iso(value) -> str | None:
@@ -20,16 +40,22 @@ def _iso(value) -> str | None:
 
 def status(store: StateStore, *, runs: int = 10, failures: int = 20) -> dict[str, Any]:
     """Recent runs (newest first), the failed-records queue (size per CRM/object and the oldest
-    entries with their reason), and open playbook episodes."""
+    entries with their reason), open playbook episodes, and the last data-quality KPIs."""
     store.migrate()
     recent = []
+    with store.engine.connect() as conn:
+        lease = conn.execute(select(locks).where(locks.c.name == _RUN_LEASE)).mappings().first()
+    lease = dict(lease) if lease else None
     for r in store.recent_runs(runs):
         summary = json.loads(r["summary_json"]) if r.get("summary_json") else {}
         recent.append(
             {
                 "run_id": r["run_id"],
                 "mode": r["mode"],
-                "status": r["status"],
+                "status": run_state(dict(r), lease),
+                "host": r.get("host"),
+                "pid": r.get("pid"),
+                "stopped_reason": summary.get("stopped_reason"),
                 "exit_code": r["exit_code"],
                 "started_at": _iso(r["started_at"]),
                 "finished_at": _iso(r["finished_at"]),
@@ -51,10 +77,12 @@ def status(store: StateStore, *, runs: int = 10, failures: int = 20) -> dict[str
     from healthsync.sync.escalation import pending_markers
 
     maybe_sent = pending_markers(store)
+    from healthsync.sync.data_quality import latest as data_quality_latest
     queue = {}
     for crm, object, n in by_object:
         queue.setdefault(crm, {})[object] = int(n)
     return {
+        "state": store.shown,
         "runs": recent,
         "last_run": recent[0] if recent else None,
         "queues": {
@@ -67,6 +95,8 @@ def status(store: StateStore, *, runs: int = 10, failures: int = 20) -> dict[str
         "slack_maybe_sent": [
             {k: (_iso(v) if k.endswith("_at") else v) for k, v in m.items()} for m in maybe_sent[:failures]
         ],
+        # the last run's data-quality KPIs per source, and those below threshold (sync/data_quality.py)
+        "data_quality": data_quality_latest(store),
         "failed_records": [
             {
                 "crm": f["crm"],

@@ -5,6 +5,12 @@
 `alerts_sent`, `escalations`, `errors`, `duration_s`) plus extras. A run is
 never reported as `ok` when records failed: any write failure, invalid record,
 playbook or escalation error makes the status `record_errors` (exit 1).
+
+Status and exit code (README "Exit codes"): `ok` 0; `record_errors` 1; `failed`
+2 for a configuration or credentials problem, 1 for an internal error (a bug,
+`failure_kind: internal`); `stopped` 3 when a CRM (or Slack) could not go on
+(`stopped_reason` says which CRM, which call and what to do; `lanes` gives
+each CRM's outcome). A run that any lane stopped is never `ok`.
 """
 
 from __future__ import annotations
@@ -13,9 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-EXIT_CODES = {"ok": 0, "record_errors": 1, "failed": 2, "stopped": 3}
+EXIT_CODES = {"ok": 0, "record_errors": 1, "failed": 2, "stopped": 3, "abandoned": 1}
 #: error lines kept in a summary (the rest are counted)
 MAX_ERRORS = 200
 
@@ -49,10 +56,25 @@ class RunSummary:
     report_path: str | None = None
     drift_warnings: list[str] = field(default_factory=list)
     stages_skipped: list[str] = field(default_factory=list)
+    state: str | None = None  # where the state store is (a path, or the URL with its password hidden)
+    lanes: dict[str, dict] = field(default_factory=dict)  # crm -> {"status", "stages", "stopped"}
+    stopped: list[dict] = field(default_factory=list)  # one entry per stopped CRM / Slack (LaneStop.to_json)
+    failure_kind: str | None = None  # configuration | credentials | internal, when status is failed
+    log_file: str | None = None  # the traceback of an internal error
+    data_quality: dict = field(default_factory=dict)  # per source KPIs (sync/data_quality.py)
 
     @property
     def exit_code(self) -> int:
+        if self.status == "failed" and self.failure_kind == "internal":
+            return 1
         return EXIT_CODES.get(self.status, 2)
+
+    def add_stop(self, stop) -> None:
+        """Record a stopped CRM (a `sync.lanes.LaneStop`); `stopped_reason` lists every one of them."""
+        self.stopped.append(stop.to_json())
+        line = stop.sentence
+        self.stopped_reason = line if not self.stopped_reason else f"{self.stopped_reason} | {line}"
+        self.errors.append(f"stopped: {line}")
 
     def add_errors(self, lines: list[str]) -> None:
         room = MAX_ERRORS - len(self.errors)
@@ -62,8 +84,16 @@ class RunSummary:
             self._dropped_errors = getattr(self, "_dropped_errors", 0) + len(lines) - max(room, 0)
 
     def finish_status(self) -> None:
-        """ok unless something failed; `stopped`/`failed` set earlier win."""
+        """ok unless something failed; `failed` (configuration) beats `stopped` beats record errors."""
         if self.status in ("stopped", "failed"):
+            return
+        kinds = {s.get("kind") for s in self.stopped}
+        if kinds & {"configuration", "credentials"}:
+            self.status = "failed"
+            self.failure_kind = "credentials" if "credentials" in kinds else "configuration"
+            return
+        if self.stopped:
+            self.status = "stopped"
             return
         failed = sum(w.get("failed", 0) for w in self.writes.values())
         self.status = "record_errors" if (self.errors or failed or self.invalid) else "ok"
@@ -95,9 +125,15 @@ class RunSummary:
             "warnings": list(self.warnings),
             "notes": list(self.notes),
             "stopped_reason": self.stopped_reason,
+            "stopped": list(self.stopped),
+            "lanes": {crm: dict(v) for crm, v in self.lanes.items()},
+            "state": self.state,
+            "failure_kind": self.failure_kind,
+            "log_file": self.log_file,
             "stages_skipped": list(self.stages_skipped),
             "drift_warnings": list(self.drift_warnings),
             "report_path": self.report_path,
+            "data_quality": self.data_quality,
             "duration_s": round(self.duration_s, 3),
         }
         if include_diff and self.diff is not None:
@@ -113,7 +149,7 @@ class RunSummary:
         dry = " (dry run: nothing sent)" if self.dry_run else ""
         console.print(f"[bold]healthsync run {self.run_id}[/] ({self.mode}){dry}: {title} in {self.duration_s:.1f}s")
         for note in self.notes:
-            console.print(f"  {note}")
+            console.print(f"  {escape(note)}")
         bands = ", ".join(f"{b} {n}" for b, n in self.bands.items()) or "none"
         console.print(f"  accounts scored: {self.accounts_scored} ({bands})")
         if self.writes:
@@ -130,20 +166,28 @@ class RunSummary:
         console.print(f"  slack: {self.alerts_sent} alerts, {self.escalations} escalations, {self.recoveries} recoveries")
         if self.stages_skipped:
             console.print(f"  [yellow]stages not run:[/] {', '.join(self.stages_skipped)}")
+        warehouse = self.data_quality.get("warehouse")
+        if warehouse and warehouse.get("key_match_rate") is not None:
+            console.print(
+                f"  warehouse usage: {warehouse.get('rows_in_window', 0):,} events in the window aggregated in the warehouse, "
+                f"{warehouse['key_match_rate']:.0%} of keys matched, {warehouse.get('accounts_without_usage')} accounts without usage"
+            )
         if self.data_problems:
             console.print(f"  [yellow]{self.data_problems} record problems in CRM data[/] (values ignored or records skipped):")
             for w in self.warnings[:5]:
-                console.print(f"    {w}", highlight=False)
+                console.print(f"    {escape(w)}", highlight=False)
         if self.stopped_reason:
-            console.print(f"  [red]stopped:[/] {self.stopped_reason}", highlight=False)
+            console.print(f"  [red]stopped:[/] {escape(self.stopped_reason)}", highlight=False)
         if self.errors:
             console.print(f"  [red]{len(self.errors)} errors[/]:")
             for e in self.errors[:10]:
-                console.print(f"    {e}", highlight=False)
+                console.print(f"    {escape(e)}", highlight=False)
             if len(self.errors) > 10:
                 console.print(f"    ... {len(self.errors) - 10} more (healthsync run --json lists them)")
         if self.report_path:
             console.print(f"  report: {self.report_path}")
+        if self.state:
+            console.print(f"  state: {escape(self.state)}", highlight=False)
 
 
 def render_diff(diff: dict, console: Console, limit: int = 200) -> None:

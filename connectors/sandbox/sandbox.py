@@ -39,13 +39,13 @@ LARGE_SEED = 200_000  # records; above this the seeded objects are frozen out of
 DEFAULT_SEARCH_LAG_S = 2.0
 
 
-def _generate(n_accounts: int, seed: int):
+def _generate(n_accounts: int, seed: int, usage: bool = False):
     try:
         from healthsync.connectors.demo_data import generate_portfolio
     except ImportError as e:  # the generator lives in another module; say what is missing
         raise RuntimeError("Sandbox(accounts=N) needs connectors.demo_data.generate_portfolio; pass portfolio=... "
                            "(an object with accounts, opportunities, tickets, owners frames) instead") from e
-    return generate_portfolio(n_accounts, seed)
+    return generate_portfolio(n_accounts, seed, usage=usage)
 
 
 class Sandbox:
@@ -57,7 +57,8 @@ class Sandbox:
                  session_timeout_s: float | None = None, search_lag_seconds: float = DEFAULT_SEARCH_LAG_S,
                  slack_message_interval_s: float = 1.0, slack_app_type: str = "non_marketplace",
                  slack_scopes: set[str] | frozenset[str] | None = None, same_stamp: int = 0,
-                 salesforce_manage_permissions: bool = True, bulk_polls_in_progress: int = 3) -> None:
+                 salesforce_manage_permissions: bool = True, bulk_polls_in_progress: int = 3,
+                 warehouse: bool = False) -> None:
         if same_stamp < 0:
             raise ValueError(f"same_stamp must be >= 0, got {same_stamp}")
         self.hubspot_tier = hubspot_tier
@@ -81,9 +82,12 @@ class Sandbox:
                               scopes=slack_scopes)
         if precreate_fields:
             self.precreate_fields()
-        sf_portfolio = portfolio if portfolio is not None else (_generate(accounts, seed) if accounts else None)
+        sf_portfolio = portfolio if portfolio is not None else (_generate(accounts, seed, warehouse) if accounts else None)
         hs_portfolio = hubspot_portfolio if hubspot_portfolio is not None else (
-            portfolio if portfolio is not None else (_generate(accounts, seed + 1) if accounts else None))
+            portfolio if portfolio is not None else (_generate(accounts, seed + 1, warehouse) if accounts else None))
+        # the product usage behind the portfolios' usage signals, written to DuckDB at start (`warehouse=True`)
+        distinct = [sf_portfolio] + ([hs_portfolio] if hs_portfolio is not sf_portfolio else [])
+        self._usage = [p for p in distinct if warehouse and p is not None and getattr(p, "usage", None) is not None]
         # millions of small dicts: the cyclic GC would rescan them over and over while they are built
         gc_was_enabled = gc.isenabled()
         gc.disable()
@@ -133,6 +137,11 @@ class Sandbox:
             "slack": {"base_url": sl.base_url + "/api/", "token": self.slack.token},
             "inspect_url": ins.base_url,
         }
+        if self._usage:
+            from healthsync.connectors.demo_data import write_usage
+
+            path = write_usage(self._usage, self._tmp / "usage.duckdb", self.clock.now())
+            self.ready["warehouse"] = {"url": f"duckdb:///{path}"}
         return self
 
     def stop(self) -> None:

@@ -14,11 +14,12 @@ from healthsync.connectors.sandbox.sandbox import DEFAULT_SEARCH_LAG_S, Sandbox
 
 def serve(accounts: int = 500, seed: int = 7, hubspot_tier: str = "professional", faults_spec: str | None = None,
           ready_file: str | Path | None = None, *, portfolio=None, stop_event: threading.Event | None = None,
-          same_stamp: int = 0, search_lag_seconds: float = DEFAULT_SEARCH_LAG_S) -> int:
+          same_stamp: int = 0, search_lag_seconds: float = DEFAULT_SEARCH_LAG_S, warehouse: bool = False) -> int:
     """Start the sandbox, write `ready_file` (JSON, mode 600), block until a signal; returns the exit code.
 
     Returns 2 for a bad `faults_spec`, tier, `same_stamp` or `search_lag_seconds` (configuration error),
-    0 after a clean stop. `stop_event` lets an embedding caller stop it without a signal.
+    0 after a clean stop. `stop_event` lets an embedding caller stop it without a signal. `warehouse`
+    also writes the demo usage to DuckDB (ready["warehouse"]), which commands given the ready file score from.
     """
     try:
         faults = parse_spec(faults_spec)
@@ -39,7 +40,8 @@ def serve(accounts: int = 500, seed: int = 7, hubspot_tier: str = "professional"
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
     try:
         with Sandbox(accounts=accounts, seed=seed, hubspot_tier=hubspot_tier, faults=faults,
-                     portfolio=portfolio, same_stamp=same_stamp, search_lag_seconds=search_lag_seconds) as sb:
+                     portfolio=portfolio, same_stamp=same_stamp, search_lag_seconds=search_lag_seconds,
+                     warehouse=warehouse) as sb:
             if ready_file:
                 sb.write_ready_file(ready_file)
             summary = {k: v for k, v in sb.ready.items() if k != "salesforce"}

@@ -8,7 +8,9 @@ times anything, so this really is the same model.
 
 What it implements, and where each number comes from:
 - the measure table, weights and step points of seed 003_cec208348d92c0f6.txt ("Score measure
-  configuration example"), as config/default.yaml lists them;
+  configuration example"), as config/default.yaml lists them next to the warehouse usage
+  metrics; canonical files carry no warehouse usage, so those are left out and their weight
+  returns to their pillar (engine/usage.py), which gives back seed 003's weights;
 - bands Red 0-40 / Yellow 41-70 / Green 71-100 (seed 003);
 - segment thresholds: enterprise Green from 70, SMB Green from 80 (seed 001_9b7515619717186a.txt);
 - lifecycle (seed 001): onboarding (tenure <= 90 days) Yellow 40 / Green 60, adoption
@@ -18,9 +20,9 @@ What it implements, and where each number comes from:
 - drivers: the three metrics costing (or, in the best band, adding) the most points, with the
   default texts of engine/drivers.py.
 
-Floating-point sums follow numpy's order (pairwise for the ten metrics: ((w0+w1)+(w2+w3)) +
-((w4+w5)+(w6+w7)), then w8, w9) and rounding follows numpy's (half to even), so the result
-is equal to the engine's bit for bit, not only approximately.
+Floating-point sums follow numpy's order (pairwise over a row of metrics: ((w0+w1)+(w2+w3)) +
+((w4+w5)+(w6+w7)), then the rest one by one) and rounding follows numpy's (half to even), so
+the result is equal to the engine's bit for bit, not only approximately.
 
 Run: .venv/bin/python tests/benchmarks/duckdb_peer.py INPUT_DIR OUTPUT.parquet [YYYY-MM-DD]
 """
@@ -30,18 +32,23 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-#: (name, dimension, weight) in config order (seed 003's measure table)
+#: (name, dimension, weight, reads only warehouse columns) in config order, as config/default.yaml lists
+#: them: seed 003's measure table at 0.8 of its weight in the product and engagement pillars, next
+#: to the warehouse usage metrics of issue 15
 METRICS = (
-    ("login_frequency", "product", 0.15),
-    ("feature_adoption", "product", 0.15),
-    ("license_utilization", "product", 0.10),
-    ("qbr_attendance", "engagement", 0.10),
-    ("email_response", "engagement", 0.08),
-    ("exec_sponsor", "engagement", 0.07),
-    ("ticket_trend", "support", 0.10),
-    ("escalations", "support", 0.05),
-    ("payment_timeliness", "financial", 0.10),
-    ("csm_sentiment", "qualitative", 0.10),
+    ("login_frequency", "product", 0.12, False),
+    ("feature_adoption", "product", 0.12, False),
+    ("license_utilization", "product", 0.08, False),
+    ("session_trend", "product", 0.04, True),
+    ("product_engagement", "product", 0.04, True),
+    ("qbr_attendance", "engagement", 0.08, False),
+    ("email_response", "engagement", 0.064, False),
+    ("exec_sponsor", "engagement", 0.056, False),
+    ("mta_engagement", "engagement", 0.05, True),
+    ("ticket_trend", "support", 0.10, False),
+    ("escalations", "support", 0.05, False),
+    ("payment_timeliness", "financial", 0.10, False),
+    ("csm_sentiment", "qualitative", 0.10, False),
 )
 DIMENSIONS = ("product", "engagement", "support", "financial", "qualitative")
 
@@ -53,11 +60,44 @@ def _frame(directory: Path, name: str, options: str = "") -> str:
     return f"read_parquet('{path}'{options})"
 
 
+def effective_weights() -> dict[str, float]:
+    """Canonical files carry no warehouse usage: the warehouse-only metrics are left out and their
+    weight goes to the other metrics of their dimension, in proportion (engine/usage.py), which
+    gives back seed 003's weights. Computed with the engine's float operations, in its order."""
+    weights = {name: w for name, _, w, _ in METRICS}
+    for dim in DIMENSIONS:
+        members = [m for m in METRICS if m[1] == dim]
+        dropped = [m[0] for m in members if m[3]]
+        if not dropped:
+            continue
+        kept = [m[0] for m in members if not m[3]]
+        freed = sum_in_order([weights[n] for n in dropped])
+        total = sum_in_order([weights[n] for n in kept])
+        scale = (total + freed) / total
+        for n in kept:
+            weights[n] *= scale
+        for n in dropped:
+            weights[n] = 0.0
+    return weights
+
+
+def sum_in_order(values: list[float]) -> float:
+    """numpy's sum of fewer than eight values: left to right."""
+    out = values[0]
+    for v in values[1:]:
+        out += v
+    return out
+
+
 def _pairwise(terms: list[str]) -> str:
-    """numpy's float64 sum of ten values along a contiguous row (pairwise_sum, 8 accumulators)."""
-    assert len(terms) == 10
+    """numpy's float64 sum along a contiguous row of 8 or more values: eight accumulators
+    combined pairwise, then the rest one by one (pairwise_sum)."""
+    assert len(terms) >= 8
     t = [f"({x})" for x in terms]
-    return f"(((({t[0]} + {t[1]}) + ({t[2]} + {t[3]})) + (({t[4]} + {t[5]}) + ({t[6]} + {t[7]}))) + {t[8]}) + {t[9]}"
+    head = f"((({t[0]} + {t[1]}) + ({t[2]} + {t[3]})) + (({t[4]} + {t[5]}) + ({t[6]} + {t[7]})))"
+    for x in t[8:]:
+        head = f"({head} + {x})"
+    return head
 
 
 def _round_score(x: str) -> str:
@@ -75,11 +115,12 @@ def _num_text(x: str, decimals: int | None = None) -> str:
 
 
 def query(input_dir: Path, as_of: str) -> str:
-    d = lambda v: f"CAST({v} AS DOUBLE)"  # noqa: E731 - DuckDB reads 0.15 as DECIMAL otherwise
+    d = lambda v: f"CAST({v!r} AS DOUBLE)"  # noqa: E731 - exact doubles; DuckDB reads 0.15 as DECIMAL otherwise
     names = [m[0] for m in METRICS]
-    weights = {name: d(w) for name, _, w in METRICS}
+    weights = {name: d(w) for name, w in effective_weights().items()}
     present_w = [f"CASE WHEN m_{n} IS NULL THEN 0.0 ELSE {weights[n]} END" for n in names]
     contrib = [f"CASE WHEN m_{n} IS NULL THEN 0.0 ELSE m_{n} * {weights[n]} END" for n in names]
+    warehouse = {m[0] for m in METRICS if m[3]}
     dims = []
     for dim in DIMENSIONS:
         members = [i for i, m in enumerate(METRICS) if m[1] == dim]
@@ -101,7 +142,7 @@ def query(input_dir: Path, as_of: str) -> str:
     driver_rows = " UNION ALL ".join(
         f"SELECT rn, {i} AS idx, CASE WHEN best THEN {weights[n]} / conf * m_{n} ELSE {weights[n]} / conf * (100.0 - m_{n}) END AS effect, "
         f"{texts[n]} AS text FROM scored WHERE m_{n} IS NOT NULL"
-        for i, n in enumerate(names)
+        for i, n in enumerate(names) if n not in warehouse
     )
     band = lambda idx: f"CASE {idx} WHEN 0 THEN 'Red' WHEN 1 THEN 'Yellow' WHEN 2 THEN 'Green' ELSE 'Insufficient data' END"  # noqa: E731
     return f"""
@@ -160,7 +201,8 @@ metric AS (
     FROM feat
 ),
 trended AS (
-    SELECT *, CASE ticket_trend_class WHEN 'declining' THEN 100.0 WHEN 'stable' THEN 70.0 ELSE 30.0 END AS m_ticket_trend
+    SELECT *, CASE ticket_trend_class WHEN 'declining' THEN 100.0 WHEN 'stable' THEN 70.0 ELSE 30.0 END AS m_ticket_trend,
+        {", ".join(f"CAST(NULL AS DOUBLE) AS m_{n}" for n in names if n in warehouse)}
     FROM metric
 ),
 composite AS (

@@ -125,7 +125,8 @@ def test_given_a_secrets_file_when_loaded_then_values_used_and_env_wins(tmp_path
 def test_given_env_override_of_a_plain_key_then_typed_value_applies():
     s = load_settings(environ={"HEALTHSYNC__SOURCES__SALESFORCE__BULK_THRESHOLD": "500", "HEALTHSYNC__STATE__URL": "sqlite:///x.db"})
     assert s.sources.salesforce.bulk_threshold == 500
-    assert s.state.url == "sqlite:///x.db"
+    # a relative SQLite path from the environment is anchored once, at load, so every command agrees
+    assert s.state.url == f"sqlite:///{Path.cwd() / 'x.db'}"
 
 
 def test_schema_is_json_schema_with_model_section():

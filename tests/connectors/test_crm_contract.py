@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from healthsync.connectors.base import Change, ConfigurationError, QuotaExhaustedError, StopRunError, TaskSpec
+from healthsync.connectors.base import Change, ConfigurationError, CredentialsError, QuotaExhaustedError, StopRunError, TaskSpec
 from healthsync.connectors.hubspot import HubSpotConnector, hubspot_from_ready
 from healthsync.connectors.salesforce import SalesforceConnector, salesforce_from_ready
 from healthsync.connectors.sandbox import Sandbox
@@ -287,11 +287,11 @@ class TestSalesforceSession:
         logins = [r for r in sb.requests(since=seq)["requests"] if r["path"].endswith("/services/oauth2/token")]
         assert logins and all(r["status"] == 200 for r in logins)
 
-    def test_expired_session_without_credentials_stops_the_run_clearly(self, small_sandbox):
+    def test_given_a_rejected_token_without_login_credentials_when_pulling_then_a_credentials_error_exit_2(self, small_sandbox):
         sb = small_sandbox
         ready = sb.ready["salesforce"]
         conn = SalesforceConnector(ready["instance_url"], "00Dinvalid!token", ca_file=ready["ca_file"], mapping=MAPPING["salesforce"], retry=FAST)
-        with pytest.raises(StopRunError, match="credentials"):
+        with pytest.raises(CredentialsError, match="credentials"):  # exit 2 like every wrong token, never 3
             list(conn.pull("accounts"))
 
     def test_quota_governor_stops_before_the_configured_share(self, small_sandbox):
@@ -324,7 +324,9 @@ class TestSecrets:
             list(conn.pull("accounts"))
         assert "login failed" in str(err.value)
         assert self.SENTINEL not in str(err.value) and self.SENTINEL not in caplog.text
-        assert self.SENTINEL not in repr(conn.check())
+        with pytest.raises(CredentialsError) as err:  # a refused login: exit 2 from `crm check` too, never set up
+            conn.check()
+        assert self.SENTINEL not in str(err.value) and self.SENTINEL not in caplog.text
 
     def test_hubspot_bad_token_never_leaks(self, small_sandbox, caplog):
         caplog.set_level("DEBUG")
@@ -333,8 +335,9 @@ class TestSecrets:
             list(conn.pull("accounts"))
         assert "access token" in str(err.value)
         assert self.SENTINEL not in str(err.value) and self.SENTINEL not in caplog.text
-        check = conn.check()
-        assert not check.ok and self.SENTINEL not in repr(check)
+        with pytest.raises(CredentialsError) as err:  # a rejected token: exit 2 from `crm check` too, never set up
+            conn.check()
+        assert self.SENTINEL not in str(err.value)
 
 
 class TestSalesforceSpecifics:

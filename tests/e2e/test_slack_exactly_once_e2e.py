@@ -40,10 +40,14 @@ def _env() -> dict:
 
 
 def _start(cwd: Path, ready: Path, state: Path | None = None) -> subprocess.Popen:
-    """`healthsync run --json --sandbox READY` in `cwd`: the default state location unless `state` is given."""
+    """`healthsync run --json --sandbox READY` in `cwd`, with its state in `cwd/.healthsync/` unless `state` is given.
+
+    The state location no longer follows the working directory (issue 13.1): the state is put in
+    `cwd` explicitly, where the old default put it, so that `_forget_state(cwd)` loses it.
+    """
     env = _env()
-    if state is not None:
-        env["HEALTHSYNC__STATE__URL"] = f"sqlite:///{state}"
+    state = state if state is not None else cwd / ".healthsync" / "state.db"
+    env["HEALTHSYNC__STATE__URL"] = f"sqlite:///{state}"
     cwd.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen([str(BIN), "run", "--json", "--sandbox", str(ready)], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

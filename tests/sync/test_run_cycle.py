@@ -4,6 +4,7 @@ the embedded sandbox on a fresh state db, the dry-run table, status, and no secr
 from __future__ import annotations
 
 import io
+from datetime import datetime, timezone
 import json
 
 import pytest
@@ -82,19 +83,34 @@ def test_given_live_credentials_and_missing_fields_then_configuration_error_and_
         assert not any(s in json.dumps(summary.to_json()) for s in _secrets(sb.ready))
 
 
-def test_given_no_credentials_then_the_embedded_sandbox_runs_on_a_fresh_state_db(tmp_path, settings):
+def test_given_no_credentials_then_the_embedded_sandbox_runs_on_the_configured_state_which_status_sees(tmp_path, settings):
     settings.sandbox.accounts = 6
     first = run_cycle(settings, json_mode=True)
     assert first.mode == "sandbox" and first.status == "ok", first.errors
     assert any("embedded sandbox" in n for n in first.notes)
     assert first.accounts_scored == 12
-    sandbox_db = tmp_path / "sandbox" / "state.db"
-    assert sandbox_db.exists() and not (tmp_path / "state.db").exists()
+    state_db = tmp_path / "state.db"
+    assert first.state == str(state_db) and state_db.exists()
     second = run_cycle(settings, json_mode=True)
     assert second.status == "ok"
+    # a new sandbox world each time: its bookkeeping is forgotten, so the second run writes everything again
     assert sum(w["records_changed"] for w in second.writes.values()) == sum(w["records_changed"] for w in first.writes.values())
-    store = open_store(f"sqlite:///{sandbox_db}")
-    assert [r["run_id"] for r in store.recent_runs()] == [second.run_id]  # reset at each embedded start
+    store = open_store(settings.state.url)
+    # ... and the run history is kept, where `healthsync status` reads it
+    assert [r["run_id"] for r in status(store)["runs"]] == [second.run_id, first.run_id]
+    store.close()
+
+
+def test_given_a_state_db_with_live_runs_when_no_credentials_then_the_embedded_sandbox_refuses_it(settings):
+    store = open_store(settings.state.url)
+    store.start_run("live-run-1", "live", datetime.now(timezone.utc))
+    with store.begin() as conn:
+        store.set_cursor(conn, "salesforce", "accounts", datetime(2026, 1, 1, tzinfo=timezone.utc))
+    settings.sandbox.accounts = 3
+    refused = run_cycle(settings, json_mode=True)
+    assert refused.status == "failed" and refused.exit_code == 2
+    assert "live CRMs" in " ".join(refused.errors)
+    assert store.cursor("salesforce", "accounts") is not None  # the live state is untouched
     store.close()
 
 

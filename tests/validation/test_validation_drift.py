@@ -24,6 +24,9 @@ def test_a_stable_book_shows_no_drift_and_no_broken_inputs(demo_history, setting
     report = drift_report(reference, current, settings.model)
     assert set(report["metrics"]) == {m.name for m in settings.model.metrics}
     for name, d in report["metrics"].items():
+        if d["inputs"] == "no warehouse":  # product-usage metrics: out of the model without a warehouse (engine/usage.py)
+            assert name in {"session_trend", "product_engagement", "mta_engagement"}
+            continue
         assert d["psi"] is not None and d["psi"] < 0.1, name
         assert d["inputs"] == "ok" and d["level"] == "stable"
     assert not [w for w in report["warnings"] if w.startswith("metric")]
