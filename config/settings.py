@@ -19,6 +19,7 @@ is wrong; `load_settings` raises `ConfigError` carrying all of them at once.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -311,18 +312,31 @@ class StateConfig(Strict):
 DRIVER_EXTRAS = {"postgresql": "postgres"}
 
 
+#: sqlite:///relative.db, sqlite:////absolute.db, sqlite:// (memory), with optional ?query
+_SQLITE_URL = re.compile(r"^sqlite(?:\+pysqlite)?://(?:/(?P<database>[^?]*))?(?:\?.*)?$")
+
+
 def state_url_problem(url: str) -> str | None:
     """Why `url` cannot be a state store (not a URL, unknown database, driver not installed), or None.
 
     Checked when the settings load, so a missing driver is a clear exit 2 naming `state.url`
     before anything is sent, never a ModuleNotFoundError traceback at the first run.
     """
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
     from healthsync.config.state_location import redact_url
 
     shown = redact_url(url)
+    sqlite = _SQLITE_URL.match(url)
+    if sqlite and importlib.util.find_spec("sqlite3") is not None:
+        # the default (a file next to the config): checked without importing SQLAlchemy, which
+        # costs every command ~0.15 s; the same rule as below for a file in a system folder
+        database = sqlite.group("database") or ""
+        path = Path(database).expanduser()
+        if database not in ("", ":memory:") and str(path).startswith(("/proc/", "/sys/", "/dev/")):
+            return f"{shown!r}: {path} is in a system folder where no database can live; choose another path"
+        return None
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
     try:
         parsed = make_url(url)
     except ArgumentError:
