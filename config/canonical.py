@@ -416,9 +416,15 @@ def validate_frame(frame: pd.DataFrame, spec: FrameSpec | str) -> tuple[pd.DataF
             report.add(spec.name, rid, spec.key, "duplicate id", True, rows=tuple(by_id[rid]))
         drop |= dup
 
-    out = frame.copy(deep=False)
-    for name, values in checked.items():
-        out[name] = _as_array(values)
+    if frame.columns.is_unique:  # one new frame from the columns, not one insertion (and copy) per column
+        out = pd.DataFrame(
+            {name: _as_array(checked[name]) if name in checked else frame[name].array for name in frame.columns},
+            copy=False,
+        )
+    else:
+        out = frame.reset_index(drop=True)
+        for name, values in checked.items():
+            out[name] = _as_array(values)
     if drop.any():
         out = out.iloc[np.flatnonzero(~drop)]
     return out.reset_index(drop=True), report

@@ -238,8 +238,10 @@ def build_features(
                 d_ = numeric_column(features, den)
                 computed[name] = np.where(d_ > 0, n_ / d_, np.nan)
 
-    for col, values in computed.items():
-        features[col] = values
+    for col in [c for c in computed if c in features.columns]:  # a column replaced keeps its place
+        features[col] = computed.pop(col)
+    if computed:  # the new ones added in one step: one block, not one insertion (and copy) per column
+        features = pd.concat([features, pd.DataFrame(computed, index=features.index, copy=False)], axis=1)
     if model is not None:
         features["lifecycle_stage"] = lifecycle_stage(features, model).to_numpy()
     return features
