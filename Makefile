@@ -1,25 +1,44 @@
 # Needs only python3 (with venv and pip) and make. Everything else is installed into .venv.
+# VENV=/path/to/venv uses another virtualenv (`make -o /path/to/venv/.installed-dev demo` also skips
+# reinstalling into it: the fresh-clone demo test does that to reuse the suite's own environment).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
+# where `make demo` writes the portfolio report
+DEMO_REPORT ?= .healthsync/demo-report.html
 
-.PHONY: demo test bench install clean browser postgres
+.PHONY: demo demo-reset test bench install clean browser postgres
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Reinstall whenever the project's dependencies change.
+# Reinstall whenever the project's dependencies change; pip's output goes to a log, shown only on failure.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	@echo "installing healthsync and its dependencies into $(VENV) (log: $(VENV)/install.log)"
+	@$(BIN)/python -m pip install --quiet -e '.[dev]' > $(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }
+	@touch $(STAMP)
 
 install: $(STAMP)
 
-# The main job, a full sync cycle, against the embedded sandbox (no CRM credentials needed).
+# The main job against the embedded sandbox (no CRM credentials needed). The sandbox world and the
+# state are kept: each `make demo` is one emulated day after the previous one and sends only what
+# changed. Then the report, the run history, and how to point healthsync at a real CRM.
 demo: $(STAMP)
-	$(BIN)/healthsync run
+	@$(BIN)/healthsync run
+	@$(BIN)/healthsync report --out $(DEMO_REPORT)
+	@echo
+	@$(BIN)/healthsync status
+	@echo
+	@echo "To sync your own CRM instead (README: Configuration, Secrets):"
+	@echo "  export HEALTHSYNC__HUBSPOT__ACCESS_TOKEN=...   # a HubSpot private app token, or the Salesforce variables"
+	@echo "  echo 'sources: {hubspot: {tier: professional}}' > healthsync.yaml   # your settings; its state sits next to it"
+	@echo "  $(BIN)/healthsync crm setup --config healthsync.yaml && $(BIN)/healthsync run --config healthsync.yaml"
+
+# Start the demo over: a new sandbox world and an empty demo state on the next `make demo`.
+demo-reset: $(STAMP)
+	@$(BIN)/healthsync sandbox reset
 
 # Headless Chromium for the report test (Debian package; skipped where apt-get is unavailable).
 browser:

@@ -96,8 +96,9 @@ class HubSpotSource(Strict):
     timeout_s: float = Field(30, gt=0)
     # share of the tier's allowance (190 or 100 requests per 10 s, 5 searches per second) left unused
     pacing_margin: float = Field(0.0, ge=0, lt=1)
-    # seconds a write may take to become searchable: the pull cursor never passes run start minus this
-    search_lag_s: float = Field(60.0, ge=0)
+    # seconds a write may take to become searchable: the pull cursor never passes run start minus this,
+    # and a task whose create went unanswered is looked up by key only once this has passed
+    search_lag_s: float = Field(60.0, ge=0, le=600)
     access_token: SecretStr | None = None
 
     @property
@@ -365,6 +366,9 @@ def state_url_problem(url: str) -> str | None:
 class PlaybooksConfig(Strict):
     enabled: list[str] = Field(default_factory=list)
     definitions: str | None = None
+    max_new_tasks_per_owner_per_day: int = Field(
+        10, ge=1, description="new playbook tasks per owner per (UTC) day; the rest wait in a queue, highest ARR at risk first"
+    )
 
 
 class LadderStep(Strict):

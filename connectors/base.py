@@ -185,13 +185,21 @@ class RecordResult:
         return self.outcome == "ok"
 
 
+#: `RecordResult.error_code` of a task create that was sent but never answered: it may exist.
+#: The caller keeps the attempt on record and the next try looks the key up before creating.
+MAYBE_CREATED = "NOT_CONFIRMED"
+
+
 @dataclass
 class TaskSpec:
-    """A playbook task to create in the CRM, idempotent by `key`.
+    """A playbook task to create in the CRM, never twice for one `key`.
 
     `key` is stored in the CRM's idempotency field (`Healthsync_Key__c` /
-    `healthsync_key`): creating a task whose key already exists returns the
-    existing task's id instead of creating a second one.
+    `healthsync_key`). Salesforce upserts on it (an existing key returns its
+    task). HubSpot cannot make it unique on tasks, so the caller's record of
+    attempts is the anchor: `attempted_at` (real UTC time) says a create for this
+    key was sent before without a definite answer; the connector then looks the
+    key up (after the search index lag) before creating. None: never sent.
     """
 
     key: str
@@ -202,6 +210,7 @@ class TaskSpec:
     due_at: datetime
     priority: Literal["high", "normal", "low"] = "normal"
     playbook: str = ""
+    attempted_at: datetime | None = None
 
 
 @dataclass
@@ -244,8 +253,20 @@ class CrmConnector(ABC):
         """Write field changes; exactly one result per change, in the same order."""
 
     @abstractmethod
-    def create_tasks(self, tasks: list[TaskSpec]) -> list[RecordResult]:
-        """Create playbook tasks idempotently (by key); one result per task, same order."""
+    def create_tasks(
+        self,
+        tasks: list[TaskSpec],
+        *,
+        before_send: Callable[[list[str]], None] | None = None,
+        after_chunk: Callable[[list[RecordResult]], None] | None = None,
+    ) -> list[RecordResult]:
+        """Create playbook tasks, never twice per key; one result per task, same order.
+
+        `before_send(keys)` is called before each create request leaves (the caller
+        records the attempt first), `after_chunk(results)` after each chunk is settled
+        (the caller records the task ids before anything else is looked up). A result
+        with error_code MAYBE_CREATED was sent and never answered.
+        """
 
     @abstractmethod
     def check(self) -> CheckResult:
@@ -254,6 +275,13 @@ class CrmConnector(ABC):
     @abstractmethod
     def setup(self) -> list[str]:
         """Create the healthsync fields/properties; idempotent. Returns what was created."""
+
+    def instance_info(self) -> dict[str, Any]:
+        """What the CRM says about this instance, for links to its records (the report).
+
+        Salesforce: {"instance_url"}; HubSpot: {"portal_id", "ui_domain"}. {} when unknown.
+        """
+        return {}
 
     def close(self) -> None:  # pragma: no cover - optional
         """Release sessions."""

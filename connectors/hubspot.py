@@ -28,12 +28,14 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator
 
 import pandas as pd
+import requests
 import urllib3
 from hubspot import HubSpot
 
 from healthsync.config.canonical import SPECS, empty_frame
 from healthsync.connectors import crm_values
 from healthsync.connectors.base import (
+    MAYBE_CREATED,
     CallStats,
     Change,
     CheckResult,
@@ -69,6 +71,8 @@ PAGE_RECORDS = 2000  # rows per yielded Page (API pages are regrouped: mapping a
 SEARCH_LAG_S = 60.0
 MODIFIED = "hs_lastmodifieddate"
 TASK_TO_COMPANY = 192  # AssociationType.TASK_TO_COMPANY (2.6)
+#: an attempt recorded before its request left may land this much later (transit, server queueing)
+_ATTEMPT_MARGIN_S = 2.0
 _HS_ID = re.compile(r"^\d+$")
 
 #: HubSpot objects per canonical object, and the properties read for tasks.
@@ -94,8 +98,11 @@ HEALTHSYNC_PROPERTIES: dict[str, list[dict]] = {
         {"name": "health_adjusted_probability", "label": "Health adjusted probability", "type": "number", "fieldType": "number"},
         {"name": "health_expected_arr", "label": "Health expected ARR", "type": "number", "fieldType": "number"},
     ],
+    # Not `hasUniqueValue`: HubSpot offers unique properties on contacts, companies, deals, tickets and
+    # custom objects only (developers.hubspot.com/changelog/unique-properties-for-contacts), so task
+    # idempotency is anchored in the state store's record of create attempts (see create_tasks).
     "tasks": [
-        {"name": "healthsync_key", "label": "Healthsync key", "type": "string", "fieldType": "text", "hasUniqueValue": True},
+        {"name": "healthsync_key", "label": "Healthsync key", "type": "string", "fieldType": "text"},
     ],
 }
 GROUP = {"name": "healthsync", "label": "Healthsync", "displayOrder": -1}
@@ -151,6 +158,17 @@ class _Pacer:
     def wait(self) -> None:
         """Take a slot for a request whose answer comes at once (tests, callers without an answer to wait for)."""
         self.release(self.slot())
+
+
+class _HttpReply(Exception):
+    """A non-200 answer to a call made without the SDK, shaped like the SDK's ApiException for `_raise_for`."""
+
+    def __init__(self, response: "requests.Response"):
+        super().__init__(f"HTTP {response.status_code}")
+        self.status = response.status_code
+        self.body = response.text
+        self.headers = response.headers
+        self.reason = response.reason
 
 
 class HubSpotApiError(HealthsyncError):
@@ -227,6 +245,7 @@ class HubSpotConnector(CrmConnector):
         pacing_margin: float = 0.0,
         search_lag_s: float = SEARCH_LAG_S,
         clock: Callable[[], datetime] | None = None,
+        index_lag_s: float | None = None,
     ):
         token = reveal(access_token)
         if not token:
@@ -247,6 +266,10 @@ class HubSpotConnector(CrmConnector):
         self.search_lag = timedelta(seconds=float(search_lag_s))
         self._now = clock or (lambda: datetime.now(timezone.utc))  # HubSpot's time: the run's start bounds searches
         self.identity_property = identity_property  # config mapping.identity.hubspot_salesforce_id_property
+        # how long to wait before looking up a task whose create went unanswered: a sandbox's declared lag
+        # (its ready file), else sources.hubspot.search_lag_s (crm-api-notes 2.4)
+        self.index_lag_s = float(search_lag_s if index_lag_s is None else index_lag_s)
+        self._sleep: Callable[[float], None] = time.sleep
         self.stats = CallStats()
         self.host = (host or "https://api.hubapi.com").rstrip("/")
         self._redact = Redactor([token])
@@ -258,7 +281,10 @@ class HubSpotConnector(CrmConnector):
         self._search_pacer = _Pacer.shared(key + ("search",), SEARCH_PER_SECOND, 1.0 / share)
         self._owners: dict[str, str] = {}
         self._owner_ids: dict[str, str] = {}
+        self._owners_loaded = False
+        self._owner_names: dict[str, str] = {}  # owner id -> "First Last" (the report shows CSMs by name)
         self._properties: dict[str, set[str]] = {}
+        self._instance: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ calls
 
@@ -323,6 +349,13 @@ class HubSpotConnector(CrmConnector):
     # ------------------------------------------------------------------ owners and properties
 
     def _load_owners(self) -> None:
+        """The owners, once per connector (one run): every later need reads this cache.
+
+        An owner id or email unknown after that (an archived owner, a typo) stays unknown for
+        the run instead of re-listing every owner each time it is met.
+        """
+        if self._owners_loaded:
+            return
         after = None
         while True:
             page = self._call(
@@ -333,9 +366,41 @@ class HubSpotConnector(CrmConnector):
                 if o.get("email"):
                     self._owners[str(o["id"])] = o["email"]
                     self._owner_ids[o["email"].lower()] = str(o["id"])
+                    name = " ".join(p for p in (o.get("first_name") or o.get("firstName"), o.get("last_name") or o.get("lastName")) if p)
+                    if name:
+                        self._owner_names[str(o["id"])] = name
             after = ((page.get("paging") or {}).get("next") or {}).get("after")
             if not after:
+                self._owners_loaded = True
                 return
+
+    def instance_info(self) -> dict[str, Any]:
+        """The portal id and UI domain (`GET /account-info/v3/details`), once per connector.
+
+        Records open at `https://<uiDomain>/contacts/<portalId>/record/<objectTypeId>/<id>`. The
+        SDK has no account-info API and its generic `api_request` sets no timeout, so this one GET
+        goes through requests with the client's token, paced and retried like every SDK call.
+        """
+        if self._instance is None:
+            url = f"{self.host}/account-info/v3/details"
+
+            def fetch(_request_timeout=None):
+                try:
+                    response = requests.get(url, headers={"Authorization": f"Bearer {self._client.access_token}",
+                                                          "Accept": "application/json"}, timeout=_request_timeout)
+                except requests.RequestException as exc:
+                    raise RetryableError(self._redact(f"HubSpot read account details: {type(exc).__name__}")) from None
+                if response.status_code != 200:
+                    raise _HttpReply(response)
+                return response.json()
+
+            reply = self._call(fetch, what="read account details")
+            info: dict[str, Any] = {}
+            if reply.get("portalId") is not None:
+                info["portal_id"] = int(reply["portalId"])
+                info["ui_domain"] = str(reply.get("uiDomain") or "app.hubspot.com")
+            self._instance = info
+        return dict(self._instance)
 
     def _property_names(self, object_type: str) -> set[str]:
         if object_type not in self._properties:
@@ -354,7 +419,7 @@ class HubSpotConnector(CrmConnector):
         if object == "tasks":
             read = dict(_TASK_READ)
             read["key"] = sec.get("key_field") or "healthsync_key"
-            return object_type, read, "companies"
+            return object_type, read, None  # the account is part of the key: no association read
         read = dict(sec.get("read") or {})
         if object == "accounts":  # extra columns for cross-CRM identity (connectors/identity.py)
             read.setdefault("domain", "domain")
@@ -379,7 +444,8 @@ class HubSpotConnector(CrmConnector):
         run_start = self._now()
         if object == "owners":
             self._load_owners()
-            yield Page("owners", pd.DataFrame({"owner_id": [f"hs:{i}" for i in self._owners], "email": list(self._owners.values())}))
+            yield Page("owners", pd.DataFrame({"owner_id": [f"hs:{i}" for i in self._owners], "email": list(self._owners.values()),
+                                               "name": [self._owner_names.get(i) for i in self._owners]}))
             return
         object_type, read, assoc = self._read_spec(object)
         props = sorted({p for p in read.values() if not p.startswith("associations.")} | {MODIFIED})
@@ -395,7 +461,15 @@ class HubSpotConnector(CrmConnector):
         props = [p for p in props if p in existing or p in ("hs_object_id", MODIFIED)]
         settled = run_start - self.search_lag  # every write before this is searchable (BEHAVIOR.md)
 
-        if since is None:
+        if object == "tasks":
+            # Only healthsync's tasks (key present), by search even for a full read: listing would page
+            # through every task of the portal. Archived tasks are not listed (nothing reads them back).
+            start = datetime(2000, 1, 1, tzinfo=timezone.utc)  # before any task healthsync made
+            if since is not None:
+                start = (since if since.tzinfo else since.replace(tzinfo=timezone.utc)) - self.lookback
+            pages = self._search_rows(object_type, props, start, run_start, read["key"], None)
+            cursor_base = None if since is None else (since if since.tzinfo else since.replace(tzinfo=timezone.utc))
+        elif since is None:
             pages = self._list_pages(object_type, props, assoc)
             cursor_base = None
         else:
@@ -404,8 +478,7 @@ class HubSpotConnector(CrmConnector):
             archived = self._archived_since(object_type, start)
             if archived:
                 yield Page(object, _empty(object), cursor=None, deleted_ids=archived)
-            key = read.get("key") if object == "tasks" else None
-            pages = self._search_rows(object_type, props, start, run_start, key, assoc)
+            pages = self._search_rows(object_type, props, start, run_start, None, assoc)
 
         high_water: pd.Timestamp | None = None
         seen: dict[str, str] = {}
@@ -649,7 +722,10 @@ class HubSpotConnector(CrmConnector):
             if column in frame.columns:
                 frame[column] = frame[column].map(_parse_time)
         if object == "tasks" and "key" in frame.columns:
-            frame["playbook"] = frame["key"].astype("string").str.split(":").str[0]
+            key = frame["key"].astype("string")
+            frame["playbook"] = key.str.split(":").str[0]
+            # `<playbook>:<account_id>:<day>` with account_id `hs:<company id>`
+            frame["account_id"] = key.str.split(":", n=1).str[1].str.rsplit(":", n=1).str[0]
         frame = translate_values(frame, object, crm_values.HUBSPOT, crm_values.HUBSPOT_READ_ALIASES)
         return finish(frame, object, self.prefix)
 
@@ -727,12 +803,27 @@ class HubSpotConnector(CrmConnector):
 
     # ------------------------------------------------------------------ tasks
 
-    def create_tasks(self, tasks: list[TaskSpec]) -> list[RecordResult]:
-        """Create tasks associated to their company (type 192), idempotent by `healthsync_key`."""
+    def create_tasks(self, tasks: list[TaskSpec], *, before_send=None, after_chunk=None) -> list[RecordResult]:
+        """Create tasks associated to their company (type 192), never twice for one key.
+
+        `healthsync_key` cannot be unique on tasks, and search shows a new task only after a
+        lag ("It may take a few moments for newly created or updated CRM objects to appear in
+        search results", crm-api-notes 2.4). So a pre-create search would both cost a call per
+        chunk and miss the tasks it exists to find. Instead the caller's record of attempts is
+        the anchor:
+        - a key never sent before (`TaskSpec.attempted_at` None) is created without any search;
+        - `before_send(keys)` runs before each create request, so the caller records the attempt first;
+        - a create that gets no definite answer (timeout, 5xx, lost answer) is never resent blindly:
+          once `index_lag_s` has passed since it was sent its keys are searched; found -> that
+          task, missing -> created again (bounded by the retry policy's attempts); still unsure
+          -> MAYBE_CREATED, and the next run looks the keys up the same way;
+        - a key attempted before this call (`attempted_at` set) is looked up that way first.
+        """
         key_prop = section(self.mapping, "tasks", "hubspot").get("key_field") or "healthsync_key"
         results: list[RecordResult | None] = [None] * len(tasks)
         todo: dict[str, tuple[list[int], dict]] = {}
-        if {t.owner_email.lower() for t in tasks if t.owner_email} - set(self._owner_ids):
+        attempted: dict[str, datetime] = {}
+        if any(t.owner_email for t in tasks):
             self._load_owners()
         for i, t in enumerate(tasks):
             company = strip_prefix(t.account_id, self.prefix)
@@ -745,6 +836,8 @@ class HubSpotConnector(CrmConnector):
             if t.key in todo:
                 todo[t.key][0].append(i)
                 continue
+            if t.attempted_at is not None:
+                attempted[t.key] = t.attempted_at
             props = {
                 "hs_task_subject": t.subject or "",
                 "hs_task_body": t.description or "",
@@ -764,68 +857,124 @@ class HubSpotConnector(CrmConnector):
                 ],
             }
             todo[t.key] = ([i], record)
-        keys = list(todo)
+
+        def settle(outcome: dict[str, RecordResult]) -> None:
+            for key, r in outcome.items():
+                for i in todo[key][0]:
+                    results[i] = RecordResult(key, r.outcome, r.error_code, r.message, r.retryable, r.crm_id)
+            if after_chunk is not None and outcome:
+                after_chunk([RecordResult(k, r.outcome, r.error_code, r.message, r.retryable, r.crm_id) for k, r in outcome.items()])
+
         try:
-            for start in range(0, len(keys), BATCH_SIZE):
-                chunk = keys[start : start + BATCH_SIZE]
-                outcome = self.retry.call(lambda chunk=chunk: self._create_task_chunk(chunk, todo, key_prop), stats=self.stats, what="HubSpot create tasks")
-                for key, r in outcome.items():
-                    for i in todo[key][0]:
-                        results[i] = RecordResult(key, r.outcome, r.error_code, r.message, r.retryable, r.crm_id)
+            # earlier attempts first: look their keys up once the index shows them
+            earlier = [k for k in todo if k in attempted]
+            fresh = [k for k in todo if k not in attempted]
+            for start in range(0, len(earlier), BATCH_SIZE):
+                chunk = earlier[start : start + BATCH_SIZE]
+                self._wait_for_index(max(attempted[k] for k in chunk))
+                found = self._existing_tasks(chunk, key_prop)
+                settle({k: RecordResult(k, "ok", crm_id=found[k], message="already exists") for k in chunk if k in found})
+                fresh += [k for k in chunk if k not in found]
+            for start in range(0, len(fresh), BATCH_SIZE):
+                chunk = fresh[start : start + BATCH_SIZE]
+                settle(self._create_task_chunk(chunk, todo, key_prop, before_send))
         except QuotaExhaustedError as exc:
             exc.results = _fill(results, [Change(t.key, {}) for t in tasks], "QUOTA_EXHAUSTED", str(exc))
             raise
         return _fill(results, [Change(t.key, {}) for t in tasks], "NOT_SENT", "not sent")
 
+    def _wait_for_index(self, sent_at: datetime | float) -> None:
+        """Sleep until `index_lag_s` has passed since a create was applied.
+
+        `sent_at` is time.monotonic() when the create's (lost) answer came back, or the aware UTC
+        time an earlier attempt was recorded: that one is taken before the request left, so it
+        gets `_ATTEMPT_MARGIN_S` more for the request's own transit.
+        """
+        if self.index_lag_s <= 0:
+            return
+        if isinstance(sent_at, datetime):
+            sent = sent_at if sent_at.tzinfo else sent_at.replace(tzinfo=timezone.utc)
+            wait = self.index_lag_s + _ATTEMPT_MARGIN_S
+            left = (sent + timedelta(seconds=wait) - datetime.now(timezone.utc)).total_seconds()
+        else:
+            wait = self.index_lag_s
+            left = sent_at + wait - time.monotonic()
+        if left > 0:
+            self._sleep(min(left, wait))
+
     def _existing_tasks(self, keys: list[str], key_prop: str) -> dict[str, str]:
+        """key -> task id of the tasks carrying these keys (the oldest when a key was ever duplicated)."""
         body = {
             "filterGroups": [{"filters": [{"propertyName": key_prop, "operator": "IN", "values": keys}]}],
             "properties": [key_prop],
+            "sorts": [{"propertyName": "hs_object_id", "direction": "DESCENDING"}],
             "limit": SEARCH_LIMIT,
         }
         reply = self._call(
             lambda **kw: self._client.crm.objects.search_api.do_search("tasks", public_object_search_request=body, **kw),
             what="search tasks by key",
             search=True,
-            retry=False,
         )
+        # descending ids: the oldest task of a key is written last and wins
         return {(r.get("properties") or {}).get(key_prop): str(r["id"]) for r in reply.get("results") or []}
 
-    def _create_task_chunk(self, keys: list[str], todo, key_prop: str) -> dict[str, RecordResult]:
-        existing = self._existing_tasks(keys, key_prop)
-        out = {k: RecordResult(k, "ok", crm_id=existing[k], message="already exists") for k in keys if k in existing}
-        missing = [k for k in keys if k not in existing]
-        if not missing:
-            return out
-        body = {"inputs": [{**todo[k][1], "objectWriteTraceId": k} for k in missing]}
-        try:
-            reply = self._call(
-                lambda **kw: self._client.crm.objects.batch_api.create(
-                    "tasks", batch_input_simple_public_object_batch_input_for_create=body, **kw
-                ),
-                what="batch create tasks",
-                write=True,
-                retry=False,
-            )
-        except HubSpotApiError as exc:
-            for k in missing:
-                out[k] = RecordResult(k, "failed", exc.category or f"HTTP_{exc.status}", str(exc), False)
-            return out
-        created = {(r.get("properties") or {}).get(key_prop): str(r["id"]) for r in reply.get("results") or []}
-        errors: dict[str, tuple[str, str]] = {}
-        for err in reply.get("errors") or []:
-            trace = (err.get("context") or {}).get("objectWriteTraceId") or []
-            for k in trace if isinstance(trace, list) else [trace]:
-                errors[k] = (err.get("category") or "ERROR", err.get("message") or "")
-        for k in missing:
-            if k in created:
-                out[k] = RecordResult(k, "ok", crm_id=created[k])
-            elif k in errors:
-                # a CONFLICT on the unique key means the task exists but search did not show it yet (index lag):
-                # retryable, so the next run finds it by key instead of creating it
-                out[k] = RecordResult(k, "failed", errors[k][0], errors[k][1], errors[k][0] == "CONFLICT")
+    def _create_task_chunk(self, keys: list[str], todo, key_prop: str, before_send) -> dict[str, RecordResult]:
+        """One batch create (up to 100), settled per key; see create_tasks for the unanswered case."""
+        out: dict[str, RecordResult] = {}
+        pending = list(keys)
+        attempts = 0
+        while pending:
+            attempts += 1
+            if before_send is not None:
+                before_send(list(pending))
+            body = {"inputs": [{**todo[k][1], "objectWriteTraceId": k} for k in pending]}
+            try:
+                reply = self._call(
+                    lambda body=body, **kw: self._client.crm.objects.batch_api.create(
+                        "tasks", batch_input_simple_public_object_batch_input_for_create=body, **kw
+                    ),
+                    what="batch create tasks",
+                    write=True,
+                    retry=False,  # never resent blindly: see create_tasks
+                )
+            except HubSpotApiError as exc:  # refused as a whole: nothing was created
+                for k in pending:
+                    out[k] = RecordResult(k, "failed", exc.category or f"HTTP_{exc.status}", str(exc), False)
+                return out
+            except RetryableError as exc:
+                unsure, reason = pending, str(exc)
+                answered_at = time.monotonic()  # whatever was applied, was applied by now
             else:
-                out[k] = RecordResult(k, "failed", "NOT_CONFIRMED", "HubSpot did not confirm the task", True)
+                answered_at = time.monotonic()
+                created = {(r.get("properties") or {}).get(key_prop): str(r["id"]) for r in reply.get("results") or []}
+                errors: dict[str, tuple[str, str]] = {}
+                for err in reply.get("errors") or []:
+                    trace = (err.get("context") or {}).get("objectWriteTraceId") or []
+                    for k in trace if isinstance(trace, list) else [trace]:
+                        errors[k] = (err.get("category") or "ERROR", err.get("message") or "")
+                unsure = []
+                for k in pending:
+                    if k in created:
+                        out[k] = RecordResult(k, "ok", crm_id=created[k])
+                    elif k in errors:
+                        out[k] = RecordResult(k, "failed", errors[k][0], errors[k][1], errors[k][0] in ("RATE_LIMITS", "LOCKED"))
+                    else:  # a 207 may neither confirm nor reject an input (crm-api-notes 2.3)
+                        unsure.append(k)
+                reason = "HubSpot did not confirm the task"
+            if not unsure:
+                return out
+            self.stats.retries += 1
+            if attempts >= self.retry.max_attempts:
+                for k in unsure:
+                    out[k] = RecordResult(k, "failed", MAYBE_CREATED, f"{reason}; its key is looked up before any new create", True)
+                return out
+            log.info("HubSpot batch create tasks: %s; looking %d key(s) up after the search lag", reason, len(unsure))
+            self._wait_for_index(answered_at)
+            found = self._existing_tasks(unsure, key_prop)
+            for k in unsure:
+                if k in found:
+                    out[k] = RecordResult(k, "ok", crm_id=found[k])
+            pending = [k for k in unsure if k not in found]
         return out
 
     # ------------------------------------------------------------------ setup / check
@@ -918,6 +1067,8 @@ def hubspot_from_ready(ready: dict, mapping: dict, **kwargs) -> HubSpotConnector
     """
     hs = ready["hubspot"]
     kwargs.setdefault("tier", hs.get("tier", "professional"))
+    if "search_lag_s" in hs:  # the sandbox says how far its search index lags: what a task lookup waits
+        kwargs.setdefault("index_lag_s", float(hs["search_lag_s"]))
     if ready.get("inspect_url") and "clock" not in kwargs:
         from healthsync.connectors.sandbox.clock import remote_clock
 

@@ -46,6 +46,7 @@ from simple_salesforce.format import format_soql
 from healthsync.config.canonical import SPECS, empty_frame
 from healthsync.connectors import crm_values
 from healthsync.connectors.base import (
+    MAYBE_CREATED,
     CallStats,
     Change,
     CheckResult,
@@ -306,6 +307,7 @@ class SalesforceConnector(CrmConnector):
         self._owner_emails: dict[str, str] = {}
         self._owner_info: dict[str, tuple] = {}  # user id -> (name, title, manager id), for the escalation ladder
         self._owner_ids: dict[str, str] = {}
+        self._owners_loaded = False
         self._sf: Salesforce | None = None
         if auth == "token" and not self._token:
             raise ConfigurationError("Salesforce auth 'token' needs an access token (HEALTHSYNC__SALESFORCE__ACCESS_TOKEN)")
@@ -381,6 +383,12 @@ class SalesforceConnector(CrmConnector):
             self._user_id = identity
         if body.get("instance_url"):
             self.instance_url = body["instance_url"].rstrip("/")
+
+    def instance_info(self) -> dict[str, Any]:
+        """The instance the session runs on (the login's `instance_url`): records open at
+        `<instance_url>/lightning/r/<Object>/<Id>/view`. No API call beyond the login."""
+        self.sf  # noqa: B018 - logs in when needed; the token response names the instance
+        return {"instance_url": self.instance_url} if self.instance_url else {}
 
     def _relogin(self) -> None:
         log.info("Salesforce session expired; logging in again")
@@ -542,7 +550,7 @@ class SalesforceConnector(CrmConnector):
         soql = f"SELECT {', '.join(fields)} FROM {sobject}{where} ORDER BY SystemModstamp, Id"
 
         covered: datetime | None = None
-        if since is not None and deletions:
+        if since is not None and deletions and object != "tasks":  # deleted tasks are not read back: one call saved per run
             page, covered = self._deletions(object, sobject, start, read)
             if page is not None:
                 yield page
@@ -677,12 +685,17 @@ class SalesforceConnector(CrmConnector):
         return finish(frame, object, self.prefix)
 
     def _load_owners(self) -> None:
+        """The users, once per connector (one run): every later need (owner emails of pulled records,
+        task owners, the escalation ladder) reads this cache; an id unknown after that stays unknown."""
+        if self._owners_loaded:
+            return
         with self._errors("query User"):
             for r in self.sf.query_all_iter("SELECT Id, Email, Name, Title, ManagerId FROM User"):
                 if r.get("Email"):
                     self._owner_emails[r["Id"]] = r["Email"]
                     self._owner_ids[r["Email"].lower()] = r["Id"]
                     self._owner_info[r["Id"]] = (r.get("Name"), r.get("Title"), r.get("ManagerId"))
+        self._owners_loaded = True
 
     def _owner_email_series(self, owner_ids: pd.Series) -> pd.Series:
         ids = owner_ids.dropna().astype(str)
@@ -897,13 +910,19 @@ class SalesforceConnector(CrmConnector):
 
     # ------------------------------------------------------------------ tasks
 
-    def create_tasks(self, tasks: list[TaskSpec]) -> list[RecordResult]:
-        """Create playbook tasks, idempotent by key: existing keys return their task id, nothing is created twice."""
+    def create_tasks(self, tasks: list[TaskSpec], *, before_send=None, after_chunk=None) -> list[RecordResult]:
+        """Upsert playbook tasks on their external id (`Healthsync_Key__c`): one call per 200, no lookup first.
+
+        The key field is External ID + Unique, so the upsert itself is the idempotency check
+        (an existing key answers `created: false` with its id) and a retried request can
+        never make a second task. Up to `bulk_threshold` tasks go through sObject
+        Collections upsert (crm-api-notes 1.6), more through one Bulk API 2.0 upsert job
+        (1.9: "more than 2,000 records is a good candidate for Bulk API 2.0").
+        """
         key_field = section(self.mapping, "tasks", "salesforce").get("key_field") or "Healthsync_Key__c"
         results: list[RecordResult | None] = [None] * len(tasks)
         todo: dict[str, tuple[list[int], dict]] = {}
-        emails = {t.owner_email.lower() for t in tasks if t.owner_email}
-        if emails - set(self._owner_ids):
+        if any(t.owner_email for t in tasks):
             self._load_owners()
         for i, t in enumerate(tasks):
             what = strip_prefix(t.account_id, self.prefix)
@@ -929,39 +948,85 @@ class SalesforceConnector(CrmConnector):
             if owner:
                 record["OwnerId"] = owner
             todo[t.key] = ([i], record)
+
+        def settle(outcome: dict[str, RecordResult]) -> None:
+            for key, result in outcome.items():
+                for i in todo[key][0]:
+                    results[i] = RecordResult(key, result.outcome, result.error_code, result.message, result.retryable, result.crm_id)
+                    if result.ok and todo[key][1].get("OwnerId") is None and tasks[i].owner_email:
+                        results[i].message = f"owner {tasks[i].owner_email} is not a Salesforce user; task assigned to the integration user"
+            if after_chunk is not None and outcome:
+                after_chunk(list(outcome.values()))
+
         keys = list(todo)
         try:
-            for start in range(0, len(keys), COLLECTION_SIZE):
-                chunk = keys[start : start + COLLECTION_SIZE]
-                outcome = self.retry.call(
-                    lambda chunk=chunk: self._create_task_chunk(chunk, todo, key_field), stats=self.stats, what="Salesforce create tasks"
-                )
-                for key, result in outcome.items():
-                    for i in todo[key][0]:
-                        results[i] = RecordResult(key, result.outcome, result.error_code, result.message, result.retryable, result.crm_id)
-                        if result.ok and todo[key][1].get("OwnerId") is None and tasks[i].owner_email:
-                            results[i].message = f"owner {tasks[i].owner_email} is not a Salesforce user; task assigned to the integration user"
+            if len(keys) > self.bulk_threshold:
+                if before_send is not None:
+                    before_send(list(keys))
+                settle(self._upsert_tasks_bulk(keys, todo, key_field))
+            else:
+                for start in range(0, len(keys), COLLECTION_SIZE):
+                    chunk = keys[start : start + COLLECTION_SIZE]
+                    if before_send is not None:
+                        before_send(list(chunk))
+                    settle(self._upsert_task_chunk(chunk, todo, key_field))
         except QuotaExhaustedError as exc:
             exc.results = _fill(results, [Change(t.key, {}) for t in tasks], "QUOTA_EXHAUSTED", str(exc))
             raise
         return _fill(results, [Change(t.key, {}) for t in tasks], "NOT_SENT", "not sent")
 
-    def _create_task_chunk(self, keys: list[str], todo, key_field: str) -> dict[str, RecordResult]:
-        existing: dict[str, str] = {}
-        with self._errors("query Task"):
-            soql = format_soql(f"SELECT Id, {key_field} FROM Task WHERE {key_field} IN {{}}", keys)
-            for r in self.sf.query_all_iter(soql):
-                existing[r[key_field]] = r["Id"]
-        out = {k: RecordResult(k, "ok", crm_id=existing[k], message="already exists") for k in keys if k in existing}
-        missing = [k for k in keys if k not in existing]
-        if missing:
-            body = {"allOrNone": False, "records": [{"attributes": {"type": "Task"}, **todo[k][1]} for k in missing]}
-            with self._errors("create Task"), self._http.no_retry():
-                reply = self.sf.restful("composite/sobjects", method="POST", json=body)
-            for key, item in zip(missing, reply or []):
-                result = _save_result(key, item)
-                result.crm_id = item.get("id") if result.ok else None
-                out[key] = result
+    def _upsert_task_chunk(self, keys: list[str], todo, key_field: str) -> dict[str, RecordResult]:
+        """`PATCH composite/sobjects/Task/{key_field}` (API 46+): UpsertResults in request order, each with `created`."""
+        body = {"allOrNone": False, "records": [{"attributes": {"type": "Task"}, **todo[k][1]} for k in keys]}
+        with self._errors("upsert Task"):
+            reply = self.sf.restful(f"composite/sobjects/Task/{key_field}", method="PATCH", json=body)
+        out: dict[str, RecordResult] = {}
+        for key, item in zip(keys, reply or []):
+            result = _save_result(key, item)
+            result.crm_id = item.get("id") if result.ok else None
+            if result.ok and item.get("created") is False:
+                result.message = "already exists"
+            out[key] = result
+        for key in keys[len(out):]:  # fewer results than records: unknown, the upsert is safe to repeat
+            out[key] = RecordResult(key, "failed", MAYBE_CREATED, "Salesforce did not answer for this task", True)
+        return out
+
+    def _upsert_tasks_bulk(self, keys: list[str], todo, key_field: str) -> dict[str, RecordResult]:
+        """Bulk API 2.0 `upsert` jobs on `key_field` (the shared bounded `bulk_ingest`); results matched back by key.
+
+        A job still running at the bound (`bulk_max_wait_s`) leaves its tasks MAYBE_CREATED: the
+        next run upserts them again, which the unique external id makes harmless.
+        """
+        columns = sorted({c for k in keys for c in todo[k][1]})
+        rows = [{c: _bulk_value(todo[k][1].get(c)) if c in todo[k][1] else "" for c in columns} for k in keys]
+        wanted = set(keys)
+        out: dict[str, RecordResult] = {}
+        for part in _csv_parts(rows):
+            try:
+                job = self.bulk_ingest("Task", "upsert", part, external_id_field=key_field)
+            except HealthsyncError as exc:
+                if isinstance(exc, (StopRunError, ConfigurationError, RetryableError)):
+                    raise
+                for r in part:  # not submitted: nothing applied
+                    out[r[key_field]] = RecordResult(r[key_field], "failed", "BULK_JOB_FAILED", str(exc), True)
+                continue
+            if not job.done:
+                for r in part:
+                    out[r[key_field]] = RecordResult(r[key_field], "failed", MAYBE_CREATED,
+                                                     f"Bulk job {job.job_id} is still {job.state}; upserted again next run", True)
+                continue
+            for row in job.successful:
+                k = row.get(key_field)
+                if k in wanted:
+                    created = str(row.get("sf__Created", "true")).lower() == "true"
+                    out[k] = RecordResult(k, "ok", crm_id=row.get("sf__Id") or None, message=None if created else "already exists")
+            for row in job.failed:
+                k = row.get(key_field)
+                if k in wanted:
+                    code, _, message = (row.get("sf__Error") or "UNKNOWN_ERROR").partition(":")
+                    out[k] = RecordResult(k, "failed", code, message.strip() or code, code in _RETRYABLE_RECORD_CODES)
+        for k in keys:
+            out.setdefault(k, RecordResult(k, "failed", MAYBE_CREATED, "the Bulk job did not process this task", True))
         return out
 
     # ------------------------------------------------------------------ setup / check

@@ -100,7 +100,7 @@ def history_frames(history) -> HistoryFrames:
 
     accounts = get("accounts_history")
     if accounts is None:
-        raise HistoryError("history: accounts_history is required (design.md, 'history for validation')")
+        raise HistoryError("history: accounts_history is required (README, 'Canonical data')")
     missing = [c for c in ("account_id", "as_of", "churned") if c not in accounts.columns]
     if missing:
         raise HistoryError(f"history: accounts_history is missing the column(s) {missing}")
@@ -545,7 +545,7 @@ def _section(report: dict, title: str) -> list[str]:
     lines.append("  reliability (decile: predicted -> observed churn)")
     for r in report.get("reliability", []):
         lines.append(f"    {r['decile']:>2}  {r['mean_predicted']:.3f} -> {r['observed_rate']:.3f}  (n={r['n']})")
-    lines.append("  retention by score range (seed 001)")
+    lines.append("  retention by score range")
     for r in report.get("retention_by_score", []):
         lines.append(f"    {r['range']:>7}  {_pct(r['retention_rate']):>6}  n={r['n']}")
     fc = report.get("forecast")

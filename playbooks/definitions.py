@@ -44,6 +44,12 @@ class PlaybookSpec(Strict):
     name: str
     title: str
     condition: dict[str, Any]
+    trigger: Literal["crossing", "state"] = Field(
+        "crossing", description="crossing: fire when the condition turns true between two scored runs; state: whenever it holds"
+    )
+    backlog: bool = Field(
+        True, description="crossing only: an account already in the condition when first evaluated (no history) opens too"
+    )
     sla_hours: float = Field(gt=0)
     priority: Literal["high", "normal", "low"] = "normal"
     escalate_to: str = Field("owner", description="highest escalation.ladder level this playbook reaches")
@@ -76,6 +82,8 @@ class Playbook:
     subject_template: str
     description_template: str
     band_overrides: tuple[tuple[str, float | None, str | None], ...] = ()  # (band, sla_hours, escalate_to)
+    trigger: str = "crossing"  # crossing | state
+    backlog: bool = True  # crossing: open for accounts already in the condition at their first evaluation
 
     def sla_for(self, band: str | None) -> float:
         """The SLA in hours for an account in `band` (the band it had when the episode opened)."""
@@ -169,7 +177,8 @@ def _load_cached(
         built.append(
             Playbook(spec.name, spec.title, condition, spec.sla_hours, spec.priority, spec.escalate_to,
                      spec.templates.subject, spec.templates.description,
-                     tuple((band, o.sla_hours, o.escalate_to) for band, o in spec.band_overrides.items()))
+                     tuple((band, o.sla_hours, o.escalate_to) for band, o in spec.band_overrides.items()),
+                     spec.trigger, spec.backlog)
         )
     unknown = [n for n in enabled_names if n not in seen]
     if unknown:

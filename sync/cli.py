@@ -46,6 +46,8 @@ sandbox_app = typer.Typer(help="The loopback emulators of Salesforce, HubSpot an
 app.add_typer(config_app, name="config")
 app.add_typer(crm_app, name="crm")
 app.add_typer(sandbox_app, name="sandbox")
+state_app = typer.Typer(help="The state store: what healthsync remembers between runs.", no_args_is_help=True)
+app.add_typer(state_app, name="state")
 
 err_console = Console(stderr=True)
 
@@ -57,6 +59,28 @@ SandboxOpt = typer.Option(
     None, "--sandbox", help=f"Ready file of a running `healthsync sandbox serve` (or env {SANDBOX_ENV})."
 )
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout.")
+
+
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        installed = version("healthsync")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        installed = "(not installed)"
+    sys.stdout.write(f"healthsync {installed}\n")
+    raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    show_version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the installed version and exit."
+    ),
+) -> None:
+    """Customer health scores, forecast adjustment and playbooks, written back into Salesforce and HubSpot."""
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -360,7 +384,13 @@ def status(config: Optional[List[Path]] = ConfigOpt, as_json: bool = JsonOpt):
 
         _say_state(state_location(settings).shown, as_json)
         result = status_of(open_store(settings.state.url))
-        _emit(result, as_json)
+
+        def table() -> None:
+            from healthsync.sync.status_view import render_status
+
+            render_status(json.loads(scrub(json.dumps(result, default=str))))  # no secret in any message shown
+
+        _emit(result, as_json, table)
         return EXIT_OK
 
     _guard(body, as_json, "status")
@@ -397,7 +427,7 @@ def calibrate(
     out: Path = typer.Option(..., "--out", help="Where to write the config overlay (YAML)."),
     method: str = typer.Option(
         "logistic", "--method",
-        help="logistic (class-weighted regression on metric scores; default) | correlation (seed 001 method 1) "
+        help="logistic (class-weighted regression on metric scores; default) | correlation (each metric's correlation with retention) "
              "| fitted (regularised regression on the metrics' raw values)"),
     target_recall: float = typer.Option(0.75, "--target-recall"),
     max_at_risk_share: float = typer.Option(
@@ -438,24 +468,39 @@ def calibrate(
 @app.command()
 def report(
     out: Path = typer.Option(..., "--out", help="The HTML file to write."),
-    owner: Optional[str] = typer.Option(None, "--owner", help="Only this CSM's book of business."),
+    owner: Optional[str] = typer.Option(None, "--owner", help="Only this CSM's book of business (e-mail or name)."),
+    account: Optional[str] = typer.Option(
+        None, "--account", help="One account (id, CRM id or name): its page in the report, or with --customer the page to share."),
+    customer: bool = typer.Option(
+        False, "--customer", help="With --account: the customer-facing QBR page (adoption, usage, support; nothing internal)."),
     config: Optional[List[Path]] = ConfigOpt,
     as_json: bool = JsonOpt,
 ):
-    """Portfolio report: executive view, book of business, account drill-down (one self-contained HTML file)."""
+    """Portfolio report (filters, every account, CRM links, trends, forecast) or a customer's QBR page; one self-contained HTML file."""
     configure_logging(False)
 
     def body():
+        if customer and not account:
+            _fail("--customer needs --account ID (the account whose page to write)", EXIT_CONFIG)
+        if customer and owner:
+            _fail("--customer writes one account's page: give --account, not --owner", EXIT_CONFIG)
         settings = _settings(config)
         from healthsync.sync.connections import state_location
-        from healthsync.sync.report import write_report
+        from healthsync.sync.report import NoMatchError, write_customer_report, write_report
         from healthsync.sync.state import open_store
 
         _say_state(state_location(settings).shown, as_json)
         _writable(out, "--out")
-        info = write_report(open_store(settings.state.url), settings, out, owner=owner)
-        data = info if isinstance(info, dict) else getattr(info, "__dict__", {"path": str(out)})
-        _emit(data, as_json, lambda: Console().print(f"report written: {out}"))
+        store = open_store(settings.state.url)
+        try:
+            if customer:
+                info = write_customer_report(store, settings, out, account)
+            else:
+                info = write_report(store, settings, out, owner=owner, account=account)
+        except NoMatchError as e:
+            _fail(str(e), EXIT_CONFIG)
+        data = {"path": str(info.path), "size_bytes": info.size_bytes, "accounts": info.accounts, "charts": info.charts}
+        _emit(data, as_json, lambda: Console().print(f"report written: {out}", highlight=False))
         return EXIT_OK
 
     _guard(body, as_json, "report")
@@ -545,6 +590,44 @@ def config_schema():
     sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
 
 
+# ----------------------------------------------------------------------------- state
+
+
+@state_app.command("migrate")
+def state_migrate(
+    to: str = typer.Option(
+        ..., "--to",
+        help="SQLAlchemy URL of the new, empty state database, e.g. postgresql+psycopg://healthsync@db/healthsync "
+             "(give the password in PGPASSWORD rather than on the command line).",
+    ),
+    config: Optional[List[Path]] = ConfigOpt,
+    as_json: bool = JsonOpt,
+):
+    """Copy every table of the current state store (state.url) into a new database, so nothing is sent again."""
+    configure_logging(False)
+
+    def body():
+        settings = _settings(config)
+        from healthsync.sync.state_copy import copy_state
+
+        result = copy_state(settings.state.url, to)
+
+        def text() -> None:
+            out = Console(highlight=False, soft_wrap=True)
+            out.print(f"copied {result.total:,} rows from {result.source} to {result.target} "
+                      f"(schema revision {result.revision}):")
+            for table, n in result.rows.items():
+                if n:
+                    out.print(f"  {table}: {n:,}")
+            out.print("next: point state.url at the new database (in the config file, or HEALTHSYNC__STATE__URL); "
+                      "the old one is left as it was")
+
+        _emit(result.to_json(), as_json, text)
+        return EXIT_OK
+
+    _guard(body)
+
+
 # ----------------------------------------------------------------------------- crm
 
 
@@ -627,6 +710,25 @@ def sandbox_serve(
                      same_stamp=same_stamp, search_lag_seconds=search_lag, warehouse=warehouse)
 
     _guard(body, False, "sandbox serve")
+
+
+@sandbox_app.command("reset")
+def sandbox_reset(config: Optional[List[Path]] = ConfigOpt, as_json: bool = JsonOpt):
+    """Start the embedded demo over: remove its saved sandbox world and clear the state (`make demo-reset`)."""
+    configure_logging(False)
+
+    def body():
+        settings = _settings(config)
+        from healthsync.sync.demo_world import reset_demo
+
+        result = reset_demo(settings.state.url)
+        _emit(result, as_json, lambda: Console(highlight=False).print(
+            f"demo reset: {result['runs_forgotten']} runs forgotten in {result['state']}"
+            + (f", sandbox world {result['world_removed']} removed" if result["world_removed"] else "")
+            + "; the next `healthsync run` without credentials starts a new demo"))
+        return EXIT_OK
+
+    _guard(body)
 
 
 @app.command("demo-data")

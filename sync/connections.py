@@ -3,13 +3,18 @@
 - Credentials configured (`settings.live`): connectors built from `sources.*`.
 - A ready dict (`--sandbox F` / `HEALTHSYNC_SANDBOX`): a running sandbox, with
   the configured state database (the sandbox outlives the command).
-- Neither (only `healthsync run`): the embedded sandbox is started with demo
-  data. It is a new world each time, so the run forgets the bookkeeping of the
-  state database (cursors, replica, pushed values, retry queue, episodes, Slack
-  markers and caches) before it starts, and keeps the run history, score history
-  and backtests. A state database that holds runs against live CRMs is never used
+- Neither (only `healthsync run`): the embedded sandbox, whose world is kept next
+  to the state database between runs (sync/demo_world.py): each run is one
+  emulated day after the previous one, so it sends only what changed. When the
+  world is new (the first run, after `sandbox reset`, a lost world file, other
+  sandbox settings) the run forgets the bookkeeping of the state database
+  (cursors, replica, pushed values, retry queue, episodes, Slack markers and
+  caches) before it starts, and keeps the run history, score history and
+  backtests. A state database that holds runs against live CRMs is never used
   for the embedded sandbox (exit 2): missing credentials on a production host
-  must not wipe its state.
+  must not wipe its state. The other way round, live CRMs are never synced with a
+  state database that only knows the demo (`refuse_demo_state`): its cursors
+  describe the sandbox, and would make the first live pull skip real records.
 
 `state_location` is the one place that says which state database a command uses,
 so `run`, `status`, `report`, `schedule` and the embedded sandbox always agree:
@@ -202,21 +207,44 @@ def forget_sandbox_world(store) -> None:
     store.reset(keep=SANDBOX_KEPT_TABLES)
 
 
-def start_embedded_sandbox(settings: Settings):
-    """Start the embedded sandbox with demo data; returns (sandbox, ready dict)."""
-    from healthsync.connectors.sandbox import Sandbox
+def refuse_demo_state(store) -> None:
+    """Before a live run or stage: refuse a state database that holds the embedded demo's runs and no live one."""
+    from healthsync.sync.demo_world import demo_history
 
-    # Slack's one-message-per-second-per-channel pacing is off in the embedded demo: a first run
-    # alerts hundreds of episodes to a handful of owner DMs, which would make `make demo` take
-    # ten minutes of sleeping. Tests of the pacing use a sandbox they start themselves.
+    live, sandbox = demo_history(store)
+    if sandbox and not live:
+        raise ConfigurationError(
+            f"CRM credentials are configured, but the state database {store.shown} holds the demo's sandbox runs "
+            f"({sandbox}) and no live run: its cursors describe the sandbox, and the first live pull would skip real "
+            "records. Give the live CRMs their own state (a config file: its state sits next to it; or state.url), "
+            "or clear the demo first with `healthsync sandbox reset`"
+        )
+
+
+def start_embedded_sandbox(settings: Settings, location: StateLocation):
+    """The embedded sandbox of `healthsync run` on this state: its saved world one day later, or a new one.
+
+    Returns the started `DemoWorld` (`.ready`, `.fresh`, `.notes`; `.stop()` saves the world).
+    """
+    from healthsync.sync.demo_world import demo_history, open_demo_world
+    from healthsync.sync.state import open_store
+
+    store = open_store(location.url)
+    try:
+        live, sandbox_runs = demo_history(store)
+    finally:
+        store.close()
+    if live:
+        raise ConfigurationError(
+            f"no CRM credentials are configured, and the state database {location.shown} holds {live} run(s) against "
+            "live CRMs: healthsync will not run the embedded demo sandbox on it. Set the CRM credentials (README, "
+            "Configuration), or give the demo its own state (state.url or another config file)"
+        )
     # with `sandbox.warehouse` the sandbox also writes its demo usage to DuckDB and the run scores from it
     # (sync/warehouse_job.py), unless a real warehouse is configured
     warehouse = settings.sandbox.warehouse and not settings.sources.warehouse.configured
-    sandbox = Sandbox(accounts=settings.sandbox.accounts, seed=settings.sandbox.seed, slack_message_interval_s=0,
-                      warehouse=warehouse)
-    started = sandbox.start()
-    ready = started if isinstance(started, dict) else sandbox.ready
-    return sandbox, ready
+    return open_demo_world(location.url, accounts=settings.sandbox.accounts, seed=settings.sandbox.seed,
+                           warehouse=warehouse, state_knows_world=sandbox_runs > 0)
 
 
 def connect(settings: Settings, ready: dict | None = None, *, allow_embedded: bool = True) -> Connections:
@@ -230,19 +258,21 @@ def connect(settings: Settings, ready: dict | None = None, *, allow_embedded: bo
             "no CRM credentials configured (sources.salesforce / sources.hubspot) and no sandbox given "
             "(--sandbox READY_FILE or HEALTHSYNC_SANDBOX)"
         )
-    sandbox, ready = start_embedded_sandbox(settings)
     location = state_location(settings, None)
+    world = start_embedded_sandbox(settings, location)
+    ready = world.ready
     try:
         conns = Connections(
-            "sandbox", open_crm_connectors(settings, ready), open_slack(settings, ready), ready, location.url, embedded=sandbox
+            "sandbox", open_crm_connectors(settings, ready), open_slack(settings, ready), ready, location.url, embedded=world
         )
     except BaseException:
-        sandbox.stop()
+        world.stop()
         raise
     conns.notes.append(
-        f"no CRM credentials configured: using the embedded sandbox ({settings.sandbox.accounts} demo accounts); "
-        f"its state is in {location.shown}"
+        f"no CRM credentials configured: using the embedded sandbox ({settings.sandbox.accounts} demo accounts per CRM); "
+        f"its state is in {location.shown}, its world in {world.path}"
     )
+    conns.notes.extend(world.notes)
     return conns
 
 

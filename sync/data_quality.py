@@ -28,7 +28,8 @@ scheduler's ops reports (sync/scheduler.py), with its message format (`ops_messa
 that fails is retried at the next run (the state stays unannounced). Its idempotency key is
 deterministic (channel, UTC day, the changes): a lost answer is found in the channel's history
 instead of posting twice, and so is the alert a lost or moved state database already sent that
-day (history is read only when a KPI has no earlier state: a first run or a lost state).
+day, and the alert a run killed between posting and recording had sent (history is read only when
+a KPI has no earlier state, or its last announcement was never recorded).
 """
 
 from __future__ import annotations
@@ -63,7 +64,10 @@ class Kpi:
     value: float | None
     threshold: float
     breached: bool
-    fresh: bool = False  # no earlier state: a first run, or a state database lost or moved
+    #: the channel may already hold this alert: no earlier state (a first run, a state database lost or
+    #: moved), or an earlier announcement that never got recorded (a failed post, or a process killed
+    #: between posting and recording), so the channel's history is checked before posting
+    doubtful: bool = False
 
     def describe(self) -> str:
         what = f"{self.source} {self.kpi}" + (f" ({self.subject})" if self.subject else "")
@@ -202,14 +206,15 @@ def record(store: StateStore, run_id: str, kpis: list[Kpi], now: datetime) -> li
                 conn.execute(insert(data_quality_state).values(source=k.source, kpi=k.kpi, subject=k.subject,
                                                                breached=k.breached, since=at, announced=not k.breached))
                 if k.breached:
-                    k.fresh = True
+                    k.doubtful = True
                     pending.append(k)
                 continue
             if bool(before.breached) != k.breached:
                 conn.execute(update(data_quality_state).where(*_match(key)).values(breached=k.breached, since=at, announced=False))
                 pending.append(k)
             elif not before.announced:
-                pending.append(k)  # the last announcement failed: say it now
+                k.doubtful = True  # the last announcement failed, or was cut short after posting: say it now
+                pending.append(k)
     return pending
 
 
@@ -236,8 +241,8 @@ def announce(store: StateStore, slack, channel: str | None, pending: list[Kpi], 
     day = now.astimezone(timezone.utc).strftime("%Y-%m-%d")
     changes = "|".join(sorted(f"{k.source}/{k.kpi}/{k.subject}/{k.breached}" for k in pending))
     key = "dq-" + hashlib.sha256(f"{channel}|{day}|{changes}".encode()).hexdigest()[:32]
-    if any(k.fresh for k in pending) and _already_posted(slack, channel, key, now):
-        _mark_announced(store, pending)  # a lost or moved state database: the alert is already in the channel
+    if any(k.doubtful for k in pending) and _already_posted(slack, channel, key, now):
+        _mark_announced(store, pending)  # already in the channel (a lost state, or a run killed after posting)
         return 0
     try:
         slack.post(channel=channel, text=text, blocks=blocks, idempotency_key=key)

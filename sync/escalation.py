@@ -2,7 +2,7 @@
 
 For every open episode (sync.playbooks_job) with a CRM task:
 
-1. The task is read back from the CRM (`connector.pull("tasks", since)`): a task
+1. The task is read back from the CRM by change (sync.task_mirror, once per run): a task
    completed there closes the episode (`task_completed`); a due date moved there
    moves the SLA clock.
 2. Ladder step 0 (`escalation.ladder[0]`, default: the owner) is notified when the
@@ -47,13 +47,14 @@ import pandas as pd
 from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from healthsync.connectors.base import ConfigurationError, CrmConnector, HealthsyncError, RetryableError, StopRunError
+from healthsync.connectors.base import ConfigurationError, CrmConnector, HealthsyncError, RetryableError
 from healthsync.connectors.slack import SlackScopeError, SlackUserNotFoundError
 from healthsync.playbooks.definitions import PlaybookSet, load_playbooks
 from healthsync.playbooks.render import plain, split_drivers
 from healthsync.sync.playbooks_job import CLOSED_TASK_DONE
 from healthsync.sync.slack_delivery import DestinationChecks, StateChannelCache, item_key, message_key, resolve_maybe_sent
-from healthsync.sync.slack_messages import AccountFacts, EpisodeFacts, digest_message, episode_message
+from healthsync.sync.slack_messages import AccountFacts, EpisodeFacts, digest_message, episode_message, queued_note
+from healthsync.sync.task_mirror import apply_changes, effective_due, episode_changes, read_tasks  # noqa: F401 (effective_due re-exported)
 from healthsync.sync.state import StateStore, utc_aware, utc_naive
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class EscalationResult:
-    alerts_sent: int = 0
+    alerts_sent: int = 0  # alert messages posted (a digest is one message)
+    alert_episodes: int = 0  # episodes those alert messages carry
     escalations: int = 0
     recoveries: int = 0
     episodes_closed: int = 0
@@ -76,6 +78,7 @@ class EscalationResult:
     def to_json(self) -> dict:
         return {
             "alerts_sent": self.alerts_sent,
+            "alert_episodes": self.alert_episodes,
             "escalations": self.escalations,
             "recoveries": self.recoveries,
             "episodes_closed": self.episodes_closed,
@@ -142,90 +145,27 @@ def recipient_for(step, owner_email: str | None, directory: Directory) -> tuple[
 # ----------------------------------------------------------------------------- reading tasks back
 
 
-def _aware_ts(value: Any) -> datetime | None:
-    value = plain(value)
-    if value is None:
-        return None
-    ts = pd.Timestamp(value)
-    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-    return ts.to_pydatetime()
-
-
-def effective_due(stored: datetime | None, crm_due: datetime | None) -> datetime | None:
-    """The SLA deadline: the CRM's due date wins when someone moved it there.
-
-    Salesforce `Task.ActivityDate` is a date, so it reads back as midnight: the
-    same date as the stored deadline means "unchanged" (keep the exact time we
-    set); another date means "moved" and the task is due by the end of that day.
-    """
-    if crm_due is None:
-        return stored
-    date_only = crm_due.hour == 0 and crm_due.minute == 0 and crm_due.second == 0 and crm_due.microsecond == 0
-    if stored is not None:
-        if date_only and crm_due.date() == stored.date():
-            return stored
-        if abs((crm_due - stored).total_seconds()) < 60:
-            return stored
-    return crm_due + timedelta(days=1) if date_only else crm_due
-
-
 def refresh_tasks(store: StateStore, connectors: dict[str, CrmConnector], now: datetime, result: EscalationResult, dry_run: bool) -> dict[str, dict]:
-    """Read the tasks of open episodes back from their CRM; returns episode_id -> changes (applied unless dry run).
+    """Read the tasks of open episodes back from their CRM, by change; returns episode_id -> changes (applied unless dry run).
 
-    A CRM that cannot be read leaves its episodes as they are, and they are not
-    escalated this time (escalating on stale state could chase a task already done).
+    The read is the one of sync.task_mirror (tasks modified since the last read, once per run:
+    when the playbooks stage already read them in this run, nothing is read again). A CRM that
+    cannot be read leaves its episodes as they are, and they are not escalated this time
+    (escalating on stale state could chase a task already done).
     """
+    read = read_tasks(store, connectors, now)
     table = store.tables["episodes"]
     with store.engine.connect() as conn:
-        open_eps = [dict(r) for r in conn.execute(select(table).where(and_(table.c.status == "open", table.c.task_id.is_not(None)))).mappings()]
-    changes: dict[str, dict] = {}
-    unreadable: set[str] = set()
-    by_crm: dict[str, list[dict]] = defaultdict(list)
-    for ep in open_eps:
-        by_crm[ep["crm"]].append(ep)
-    for crm, eps in by_crm.items():
-        connector = connectors.get(crm)
-        if connector is None:
-            unreadable.add(crm)
-            result.errors.append(f"{crm}: tasks of {len(eps)} open episode(s) not checked: no {crm} connector in this run")
-            continue
-        since = min(utc_aware(e["opened_at"]) for e in eps) - timedelta(hours=1)
-        try:
-            frames = [p.records for p in connector.pull("tasks", since) if len(p.records)]
-        except (RetryableError, StopRunError) as exc:
-            unreadable.add(crm)
-            result.errors.append(f"{crm}: could not read tasks back ({exc}); {len(eps)} episode(s) not escalated this run")
-            continue
-        tasks = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["task_id", "key", "status"])
-        by_key = {}
-        if "key" in tasks.columns:
-            by_key = {k: r for k, r in zip(tasks["key"].astype("string"), tasks.to_dict("records")) if not pd.isna(k)}
-        by_id = dict(zip(tasks["task_id"].astype("string"), tasks.to_dict("records"))) if "task_id" in tasks.columns else {}
-        for ep in eps:
-            task = by_key.get(ep["task_key"]) or by_id.get(f"{'sf' if crm == 'salesforce' else 'hs'}:{ep['task_id']}") or by_id.get(ep["task_id"])
-            if task is None:
-                continue  # unchanged since `since`, or not visible yet (search lag): keep what we know
-            stored_due = utc_aware(ep["task_due_at"])
-            due = effective_due(stored_due, _aware_ts(task.get("due_at")))
-            status = plain(task.get("status")) or ep["task_status"]
-            change: dict[str, Any] = {}
-            if status != ep["task_status"]:
-                change["task_status"] = status
-            if due != stored_due:
-                change["task_due_at"] = utc_naive(due)
-            if status == "completed":
-                done = _aware_ts(task.get("completed_at")) or now
-                change.update(status="closed", closed_at=utc_naive(min(done, now)), close_reason=CLOSED_TASK_DONE)
-                result.episodes_closed += 1
-            if change:
-                changes[ep["episode_id"]] = change
-    if changes and not dry_run:
-        with store.begin() as conn:
-            for episode_id, change in changes.items():
-                conn.execute(update(table).where(and_(table.c.episode_id == episode_id, table.c.status == "open")).values(**change))
-    for crm in unreadable:
-        for ep in by_crm.get(crm, []):
-            changes.setdefault(ep["episode_id"], {})["_unreadable"] = True
+        crms = {r.crm for r in conn.execute(select(table.c.crm).where(and_(table.c.status == "open", table.c.task_id.is_not(None))).distinct())}
+    for crm in sorted(crms):
+        if crm not in connectors:
+            read.unreadable.setdefault(crm, f"no {crm} connector in this run")
+    changes = episode_changes(store, read, now, CLOSED_TASK_DONE)
+    for crm in sorted(crms & set(read.unreadable)):
+        result.errors.append(f"{crm}: could not read tasks back ({read.unreadable[crm]}); its open episodes are not escalated this run")
+    result.episodes_closed += sum(1 for c in changes.values() if c.get("status") == "closed")
+    if not dry_run:
+        apply_changes(store, changes)
     return changes
 
 
@@ -330,8 +270,13 @@ class _Sender:
         self.now = now
         self.day = now.astimezone(timezone.utc).strftime("%Y-%m-%d")
         self.table = store.tables["escalations"]
+        episodes = store.tables["episodes"]
         with store.engine.connect() as conn:
             self.existing = {(r.episode_id, r.level, r.kind) for r in conn.execute(select(self.table))}
+            # episodes waiting under the per-owner daily cap, for "10 new playbook tasks, 14 queued"
+            self.queued: dict[str, int] = defaultdict(int)
+            for (owner,) in conn.execute(select(episodes.c.owner_email).where(episodes.c.status == "queued")):
+                self.queued[(owner or "").lower()] += 1
         self.stopped: str | None = None
         self.outbox: list[Message] = []
         self.checks = DestinationChecks(store, slack, now)
@@ -368,7 +313,7 @@ class _Sender:
             for (_, _, kind, level), msgs in ordered:
                 for m in msgs:
                     self.result.planned.append({"episode_id": m.ep["episode_id"], "level": level, "kind": kind, "recipient": m.email, "channel": m.channel})
-                self._count(kind, len(msgs))
+                self._count(kind, len(msgs), messages=1 if len(msgs) >= self.settings.escalation.digest_from else len(msgs))
             return
         routed: list[_Route] = []
         for (_, _, kind, level), msgs in ordered:
@@ -389,9 +334,10 @@ class _Sender:
         for m in msgs:
             self.existing.discard(m.key)
 
-    def _count(self, kind: str, n: int) -> None:
+    def _count(self, kind: str, n: int, messages: int = 1) -> None:
         if kind == "alert":
-            self.result.alerts_sent += n
+            self.result.alerts_sent += messages
+            self.result.alert_episodes += n
         elif kind == "escalation":
             self.result.escalations += n
         else:
@@ -522,14 +468,19 @@ class _Sender:
                 self.existing.discard(m.key)
 
     def _render(self, msgs: list[Message], kind: str, level: str, note: str | None) -> tuple[str, list[dict]]:
+        queued = self.queued.get((msgs[0].email or "").lower(), 0) if kind == "alert" and msgs[0].email else 0
         if len(msgs) < self.settings.escalation.digest_from:
             m = msgs[0]
             if note:
                 m.facts.fallback_note = note
-            return episode_message(m.account, m.facts)
+            text, blocks = episode_message(m.account, m.facts)
+            if queued:
+                blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": queued_note(queued)}]})
+            return text, blocks
         ordered = sorted(msgs, key=lambda m: (m.account.score if m.account.score is not None else 101, m.ep["episode_id"]))
         notes = {m.facts.fallback_note for m in msgs if m.facts.fallback_note}
-        return digest_message(kind, level, [(m.account, m.facts) for m in ordered], note or (notes.pop() if len(notes) == 1 else None))
+        return digest_message(kind, level, [(m.account, m.facts) for m in ordered], note or (notes.pop() if len(notes) == 1 else None),
+                              queued=queued)
 
 
 @dataclass

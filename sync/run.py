@@ -44,7 +44,15 @@ from healthsync.config.settings import ConfigError, Settings
 from healthsync.connectors.base import ConfigurationError, HealthsyncError, StopRunError
 from healthsync.connectors.errors import classify
 from healthsync.sync.clock import now_for
-from healthsync.sync.connections import Connections, connect, ensure_connector_fields, forget_sandbox_world, state_location
+from healthsync.sync.connections import (
+    Connections,
+    connect,
+    ensure_connector_fields,
+    forget_sandbox_world,
+    refuse_demo_state,
+    state_location,
+)
+from healthsync.sync.crm_directory import refresh_directory
 from healthsync.sync.lanes import Lane, LaneStop, alive, each_lane, make_lanes
 from healthsync.sync.pull import PULLED_OBJECTS, PullStats, pull_object
 from healthsync.sync.score_job import ScoreResult, record_history, score_replica
@@ -74,10 +82,11 @@ def _optional(module: str, name: str):
 
 
 class _Progress:
-    """rich progress bars on stderr; silent in JSON mode."""
+    """rich progress bars on stderr; silent in JSON mode and when stderr is no terminal (a log file or a
+    pipe would only collect the blank lines a transient bar leaves behind)."""
 
     def __init__(self, enabled: bool):
-        self.enabled = enabled
+        self.enabled = enabled and Console(stderr=True).is_terminal
 
     @contextmanager
     def task(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
@@ -252,8 +261,10 @@ def _run(settings: Settings, conns: Connections, *, dry_run: bool, hooks, progre
         abandoned = store.mark_abandoned(exclude=run_id)
         if abandoned:
             summary.notes.append(f"runs left unfinished by a process that is gone, now marked abandoned: {', '.join(abandoned)}")
-        if conns.embedded is not None:
-            forget_sandbox_world(store)  # a new world each time; never on a live state database (exit 2)
+        if conns.embedded is not None and conns.embedded.fresh:
+            forget_sandbox_world(store)  # a new demo world: the old one's bookkeeping goes (never on a live state)
+        elif conns.mode == "live":
+            refuse_demo_state(store)  # never sync real CRMs with the demo's cursors (exit 2)
         _cycle(settings, conns, store, summary, now=now, dry_run=dry_run, hooks=lock.wrap(hooks), progress=progress,
                on_progress=lock.renew)
         summary.finish_status()
@@ -282,6 +293,20 @@ def _finish(store: StateStore, summary: RunSummary) -> None:
         store.finish_run(summary.run_id, summary.status, summary.to_json(include_diff=False), summary.exit_code)
     except Exception:  # the summary is still returned/printed; the run row stays 'running'
         log.warning("could not record run %s", summary.run_id, exc_info=True)
+
+
+def _refresh_directory(store: StateStore, lane: Lane, now: datetime) -> list[str]:
+    """Owners' names and the CRM's record URLs, for the report (sync/crm_directory.py), after the lane's pull.
+
+    Not a stage of its own: what cannot be read is a note; only a stop (quota, auth) stops the lane.
+    """
+    if not lane.alive:
+        return []
+    try:
+        return refresh_directory(store, lane.connector, now)
+    except StopRunError as exc:
+        lane.halt("owners and instance", exc)
+        return []
 
 
 def _lane_plan(plan: WritePlan, crm: str) -> WritePlan:
@@ -354,6 +379,7 @@ def _lanes_cycle(settings, conns: Connections, store: StateStore, summary: RunSu
                 summary.pulled.setdefault(stats.crm, {})[stats.object] = {"records": stats.records, "deleted": stats.deleted}
                 summary.data_problems += len(stats.problems)
                 summary.warnings.extend(stats.problems[: max(0, 50 - len(summary.warnings))])
+            summary.notes.extend(_refresh_directory(store, lane, now))
 
         each_lane(lanes, pull_lane)
     _hook(hooks, "after_pull")
@@ -396,11 +422,14 @@ def _lanes_cycle(settings, conns: Connections, store: StateStore, summary: RunSu
             if not dry_run:
                 _write_back(store, settings, summary, lane, _lane_plan(plan, lane.crm), now=now, hooks=hooks, on_batch=advance)
             if run_playbooks is not None and lane.alive:
-                lane_scores = _rows_of(scored.scores, lane.crm)
-                result = lane.run("tasks", lambda: run_playbooks(store, settings, lane_scores, lane.connectors, now, summary.run_id,
-                                                                 dry_run=dry_run, hooks=hooks))
+                # every CRM's scores, so the per-owner daily cap orders both CRMs' new tasks together;
+                # episodes and tasks of this lane's CRM only
+                result = lane.run("tasks", lambda: run_playbooks(store, settings, scored.scores, lane.connectors, now, summary.run_id,
+                                                                 dry_run=dry_run, hooks=hooks, crms=[lane.crm]))
                 if result is not None:
                     summary.tasks_created += result.tasks_created
+                    summary.tasks_adopted += result.tasks_adopted
+                    summary.tasks_queued += result.tasks_queued
                     summary.episodes_opened += result.episodes_opened
                     summary.episodes_closed += result.episodes_closed
                     summary.add_errors(list(result.errors))
@@ -419,7 +448,7 @@ def _lanes_cycle(settings, conns: Connections, store: StateStore, summary: RunSu
     if not dry_run:
         live_crms = [lane.crm for lane in alive(lanes)]
         live_scores = pd.concat([_rows_of(scored.scores, crm) for crm in live_crms]) if live_crms else scored.scores.iloc[0:0]
-        record_history(store, settings, live_scores, summary.run_id, now)
+        record_history(store, settings, live_scores, summary.run_id, now, features=scored.features)
         _report(store, settings, summary, now)
     _end_warehouse_stage(summary, usage)
 
@@ -498,7 +527,7 @@ def _escalate(settings, conns: Connections, store, summary: RunSummary, lanes: l
             summary.add_stop(LaneStop(system=exc.system or "slack", stage="alerts", kind=classify(exc).kind, reason=str(exc),
                                       call=exc.call, action=exc.action))
             return
-    summary.alerts_sent = result.alerts_sent
+    summary.alerts_sent, summary.alert_episodes = result.alerts_sent, result.alert_episodes
     summary.escalations = result.escalations
     summary.recoveries = getattr(result, "recoveries", 0)
     summary.add_errors(list(result.errors))
@@ -558,6 +587,8 @@ def _stage_connections(settings: Settings, ready: dict | None) -> Iterator[tuple
     conns = connect(settings, ready, allow_embedded=False)
     try:
         store = open_store(conns.state_url)
+        if conns.mode == "live":
+            refuse_demo_state(store)
         yield conns, store, now_for(conns.ready)
     finally:
         conns.close()
@@ -597,6 +628,7 @@ def pull_stage(settings: Settings, *, ready: dict | None = None) -> dict[str, An
                     return
                 out["pulled"].setdefault(stats.crm, {})[stats.object] = stats.to_json()
                 out["data_problems"].extend(stats.problems[:50])
+            _refresh_directory(store, lane, now)
 
         each_lane(lanes, pull_lane)
     return _stopped_json(out, lanes)
@@ -712,6 +744,7 @@ def escalate_stage(settings: Settings, *, ready: dict | None = None) -> dict[str
                     if lane.stop:
                         summary.add_stop(lane.stop)
             summary.alerts_sent, summary.escalations = result.alerts_sent, result.escalations
+            summary.alert_episodes = result.alert_episodes
             summary.recoveries = getattr(result, "recoveries", 0)
             summary.add_errors(list(result.errors))
             summary.notes.extend(getattr(result, "notes", []))

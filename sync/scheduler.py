@@ -17,13 +17,20 @@
 - A failed run (exception, or an exit code >= 2) and a missed run are recorded
   in `runs` (mode `schedule:<job>`, status `failed`) and reported to
   `escalation.ops_channel` in Slack once per change of state, with a recovery
-  note when the job next succeeds.
+  note when the job next succeeds. The log says the same, once per change of
+  state and in one line (a job failing for its configuration every few minutes
+  must not fill the log with a traceback per firing); only an unexpected error
+  (a bug) adds its traceback, once, when the job starts failing.
+- `serve` prints each job's trigger and next run time, and stops quietly on
+  Ctrl-C (exit 130) or SIGTERM (exit 143), letting a running job finish in the
+  background of the exit (its state is safe to resume).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 import uuid
@@ -49,6 +56,8 @@ from healthsync.sync.state import StateStore, open_store
 log = logging.getLogger(__name__)
 
 JOBSTORE_TABLE = "apscheduler_jobs"
+#: APScheduler logs every failed job with its traceback here; the listener below reports failures instead
+APSCHEDULER_EXECUTOR_LOG = "apscheduler.executors.default"
 
 
 class JobFailed(HealthsyncError):
@@ -69,6 +78,7 @@ class _Context:
 
 _CONTEXT: _Context | None = None
 _CONTEXT_LOCK = threading.Lock()
+_SCHEDULER: BaseScheduler | None = None  # the one `build_scheduler` made last (for next run times in reports)
 
 
 def job_id(name: str) -> str:
@@ -129,7 +139,18 @@ def _last_state(store: StateStore, name: str) -> str | None:
     return row.status if row else None
 
 
-def report(event_kind: str, name: str, detail: str, scheduled: datetime | None, exit_code: int) -> None:
+def next_run_text(when: datetime | None) -> str:
+    return f"{when.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S} UTC" if when else "not scheduled"
+
+
+def _next_run(name: str) -> datetime | None:
+    scheduler = _SCHEDULER
+    job = scheduler.get_job(job_id(name)) if scheduler is not None else None
+    return getattr(job, "next_run_time", None)
+
+
+def report(event_kind: str, name: str, detail: str, scheduled: datetime | None, exit_code: int,
+           traceback_text: str | None = None) -> None:
     """Record a failed/missed/recovered run in `runs`; tell the ops channel once per change of state.
 
     Every failure is recorded; only the first of a streak is posted (a job failing
@@ -154,10 +175,18 @@ def report(event_kind: str, name: str, detail: str, scheduled: datetime | None, 
         log.exception("could not record the %s run of job %s", event_kind, name)
         previous = None
     if failed and previous == "failed":
-        log.warning("job %s %s again (%s); already reported", name, event_kind, detail)
+        log.debug("job %s %s again (%s); already reported", name, event_kind, detail)
         return
+    upcoming = next_run_text(_next_run(name))
+    if failed:
+        log.warning("job %s %s: %s (exit %d); next run %s; logged again when it recovers",
+                    name, "failed" if event_kind == "error" else "missed its run", detail, exit_code, upcoming)
+        if traceback_text:
+            log.warning("job %s: unexpected error, details:\n%s", name, traceback_text.rstrip())
+    else:
+        log.warning("job %s is running again; next run %s", name, upcoming)
     if ctx.slack is None or not ctx.ops_channel:
-        log.warning("job %s %s (%s); no Slack ops channel configured", name, event_kind, detail)
+        log.debug("job %s %s: no Slack ops channel configured", name, event_kind)
         return
     outcome = {"error": "failed", "missed": "missed its run", "recovered": "is running again"}[event_kind]
     text, blocks = ops_message(name, outcome, detail, scheduled or now, ok=not failed)
@@ -173,9 +202,22 @@ def _listener(event: JobExecutionEvent) -> None:
         report("missed", name, f"the run due {event.scheduled_run_time:%Y-%m-%d %H:%M UTC} was missed (no scheduler up, or still busy)", event.scheduled_run_time, 3)
     elif event.code == EVENT_JOB_ERROR:
         exc = event.exception
-        report("error", name, f"{type(exc).__name__}: {exc}", event.scheduled_run_time, _exit_code(exc))
+        expected = isinstance(exc, (HealthsyncError, ConfigError))  # configuration, stops, failed jobs: no traceback
+        report("error", name, _describe(exc), event.scheduled_run_time, _exit_code(exc),
+               traceback_text=None if expected else event.traceback)
     elif event.code == EVENT_JOB_EXECUTED and event.retval != "skipped":
         report("recovered", name, "the last run succeeded", event.scheduled_run_time, 0)
+
+
+def _describe(exc: BaseException) -> str:
+    """One line about a job's failure, in the words of the command line's errors."""
+    if isinstance(exc, (ConfigError, ConfigurationError)):
+        return "configuration error: " + " ".join(str(exc).split())
+    if isinstance(exc, StopRunError):
+        return "stopped: " + " ".join(str(exc).split())
+    if isinstance(exc, JobFailed):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _same_job(existing, trigger, schedule) -> bool:
@@ -202,7 +244,7 @@ def build_scheduler(
     `job_functions` maps job names (`run`, `escalate`, ...) to zero-argument
     callables; a scheduled job without a function is a configuration error.
     """
-    global _CONTEXT
+    global _CONTEXT, _SCHEDULER
     missing = [s.job for s in settings.schedules if s.job not in job_functions]
     if missing:
         raise ConfigError([f"schedules: job(s) {missing} have no implementation in this command (available: {sorted(job_functions)})"])
@@ -226,6 +268,10 @@ def build_scheduler(
     cls = BlockingScheduler if blocking else BackgroundScheduler
     scheduler = cls(jobstores={"default": jobstore}, timezone=timezone.utc)
     scheduler.add_listener(_listener, EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_EXECUTED)
+    # failures are reported by the listener, one line per change of state; APScheduler's own
+    # report is a traceback per firing
+    logging.getLogger(APSCHEDULER_EXECUTOR_LOG).setLevel(logging.CRITICAL)
+    _SCHEDULER = scheduler
 
     wanted = {job_id(s.job) for s in settings.schedules}
     for job in jobstore.get_all_jobs():
@@ -301,13 +347,60 @@ def serve(
         (console.print if console else print)("schedules: nothing is scheduled (the schedules list is empty)")
         return 2
     say = console.print if console else print
+    now = datetime.now(timezone.utc)
+    stored = {job.id: job.next_run_time
+              for job in SQLAlchemyJobStore(engine=_CONTEXT.store.engine, tablename=JOBSTORE_TABLE).get_all_jobs()}
     for s in settings.schedules:
-        say(f"scheduled {s.job}: " + (f"cron '{s.cron}' UTC" if s.cron else f"every {s.interval_minutes:g} min"))
+        upcoming = stored.get(job_id(s.job)) or trigger_for(s).get_next_fire_time(None, now)
+        how = f"cron '{s.cron}' UTC" if s.cron else f"every {s.interval_minutes:g} min"
+        say(f"scheduled {s.job}: {how}; next run {next_run_text(upcoming)}")
+    say("running until Ctrl-C (or SIGTERM)")
+    return _run_until_stopped(scheduler, say)
+
+
+class _Stopped(Exception):
+    def __init__(self, code: int):
+        self.code = code
+
+
+def _run_until_stopped(scheduler: BaseScheduler, say: Callable[[str], Any]) -> int:
+    """Start the blocking scheduler; Ctrl-C -> 130, SIGTERM -> 143, quietly (no traceback)."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        def on_signal(signum, _frame):
+            raise _Stopped(128 + signum)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, on_signal)
+    code = 0
     try:
         scheduler.start()
-    except (KeyboardInterrupt, SystemExit):
-        pass
+    except _Stopped as stop:
+        code = stop.code
+    except KeyboardInterrupt:
+        code = 130
     finally:
-        if scheduler.running:
-            scheduler.shutdown(wait=True)
-    return 0
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C while stopping must not end in a traceback
+        try:
+            if scheduler.running:
+                scheduler.shutdown(wait=False)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    if code:
+        say("stopped" + (" (a running job was interrupted; the next run resumes it)" if _busy() else ""))
+    return code
+
+
+def _busy() -> bool:
+    """A job of this process still holds its lock (it was running when we stopped)."""
+    ctx = _CONTEXT
+    if ctx is None:
+        return False
+    locks = ctx.store.tables["locks"]
+    try:
+        with ctx.store.engine.connect() as conn:
+            return conn.execute(select(locks.c.name).where(locks.c.holder == ctx.holder).limit(1)).first() is not None
+    except Exception:  # noqa: BLE001 - only for the farewell line
+        return False

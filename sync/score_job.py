@@ -173,7 +173,32 @@ def history_rows(scores: pd.DataFrame, settings: Settings, run_id: str, now: dat
     ]
 
 
-def record_history(store: StateStore, settings: Settings, scores: pd.DataFrame, run_id: str, now: datetime) -> int:
+def record_history(store: StateStore, settings: Settings, scores: pd.DataFrame, run_id: str, now: datetime,
+                   features: pd.DataFrame | None = None) -> int:
+    """Score history of this run, and (with the engine's `features`) today's usage snapshot per account."""
     rows = history_rows(scores, settings, run_id, now)
     store.add_score_history(rows)
+    if features is not None and len(features) and len(scores):
+        store.record_usage(usage_rows(features, scores["account_id"]), pd.Timestamp(utc_naive(now)).date(), run_id)
     return len(rows)
+
+
+#: usage_history column -> the canonical accounts column it snapshots (the customer-facing report charts them)
+USAGE_COLUMNS = {
+    "active_users": "active_users_30d",
+    "seats_purchased": "seats_purchased",
+    "logins_per_user_week": "logins_per_user_week",
+    "features_used": "features_used",
+    "features_available": "features_available",
+}
+
+
+def usage_rows(features: pd.DataFrame, scored_ids: pd.Series) -> list[dict]:
+    """One usage row per scored account (missing figures stay None: never a zero)."""
+    frame = features.drop_duplicates("account_id", keep="last")
+    frame = frame[frame["account_id"].isin(scored_ids)]
+    out = pd.DataFrame({"account_id": frame["account_id"].astype(str).to_numpy()})
+    for column, source in USAGE_COLUMNS.items():
+        values = pd.to_numeric(frame[source], errors="coerce") if source in frame.columns else pd.Series(float("nan"), index=frame.index)
+        out[column] = values.astype("float64").to_numpy()
+    return out.astype(object).where(out.notna(), None).to_dict("records")

@@ -184,12 +184,25 @@ def _digest_line(account: AccountFacts, episode: EpisodeFacts) -> str:
     return f"• *{name}*: {_num(account.score)}{band}, {escape_mrkdwn(episode.playbook_title)}, {tail}{owner}"
 
 
-def digest_message(kind: str, level: str, entries: list[tuple[AccountFacts, EpisodeFacts]], fallback_note: str | None = None) -> tuple[str, list[dict]]:
-    """Several messages for one recipient in one run, as one message (a CSM with 40 new tasks gets 1 DM, not 40)."""
+def queued_note(queued: int) -> str:
+    """What a CSM reads about tasks held back by `playbooks.max_new_tasks_per_owner_per_day`."""
+    return f"{queued} more playbook task{'s' if queued != 1 else ''} queued: they come over the next days, highest ARR at risk first."
+
+
+def digest_message(kind: str, level: str, entries: list[tuple[AccountFacts, EpisodeFacts]], fallback_note: str | None = None,
+                   queued: int = 0) -> tuple[str, list[dict]]:
+    """Several messages for one recipient in one run, as one message (a CSM with 40 new tasks gets 1 DM, not 40).
+
+    `queued` (alerts only): the recipient's episodes waiting under the daily cap ("10 new playbook tasks, 14 queued").
+    """
     n = len(entries)
     title = _DIGEST_TITLES[kind].format(n=n, level=escape_mrkdwn(level))
+    if kind == "alert" and queued:
+        title += f", {queued} queued"
     icon = {"alert": ":warning:", "escalation": ":rotating_light:", "recovery": ":white_check_mark:"}[kind]
     blocks: list[dict] = [{"type": "section", "text": {"type": "mrkdwn", "text": f"*{icon} {title}*"}}]
+    if kind == "alert" and queued:
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": queued_note(queued)}]})
     if fallback_note:
         blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": escape_mrkdwn(fallback_note)}]})
     chunk: list[str] = []

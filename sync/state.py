@@ -13,6 +13,7 @@ with the playbooks/escalation/scheduler code (notes/sync_contract.md):
     failed_records  the retry queue: records the CRM rejected or never confirmed
     bulk_jobs       write-back Bulk jobs still running when their run ended (collected, never resent)
     episodes        playbook episodes and their CRM task (task_origin: created here, or found in the CRM)
+    playbook_conditions  per (crm, account, playbook) whether the trigger condition held when last known
     escalations     Slack messages per (episode, level, kind): marker, destination, message key, ts
     slack_channels  channel name -> conversation ID (conversations.list), a cache
     slack_destinations  per Slack conversation, the window whose healthsync messages were read back
@@ -21,6 +22,8 @@ with the playbooks/escalation/scheduler code (notes/sync_contract.md):
     drift/backtests for the validation and report code
     data_quality    per-source data-quality KPIs of each run (sync/data_quality.py)
     data_quality_state  each KPI's current state and whether the ops channel was told
+    crm_instances   what each CRM said about itself (instance URL, portal id): the report's record links
+    usage_history   product usage per account per day, for the customer-facing report's trends
 
 Schema changes are Alembic revisions (sync/migrations/versions/), never drop-and-rebuild: a
 user's state survives upgrades. The tables below are the current shape the code queries; a
@@ -45,8 +48,10 @@ import pandas as pd
 from sqlalchemy import (
     Boolean,
     Column,
+    Date,
     DateTime,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
@@ -125,6 +130,8 @@ score_history = Table(
     Column("dimension_json", Text),
     Column("drivers", Text),
     Column("trend", String(64)),
+    # the report's trend reads a year of (account, day, score, band) from this index alone (report_1)
+    Index("ix_score_history_scored_at", "scored_at", "account_id", "score", "band"),
 )
 
 pushed = Table(
@@ -182,7 +189,7 @@ episodes = Table(
     Column("crm", String(16)),
     Column("account_id", String(128)),
     Column("playbook", String(64)),
-    Column("status", String(16)),  # open | closed
+    Column("status", String(16)),  # queued | open | closed
     Column("opened_at", DateTime),
     Column("closed_at", DateTime),
     Column("close_reason", Text),
@@ -193,10 +200,27 @@ episodes = Table(
     Column("owner_email", String(255)),
     Column("segment", String(64)),
     Column("last_seen_run", String(64)),
+    # real UTC time a create of this task was last sent without a definite answer (None: never sent)
+    Column("task_attempted_at", DateTime),
+    # when the task was released to its owner (counts against playbooks.max_new_tasks_per_owner_per_day)
+    Column("released_at", DateTime),
     # "created": this state's create call made the task, so no other state can have alerted it;
     # "found": the CRM already had it (lost/moved state, another worker); NULL: unknown (older rows)
     Column("task_origin", String(16)),
     UniqueConstraint("task_key", name="uq_episodes_task_key"),
+)
+
+#: Whether each playbook's condition held for an account when last known, so a `trigger: crossing`
+#: playbook fires only when it becomes true between the previous scored run and this one.
+playbook_conditions = Table(
+    "playbook_conditions",
+    metadata,
+    Column("crm", String(16), primary_key=True),
+    Column("account_id", String(128), primary_key=True),
+    Column("playbook", String(64), primary_key=True),
+    Column("holds", Boolean, nullable=False),
+    Column("run_id", String(64)),
+    Column("changed_at", DateTime),
 )
 
 escalations = Table(
@@ -288,6 +312,28 @@ data_quality_state = Table(
     Column("breached", Boolean, nullable=False),  # the state as last measured
     Column("since", DateTime),
     Column("announced", Boolean),  # the ops channel was told of this state
+)
+
+crm_instances = Table(
+    "crm_instances",
+    metadata,
+    Column("crm", String(16), primary_key=True),
+    # Salesforce: {"instance_url"}; HubSpot: {"portal_id", "ui_domain"} (sync/crm_directory.py)
+    Column("info_json", Text, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+)
+
+usage_history = Table(
+    "usage_history",
+    metadata,
+    Column("account_id", String(128), primary_key=True),
+    Column("day", Date, primary_key=True),  # UTC day of the run; the day's last run wins
+    Column("run_id", String(64)),
+    Column("active_users", Float),
+    Column("seats_purchased", Float),
+    Column("logins_per_user_week", Float),
+    Column("features_used", Float),
+    Column("features_available", Float),
 )
 
 #: Where the Alembic environment and revisions live (shipped as package data).
@@ -696,6 +742,30 @@ class StateStore:
         with self.begin() as conn:
             for chunk in _chunks(rows):
                 conn.execute(insert(score_history), chunk)
+
+    # ------------------------------------------------------------------ CRM instances and usage (the report)
+
+    def set_crm_instance(self, crm: str, info: dict, at: datetime) -> None:
+        """Remember what `crm` said about itself (replaces the previous answer)."""
+        with self.begin() as conn:
+            conn.execute(delete(crm_instances).where(crm_instances.c.crm == crm))
+            conn.execute(insert(crm_instances).values(crm=crm, info_json=dumps(info), updated_at=utc_naive(at)))
+
+    def crm_instance_info(self) -> dict[str, dict]:
+        """crm -> what it said about itself ({} for a CRM never asked)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(crm_instances.c.crm, crm_instances.c.info_json)).all()
+        return {crm: json.loads(info) for crm, info in rows}
+
+    def record_usage(self, rows: list[dict], day: Any, run_id: str) -> None:
+        """Today's usage snapshot per account (`rows`: account_id plus usage_history's figures); a rerun replaces it."""
+        if not rows:
+            return
+        with self.begin() as conn:
+            for chunk in _chunks(rows):
+                conn.execute(delete(usage_history).where(
+                    usage_history.c.day == day, usage_history.c.account_id.in_([r["account_id"] for r in chunk])))
+                conn.execute(insert(usage_history), [{**r, "day": day, "run_id": run_id} for r in chunk])
 
     # ------------------------------------------------------------------ pushed / failed
 

@@ -60,6 +60,7 @@ def status(store: StateStore, *, runs: int = 10, failures: int = 20) -> dict[str
                 "started_at": _iso(r["started_at"]),
                 "finished_at": _iso(r["finished_at"]),
                 "dry_run": summary.get("dry_run", False),
+                "duration_s": summary.get("duration_s"),
                 "accounts_scored": summary.get("accounts_scored"),
                 "writes": summary.get("writes"),
                 "tasks_created": summary.get("tasks_created"),

@@ -15,6 +15,7 @@ each CRM's outcome). A run that any lane stopped is never `ok`.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,9 +41,12 @@ class RunSummary:
     writes: dict[str, dict[str, int]] = field(default_factory=dict)
     opportunities_adjusted: int = 0
     tasks_created: int = 0
+    tasks_adopted: int = 0  # open healthsync tasks found in the CRM and taken over (never created twice)
+    tasks_queued: int = 0  # episodes waiting under playbooks.max_new_tasks_per_owner_per_day
     episodes_opened: int = 0
     episodes_closed: int = 0
-    alerts_sent: int = 0
+    alerts_sent: int = 0  # alert messages posted (a digest is one message)
+    alert_episodes: int = 0  # episodes those alert messages carry
     escalations: int = 0
     recoveries: int = 0
     invalid: int = 0
@@ -56,6 +60,7 @@ class RunSummary:
     report_path: str | None = None
     drift_warnings: list[str] = field(default_factory=list)
     stages_skipped: list[str] = field(default_factory=list)
+    _started_monotonic: float = field(default_factory=time.monotonic, repr=False, compare=False)
     state: str | None = None  # where the state store is (a path, or the URL with its password hidden)
     lanes: dict[str, dict] = field(default_factory=dict)  # crm -> {"status", "stages", "stopped"}
     stopped: list[dict] = field(default_factory=list)  # one entry per stopped CRM / Slack (LaneStop.to_json)
@@ -113,9 +118,12 @@ class RunSummary:
             "writes": {crm: dict(w) for crm, w in self.writes.items()},
             "opportunities_adjusted": self.opportunities_adjusted,
             "tasks_created": self.tasks_created,
+            "tasks_adopted": self.tasks_adopted,
+            "tasks_queued": self.tasks_queued,
             "episodes_opened": self.episodes_opened,
             "episodes_closed": self.episodes_closed,
             "alerts_sent": self.alerts_sent,
+            "alert_episodes": self.alert_episodes,
             "escalations": self.escalations,
             "recoveries": self.recoveries,
             "invalid": self.invalid,
@@ -134,7 +142,8 @@ class RunSummary:
             "drift_warnings": list(self.drift_warnings),
             "report_path": self.report_path,
             "data_quality": self.data_quality,
-            "duration_s": round(self.duration_s, 3),
+            # until the command sets the whole duration, the time so far (what the runs table records)
+            "duration_s": round(self.duration_s or (time.monotonic() - self._started_monotonic), 3),
         }
         if include_diff and self.diff is not None:
             out["diff"] = self.diff
@@ -153,17 +162,32 @@ class RunSummary:
         bands = ", ".join(f"{b} {n}" for b, n in self.bands.items()) or "none"
         console.print(f"  accounts scored: {self.accounts_scored} ({bands})")
         if self.writes:
-            table = Table(title="write-back" + (" (planned)" if self.dry_run else ""), show_edge=False)
-            for col in ("crm", "records changed", "unchanged", "failed", "invalid", "retried", "api calls"):
-                table.add_column(col, justify="right" if col != "crm" else "left")
+            # written = records changed and confirmed (records_changed), split into accounts and deals (opportunities)
+            table = Table(title="write-back" + (" (planned)" if self.dry_run else ""), title_justify="left",
+                          box=None, pad_edge=False, padding=(0, 1), header_style="bold underline")
+            columns = ["crm", "written", "accounts", "deals", "unchanged", "failed", "invalid", "api calls"]
+            if any(w.get("retried") for w in self.writes.values()):
+                columns.insert(-1, "retried")
+            for col in columns:
+                table.add_column(col, justify="right" if col != "crm" else "left", no_wrap=True)
             for crm, w in self.writes.items():
-                table.add_row(crm, str(w.get("records_changed", 0)), str(w.get("unchanged", 0)), str(w.get("failed", 0)),
-                              str(w.get("invalid", 0)), str(w.get("retried", 0)), str(w.get("api_calls", 0)))
+                by_object = w.get("by_object")
+                cells = {"crm": crm, "accounts": "-", "deals": "-"}  # a dry run plans records, it confirms none
+                if by_object is not None:
+                    cells.update(accounts=str(by_object.get("accounts", 0)), deals=str(by_object.get("opportunities", 0)))
+                for col, key in (("written", "records_changed"), ("unchanged", "unchanged"), ("failed", "failed"),
+                                 ("invalid", "invalid"), ("retried", "retried"), ("api calls", "api_calls")):
+                    cells[col] = str(w.get(key, 0))
+                table.add_row(*(cells[c] for c in columns))
             console.print(table)
+        queued = f", {self.tasks_queued} queued" if self.tasks_queued else ""
+        adopted = f", {self.tasks_adopted} found in the CRM" if self.tasks_adopted else ""
         console.print(
-            f"  playbook tasks created: {self.tasks_created} (episodes opened {self.episodes_opened}, closed {self.episodes_closed})"
+            f"  playbook tasks: {self.tasks_created} new{queued}{adopted} (episodes opened {self.episodes_opened}, closed {self.episodes_closed})"
         )
-        console.print(f"  slack: {self.alerts_sent} alerts, {self.escalations} escalations, {self.recoveries} recoveries")
+        console.print(
+            f"  slack: {self.alerts_sent} alert messages ({self.alert_episodes} episodes), {self.escalations} escalations, {self.recoveries} recoveries"
+        )
         if self.stages_skipped:
             console.print(f"  [yellow]stages not run:[/] {', '.join(self.stages_skipped)}")
         warehouse = self.data_quality.get("warehouse")

@@ -325,6 +325,7 @@ class CrmWriteReport:
     unchanged: int = 0
     retried: int = 0
     pending: int = 0  # in a Bulk job still running when the bounded wait ended (collected next run)
+    by_object: dict[str, int] = field(default_factory=dict)  # records confirmed per object (accounts, opportunities)
     errors: list[str] = field(default_factory=list)
     written: dict[str, dict[str, Any]] = field(default_factory=dict)  # record_id -> fields confirmed (not in JSON)
 
@@ -338,6 +339,7 @@ class CrmWriteReport:
             "unchanged": self.unchanged,
             "retried": self.retried,
             "pending": self.pending,
+            "by_object": dict(self.by_object),
         }
 
 
@@ -457,6 +459,7 @@ def _settle(store, report: CrmWriteReport, crm, object, batch: list[RecordPlan],
             if result.stamp is not None:
                 stamps[plan.record_id] = result.stamp
             report.records_changed += 1
+            report.by_object[object] = report.by_object.get(object, 0) + 1
             report.fields_written += len(plan.fields)
             report.written[plan.record_id] = dict(plan.fields)
         elif result.outcome == "invalid":

@@ -223,10 +223,16 @@ def start_server() -> PostgresServer:
 
 @pytest.fixture(scope="session")
 def postgres_server():
-    """The session's private PostgreSQL server (skips the test when it cannot be started)."""
+    """The session's private PostgreSQL server (skips the test when it cannot be started, except in CI).
+
+    CI (`CI=true`, as .ci/run is started) must run the PostgreSQL tests: there a server that
+    cannot start is a failure, not a skip, so a broken install step cannot pass unnoticed.
+    """
     try:
         server = start_server()
     except PostgresUnavailable as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"PostgreSQL must run in CI but cannot start: {exc}")
         pytest.skip(f"PostgreSQL not available: {exc}")
     try:
         yield server

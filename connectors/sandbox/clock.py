@@ -36,6 +36,9 @@ class Clock:
             raise ValueError("the emulator clock only moves forward (advance_seconds must be >= 0)")
         with self._lock:
             self._offset += timedelta(seconds=seconds)
+            # now() may run ahead of real time by a few ms (one ms per call within a ms): move that
+            # lead too, so every stamp already issued lies at least `seconds` in the past afterwards
+            self._last += timedelta(seconds=seconds)
         return self.now()
 
     @property

@@ -28,6 +28,7 @@ class FaultSettings:
     burst_every: int = 0  # after the first burst, start another every N requests (0 = once)
     drop_rate: float = 0.0  # share of requests whose connection is closed without an answer
     lost_response_rate: float = 0.0  # share of writes applied, then the answer is lost
+    lost_response_next: int = 0  # the next N writes are applied, then their answer is lost (deterministic)
     latency_ms: float = 0.0  # added to every request
     session_expiry_after: int = 0  # Salesforce: a session dies after N requests (0 = never)
     retry_after: int = 1  # seconds in Retry-After on injected 429s
@@ -39,7 +40,8 @@ class FaultSettings:
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"faults: {api}.{name} must be between 0 and 1, got {v}")
-        for name in ("burst_429", "burst_every", "latency_ms", "session_expiry_after", "retry_after", "lock_burst"):
+        for name in ("burst_429", "burst_every", "latency_ms", "session_expiry_after", "retry_after", "lock_burst",
+                     "lost_response_next"):
             if getattr(self, name) < 0:
                 raise ValueError(f"faults: {api}.{name} must be >= 0, got {getattr(self, name)}")
 
@@ -92,6 +94,7 @@ class FaultInjector:
         self._rng = {api: random.Random(f"{seed}:{api}") for api in APIS}
         self._burst_left = {api: 0 for api in APIS}
         self._since_burst = {api: 0 for api in APIS}
+        self._lose_left = {api: 0 for api in APIS}
         self._locks_left = {api: 0 for api in APIS}
         self._lock_rng = {api: random.Random(f"{seed}:{api}:locks") for api in APIS}
         for api, values in (settings or {}).items():
@@ -112,6 +115,8 @@ class FaultInjector:
             if "burst_429" in values:
                 self._burst_left[api] = new.burst_429
                 self._since_burst[api] = 0
+            if "lost_response_next" in values:
+                self._lose_left[api] = new.lost_response_next
             if "lock_burst" in values:
                 self._locks_left[api] = new.lock_burst
             return new
@@ -120,6 +125,7 @@ class FaultInjector:
         with self._lock:
             self._settings[api] = FaultSettings()
             self._burst_left[api] = 0
+            self._lose_left[api] = 0
             self._locks_left[api] = 0
 
     def settings(self, api: str) -> FaultSettings:
@@ -156,7 +162,10 @@ class FaultInjector:
                 return d
             # always draw the same number of values so one setting does not shift the others
             r_drop, r_err, r_code, r_lost = rng.random(), rng.random(), rng.random(), rng.random()
-            if r_drop < s.drop_rate:
+            if is_write and self._lose_left[api] > 0:
+                self._lose_left[api] -= 1
+                d.action = "lost_response"
+            elif r_drop < s.drop_rate:
                 d.action = "drop"
             elif r_err < s.error_rate:
                 d.action, d.status = "error", (500, 502, 503)[int(r_code * 3)]

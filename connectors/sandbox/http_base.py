@@ -165,9 +165,21 @@ class Api:
 
     name = "api"
     write_methods = ("POST", "PUT", "PATCH", "DELETE")
+    #: attributes that belong to the running process, not to the emulated world: never saved in a world
+    #: snapshot (connectors/sandbox/world.py), and kept as they are when one is loaded. Subclasses add theirs
+    #: (ports, rate-limit windows in monotonic time, query cursors, test hooks); everything else is the world.
+    PROCESS_ATTRS: frozenset[str] = frozenset({"router", "clock", "faults", "lock"})
 
     def __init__(self, router: Router) -> None:
         self.router = router
+
+    def world_state(self) -> dict[str, Any]:
+        """What this emulator holds that a real service would keep across a restart (see PROCESS_ATTRS)."""
+        return {k: v for k, v in vars(self).items() if k not in self.PROCESS_ATTRS}
+
+    def restore_world_state(self, state: dict[str, Any]) -> None:
+        """Take over a saved world (from `world_state`); the running process's own attributes stay."""
+        vars(self).update({k: v for k, v in state.items() if k not in self.PROCESS_ATTRS})
 
     def fault_exempt(self, req: Request) -> bool:
         """Token endpoints are never faulted (a flaky login would make every test flaky)."""

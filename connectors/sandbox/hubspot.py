@@ -56,6 +56,8 @@ ASSOC_TYPES = {
     ("deals", "tickets"): (27, 28), ("tickets", "deals"): (28, 27),
 }
 TYPE_ID_PAIRS = {v[0]: k for k, v in ASSOC_TYPES.items()}
+#: objects whose properties may be created with hasUniqueValue (tasks may not; BEHAVIOR.md)
+UNIQUE_PROPERTY_OBJECTS = frozenset({"companies", "deals", "tickets", "contacts"})
 _SINGULAR = {"companies": "company", "deals": "deal", "tickets": "ticket", "tasks": "task"}
 
 
@@ -76,8 +78,15 @@ def _fmt_num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else repr(float(value))
 
 
+#: The sandbox portal's id (a fixed, realistic 8-digit Hub id, so record URLs are stable across runs).
+PORTAL_ID = 24_681_357
+
+
 class HubSpotApi(Api):
     name = "hubspot"
+
+    #: rate-limit windows (monotonic time), test hooks (callables) and the port belong to the process
+    PROCESS_ATTRS = Api.PROCESS_ATTRS | {"_window", "_search_window", "_search_hooks", "base_url"}
 
     def __init__(self, clock: Clock, faults: FaultInjector | None, *, tier: str = "professional",
                  daily_limit: int | None = None, access_token: str | None = None,
@@ -90,6 +99,8 @@ class HubSpotApi(Api):
         self.daily_limit = daily_limit or default_daily
         self.access_token = access_token or "sandbox-hubspot-" + str(uuid.uuid4())  # not a real token format, on purpose
         self.search_lag_seconds = float(search_lag_seconds)
+        #: the portal (Hub) id GET /account-info/v3/details answers; record URLs in the UI carry it
+        self.portal_id = PORTAL_ID
         #: (type, id) -> (from stamp, seconds): a fixed index delay for a record's versions from then on (tests)
         self.index_delays: dict[tuple[str, str], tuple[str, float]] = {}
         self._indexing: deque[tuple[str, str, str]] = deque()  # (expires, type, id) of stale snapshots
@@ -134,6 +145,7 @@ class HubSpotApi(Api):
         r("GET", p + r"/?", self.properties_list, "GET /crm/v3/properties/{type}")
         r("POST", p + r"/?", self.property_create, "POST /crm/v3/properties/{type}")
         r("GET", p + r"/(?P<name>[^/]+)/?", self.property_get, "GET /crm/v3/properties/{type}/{name}")
+        r("GET", r"/account-info/v3/details/?", self.account_details, "GET /account-info/v3/details")
         r("GET", r"/crm/v3/owners/?", self.owners_list, "GET /crm/v3/owners")
         r("GET", r"/crm/v3/owners/(?P<id>[^/]+)/?", self.owner_get, "GET /crm/v3/owners/{id}")
         a = r"/crm/v4/objects/(?P<from>[\w-]+)/(?P<id>\d+)/associations"
@@ -942,6 +954,11 @@ class HubSpotApi(Api):
         if name in self.props[t]:
             return hs_error(409, "CONFLICT", f"Property named '{name}' already exists.",
                             subCategory="PropertyValidationError.PROPERTY_EXISTS")
+        if body.get("hasUniqueValue") and t not in UNIQUE_PROPERTY_OBJECTS:
+            # unique properties exist for companies, deals, tickets, contacts and custom objects only
+            # (BEHAVIOR.md); the exact refusal is unverified, this is the stricter reading
+            return hs_error(400, "VALIDATION_ERROR", f"hasUniqueValue is not supported for {t} properties "
+                                                     f"(property {name!r})")
         return schema.HsProperty(name, body["type"], body["fieldType"], label=body["label"],
                                  group=body["groupName"], hubspot_defined=False,
                                  unique=bool(body.get("hasUniqueValue")), options=body.get("options") or [],
@@ -1001,6 +1018,21 @@ class HubSpotApi(Api):
                  "archived": False}
             self.groups[t][g["name"]] = g
         return Response.json(201, g)
+
+    # --- account information -------------------------------------------------------------------
+    def account_details(self, req: Request) -> Response:
+        """The portal's details: every field the public schema marks required (BEHAVIOR.md)."""
+        return Response.json(200, {
+            "portalId": self.portal_id,
+            "accountType": "STANDARD",
+            "timeZone": "US/Eastern",
+            "companyCurrency": "USD",
+            "additionalCurrencies": [],
+            "utcOffset": "-05:00",
+            "utcOffsetMilliseconds": -18_000_000,
+            "uiDomain": "app.hubspot.com",
+            "dataHostingLocation": "na1",
+        })
 
     # --- owners --------------------------------------------------------------------------------
     def owners_list(self, req: Request) -> Response:

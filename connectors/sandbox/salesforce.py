@@ -87,6 +87,12 @@ class IdFactory:
         self._lock = threading.Lock()
         self.pod = pod
 
+    def __getstate__(self) -> dict:  # saved with the world (world.py); the lock is the process's
+        return {"counters": dict(self._counters), "pod": self.pod}
+
+    def __setstate__(self, state: dict) -> None:
+        self._counters, self.pod, self._lock = dict(state["counters"]), state["pod"], threading.Lock()
+
     def new(self, prefix: str) -> str:
         return self.new_many(prefix, 1)[0]
 
@@ -137,6 +143,9 @@ class WriteError:
 
 class SalesforceApi(Api):
     name = "salesforce"
+
+    #: the port and open query cursors belong to the process (a cursor does not outlive a restart)
+    PROCESS_ATTRS = Api.PROCESS_ATTRS | {"instance_url", "locators"}
 
     def __init__(self, clock: Clock, faults: FaultInjector | None, *, daily_limit: int = 100_000,
                  username: str = "integration@healthsync.sandbox", password: str | None = None,

@@ -6,9 +6,11 @@
         sb.records("salesforce", "Account")
 
 Salesforce holds the portfolio generated with `seed`, HubSpot the one generated with
-`seed + 1` (each CRM issues its own ids). Owners exist in all three systems with the
+`seed + 1` (each CRM issues its own ids), both anchored to the emulator clock's today
+(`as_of`), so ticket windows and renewal dates are current whenever it starts. Owners exist in all three systems with the
 same emails. Everything binds 127.0.0.1 on ephemeral ports and is torn down on exit,
-including the temporary directory holding the TLS certificate.
+including the temporary directory holding the TLS certificate. The world itself can be
+saved and started again later (world.py).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +42,13 @@ LARGE_SEED = 200_000  # records; above this the seeded objects are frozen out of
 DEFAULT_SEARCH_LAG_S = 2.0
 
 
-def _generate(n_accounts: int, seed: int, usage: bool = False):
+def _generate(n_accounts: int, seed: int, as_of: date, usage: bool = False):
     try:
         from healthsync.connectors.demo_data import generate_portfolio
     except ImportError as e:  # the generator lives in another module; say what is missing
         raise RuntimeError("Sandbox(accounts=N) needs connectors.demo_data.generate_portfolio; pass portfolio=... "
                            "(an object with accounts, opportunities, tickets, owners frames) instead") from e
-    return generate_portfolio(n_accounts, seed, usage=usage)
+    return generate_portfolio(n_accounts, seed, as_of=as_of, usage=usage)
 
 
 class Sandbox:
@@ -58,13 +61,16 @@ class Sandbox:
                  slack_message_interval_s: float = 1.0, slack_app_type: str = "non_marketplace",
                  slack_scopes: set[str] | frozenset[str] | None = None, same_stamp: int = 0,
                  salesforce_manage_permissions: bool = True, bulk_polls_in_progress: int = 3,
-                 warehouse: bool = False) -> None:
+                 warehouse: bool = False, now: datetime | None = None, as_of: date | None = None) -> None:
+        """`now`: the emulator clock's start (default: the real time); `as_of`: the date the generated
+        portfolio is anchored to (default: the clock's today, so ticket windows and renewals are current)."""
         if same_stamp < 0:
             raise ValueError(f"same_stamp must be >= 0, got {same_stamp}")
         self.hubspot_tier = hubspot_tier
         self.seed = seed
         self.same_stamp = int(same_stamp)
-        self.clock = Clock()
+        self.clock = Clock() if now is None else Clock((now - datetime.now(timezone.utc)).total_seconds())
+        as_of = as_of or self.clock.now().date()
         self.recorder = Recorder()
         spec = parse_spec(faults) if isinstance(faults, str) else (faults or {})
         self.faults = FaultInjector(seed, spec)
@@ -82,12 +88,18 @@ class Sandbox:
                               scopes=slack_scopes)
         if precreate_fields:
             self.precreate_fields()
-        sf_portfolio = portfolio if portfolio is not None else (_generate(accounts, seed, warehouse) if accounts else None)
+        sf_portfolio = portfolio if portfolio is not None else (
+            _generate(accounts, seed, as_of, warehouse) if accounts else None)
         hs_portfolio = hubspot_portfolio if hubspot_portfolio is not None else (
-            portfolio if portfolio is not None else (_generate(accounts, seed + 1, warehouse) if accounts else None))
+            portfolio if portfolio is not None else (_generate(accounts, seed + 1, as_of, warehouse) if accounts else None))
         # the product usage behind the portfolios' usage signals, written to DuckDB at start (`warehouse=True`)
         distinct = [sf_portfolio] + ([hs_portfolio] if hs_portfolio is not sf_portfolio else [])
         self._usage = [p for p in distinct if warehouse and p is not None and getattr(p, "usage", None) is not None]
+        #: how to make `_usage` again (generate_portfolio arguments), when the sandbox generated it itself:
+        #: a saved world (world.py) keeps this recipe instead of the millions of usage events
+        self.usage_recipe: list[dict] | None = (
+            [{"n_accounts": accounts, "seed": s, "as_of": as_of} for s in (seed, seed + 1)]
+            if warehouse and accounts and portfolio is None and hubspot_portfolio is None else None)
         # millions of small dicts: the cyclic GC would rescan them over and over while they are built
         gc_was_enabled = gc.isenabled()
         gc.disable()
@@ -109,6 +121,8 @@ class Sandbox:
         self._servers: list[EmulatorServer] = []
         self._tmp: Path | None = None
         self.ready: dict = {}
+        #: kept with a saved world (world.py), e.g. the demo's day number
+        self.world_meta: dict[str, Any] = {}
 
     # --- lifecycle -----------------------------------------------------------------------------
     def start(self) -> "Sandbox":
@@ -133,7 +147,8 @@ class Sandbox:
             "salesforce": {"instance_url": sf.base_url, "access_token": self.salesforce.access_token,
                            "ca_file": str(ca_file), "username": self.salesforce.username,
                            "password": self.salesforce.password, "consumer_key": self.salesforce.consumer_key},
-            "hubspot": {"host": hs.base_url, "access_token": self.hubspot.access_token, "tier": self.hubspot_tier},
+            "hubspot": {"host": hs.base_url, "access_token": self.hubspot.access_token, "tier": self.hubspot_tier,
+                        "search_lag_s": self.hubspot.search_lag_seconds},
             "slack": {"base_url": sl.base_url + "/api/", "token": self.slack.token},
             "inspect_url": ins.base_url,
         }

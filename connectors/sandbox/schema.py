@@ -371,5 +371,5 @@ def hubspot_healthsync_properties() -> list[tuple[str, HsProperty]]:
                                         hubspot_defined=False)))
     key = m["task"]["key_field"]
     out.append((m["task"]["object"], HsProperty(key, "string", "text", label="Healthsync key", group="healthsync",
-                                                hubspot_defined=False, unique=True)))
+                                                hubspot_defined=False)))  # tasks cannot have unique properties
     return out

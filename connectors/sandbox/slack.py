@@ -64,6 +64,9 @@ class SlackApi(Api):
     name = "slack"
     write_methods = ("POST",)
 
+    #: per-channel pacing runs on monotonic time: the process's, not the workspace's
+    PROCESS_ATTRS = Api.PROCESS_ATTRS | {"_last_post"}
+
     def __init__(self, clock: Clock, faults: FaultInjector | None, *, token: str = "sandbox-slack-bot-token",
                  channels: tuple[str, ...] | list[str] = DEFAULT_CHANNELS, per_channel_interval_s: float = 1.0,
                  app_type: str = "non_marketplace", scopes: set[str] | frozenset[str] | None = None) -> None:

@@ -6,6 +6,7 @@ emulated CRM's records and its request log, never the connector's own word.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from datetime import datetime, timedelta, timezone
 
@@ -208,7 +209,10 @@ class TestCrmContract:
         specs = [TaskSpec(f"renewal_risk:{account}:{k}", f"{crm.prefix}:{account}", owner, f"Call {k}", "why", due, "high") for k in range(3)]
         first = crm.connect(sb).create_tasks(specs)
         sb.advance_clock(sb.hubspot.search_lag_seconds)  # past HubSpot's search index lag
-        again = crm.connect(sb).create_tasks(specs + [TaskSpec("x:1", "nope", None, "s", "d", due)])
+        # the caller's state says these keys were sent before: found, not created again (HubSpot looks them up
+        # once its search index shows them; Salesforce's upsert on the unique external id needs no lookup)
+        sent = datetime.now(timezone.utc)
+        again = crm.connect(sb).create_tasks([dataclasses.replace(s, attempted_at=sent) for s in specs] + [TaskSpec("x:1", "nope", None, "s", "d", due)])
         assert all(r.ok and r.crm_id for r in first)
         assert [r.crm_id for r in again[:3]] == [r.crm_id for r in first]
         assert again[3].outcome == "invalid"
@@ -216,6 +220,7 @@ class TestCrmContract:
         keys = [crm.value(r, key_field) if crm.api == "salesforce" else r["properties"].get(key_field) for r in sb.records(crm.api, crm.task_object)]
         for s in specs:
             assert keys.count(s.key) == 1
+        sb.advance_clock(30)  # HubSpot search shows new tasks once its index caught up (search lag)
         pulled = [p for p in crm.connect(sb).pull("tasks")][-1].records
         assert {s.key for s in specs} <= set(pulled["key"])
         recent = [p for p in crm.connect(sb).pull("tasks", datetime.now(timezone.utc) - timedelta(minutes=1))][-1].records

@@ -8,7 +8,9 @@ from failsafe_cli import assert_no_traceback, closed_port, healthsync, one_json,
 
 
 def test_given_hubspot_unreachable_when_run_then_salesforce_is_written_tasked_and_alerted_and_exit_3(world):
-    sb, ready, env = world(accounts=12, seed=5)
+    # seed 6: Salesforce has accounts at risk on the first run (tasks open on crossings, the at-risk backlog
+    # included; accounts already at 80+ get no expansion task on a first run)
+    sb, ready, env = world(accounts=12, seed=6)
     r = healthsync("run", "--sandbox", with_host(ready, "hubspot", closed_port()), "--json", env=env)
     assert r.returncode == 3, r.stderr
     assert_no_traceback(r)

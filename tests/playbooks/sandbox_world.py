@@ -56,13 +56,15 @@ def settings_for(tmp_path, **sections) -> Settings:
     return load_settings(cfg, environ={})
 
 
-def start_world(tmp_path, **sections) -> World:
-    sb = Sandbox(accounts=ACCOUNTS, seed=SEED, precreate_fields=True, slack_channels=CHANNELS, slack_message_interval_s=0).start()
+def start_world(tmp_path, sandbox_options: dict | None = None, connector_options: dict | None = None, **sections) -> World:
+    """`sandbox_options` go to Sandbox (e.g. search_lag_seconds), `connector_options` to both connectors (e.g. retry)."""
+    sb = Sandbox(accounts=ACCOUNTS, seed=SEED, precreate_fields=True, slack_channels=CHANNELS, slack_message_interval_s=0,
+                 **(sandbox_options or {})).start()
     try:
         settings = settings_for(tmp_path, **sections)
         connectors = {
-            "salesforce": salesforce_from_ready(sb.ready, settings.mapping.salesforce.model_dump()),
-            "hubspot": hubspot_from_ready(sb.ready, settings.mapping.hubspot.model_dump()),
+            "salesforce": salesforce_from_ready(sb.ready, settings.mapping.salesforce.model_dump(), **(connector_options or {})),
+            "hubspot": hubspot_from_ready(sb.ready, settings.mapping.hubspot.model_dump(), **(connector_options or {})),
         }
         # as `healthsync run` does: the CRM users (Salesforce User.Title / ManagerId) are the ladder
         owners = load_owners(connectors)

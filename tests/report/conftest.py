@@ -1,4 +1,9 @@
-"""A real sandbox run with the report switched on, shared by the browser and command-line tests."""
+"""Shared by the report tests: one real sandbox run with the report switched on, one generated store, one browser.
+
+The browser is the system Chromium (`/usr/bin/chromium`, installed by `make test` through the
+Makefile's `browser` target) driven by Playwright; Playwright never downloads a browser of its
+own here. Browser tests are skipped, with the reason, where either is missing.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ from healthsync.config.settings import load_settings
 from healthsync.connectors.sandbox import Sandbox
 from healthsync.sync.run import run_cycle
 from healthsync.sync.state import open_store
+from report_browser import CHROMIUM, FLAGS
+from report_store import GENERATED_ACCOUNTS, GENERATED_DAYS, NOW, build_store
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +33,37 @@ def sandbox_report(tmp_path_factory):
     store = open_store(settings.state.url)
     yield summary, report_path, store, settings
     store.close()
+
+
+@pytest.fixture(scope="session")
+def report_settings():
+    return load_settings(environ={})
+
+
+@pytest.fixture(scope="session")
+def generated_report(tmp_path_factory, report_settings):
+    """A generated portfolio in both CRMs with daily history, and its report; yields (store, info)."""
+    from healthsync.sync.report import write_report
+
+    tmp = tmp_path_factory.mktemp("generated")
+    store = build_store(f"sqlite:///{tmp}/state.db", n_accounts=GENERATED_ACCOUNTS, days=GENERATED_DAYS)
+    info = write_report(store, report_settings, tmp / "report.html", now=NOW)
+    yield store, info
+    store.close()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for every browser test of the session."""
+    if not CHROMIUM.exists():
+        pytest.skip("headless Chromium (/usr/bin/chromium) is not installed; `make browser` installs it")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("the playwright package is not installed (`make install` installs the dev extra)")
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS, headless=True)
+        yield chromium
+        chromium.close()
+
+

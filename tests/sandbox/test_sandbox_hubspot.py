@@ -112,27 +112,37 @@ def test_properties_groups_and_upsert_by_unique_property(sandbox):
     with pytest.raises(Exception) as dup_group:
         hs.crm.properties.groups_api.create("tasks", PropertyGroupCreate(name="healthsync", label="Healthsync"))
     assert dup_group.value.status == 409
+    unique = PropertyCreate(name="healthsync_key", label="Healthsync key", type="string", field_type="text",
+                            group_name="healthsync", has_unique_value=True)
+    with pytest.raises(Exception) as refused:  # unique properties: companies, deals, tickets, contacts, custom objects
+        hs.crm.properties.core_api.create("tasks", unique)
+    assert refused.value.status == 400 and "hasUniqueValue" in json.loads(refused.value.body)["message"]
     spec = PropertyCreate(name="healthsync_key", label="Healthsync key", type="string", field_type="text",
-                          group_name="healthsync", has_unique_value=True)
+                          group_name="healthsync")
     prop = hs.crm.properties.core_api.create("tasks", spec)
-    assert prop is not None and prop.has_unique_value is True
+    assert prop is not None and prop.has_unique_value is False
     with pytest.raises(Exception) as dup_prop:
         hs.crm.properties.core_api.create("tasks", spec)
     assert dup_prop.value.status == 409 and json.loads(dup_prop.value.body)["category"] == "CONFLICT"
+    hs.crm.properties.groups_api.create("companies", PropertyGroupCreate(name="healthsync", label="Healthsync"))
+    ext = hs.crm.properties.core_api.create("companies", PropertyCreate(
+        name="ext_key", label="Ext key", type="string", field_type="text", group_name="healthsync", has_unique_value=True))
+    assert ext.has_unique_value is True
     company = hs.crm.companies.basic_api.get_page(limit=1).results[0].id
-    body = {"inputs": [{"idProperty": "healthsync_key", "id": "k1", "properties": {
-        "hs_timestamp": "2026-12-01T00:00:00Z", "hs_task_subject": "Call", "hs_task_status": "NOT_STARTED"}}]}
-    first = hs.crm.objects.tasks.batch_api.upsert(BatchInputSimplePublicObjectBatchInputUpsert(**body))
-    body["inputs"][0]["properties"]["hs_task_status"] = "COMPLETED"
-    second = hs.crm.objects.tasks.batch_api.upsert(BatchInputSimplePublicObjectBatchInputUpsert(**body))
+    body = {"inputs": [{"idProperty": "ext_key", "id": "k1", "properties": {"name": "Upserted Co"}}]}
+    first = hs.crm.objects.batch_api.upsert("companies", BatchInputSimplePublicObjectBatchInputUpsert(**body))
+    body["inputs"][0]["properties"]["name"] = "Upserted Co 2"
+    second = hs.crm.objects.batch_api.upsert("companies", BatchInputSimplePublicObjectBatchInputUpsert(**body))
     assert first.results[0].new is True and second.results[0].new is False
     assert first.results[0].id == second.results[0].id
-    tasks = sandbox.records("hubspot", "tasks")
-    assert len(tasks) == 1 and tasks[0]["properties"]["hs_task_status"] == "COMPLETED"
+    assert sandbox.record("hubspot", "companies", first.results[0].id)["properties"]["name"] == "Upserted Co 2"
     with pytest.raises(Exception) as not_unique:
         hs.crm.objects.tasks.batch_api.upsert(BatchInputSimplePublicObjectBatchInputUpsert(inputs=[
-            {"idProperty": "hs_object_id", "id": "1", "properties": {}}]))
+            {"idProperty": "healthsync_key", "id": "k1", "properties": {"hs_timestamp": "2026-12-01T00:00:00Z"}}]))
     assert not_unique.value.status == 400
+    created = hs.crm.objects.tasks.basic_api.create({"properties": {"hs_timestamp": "2026-12-01T00:00:00Z", "healthsync_key": "k1"}})
+    tasks = sandbox.records("hubspot", "tasks")
+    assert len(tasks) == 1 and tasks[0]["id"] == created.id
     link = hs.crm.associations.v4.basic_api.create(
         object_type="tasks", object_id=tasks[0]["id"], to_object_type="companies", to_object_id=company,
         association_spec=[AssociationSpec(association_category="HUBSPOT_DEFINED", association_type_id=192)])

@@ -56,6 +56,8 @@ def test_given_triggered_accounts_when_run_twice_then_one_task_each_with_owner_d
     red = pick(accounts, "salesforce", 0)
     healthy = pick(accounts, "hubspot", 0)
     scores = scores_frame(accounts, {red["account_id"]: RED, healthy["account_id"]: {"score": 85.0, "band": "Green"}})
+    # a scored run where nothing holds: the next run's changes are crossings (expansion fires only on one)
+    assert run_playbooks(store, world.settings, scores_frame(accounts), world.connectors, world.now(), "run-0").episodes_opened == 0
     now = world.now()
 
     first = run_playbooks(store, world.settings, scores, world.connectors, now, "run-1")
@@ -128,8 +130,18 @@ def test_given_condition_clears_then_episode_closes_and_a_new_breach_opens_a_new
     assert (cleared.episodes_closed, cleared.tasks_created) == (1, 0)
     closed = episodes(store)
     assert closed.loc[0, "status"] == "closed" and closed.loc[0, "close_reason"] == "condition_cleared"
+    # a new breach while the owner's task is still open in the CRM: that task is taken up again, not doubled
     again = run_playbooks(store, world.settings, red, world.connectors, world.now(), "r3")
-    assert (again.episodes_opened, again.tasks_created) == (1, 1)
+    assert (again.episodes_opened, again.tasks_created, again.tasks_adopted) == (1, 0, 1)
+    assert episodes(store).loc[0, "status"] == "open"
+    [task] = sf_tasks(world, f"at_risk_intervention:{acc['account_id']}:")
+    # once the owner completed it, clearing and breaching again makes a new episode with a new task and key
+    world.sb.modify("salesforce", "Task", task["Id"], {"Status": "Completed"})
+    done = run_playbooks(store, world.settings, red, world.connectors, world.now(), "r4")
+    assert (done.episodes_closed, done.episodes_opened) == (1, 0)  # completed while still Red: not re-opened
+    assert run_playbooks(store, world.settings, fine, world.connectors, world.now(), "r5").episodes_opened == 0
+    fresh = run_playbooks(store, world.settings, red, world.connectors, world.now(), "r6")
+    assert (fresh.episodes_opened, fresh.tasks_created) == (1, 1)
     keys = sorted(episodes(store)["task_key"])
     assert keys[1] == keys[0] + ".2"  # same day, a new episode, a new key
     assert len(sf_tasks(world, f"at_risk_intervention:{acc['account_id']}:")) == 2
@@ -149,10 +161,13 @@ def test_given_unknown_score_then_open_episode_is_neither_closed_nor_duplicated(
 def test_dry_run_records_nothing_and_creates_nothing(world, store, accounts):
     acc = pick(accounts, "salesforce", 4)
     scores = scores_frame(accounts, {acc["account_id"]: {"score": 90.0, "band": "Green"}})
+    run_playbooks(store, world.settings, scores_frame(accounts), world.connectors, world.now(), "r0")
+    remembered = store.count("playbook_conditions")
     result = run_playbooks(store, world.settings, scores, world.connectors, world.now(), "dry", dry_run=True)
     assert (result.episodes_opened, result.tasks_created) == (1, 0)
     assert result.planned[0]["playbook"] == "expansion_opportunity" and result.planned[0]["account_id"] == acc["account_id"]
     assert store.count("episodes") == 0
+    assert store.count("playbook_conditions") == remembered and store.count("playbook_conditions", holds=True) == 0
     assert sf_tasks(world, f"expansion_opportunity:{acc['account_id']}:") == []
 
 

@@ -67,6 +67,30 @@ def test_given_the_ops_post_fails_then_the_change_is_announced_at_the_next_run(t
     store.close()
 
 
+def test_given_a_run_killed_after_posting_but_before_recording_then_the_next_run_finds_it_and_posts_nothing(tmp_path):
+    """The window a SIGKILL can hit: the alert is in the channel, the state still says 'not announced'."""
+    from sqlalchemy import update
+
+    from healthsync.sync.state import data_quality_state
+
+    settings = load_settings()
+    store = open_store(f"sqlite:///{tmp_path}/state.db")
+    with Sandbox(accounts=0, slack_message_interval_s=0) as sb:
+        slack = slack_from_ready(sb.ready)
+        pending = dq.record(store, "run-1", dq.evaluate(_report(0.5), settings), T0)
+        assert dq.announce(store, slack, settings.escalation.ops_channel, pending, T0) == 1
+        with store.begin() as conn:  # as the killed process left it
+            conn.execute(update(data_quality_state).where(data_quality_state.c.breached.is_(True)).values(announced=False))
+        later = T0 + timedelta(hours=1)
+        pending = dq.record(store, "run-2", dq.evaluate(_report(0.5), settings), later)
+        assert [k.subject for k in pending] == ["active_users_30d"]
+        sb.advance_clock(120)  # the history budget of a non-Marketplace app: one read a minute
+        assert dq.announce(store, slack, settings.escalation.ops_channel, pending, later) == 0
+        assert len(_alerts(sb)) == 1
+        assert dq.record(store, "run-3", dq.evaluate(_report(0.5), settings), later + timedelta(hours=1)) == []
+    store.close()
+
+
 def test_given_the_demo_generator_then_usage_is_extra_and_reproduces_the_usage_signals(tmp_path):
     plain = generate_portfolio(120, seed=9)
     with_usage = generate_portfolio(120, seed=9, usage=True)

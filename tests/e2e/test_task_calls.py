@@ -1,0 +1,85 @@
+"""Tasks at the minimum (issue 14 item 3): calls per endpoint of the task stages on a small portal.
+
+A whole run goes through `run_cycle`; its hooks mark the request log's sequence number at each
+point (the run goes one CRM lane after the other: write-back, then tasks), and the emulators'
+own log (`Sandbox.requests`, i.e. `GET /requests`) is counted per endpoint against what the work
+needs at least:
+
+- read back the tasks changed since the last run: one query (Salesforce) / one search (HubSpot)
+  per run, shared by the playbooks and escalation stages (the first run's HubSpot read is done
+  twice: once, then again after the search lag, so no task made just before a lost state is missed);
+- create the new tasks: one upsert per 200 (Salesforce, on the unique external id) / one batch
+  create per 100 (HubSpot), with no lookup before;
+- owners: read once per run (the HubSpot owners list is one page here).
+"""
+
+from __future__ import annotations
+
+import math
+
+from healthsync.sync.run import run_cycle
+
+
+def counts(sb, after: int, until: int, api: str, path: str | None = None) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in sb.requests(since=after, api=api)["requests"]:
+        if r["seq"] <= until and (path is None or path in r["path"]):
+            out[r["endpoint"]] = out.get(r["endpoint"], 0) + 1
+    return out
+
+
+class Marks:
+    """(hook point, request sequence number) in the order the run reached them."""
+
+    def __init__(self, sb):
+        self.sb, self.events = sb, []
+
+    def __call__(self, point: str) -> None:
+        self.events.append((point, self.sb.requests()["last_seq"]))
+
+    def at(self, point: str, nth: int = 0) -> int:
+        return [seq for p, seq in self.events if p == point][nth]
+
+    def before(self, seq: int) -> int:
+        """The mark just before `seq` (the end of the previous step)."""
+        return max(s for _, s in self.events if s < seq) if any(s < seq for _, s in self.events) else 0
+
+
+def test_given_a_small_portal_then_the_task_stages_make_the_minimum_calls_per_endpoint(make_sandbox, settings, store_of):
+    sb = make_sandbox(accounts=30, seed=5, search_lag_seconds=2)
+    marks = Marks(sb)
+    start = sb.requests()["last_seq"]
+    first = run_cycle(settings, ready=sb.ready, json_mode=True, hooks=marks)
+    assert first.status == "ok", first.errors
+    end = sb.requests()["last_seq"]
+    store = store_of(settings)
+    with store.engine.connect() as conn:
+        created = dict(conn.exec_driver_sql("SELECT crm, COUNT(*) FROM episodes WHERE task_id IS NOT NULL GROUP BY crm").all())
+    assert set(created) == {"salesforce", "hubspot"} and first.tasks_created == sum(created.values())
+
+    # lanes: Salesforce then HubSpot, each [write-back] [read-back] after_episodes_recorded [create] after_task_create
+    sf_recorded, hs_recorded = marks.at("after_episodes_recorded", 0), marks.at("after_episodes_recorded", 1)
+    sf_created, hs_created = marks.at("after_task_create", 0), marks.at("after_task_create", 1)
+    assert counts(sb, marks.before(sf_recorded), sf_recorded, "salesforce") == {"GET query": 1}  # the read-back
+    assert counts(sb, sf_recorded, sf_created, "salesforce") == {"PATCH composite/sobjects/{O}/{Field}": math.ceil(created["salesforce"] / 200)}
+    assert counts(sb, hs_recorded, hs_created, "hubspot") == {"POST /crm/v3/objects/{type}/batch/{op}": math.ceil(created["hubspot"] / 100)}
+    assert counts(sb, start, end, "hubspot", "/objects/tasks/search") == {"POST /crm/v3/objects/{type}/search": 2}
+    assert counts(sb, start, end, "hubspot", "/associations/tasks") == {}  # the account is in the key
+    # the escalation stage reads nothing again: the read-back and the owners are shared
+    escalation = (marks.at("after_playbooks"), marks.at("after_escalation"))
+    assert counts(sb, *escalation, "salesforce") == {} and counts(sb, *escalation, "hubspot") == {}
+    assert counts(sb, start, end, "hubspot").get("GET /crm/v3/owners") == 1  # owners once per run
+
+    # the next run, nothing changed: one read-back per CRM, no create, owners once
+    marks.events.clear()
+    start = sb.requests()["last_seq"]
+    again = run_cycle(settings, ready=sb.ready, json_mode=True, hooks=marks)
+    end = sb.requests()["last_seq"]
+    assert again.status == "ok", again.errors
+    assert (again.tasks_created, again.alerts_sent) == (0, 0)
+    assert counts(sb, start, end, "hubspot", "/objects/tasks") == {"POST /crm/v3/objects/{type}/search": 1}
+    assert counts(sb, start, end, "salesforce", "/composite/sobjects/Task") == {}
+    assert counts(sb, start, end, "hubspot").get("GET /crm/v3/owners") == 1
+    # the escalation stage reads nothing again: tasks and owners (read once, after each lane's pull) are shared
+    escalation = (marks.at("after_playbooks"), marks.at("after_escalation"))
+    assert counts(sb, *escalation, "salesforce") == {} and counts(sb, *escalation, "hubspot") == {}
