@@ -85,12 +85,15 @@ class FileTable:
 
 def _read_parquet(path: Path, wanted: Collection[str] | None) -> FileTable:
     try:
-        schema = pq.read_schema(path)
-        names = [n for n in schema.names if not n.startswith("__index_level_")]
+        # ParquetFile, not pq.read_table: the latter goes through pyarrow.dataset, whose import
+        # alone (~0.2 s of CPU holding the GIL) would compete with pandas loading meanwhile.
+        # pre_buffer off: column chunks are read as they are decoded, not all held at once
+        file = pq.ParquetFile(path, pre_buffer=False)
+        names = [n for n in file.schema_arrow.names if not n.startswith("__index_level_")]
         by_stripped = {n.strip(): n for n in names}
         read = names if wanted is None else [by_stripped[w] for w in by_stripped if w in wanted]
-        # pre_buffer off: column chunks are read as they are decoded, not all held at once
-        table = pq.read_table(path, columns=read, pre_buffer=False)
+        table = file.read(columns=read, use_threads=True)
+        file.close()
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise ConfigurationError(f"{path}: cannot read as Parquet: {exc}") from None
     table = table.rename_columns([n.strip() for n in table.column_names])
