@@ -58,7 +58,9 @@ postgres:
 test: $(STAMP) browser postgres
 	$(BIN)/python -m pytest -q -n 4 --dist loadfile
 
-# Speed and memory targets; not run by CI.
+# Speed and memory targets; not run by CI. The pytest line runs bench_engine, bench_generator,
+# bench_report, bench_warehouse and bench_offline_duckdb (score --input against the default model in
+# DuckDB SQL, 300,000 accounts; BENCH_OFFLINE_ACCOUNTS / BENCH_OFFLINE_ROUNDS / BENCH_OFFLINE_DIR).
 bench: $(STAMP)
 	$(BIN)/python -m pytest -q -s tests/benchmarks -o python_files="bench_*.py" -o norecursedirs="" --timeout=3600
 	$(BIN)/python tests/benchmarks/bench_sandbox.py 100000

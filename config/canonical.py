@@ -10,15 +10,20 @@ It returns the rows that can be used, coerced to the contract's dtypes, plus a
 `ValidationReport` naming every record that was dropped or had a value removed
 and why. Columns the contract does not know pass through untouched (custom
 signals, product-usage columns).
+
+The contract itself (the specs) is plain Python: this module imports pandas and the
+column checks (config/column_values.py) only inside the functions that need them, so
+`healthsync score --input` can plan which files and columns to read, and start decoding
+them, while pandas is still loading.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
-import numpy as np
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -163,34 +168,70 @@ SPECS: dict[str, FrameSpec] = {
 
 @dataclass
 class Problem:
-    """One record-level problem: which frame, which record, which column, what is wrong."""
+    """One record-level problem: which frame, which record, which column, what is wrong.
+
+    `rows` are the record's positions in the frame that was validated; a file reader turns
+    them into `file` and `lines` (CSV lines, or Parquet rows when `line_label` is "row") so
+    a record without an id is still named. `no_id`: the record has no id to name it by.
+    """
 
     frame: str
     record_id: str
     column: str
     message: str
     dropped: bool  # True: the record was removed; False: only the value was cleared
+    rows: tuple[int, ...] = ()
+    file: str | None = None
+    lines: tuple[int, ...] = ()
+    line_label: str = "line"
+    no_id: bool = False
+
+    @property
+    def location(self) -> str:
+        """`accounts.csv line 7`, `tickets.parquet rows 3, 9`, or "" when not read from a file."""
+        if not self.file:
+            return ""
+        if not self.lines:
+            return self.file
+        label = self.line_label + ("s" if len(self.lines) > 1 else "")
+        shown = ", ".join(str(n) for n in self.lines[:5]) + (", ..." if len(self.lines) > 5 else "")
+        return f"{self.file} {label} {shown}"
 
     def __str__(self) -> str:
         action = "record skipped" if self.dropped else "value ignored"
-        return f"{self.frame} {self.record_id!s}: {self.column}: {self.message} ({action})"
+        text = f"{self.frame} {self.record_id!s}: {self.column}: {self.message} ({action})"
+        if self.file:
+            who = "(no id)" if self.no_id else self.record_id
+            return f"{self.location}: {self.frame} {who}: {self.column}: {self.message} ({action})"
+        return text
 
 
 @dataclass
 class ValidationReport:
+    """Record problems (the record or value was not used: exit code 1) and warnings (nothing
+    was wrong with a record, but the user should know: a file with 0 records, a column the
+    model reads that is absent)."""
+
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def add(self, *args, **kwargs) -> None:
         self.problems.append(Problem(*args, **kwargs))
 
+    def warn(self, text: str) -> None:
+        if text not in self.warnings:
+            self.warnings.append(text)
+
     def extend(self, other: "ValidationReport") -> None:
         self.problems.extend(other.problems)
+        for w in other.warnings:
+            self.warn(w)
 
     @property
     def dropped_ids(self) -> set[str]:
         return {p.record_id for p in self.problems if p.dropped}
 
-    def __bool__(self) -> bool:  # truthy when there is something to report
+    def __bool__(self) -> bool:  # truthy when a record had a problem (warnings alone are not)
         return bool(self.problems)
 
     def __len__(self) -> int:
@@ -203,16 +244,14 @@ class ValidationReport:
 
 def empty_frame(spec: FrameSpec) -> pd.DataFrame:
     """A frame with the contract's columns and dtypes and no rows."""
+    import pandas as pd
+
     return coerce_dtypes(pd.DataFrame({c.name: pd.Series([], dtype=object) for c in spec.columns}), spec)
 
 
-def _ids(frame: pd.DataFrame, key: str, mask: pd.Series) -> list[str]:
-    if key in frame.columns:
-        return [str(v) if not _isna(v) else f"row {i}" for i, v in zip(frame.index[mask], frame.loc[mask, key])]
-    return [f"row {i}" for i in frame.index[mask]]
-
-
 def _isna(v) -> bool:
+    import pandas as pd
+
     try:
         return bool(pd.isna(v))
     except (TypeError, ValueError):
@@ -225,6 +264,8 @@ _FALSE = {"false", "0", "no", "n", "f", ""}
 
 def _to_bool(series: pd.Series) -> tuple[pd.Series, pd.Series]:
     """Map common boolean spellings; returns (values as nullable boolean, mask of unparsable)."""
+    import pandas as pd
+
     if series.dtype == bool:
         return series.astype("boolean"), pd.Series(False, index=series.index)
     text = series.astype("string").str.strip().str.lower()
@@ -237,6 +278,8 @@ def _to_bool(series: pd.Series) -> tuple[pd.Series, pd.Series]:
 
 def _to_label(series: pd.Series) -> tuple[pd.Series, pd.Series]:
     """0/1 outcome labels (Int64): numbers 0 and 1, or the boolean spellings of `_to_bool`; (values, unparsable)."""
+    import pandas as pd
+
     if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype):
         num = series.astype("Float64")
         bad = num.notna() & ~num.isin([0, 1]).fillna(False).astype(bool)
@@ -247,6 +290,8 @@ def _to_label(series: pd.Series) -> tuple[pd.Series, pd.Series]:
 
 def coerce_dtypes(frame: pd.DataFrame, spec: FrameSpec) -> pd.DataFrame:
     """Coerce known columns to the contract's dtypes without validating (fast path)."""
+    import pandas as pd
+
     out = frame.copy()
     for c in spec.columns:
         if c.name not in out.columns:
@@ -269,6 +314,32 @@ def coerce_dtypes(frame: pd.DataFrame, spec: FrameSpec) -> pd.DataFrame:
     return out
 
 
+def check_column(raw: pd.Series, c: Column) -> tuple[object, list]:
+    """One column's values coerced to the contract, and the issues found (config/column_values.py)."""
+    from healthsync.config import column_values
+
+    if c.kind == "str":
+        return column_values.text_values(raw), []
+    if c.kind == "enum":
+        return column_values.enum_values(raw, c.choices, upper=c.name == "priority")
+    if c.kind in ("float", "int"):
+        return column_values.number_values(raw, c.kind, c.minimum, c.maximum)
+    if c.kind in ("date", "datetime"):
+        return column_values.date_values(raw, c.kind)
+    if c.kind == "bool":
+        return column_values.bool_values(raw)
+    if c.kind == "label":
+        return column_values.label_values(raw)
+    raise ValueError(f"unknown column kind {c.kind!r}")  # pragma: no cover - the specs above are fixed
+
+
+def _as_array(values) -> object:
+    """Positional values for a column assignment (no index alignment)."""
+    import pandas as pd
+
+    return values.array if isinstance(values, pd.Series) else values
+
+
 def validate_frame(frame: pd.DataFrame, spec: FrameSpec | str) -> tuple[pd.DataFrame, ValidationReport]:
     """Coerce `frame` to the contract and collect per-record problems instead of raising.
 
@@ -276,96 +347,87 @@ def validate_frame(frame: pd.DataFrame, spec: FrameSpec | str) -> tuple[pd.DataF
       since there is no way to know which one is right);
     - a required column absent from the whole frame: every record is skipped,
       with one problem naming the column;
-    - unparsable number/date, out-of-range value, unknown enum: the value is
-      cleared (the metric is then absent, never zero) and reported.
+    - unparsable, infinite or out-of-range number, unparsable date, unknown enum: the
+      value is cleared (the metric is then absent, never zero) and reported.
+
+    Values are checked on their own types (config/column_values.py): typed columns are
+    never turned into text. Each problem carries the record's row position in `frame`.
     """
+    import numpy as np
+    import pandas as pd
+
+    from healthsync.config import column_values
+
     if isinstance(spec, str):
         spec = SPECS[spec]
     report = ValidationReport()
-    out = frame.copy()
-    if out.index.has_duplicates or not out.index.is_unique:
-        out = out.reset_index(drop=True)
-
     for c in spec.columns:
-        if c.required and c.name not in out.columns:
+        if c.required and c.name not in frame.columns:
             report.add(spec.name, "*", c.name, "required column is missing", True)
             return empty_frame(spec), report
 
-    drop = pd.Series(False, index=out.index)
-    for c in spec.columns:
-        if c.name not in out.columns:
-            continue
-        raw = out[c.name]
-        present = raw.notna() & (raw.astype("string").str.strip() != "").fillna(False).astype(bool)
-        if c.kind in ("str", "enum"):
-            values = raw.astype("string").str.strip()
-            values = values.where(present, pd.NA)
-            if c.kind == "enum":
-                lowered = values.str.lower()
-                unknown = present & ~lowered.isin([v.lower() for v in c.choices]).fillna(False).astype(bool)
-                for rid, v in zip(_ids(out, spec.key, unknown), values[unknown]):
-                    report.add(spec.name, rid, c.name, f"unknown value {v!r} (expected one of {', '.join(c.choices)})", False)
-                values = lowered.where(~unknown, pd.NA)
-                if c.name == "priority":
-                    values = values.str.upper()
-            out[c.name] = values
-        elif c.kind in ("float", "int"):
-            num = pd.to_numeric(raw.where(present), errors="coerce")
-            bad = present & num.isna()
-            for rid, v in zip(_ids(out, spec.key, bad), raw[bad]):
-                report.add(spec.name, rid, c.name, f"not a number: {v!r}", False)
-            if c.minimum is not None:
-                low = num < c.minimum
-                for rid, v in zip(_ids(out, spec.key, low), num[low]):
-                    report.add(spec.name, rid, c.name, f"{v:g} is below the minimum {c.minimum:g}", False)
-                num = num.mask(low)
-            if c.maximum is not None:
-                high = num > c.maximum
-                for rid, v in zip(_ids(out, spec.key, high), num[high]):
-                    report.add(spec.name, rid, c.name, f"{v:g} is above the maximum {c.maximum:g}", False)
-                num = num.mask(high)
-            if c.kind == "int":
-                frac = num.notna() & (num != np.floor(num))
-                for rid, v in zip(_ids(out, spec.key, frac), num[frac]):
-                    report.add(spec.name, rid, c.name, f"{v:g} is not a whole number", False)
-                num = num.mask(frac).astype("Int64")
-            out[c.name] = num
-        elif c.kind in ("date", "datetime"):
-            parsed = pd.to_datetime(raw.where(present), errors="coerce", utc=True, format="mixed")
-            bad = present & parsed.isna()
-            for rid, v in zip(_ids(out, spec.key, bad), raw[bad]):
-                report.add(spec.name, rid, c.name, f"unparsable date {v!r}", False)
-            parsed = parsed.dt.tz_localize(None)
-            out[c.name] = parsed.dt.normalize() if c.kind == "date" else parsed
-        elif c.kind == "bool":
-            values, bad = _to_bool(raw.where(present))
-            for rid, v in zip(_ids(out, spec.key, bad), raw[bad]):
-                report.add(spec.name, rid, c.name, f"not a boolean: {v!r}", False)
-            out[c.name] = values
-        elif c.kind == "label":
-            values, bad = _to_label(raw.where(present))
-            drop_bad = bad & (not c.nullable)  # an unreadable required outcome: the record cannot be used
-            for rid, v, dropped in zip(_ids(out, spec.key, bad), raw[bad], drop_bad[bad]):
-                report.add(spec.name, rid, c.name, f"not an outcome label: {v!r} (use 0/1, true/false, yes/no or y/n)",
-                           bool(dropped))
-            drop |= drop_bad
-            out[c.name] = values.mask(bad)
-        if not c.nullable:
-            missing = out[c.name].isna()
-            if c.kind == "label":  # unreadable labels were reported (and dropped) above
-                missing &= ~bad
-            for rid in _ids(out, spec.key, missing):
-                report.add(spec.name, rid, c.name, "missing", True)
-            drop |= missing
+    n = len(frame)
+    checked: dict[str, object] = {}
+    key = column_values.text_values(frame[spec.key])
+    key_text = key.array
+    key_missing = key.isna().to_numpy(dtype=bool)
 
-    key = out[spec.key]
-    dup = key.notna() & key.duplicated(keep=False) & ~drop
-    if spec.name in ("accounts_history", "opportunities_history") and "as_of" in out.columns:
-        dup = key.notna() & out.duplicated([spec.key, "as_of"], keep=False) & ~drop
-    for rid in sorted(set(_ids(out, spec.key, dup))):
-        report.add(spec.name, rid, spec.key, "duplicate id", True)
-    drop |= dup
-    return out.loc[~drop].reset_index(drop=True), report
+    def ids(rows: np.ndarray) -> list[tuple[str, bool]]:
+        values = key_text[rows]
+        return [(f"row {r}", True) if m else (str(v), False) for r, v, m in zip(rows, values, key_missing[rows])]
+
+    def add(rows: np.ndarray, column: str, messages: list[str], dropped: bool) -> None:
+        for r, (rid, no_id), message in zip(rows, ids(rows), messages):
+            report.add(spec.name, rid, column, message, dropped, rows=(int(r),), no_id=no_id)
+
+    drop = np.zeros(n, dtype=bool)
+    for c in spec.columns:
+        if c.name not in frame.columns:
+            continue
+        if c.name == spec.key:
+            values, issues = key, []
+        else:
+            values, issues = check_column(frame[c.name], c)
+        # an unreadable required outcome label: the record cannot be used, and one problem says why
+        drops_record = c.kind == "label" and not c.nullable
+        reported = np.zeros(n, dtype=bool)
+        for rows, messages in issues:
+            add(rows, c.name, messages, drops_record)
+            if drops_record:
+                drop[rows] = reported[rows] = True
+        checked[c.name] = values
+        if not c.nullable:
+            missing = np.flatnonzero(np.asarray(pd.isna(values), dtype=bool) & ~reported)
+            add(missing, c.name, ["missing"] * len(missing), True)
+            drop[missing] = True
+
+    if spec.name in ("accounts_history", "opportunities_history") and "as_of" in checked:
+        both = pd.DataFrame({"key": key_text, "as_of": _as_array(checked["as_of"])})
+        dup = ~key_missing & both.duplicated(keep=False).to_numpy(dtype=bool)
+    else:
+        dup = column_values.duplicated(key)
+    dup = dup & ~drop
+    if dup.any():
+        rows = np.flatnonzero(dup)
+        by_id: dict[str, list[int]] = {}
+        for r, v in zip(rows, key_text[rows]):
+            by_id.setdefault(str(v), []).append(int(r))
+        for rid in sorted(by_id):
+            report.add(spec.name, rid, spec.key, "duplicate id", True, rows=tuple(by_id[rid]))
+        drop |= dup
+
+    if frame.columns.is_unique:  # one new frame from the columns, not one insertion (and copy) per column
+        out = pd.DataFrame(
+            {name: _as_array(checked[name]) if name in checked else frame[name].array for name in frame.columns},
+            copy=False,
+        )
+    else:
+        out = frame.reset_index(drop=True)
+        for name, values in checked.items():
+            out[name] = _as_array(values)
+    if drop.any():
+        out = out.iloc[np.flatnonzero(~drop)]
+    return out.reset_index(drop=True), report
 
 
 def canonical_columns(spec: FrameSpec | str, frame: pd.DataFrame | None = None) -> list[str]:
@@ -386,6 +448,8 @@ def missing_columns(frame: pd.DataFrame, spec: FrameSpec | str) -> list[str]:
 
 def as_records(frame: pd.DataFrame, columns: Iterable[str] | None = None) -> list[dict]:
     """JSON-friendly records (NaN/NA -> None, timestamps -> ISO strings)."""
+    import pandas as pd
+
     sub = frame if columns is None else frame[list(columns)]
     out = sub.astype(object).where(sub.notna(), None)
     records = out.to_dict("records")

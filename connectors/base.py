@@ -33,9 +33,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Mapping, Sequence
 
-import pandas as pd
+if TYPE_CHECKING:  # annotations only: importing the error classes must not cost a pandas import
+    import pandas as pd
 
 
 class HealthsyncError(Exception):

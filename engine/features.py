@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from healthsync.config.model import ModelConfig
+from healthsync.engine.inputs import OPPORTUNITY_FEATURES, TICKET_FEATURES, model_inputs  # noqa: F401 - re-exported
 from healthsync.engine.keys import KeyIndex, equals_any, has_duplicates, map_chunks, positions
 from healthsync.engine.lifecycle import lifecycle_stage
 from healthsync.engine.rules import _boolean, numeric_column
@@ -30,7 +31,6 @@ from healthsync.engine.usage import account_usage_columns
 SHORT_WINDOW_DAYS = 30
 LONG_WINDOW_DAYS = 90  # seed 003: escalations and P1s "in the last 90 days"; ticket trend 30 vs 90
 USAGE_WINDOW_DAYS = 28
-OPPORTUNITY_FEATURES = ("open_opportunities", "open_pipeline_amount")
 
 
 def as_of_timestamp(as_of: date | datetime | str | pd.Timestamp | None) -> pd.Timestamp:
@@ -109,26 +109,30 @@ def _ticket_features(accounts: pd.DataFrame, tickets: pd.DataFrame, end: pd.Time
 
     def chunk_keys(start: int, stop: int) -> np.ndarray:
         chunk = tickets.iloc[start:stop]
-        pos = lookup.positions(chunk["account_id"])
         in_long, flags = _ticket_flags(chunk, end)
-        rows = np.flatnonzero(in_long & (pos >= 0))
+        # only tickets in the 90-day window count: look up the accounts of those alone (the id
+        # join is the costly part, and older tickets are most of a long history)
+        rows = np.flatnonzero(in_long)
+        pos = lookup.positions(chunk["account_id"], rows)
+        found = pos >= 0
         # one counting pass at the end: each ticket in the window adds to (account, flag combination)
-        return pos[rows] * 8 + flags[rows]
+        return pos[found] * 8 + flags[rows[found]]
 
     keys = map_chunks(chunk_keys, len(tickets), 1_048_576)
     all_keys = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
-    counts = np.bincount(all_keys, minlength=n * 8).reshape(n, 8).astype("float64")
-    combos = np.arange(8)
+    # counts per (account, flag combination); each feature sums the combinations with its bit set,
+    # taken as strided views of the integer counts (no copies), then made float once per feature
+    counts = np.bincount(all_keys, minlength=n * 8).reshape(n, 8)
     out = {
-        "tickets_30d": counts[:, (combos & 1) == 1].sum(axis=1),
-        "tickets_90d": counts.sum(axis=1),
+        "tickets_30d": counts[:, 1::2].sum(axis=1).astype("float64"),  # bit 0: combinations 1, 3, 5, 7
+        "tickets_90d": counts.sum(axis=1).astype("float64"),
     }
     out["tickets_rate_30d"] = out["tickets_30d"] / SHORT_WINDOW_DAYS
     out["tickets_rate_90d"] = out["tickets_90d"] / LONG_WINDOW_DAYS
-    if "escalated" in tickets.columns:
-        out["escalations_90d"] = counts[:, (combos & 2) == 2].sum(axis=1)
-    if "priority" in tickets.columns:
-        out["open_p1_90d"] = counts[:, (combos & 4) == 4].sum(axis=1)
+    if "escalated" in tickets.columns:  # bit 1: combinations 2, 3, 6, 7
+        out["escalations_90d"] = (counts[:, 2:4].sum(axis=1) + counts[:, 6:8].sum(axis=1)).astype("float64")
+    if "priority" in tickets.columns:  # bit 2: combinations 4 to 7
+        out["open_p1_90d"] = counts[:, 4:8].sum(axis=1).astype("float64")
     return out
 
 
@@ -234,8 +238,10 @@ def build_features(
                 d_ = numeric_column(features, den)
                 computed[name] = np.where(d_ > 0, n_ / d_, np.nan)
 
-    for col, values in computed.items():
-        features[col] = values
+    for col in [c for c in computed if c in features.columns]:  # a column replaced keeps its place
+        features[col] = computed.pop(col)
+    if computed:  # the new ones added in one step: one block, not one insertion (and copy) per column
+        features = pd.concat([features, pd.DataFrame(computed, index=features.index, copy=False)], axis=1)
     if model is not None:
         features["lifecycle_stage"] = lifecycle_stage(features, model).to_numpy()
     return features

@@ -78,12 +78,18 @@ class KeyIndex:
             if index.is_unique:  # duplicate ids (or a hash collision): first-match semantics need Arrow
                 self._index = index
 
-    def positions(self, keys) -> np.ndarray:
-        """Row position in the lookup of each key (-1 when absent or null); first match wins."""
+    def positions(self, keys, rows: np.ndarray | None = None) -> np.ndarray:
+        """Row position in the lookup of each key (-1 when absent or null); first match wins.
+
+        `rows`: look up only these keys (positions into `keys`); fixed-width keys are then
+        selected as integers, without copying the strings.
+        """
         keys_arr = arrow_strings(keys)
         if self._index is not None:
             key_words = _fixed_width_words(keys_arr)
             if key_words is not None and key_words.shape[1] == self._words.shape[1]:
+                if rows is not None:
+                    key_words = key_words[rows]
                 pos = self._index.get_indexer(_mix(key_words)).astype(np.int64)
                 if key_words.shape[1] > 1:
                     # a hash hit on a different id means the key is absent (lookup hashes are unique)
@@ -91,6 +97,8 @@ class KeyIndex:
                     same = (key_words[hit] == self._words[pos[hit]]).all(axis=1)
                     pos[hit[~same]] = -1
                 return pos
+        if rows is not None:
+            keys_arr = keys_arr.take(pa.array(rows))
         encoded = pc.dictionary_encode(keys_arr)
         found = pc.fill_null(pc.index_in(encoded.dictionary, value_set=self._arrow), -1)
         table = np.append(found.to_numpy(zero_copy_only=False).astype(np.int64), -1)
@@ -115,10 +123,16 @@ def map_chunks(function, n: int, size: int = 262_144, workers: int | None = None
     """[function(start, stop) for each chunk], in order, on up to `workers` threads.
 
     NumPy and Arrow release the GIL inside their kernels, so chunks overlap on a
-    multi-core machine; with one chunk (small frames) nothing is threaded.
+    multi-core machine; with one chunk (small frames) nothing is threaded. The chunks
+    are evened out to a multiple of the workers (at most `size` rows each): three
+    chunks on two cores would leave one core idle for the whole last chunk.
     """
-    chunks = list(row_chunks(n, size))
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+    count = -(-n // size) if n else 0
+    if count > 1 and workers > 1:
+        count = -(-count // workers) * workers
+        size = -(-n // count)
+    chunks = list(row_chunks(n, size))
     if len(chunks) <= 1 or workers <= 1:
         return [function(start, stop) for start, stop in chunks]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="healthsync-engine") as pool:

@@ -53,6 +53,7 @@ def score_portfolio(
     opps_for_features = opportunities if needed & set(OPPORTUNITY_FEATURES) else None
     features = build_features(accounts, tickets, opps_for_features, usage=usage, as_of=day, model=model,
                               account_usage=account_usage)
+    tickets = opps_for_features = None  # not read past the features: a caller that handed them over frees them now
     scores = HealthScorer(model).score(features)
     trends = compute_trends(scores, history, as_of=day, stable_within=model.trend_stable_within)
     for col in ("delta_30d", "delta_90d", "momentum", "days_in_band"):

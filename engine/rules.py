@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from healthsync.engine.inputs import rule_columns  # noqa: F401 - the list lives with model_inputs
 from healthsync.engine.keys import arrow_strings
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -31,15 +32,6 @@ from healthsync.config.model import (
 )
 
 TREND_CLASSES = ("declining", "stable", "increasing")
-
-
-def rule_columns(rule) -> list[str]:
-    """The feature columns a rule reads."""
-    if isinstance(rule, RatioRule):
-        return [rule.numerator, rule.denominator]
-    if isinstance(rule, TrendRule):
-        return [rule.short, rule.long]
-    return [rule.column]
 
 
 def numeric_column(frame: pd.DataFrame, column: str) -> np.ndarray:

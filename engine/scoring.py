@@ -83,9 +83,19 @@ class HealthScorer:
         return np.vstack([score_rule(features, m.rule) for m in self.model.metrics]).T
 
     def weight_matrix(self, features: pd.DataFrame, segments: np.ndarray | None = None) -> np.ndarray:
-        """(n_accounts, n_metrics) weights, segment weights applied per row."""
+        """(n_accounts, n_metrics) weights, segment weights applied per row.
+
+        Without segment weights every row is the same: a read-only broadcast view of one row
+        (no n x metrics copy), which element-wise arithmetic treats exactly like the full matrix.
+        """
         model = self.model
         base = np.array([m.weight for m in model.metrics], dtype="float64")
+        # product-usage metrics with no warehouse feeding this frame are not part of the model (engine/usage.py)
+        dropped = unavailable_usage_metrics(model, features.columns)
+        if not any(seg.weights for seg in model.segments.values()):
+            if dropped:  # the same redistribution for every row: done on one row
+                base = redistribute_within_dimension(base[None, :], model, dropped)[0]
+            return np.broadcast_to(base, (len(features), len(base)))
         weights = np.broadcast_to(base, (len(features), len(base))).copy()
         if segments is None:
             segments = self._segment_codes(features)
@@ -93,8 +103,6 @@ class HealthScorer:
             if seg.weights:
                 rows = segments == code
                 weights[rows] = np.array(list(model.weights(name).values()), dtype="float64")
-        # product-usage metrics with no warehouse feeding this frame are not part of the model (engine/usage.py)
-        dropped = unavailable_usage_metrics(model, features.columns)
         return redistribute_within_dimension(weights, model, dropped) if dropped else weights
 
     def missing_columns(self, features: pd.DataFrame) -> list[str]:
@@ -203,16 +211,20 @@ class HealthScorer:
         out["band"] = take_strings(band_names, final_idx)
         out["confidence"] = np.round(confidence, 4)
         # dimension scores: weighted sums per dimension as one matrix product with a metric->dimension indicator
-        membership = np.array([[m.dimension == d for d in model.dimensions] for m in model.metrics], dtype="float64")
-        dim_num, dim_den = contributions @ membership, present_weight @ membership
-        with np.errstate(invalid="ignore", divide="ignore"):
-            dim_scores = np.where(dim_den > 0, round_score(dim_num / np.where(dim_den > 0, dim_den, 1.0)), np.nan)
-        for d, dim in enumerate(model.dimensions):
-            out[f"{dim}_score"] = dim_scores[:, d].copy()
+        # dimension scores: the same weighted mean over each dimension's metrics, summed column by
+        # column (in config order) rather than through a BLAS product: a handful of additions per row
+        for dim in model.dimensions:
+            members = [i for i, m in enumerate(model.metrics) if m.dimension == dim]
+            dim_num, dim_den = contributions[:, members[0]].copy(), present_weight[:, members[0]].copy()
+            for i in members[1:]:
+                dim_num += contributions[:, i]
+                dim_den += present_weight[:, i]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[f"{dim}_score"] = np.where(dim_den > 0, round_score(dim_num / np.where(dim_den > 0, dim_den, 1.0)), np.nan)
         for i, name in enumerate(metric_names):
             out[f"m_{name}"] = raw.T[i]
         out["override"] = final_idx != idx
-        out["override_reason"] = pd.arrays.ArrowStringArray(pa.array(reason, type=pa.large_string(), from_pandas=True))
+        out["override_reason"] = pd.arrays.ArrowStringArray(reason)
         out["method"] = take_strings([model.method], np.zeros(n, dtype=np.int64))
         out["segment"] = features["segment"].array if "segment" in features.columns else take_strings([], np.full(n, -1))
         out["lifecycle_stage"] = stage.array
@@ -278,11 +290,12 @@ class HealthScorer:
         return np.where(red, worst, np.where(green, best, middle))
 
     def _csm_override(self, features, idx: np.ndarray, insufficient_idx: int, band_names: np.ndarray):
+        """(band index after the CSM override, reason as an Arrow string array, null where none)."""
         model = self.model
         csm = model.csm_override
-        reason = np.full(len(idx), None, dtype=object)
+        no_reason = pa.nulls(len(idx), pa.large_string())
         if not csm.enabled or csm.max_tiers == 0 or csm.column not in features.columns:
-            return idx, reason
+            return idx, no_reason
         choices = list(csm.shifts)
         codes = category_codes(features, csm.column, choices)
         shift = lookup(codes, [float(csm.shifts[c]) for c in choices], missing=0.0)
@@ -290,16 +303,16 @@ class HealthScorer:
         scored = idx != insufficient_idx
         moved = np.where(scored, np.clip(idx + shift, 0, len(model.bands) - 1), idx)
         changed = moved != idx
-        if changed.any():
-            rows = np.flatnonzero(changed)
-            sentiment = np.array([str(c).strip().lower() for c in choices], dtype=object)[codes[rows]]
-            text = (
-                "CSM sentiment "
-                + sentiment
-                + ": "
-                + band_names[idx[rows]]
-                + " -> "
-                + band_names[moved[rows]]
-            )
-            reason[rows] = text
+        if not changed.any():
+            return moved, no_reason
+        # one text per (sentiment, band before, band after) combination, gathered by row: no
+        # Python string per account
+        sentiments = [str(c).strip().lower() for c in choices]
+        n_bands = len(band_names)
+        texts = [
+            f"CSM sentiment {sentiment}: {band_names[before]} -> {band_names[after]}"
+            for sentiment in sentiments for before in range(n_bands) for after in range(n_bands)
+        ]
+        combo = (np.where(codes >= 0, codes, 0) * n_bands + idx) * n_bands + moved
+        reason = pa.array(texts, pa.large_string()).take(pa.array(combo, mask=~changed))
         return moved, reason

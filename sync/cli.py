@@ -342,11 +342,15 @@ def _print_offline(result: dict) -> None:
     c.print(f"scored [bold]{result['accounts_scored']}[/] accounts -> {result['output']}")
     for band, n in result.get("bands", {}).items():
         c.print(f"  {band}: {n}")
+    from rich.markup import escape  # problem lines quote values from the user's files
+
     for p in result.get("problems", [])[:20]:
         err_console.print(f"[yellow]skipped/ignored:[/] {escape(p)}", highlight=False)
     more = len(result.get("problems", [])) - 20
     if more > 0:
         err_console.print(f"[yellow]... and {more} more record problems[/]")
+    for w in result.get("warnings", []):
+        err_console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
 
 
 @app.command()

@@ -135,7 +135,7 @@ def test_offline_score_reports_bad_records_and_exits_1(tmp_path):
     src = tmp_path / "in"
     src.mkdir()
     accounts = pd.read_csv(ROOT / "fixtures" / "portfolio" / "accounts.csv")
-    accounts.loc[0, "arr"] = -10
+    accounts.loc[0, "seats_purchased"] = -10  # a column the default model reads (score --input reads no other)
     bad = accounts.iloc[[1]].copy()
     accounts = pd.concat([accounts, bad])  # a duplicate id
     accounts.to_csv(src / "accounts.csv", index=False)
