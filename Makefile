@@ -67,6 +67,7 @@ bench: $(STAMP)
 	$(BIN)/python tests/benchmarks/bench_connectors.py 10000
 	$(BIN)/python tests/benchmarks/bench_playbooks.py 1000000
 	$(BIN)/python tests/benchmarks/bench_validation.py --telco
+	nice $(BIN)/python tests/benchmarks/bench_e2e.py --accounts 20000
 
 clean:
 	rm -rf $(VENV) .healthsync build *.egg-info

@@ -24,9 +24,13 @@ probability between deals: every factor is multiplied by one scale, found so
 the open, adjustable pipeline's expected ARR equals its unadjusted total
 (after the swing limit and [0, 1]; fixed-point iteration, at most
 RENORMALISE_ROUNDS rounds), rounded to a power of RENORMALISE_STEP (the book
-then stays within 1% of its total, and a small change in some accounts does
-not move every other deal). `renormalise: false` keeps the seed's absolute
-multipliers.
+then stays within 1% of its total). With hysteresis: given the scale of the
+previous run (`previous_scale`, kept in the state store by the sync), that
+scale is kept as long as the book stays within RENORMALISE_BAND (2%) of its
+total with it, and recomputed only when it would leave that band. So a day on
+which 1% of the accounts change rewrites about 1% of the deals, never every
+open deal for a scale moving by one step. `renormalise: false` keeps the
+seed's absolute multipliers.
 
 `fitted` (written by `healthsync calibrate`, `engine.forecast_fit`):
 P(win) = sigmoid(base_coef x logit(base) + health shift(score) + trend_coef x
@@ -56,6 +60,8 @@ RENORMALISE_ROUNDS = 50
 #: the scale is then rounded to a power of this step, so the book stays within half a step (1%) of its total
 #: and a small change elsewhere in the book does not rewrite every open deal's probability in the CRM
 RENORMALISE_STEP = 1.02
+#: the previous run's scale is kept while the book stays within this relative distance of its total with it
+RENORMALISE_BAND = 0.02
 #: base probabilities are kept inside (LOGIT_EDGE, 1 - LOGIT_EDGE) before taking their log-odds
 LOGIT_EDGE = 0.005
 #: the fitted map reads the trend as clip(delta_30d, -TREND_CLIP, TREND_CLIP) / TREND_UNIT
@@ -80,26 +86,37 @@ def fitted_win_probability(base: np.ndarray, score: np.ndarray, delta: np.ndarra
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def _renormalised(base: np.ndarray, factor: np.ndarray, amount: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Factors times one scale so that sum(amount x clip(base x factor, 0, 1)) = sum(amount x base).
+def _renormalised(base: np.ndarray, factor: np.ndarray, amount: np.ndarray, lo: float, hi: float,
+                  previous: float | None = None) -> tuple[np.ndarray, float | None]:
+    """Factors times one scale so that sum(amount x clip(base x factor, 0, 1)) = sum(amount x base); -> (factors, scale).
 
     The sum grows with the scale (every term is non-decreasing in it), so the
     fixed point scale <- scale x target / sum converges; the swing limit [lo, hi]
-    still holds for every factor afterwards.
+    still holds for every factor afterwards. `previous` (the last run's scale) is
+    kept while the book stays within RENORMALISE_BAND of its total with it.
     """
-    weight = np.nan_to_num(amount) * np.nan_to_num(base)
-    target = weight.sum()
+    amount, base = np.nan_to_num(amount), np.nan_to_num(base)
+    target = (amount * base).sum()
     if not len(factor) or target <= 0:
-        return factor
+        return factor, None
+
+    def book(scale: float) -> tuple[np.ndarray, float]:
+        adjusted = np.clip(factor * scale, lo, hi)
+        return adjusted, float((amount * np.clip(base * adjusted, 0.0, 1.0)).sum())
+
+    if previous is not None and np.isfinite(previous) and previous > 0:
+        adjusted, total = book(float(previous))
+        if abs(total - target) <= RENORMALISE_BAND * target:
+            return adjusted, float(previous)
     scale = 1.0
     for _ in range(RENORMALISE_ROUNDS):
-        adjusted = np.clip(factor * scale, lo, hi)
-        total = (np.nan_to_num(amount) * np.clip(np.nan_to_num(base) * adjusted, 0.0, 1.0)).sum()
+        _, total = book(scale)
         if total <= 0 or abs(total - target) <= RENORMALISE_TOLERANCE * target:
             break
         scale *= target / total
     step = np.log(RENORMALISE_STEP)
-    return np.clip(factor * float(np.exp(np.round(np.log(scale) / step) * step)), lo, hi)
+    rounded = float(np.exp(np.round(np.log(scale) / step) * step))
+    return np.clip(factor * rounded, lo, hi), rounded
 
 
 def _range_index(scores: np.ndarray, config: ForecastConfig) -> np.ndarray:
@@ -113,8 +130,24 @@ def adjust_opportunities(
     scored_with_trends: pd.DataFrame,
     config: ForecastConfig,
     insufficient_band: str = INSUFFICIENT_BAND_DEFAULT,
+    previous_scale: float | None = None,
 ) -> pd.DataFrame:
     """Adds health_score, health_band, base_expected_arr, adjusted_probability, expected_arr."""
+    return adjust_opportunities_scaled(opportunities, scored_with_trends, config, insufficient_band, previous_scale)[0]
+
+
+def adjust_opportunities_scaled(
+    opportunities: pd.DataFrame,
+    scored_with_trends: pd.DataFrame,
+    config: ForecastConfig,
+    insufficient_band: str = INSUFFICIENT_BAND_DEFAULT,
+    previous_scale: float | None = None,
+) -> tuple[pd.DataFrame, float | None]:
+    """`adjust_opportunities`, plus the renormalisation scale it applied (None when it did not renormalise).
+
+    `previous_scale`: the scale of the previous run, kept while the book stays within
+    RENORMALISE_BAND of its total with it (see the module docstring).
+    """
     opps = opportunities
     if has_duplicates(opps["opportunity_id"]):
         opps = opps.drop_duplicates("opportunity_id", keep="last")
@@ -186,17 +219,18 @@ def adjust_opportunities(
     base = numeric_column(opps, "probability")
     amount = numeric_column(opps, "amount")
     factor = factor_out
+    scale = None
     if config.renormalise and config.method != "fitted" and usable_out.any():
         factor = factor_out.copy()
-        factor[usable_out] = _renormalised(base[usable_out], factor_out[usable_out], amount[usable_out],
-                                           1.0 - config.max_swing, 1.0 + config.max_swing)
+        factor[usable_out], scale = _renormalised(base[usable_out], factor_out[usable_out], amount[usable_out],
+                                                  1.0 - config.max_swing, 1.0 + config.max_swing, previous_scale)
     adjusted_out = np.round(np.where(usable_out, np.clip(base * factor, 0.0, 1.0), base), 6)
     opps["health_score"] = score_out
     opps["health_band"] = take_strings(band_names, code_out)
     opps["adjusted_probability"] = adjusted_out
     opps["base_expected_arr"] = np.round(amount * base, 2)
     opps["expected_arr"] = np.round(amount * adjusted_out, 2)
-    return opps
+    return opps, scale
 
 
 def close_quarter(close_date: pd.Series) -> pd.Series:

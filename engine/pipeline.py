@@ -16,7 +16,7 @@ from healthsync.config.model import ForecastConfig, ModelConfig
 from healthsync.engine.drivers import explain
 from healthsync.engine.features import OPPORTUNITY_FEATURES, as_of_timestamp, build_features
 from healthsync.engine.rules import rule_columns
-from healthsync.engine.forecast import adjust_opportunities
+from healthsync.engine.forecast import adjust_opportunities_scaled
 from healthsync.engine.scoring import HealthScorer
 from healthsync.engine.trends import compute_trends
 
@@ -26,6 +26,8 @@ class PortfolioScores:
     features: pd.DataFrame
     scores: pd.DataFrame  # scoring columns + delta_30d, delta_90d, momentum, days_in_band, drivers, as_of
     opportunities: pd.DataFrame | None  # adjusted; None when no opportunities were given
+    #: the forecast's renormalisation scale (engine/forecast.py), None when it did not renormalise
+    forecast_scale: float | None = None
 
 
 def score_portfolio(
@@ -39,10 +41,12 @@ def score_portfolio(
     usage: pd.DataFrame | None = None,
     top_drivers: int = 3,
     account_usage: pd.DataFrame | None = None,
+    forecast_scale: float | None = None,
 ) -> PortfolioScores:
     """features -> HealthScorer -> trends (from `history`: account_id, scored_at, score, band)
     -> drivers -> forecast adjustment of the opportunities. `account_usage`: the warehouse's
-    per-account usage columns (engine/usage.py)."""
+    per-account usage columns (engine/usage.py). `forecast_scale`: the previous run's
+    renormalisation scale, kept while the book stays within 2% of its total (engine/forecast.py)."""
     day = as_of_timestamp(as_of)
     # opportunity features cost a join of every opportunity; only build them when a metric reads them
     needed = {c for m in model.metrics for c in rule_columns(m.rule)}
@@ -56,9 +60,10 @@ def score_portfolio(
         scores[col] = trends[col].array
     scores["drivers"] = explain(scores, features, model).array
     scores["as_of"] = day
-    adjusted = None
+    adjusted, scale = None, None
     if opportunities is not None:
-        adjusted = adjust_opportunities(
-            opportunities, scores, forecast or ForecastConfig(), insufficient_band=model.insufficient_band
+        adjusted, scale = adjust_opportunities_scaled(
+            opportunities, scores, forecast or ForecastConfig(), insufficient_band=model.insufficient_band,
+            previous_scale=forecast_scale,
         )
-    return PortfolioScores(features=features, scores=scores, opportunities=adjusted)
+    return PortfolioScores(features=features, scores=scores, opportunities=adjusted, forecast_scale=scale)

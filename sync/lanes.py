@@ -15,14 +15,28 @@ other lane goes on with its pull, score, write-back, tasks and alerts. A
 `ConfigurationError` found before anything is sent (the fields check) fails the
 whole run (exit 2, nothing sent); one raised later fails only its lane.
 
-`each_lane` is the one place that walks the lanes; it runs them one after the
-other today, so a later change can run them concurrently without touching the
-stages (every stage only uses its own connector and commits its own transactions).
+`each_lane` is the one place that walks the lanes. It runs them concurrently, a
+thread per live lane (issue 14 "both allowances busy"): HubSpot's pull does not
+wait for Salesforce's, and one CRM's write-back and tasks go on while the other's
+are still sending. Every stage uses only its own connector and commits its own
+transactions (a connection per thread from the state store's pool; SQLite waits
+for the other writer, `timeout` 30 s, WAL). Where lanes share a decision (the
+per-owner daily task cap), that planning is serialized by its own lock
+(sync/playbooks_job.py). The shared steps (fields check, score, alerts, record)
+run on the main thread between the concurrent stages.
+
+Interruption: an exception other than a lane stop (a crash, Ctrl-C in the main
+thread) asks the other lanes to stop at their next checkpoint (`checkpoint()`,
+called on every page, batch and hook), as a killed process would; the exception
+is raised once every lane thread has ended (or after LANE_JOIN_S).
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, TypeVar
 
@@ -115,11 +129,68 @@ def make_lanes(connectors: dict[str, CrmConnector]) -> list[Lane]:
     return [Lane(crm, connector) for crm, connector in connectors.items()]
 
 
-def each_lane(lanes: Iterable[Lane], fn: Callable[[Lane], None]) -> None:
-    """Call `fn(lane)` for every lane still alive (one after the other; see the module docstring)."""
-    for lane in lanes:
-        if lane.alive:
+#: after an interruption, how long the main thread waits for the lane threads to reach a checkpoint
+LANE_JOIN_S = 30.0
+
+#: per lane thread: the Event of its `each_lane` call, set when its lanes are asked to stop
+_lane_thread = threading.local()
+
+
+class LanesInterrupted(BaseException):
+    """Raised in a lane thread at a checkpoint when the run is being interrupted (not a lane stop:
+    `Lane.run` lets it through, like KeyboardInterrupt)."""
+
+
+def checkpoint() -> None:
+    """Raise LanesInterrupted in a lane thread when the run is being interrupted; a no-op otherwise."""
+    stopping = getattr(_lane_thread, "stopping", None)
+    if stopping is not None and stopping.is_set():
+        raise LanesInterrupted("the run was interrupted")
+
+
+def each_lane(lanes: Iterable[Lane], fn: Callable[[Lane], None], *, together: bool = True) -> None:
+    """Call `fn(lane)` for every lane still alive: concurrently, a thread per lane (see the module docstring).
+
+    `together=False` calls them one after the other on this thread. A lane stop is the lane's own
+    business (`Lane.run`); any other exception of a lane stops the other lanes at their next
+    checkpoint and is raised here once they have ended.
+    """
+    live = [lane for lane in lanes if lane.alive]
+    if not together or len(live) < 2:
+        for lane in live:
             fn(lane)
+        return
+    failures: list[BaseException] = []
+    stopping = threading.Event()
+
+    def body(lane: Lane) -> None:
+        _lane_thread.stopping = stopping
+        try:
+            fn(lane)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, raised there
+            failures.append(exc)
+            stopping.set()
+        finally:
+            _lane_thread.stopping = None
+
+    # each thread runs in a copy of the caller's context (context variables set by the run stay visible)
+    threads = [threading.Thread(target=contextvars.copy_context().run, args=(body, lane), name=f"lane-{lane.crm}", daemon=True)
+               for lane in live]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.2)  # short joins: Ctrl-C reaches the main thread while the lanes run
+    except BaseException:  # Ctrl-C / SystemExit in the main thread: the lanes stop at their next checkpoint
+        stopping.set()
+        deadline = time.monotonic() + LANE_JOIN_S
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        raise
+    if failures:
+        interrupted = [exc for exc in failures if not isinstance(exc, LanesInterrupted)]
+        raise (interrupted or failures)[0]
 
 
 def alive(lanes: Iterable[Lane]) -> list[Lane]:

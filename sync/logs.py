@@ -77,7 +77,8 @@ def configure_logging(verbose: bool = False) -> None:
             root.removeHandler(h)
     handler = logging.StreamHandler(sys.stderr)
     handler._healthsync = True  # type: ignore[attr-defined]
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # the CRM lanes log from their own threads (`lane-salesforce`, `lane-hubspot`; sync/lanes.py)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(threadName)s] %(name)s: %(message)s"))
     handler.addFilter(SecretScrubber())
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.WARNING)

@@ -35,6 +35,7 @@ and leaves the remembered condition as it was.
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -133,6 +134,10 @@ def _owner_key(email) -> str:
     return str(email).strip().lower() if email else ""
 
 
+#: one lane at a time plans and records episodes (the per-owner daily cap spans both CRMs)
+_PLANNING = threading.Lock()
+
+
 def run_playbooks(
     store: StateStore,
     settings,
@@ -171,37 +176,40 @@ def run_playbooks(
         apply_changes(store, changes)
     result.episodes_closed += done
 
-    existing = _episodes(store)
-    if dry_run:  # the read-back changes are not stored in a dry run; plan on them anyway
-        for episode_id, change in changes.items():
-            for col, value in change.items():
-                if not col.startswith("_"):
-                    existing.loc[existing["episode_id"] == episode_id, col] = value
-    # open tasks as last read, for every CRM planned on (another lane's CRM: as its last read left them)
-    planned_crms = set(frame["crm"].dropna().astype(str)) | set(connectors)
-    mirror = {crm: open_tasks(store, crm) for crm in planned_crms if crm not in read.unreadable}
-    previous = _conditions(store)
-    cap = int(getattr(settings.playbooks, "max_new_tasks_per_owner_per_day", 10))
+    # planning and recording are serialized between the run's lanes (threads, sync/lanes.py): the lane that plans
+    # second sees the first one's episodes, so an owner's daily cap holds across both CRMs
+    with _PLANNING:
+        existing = _episodes(store)
+        if dry_run:  # the read-back changes are not stored in a dry run; plan on them anyway
+            for episode_id, change in changes.items():
+                for col, value in change.items():
+                    if not col.startswith("_"):
+                        existing.loc[existing["episode_id"] == episode_id, col] = value
+        # open tasks as last read, for every CRM planned on (another lane's CRM: as its last read left them)
+        planned_crms = set(frame["crm"].dropna().astype(str)) | set(connectors)
+        mirror = {crm: open_tasks(store, crm) for crm in planned_crms if crm not in read.unreadable}
+        previous = _conditions(store)
+        cap = int(getattr(settings.playbooks, "max_new_tasks_per_owner_per_day", 10))
 
-    plan = _plan(pset, frame, existing, previous, mirror, now, run_id, cap)
-    if only is not None:
-        _restrict(plan, only, existing)
-    result.episodes_closed += len(plan.to_close)
-    result.episodes_opened = len(plan.new_rows) + len(plan.reopen)
-    result.tasks_adopted = sum(1 for r in plan.new_rows if r.get("task_id")) + len(plan.reopen)
-    result.tasks_queued = plan.queued_total
-    result.queued_by_owner = dict(plan.queued_by_owner)
-    if dry_run:
-        result.planned = [
-            {"episode_id": r["episode_id"], "crm": r["crm"], "account_id": r["account_id"], "playbook": r["playbook"],
-             "owner_email": r["owner_email"], "due_at": r["task_due_at"], "status": r["status"],
-             "adopted_task_id": r.get("task_id")}
-            for r in plan.new_rows
-        ]
-        return result
+        plan = _plan(pset, frame, existing, previous, mirror, now, run_id, cap)
+        if only is not None:
+            _restrict(plan, only, existing)
+        result.episodes_closed += len(plan.to_close)
+        result.episodes_opened = len(plan.new_rows) + len(plan.reopen)
+        result.tasks_adopted = sum(1 for r in plan.new_rows if r.get("task_id")) + len(plan.reopen)
+        result.tasks_queued = plan.queued_total
+        result.queued_by_owner = dict(plan.queued_by_owner)
+        if dry_run:
+            result.planned = [
+                {"episode_id": r["episode_id"], "crm": r["crm"], "account_id": r["account_id"], "playbook": r["playbook"],
+                 "owner_email": r["owner_email"], "due_at": r["task_due_at"], "status": r["status"],
+                 "adopted_task_id": r.get("task_id")}
+                for r in plan.new_rows
+            ]
+            return result
 
-    # 2. record first (one transaction): closings, re-arms, conditions, new / adopted / released episodes
-    _record(store, plan, now, run_id)
+        # 2. record first (one transaction): closings, re-arms, conditions, new / adopted / released episodes
+        _record(store, plan, now, run_id)
     hook("after_episodes_recorded")
 
     # 3. a task for every open episode without one (this run's, and any a crash left behind)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -53,7 +54,7 @@ from healthsync.sync.connections import (
     state_location,
 )
 from healthsync.sync.crm_directory import refresh_directory
-from healthsync.sync.lanes import Lane, LaneStop, alive, each_lane, make_lanes
+from healthsync.sync.lanes import Lane, LaneStop, alive, checkpoint, each_lane, make_lanes
 from healthsync.sync.pull import PULLED_OBJECTS, PullStats, pull_object
 from healthsync.sync.score_job import ScoreResult, record_history, score_replica
 from healthsync.sync.state import HOST, StateStore, holder_alive, lock_holder, open_store
@@ -116,14 +117,19 @@ class _RunLock:
     def __init__(self, store: StateStore, run_id: str):
         self.store, self.holder = store, lock_holder(run_id)
         self._renewed = 0.0
+        self._renewing = threading.Lock()  # the lanes' threads renew it too
 
     def acquire(self) -> bool:
         self._renewed = time.monotonic()
         return self.store.acquire_lock(RUN_LOCK, self.holder, RUN_LOCK_TTL_S)
 
     def renew(self) -> None:
-        if time.monotonic() - self._renewed >= 30:
-            self.acquire()
+        checkpoint()  # a lane thread of an interrupted run stops here
+        if time.monotonic() - self._renewed >= 30 and self._renewing.acquire(blocking=False):
+            try:
+                self.acquire()
+            finally:
+                self._renewing.release()
 
     def release(self) -> None:
         self.store.release_lock(RUN_LOCK, self.holder)
@@ -149,6 +155,10 @@ class _RunLock:
                 hooks(point)
 
         return renewing
+
+
+#: the lanes run in threads (sync/lanes.py); their updates of the run's summary take this lock
+_SUMMARY_LOCK = threading.RLock()
 
 
 def _hook(hooks: Hooks | None, point: str) -> None:
@@ -359,7 +369,7 @@ def _lanes_cycle(settings, conns: Connections, store: StateStore, summary: RunSu
                         fail_fast_on_config=True)
         created.extend(done or [])
 
-    each_lane(lanes, check_fields)
+    each_lane(lanes, check_fields, together=False)  # a few calls; a ConfigurationError fails the run before any lane starts
     if created:
         summary.notes.append(f"created healthsync fields in the sandbox: {len(created)}")
 
@@ -375,13 +385,16 @@ def _lanes_cycle(settings, conns: Connections, store: StateStore, summary: RunSu
                 )
                 if stats is None:
                     return
-                pulled.append(stats)
-                summary.pulled.setdefault(stats.crm, {})[stats.object] = {"records": stats.records, "deleted": stats.deleted}
-                summary.data_problems += len(stats.problems)
-                summary.warnings.extend(stats.problems[: max(0, 50 - len(summary.warnings))])
-            summary.notes.extend(_refresh_directory(store, lane, now))
+                with _SUMMARY_LOCK:
+                    pulled.append(stats)
+                    summary.pulled.setdefault(stats.crm, {})[stats.object] = {"records": stats.records, "deleted": stats.deleted}
+                    summary.data_problems += len(stats.problems)
+                    summary.warnings.extend(stats.problems[: max(0, 50 - len(summary.warnings))])
+            notes = _refresh_directory(store, lane, now)
+            with _SUMMARY_LOCK:
+                summary.notes.extend(notes)
 
-        each_lane(lanes, pull_lane)
+        each_lane(lanes, pull_lane)  # concurrently: a thread per CRM; the shared scoring waits for both
     _hook(hooks, "after_pull")
 
     live = alive(lanes)
@@ -411,6 +424,8 @@ def _lanes_cycle(settings, conns: Connections, store: StateStore, summary: RunSu
     # write-back and tasks, per lane
     plan = plan_writes(store, settings, desired_outputs(scored.scores, scored.opportunities, now), [lane.crm for lane in live])
     summary.invalid = len(plan.invalid)
+    if not dry_run:  # the scale these writes use: kept by the next run while the book stays within 2% with it
+        store.set_forecast_scale(scored.forecast_scale, summary.run_id, now)
     if dry_run:
         summary.diff, summary.writes = _dry_writes(plan, [lane.crm for lane in live])
     run_playbooks = _optional("healthsync.sync.playbooks_job", "run_playbooks")
@@ -426,7 +441,9 @@ def _lanes_cycle(settings, conns: Connections, store: StateStore, summary: RunSu
                 # episodes and tasks of this lane's CRM only
                 result = lane.run("tasks", lambda: run_playbooks(store, settings, scored.scores, lane.connectors, now, summary.run_id,
                                                                  dry_run=dry_run, hooks=hooks, crms=[lane.crm]))
-                if result is not None:
+                if result is None:
+                    return
+                with _SUMMARY_LOCK:
                     summary.tasks_created += result.tasks_created
                     summary.tasks_adopted += result.tasks_adopted
                     summary.tasks_queued += result.tasks_queued
@@ -434,7 +451,7 @@ def _lanes_cycle(settings, conns: Connections, store: StateStore, summary: RunSu
                     summary.episodes_closed += result.episodes_closed
                     summary.add_errors(list(result.errors))
 
-        each_lane(live, sync_lane)
+        each_lane(live, sync_lane)  # concurrently: one CRM's write-back and tasks never wait for the other's
     _hook(hooks, "after_writeback")
     _hook(hooks, "after_playbooks")
 
@@ -499,8 +516,9 @@ def _write_back(store, settings, summary: RunSummary, lane: Lane, plan: WritePla
     reports = lane.run("write-back", push) or partial
     report = reports.get(lane.crm)
     if report is not None:
-        summary.writes[lane.crm] = report.to_json()
-        summary.add_errors(report.errors)
+        with _SUMMARY_LOCK:
+            summary.writes[lane.crm] = report.to_json()
+            summary.add_errors(report.errors)
 
 
 def _escalate(settings, conns: Connections, store, summary: RunSummary, lanes: list[Lane], scored: ScoreResult, *, now, dry_run,
@@ -702,6 +720,8 @@ def sync_stage(settings: Settings, *, ready: dict | None = None, dry_run: bool =
         lanes = make_lanes(conns.connectors)
 
         def work(lock: _RunLock) -> None:
+            if not retry_failed:  # the scale these writes use (engine/forecast.py hysteresis)
+                store.set_forecast_scale(scored.forecast_scale, run_id, now)
             try:
                 each_lane(lanes, lambda lane: _write_back(store, settings, summary, lane, _lane_plan(plan, lane.crm), now=now,
                                                           hooks=lock.wrap(None), on_batch=None))

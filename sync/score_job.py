@@ -43,6 +43,8 @@ class ScoreResult:
     problems: list[str] = field(default_factory=list)
     #: the replica frames scored (accounts, opportunities, tickets), for the data-quality KPIs
     inputs: dict[str, pd.DataFrame] = field(default_factory=dict)
+    #: the forecast's renormalisation scale (None: not renormalised); a run that writes keeps it for the next one
+    forecast_scale: float | None = None
 
     @property
     def bands(self) -> dict[str, int]:
@@ -94,6 +96,8 @@ def score_replica(store: StateStore, settings: Settings, crms: list[str], now: d
         history=history[["account_id", "scored_at", "score", "band"]] if len(history) else None,
         as_of=as_of,
         account_usage=account_usage,
+        # hysteresis: the last write-back's scale stays while the book is within 2% with it (engine/forecast.py)
+        forecast_scale=store.forecast_scale(),
     )
     scores = result.scores.copy()
     context = accounts.drop_duplicates("account_id", keep="last").set_index("account_id")
@@ -113,7 +117,8 @@ def score_replica(store: StateStore, settings: Settings, crms: list[str], now: d
             opps["crm"] = opps["opportunity_id"].map(crm_of)
         closed = opps["is_closed"].astype("boolean").fillna(False).astype(bool) if "is_closed" in opps.columns else False
         opps = opps.loc[~closed].reset_index(drop=True)
-    return ScoreResult(scores.reset_index(drop=True), opps, getattr(result, "features", None), inputs=inputs)
+    return ScoreResult(scores.reset_index(drop=True), opps, getattr(result, "features", None), inputs=inputs,
+                       forecast_scale=getattr(result, "forecast_scale", None))
 
 
 def _previous(history: pd.DataFrame) -> pd.DataFrame:

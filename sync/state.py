@@ -24,6 +24,7 @@ with the playbooks/escalation/scheduler code (notes/sync_contract.md):
     data_quality_state  each KPI's current state and whether the ops channel was told
     crm_instances   what each CRM said about itself (instance URL, portal id): the report's record links
     usage_history   product usage per account per day, for the customer-facing report's trends
+    forecast_state  named numbers of the forecast kept between runs (the renormalisation scale)
 
 Schema changes are Alembic revisions (sync/migrations/versions/), never drop-and-rebuild: a
 user's state survives upgrades. The tables below are the current shape the code queries; a
@@ -335,6 +336,18 @@ usage_history = Table(
     Column("features_used", Float),
     Column("features_available", Float),
 )
+
+forecast_state = Table(
+    "forecast_state",
+    metadata,
+    Column("name", String(32), primary_key=True),  # "renormalise_scale"
+    Column("value", Float, nullable=False),
+    Column("run_id", String(64)),
+    Column("updated_at", DateTime),
+)
+
+#: the forecast_state row holding the renormalisation scale the last write-back used (engine/forecast.py)
+RENORMALISE_SCALE = "renormalise_scale"
 
 #: Where the Alembic environment and revisions live (shipped as package data).
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -733,7 +746,8 @@ class StateStore:
             rows = conn.execute(
                 select(score_history.c.account_id, score_history.c.scored_at, score_history.c.score, score_history.c.band, score_history.c.run_id)
             ).all()
-        frame = pd.DataFrame(rows, columns=["account_id", "scored_at", "score", "band", "run_id"])
+        # plain tuples: pandas probes each Row for named-tuple fields otherwise (4x slower; issue 14 scale)
+        frame = pd.DataFrame([tuple(r) for r in rows], columns=["account_id", "scored_at", "score", "band", "run_id"])
         frame["scored_at"] = pd.to_datetime(frame["scored_at"])
         frame["score"] = pd.to_numeric(frame["score"], errors="coerce").astype("float64")
         return frame
@@ -766,6 +780,22 @@ class StateStore:
                 conn.execute(delete(usage_history).where(
                     usage_history.c.day == day, usage_history.c.account_id.in_([r["account_id"] for r in chunk])))
                 conn.execute(insert(usage_history), [{**r, "day": day, "run_id": run_id} for r in chunk])
+
+    # ------------------------------------------------------------------ forecast
+
+    def forecast_scale(self) -> float | None:
+        """The renormalisation scale the last write-back used (None: never renormalised here)."""
+        with self.engine.connect() as conn:
+            value = conn.execute(select(forecast_state.c.value).where(forecast_state.c.name == RENORMALISE_SCALE)).scalar()
+        return None if value is None else float(value)
+
+    def set_forecast_scale(self, value: float | None, run_id: str, at: datetime) -> None:
+        """Remember this run's renormalisation scale (None forgets it: the forecast no longer renormalises)."""
+        with self.begin() as conn:
+            conn.execute(delete(forecast_state).where(forecast_state.c.name == RENORMALISE_SCALE))
+            if value is not None:
+                conn.execute(insert(forecast_state).values(name=RENORMALISE_SCALE, value=float(value), run_id=run_id,
+                                                           updated_at=utc_naive(at)))
 
     # ------------------------------------------------------------------ pushed / failed
 

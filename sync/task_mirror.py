@@ -23,6 +23,7 @@ run's `now`): the playbooks stage reads first, the escalation stage reuses it.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -58,26 +59,40 @@ class TaskRead:
 
 
 _memo: "weakref.WeakKeyDictionary[StateStore, tuple[datetime, TaskRead]]" = weakref.WeakKeyDictionary()
+#: the run's lanes read their CRM's tasks at the same time (threads, sync/lanes.py); the memo is merged under it
+_memo_lock = threading.Lock()
 
 
 def read_tasks(store: StateStore, connectors: dict[str, CrmConnector], now: datetime) -> TaskRead:
     """Read healthsync tasks changed since the last read, once per run and CRM (memoised on `store` and `now`).
 
-    A run's lanes call it one CRM at a time and the escalation stage with every CRM: each CRM is
-    read the first time it is asked for, and what was read is shared by the later calls.
+    A run's lanes call it one CRM each (concurrently) and the escalation stage with every CRM: each CRM
+    is read the first time it is asked for, and what was read is shared by the later calls. Each caller
+    gets its own copy of what is known so far (another lane's read may land while it iterates).
     """
-    cached = _memo.get(store)
-    read = cached[1] if cached is not None and cached[0] == now else TaskRead()
+    with _memo_lock:
+        cached = _memo.get(store)
+        if cached is None or cached[0] != now:
+            cached = _memo[store] = (now, TaskRead())
+        shared = cached[1]
     for crm, connector in connectors.items():
-        if crm in read.complete_until or crm in read.unreadable:
-            continue
+        with _memo_lock:
+            if crm in shared.complete_until or crm in shared.unreadable:
+                continue
+        mine = TaskRead()
         try:
-            _read_one(store, crm, connector, now, read)
+            _read_one(store, crm, connector, now, mine)
         except (RetryableError, StopRunError) as exc:
-            read.unreadable[crm] = str(exc)
+            mine.unreadable[crm] = str(exc)
             log.warning("tasks of %s not read back: %s", crm, exc)
-    _memo[store] = (now, read)
-    return read
+        with _memo_lock:
+            shared.rows.update(mine.rows)
+            shared.complete_until.update(mine.complete_until)
+            shared.unreadable.update(mine.unreadable)
+            shared.full.update(mine.full)
+    with _memo_lock:
+        return TaskRead(rows=dict(shared.rows), complete_until=dict(shared.complete_until),
+                        unreadable=dict(shared.unreadable), full=set(shared.full))
 
 
 def _read_one(store: StateStore, crm: str, connector: CrmConnector, now: datetime, read: TaskRead) -> None:

@@ -54,6 +54,7 @@ from datetime import datetime
 from contextlib import contextmanager
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 
 from healthsync.config.settings import Settings
@@ -233,9 +234,15 @@ def plan_writes(store: StateStore, settings: Settings, desired: dict[str, pd.Dat
             outputs = [o for o in mapping if o in rows.columns]
             compared = [o for o in outputs if o != TIMESTAMP_OUTPUT]
             values = rows[outputs].astype(object).where(rows[outputs].notna(), None)
-            seen: set[str] = set()
-            unchanged = 0
-            for record_id, record in zip(values.index, values.to_dict("records")):
+            # the common case, vectorised per column: a record whose every compared value equals what the CRM
+            # confirmed, and that nothing else concerns (retry queue, pending Bulk job, duplicate, bad id, out of
+            # range), is unchanged; only the others go through the per-record checks below
+            settled = _settled(values, prefix, confirmed, {rid for (_, _, rid) in queue}, in_flight,
+                               [(o, mapping[o]) for o in compared])
+            seen: set[str] = set(values.index[settled])
+            unchanged = int(settled.sum())
+            rest = values[~settled]
+            for record_id, record in zip(rest.index, rest.to_dict("records")):
                 if record_id in seen:
                     plan.invalid.append(InvalidRecord(crm, obj, record_id, "DUPLICATE_ID", "the record appears twice in the scores"))
                     continue
@@ -280,6 +287,55 @@ def plan_writes(store: StateStore, settings: Settings, desired: dict[str, pd.Dat
             if stale:
                 plan.stale[(crm, obj)] = stale
     return plan
+
+
+def _canonical(column: pd.Series) -> list[str]:
+    """`dumps(_plain(v))` of every value of a column, as the per-record diff computes it; a float is its
+    `repr` (what JSON writes for it), any other value is encoded once per distinct value."""
+    cache: dict[tuple, str] = {}
+    out: list[str] = []
+    for value in column.tolist():
+        kind = type(value)
+        if kind is float:
+            out.append(repr(value) if math.isfinite(value) else "null")
+            continue
+        if value is None:
+            out.append("null")
+            continue
+        try:
+            text = cache.get((kind, value))
+        except TypeError:  # unhashable (a list): encoded each time
+            out.append(dumps(_plain(value)))
+            continue
+        if text is None:
+            text = cache[(kind, value)] = dumps(_plain(value))
+        out.append(text)
+    return out
+
+
+def _settled(values: pd.DataFrame, prefix: str, confirmed: dict[str, dict[str, str]], queued: set[str], in_flight: set[str],
+             compared: list[tuple[str, str]]) -> "np.ndarray":
+    """Per row of `values` (indexed by record id): True when the record needs no write and no check at all."""
+    ids = values.index.tolist()
+    n = len(ids)
+    ok = np.fromiter((isinstance(r, str) and len(r) > len(prefix) and r.startswith(prefix)
+                      and r not in queued and r not in in_flight for r in ids), dtype=bool, count=n)
+    ok &= ~values.index.duplicated(keep=False)
+    for output, (low, high) in RANGES.items():
+        if output in values.columns:
+            ok &= ~np.fromiter((_outside(v, low, high) for v in values[output].tolist()), dtype=bool, count=n)
+    for output, crm_field in compared:
+        before = [confirmed[r].get(crm_field) if r in confirmed else None for r in ids]
+        ok &= np.fromiter((a == b for a, b in zip(_canonical(values[output]), before)), dtype=bool, count=n)
+    return ok
+
+
+def _outside(value: Any, low: float, high: float) -> bool:
+    """`_out_of_range` for one value (None is never out of range)."""
+    value = _plain(value)
+    if value is None:
+        return False
+    return not isinstance(value, (int, float)) or not (low <= float(value) <= high)
 
 
 def _loads(text: str | None) -> Any:

@@ -101,8 +101,13 @@ def _write(store, conn, ids: list[str], field: str, value) -> None:
     execute_plan(store, settings, plan, {"hubspot": conn}, run_id="r1", now=datetime.now(timezone.utc))
 
 
-def test_given_only_our_own_writes_since_the_last_pull_then_no_record_is_read_again_but_others_changes_are(tmp_path):
-    # issue 14 item 1: the next day re-read every record the first sync wrote
+@pytest.mark.parametrize("page_records", [None, 2])
+def test_given_only_our_own_writes_since_the_last_pull_then_no_record_is_read_again_but_others_changes_are(
+        tmp_path, monkeypatch, page_records):
+    # issue 14 item 1: the next day re-read every record the first sync wrote. page_records=2: the records read
+    # are checked for being only our own write a few at a time (as PAGE_RECORDS at a time at scale)
+    if page_records:
+        monkeypatch.setattr("healthsync.connectors.hubspot.PAGE_RECORDS", page_records)
     with Sandbox(accounts=6, seed=4, precreate_fields=True) as sb:
         store = _store(tmp_path)
         conn = connect(sb)

@@ -1,7 +1,8 @@
 """Tasks at the minimum (issue 14 item 3): calls per endpoint of the task stages on a small portal.
 
 A whole run goes through `run_cycle`; its hooks mark the request log's sequence number at each
-point (the run goes one CRM lane after the other: write-back, then tasks), and the emulators'
+point, with the thread that reached it (the CRM lanes run concurrently, each its write-back, then
+its tasks, in its own thread `lane-<crm>`), and the emulators'
 own log (`Sandbox.requests`, i.e. `GET /requests`) is counted per endpoint against what the work
 needs at least:
 
@@ -16,6 +17,7 @@ needs at least:
 from __future__ import annotations
 
 import math
+import threading
 
 from healthsync.sync.run import run_cycle
 
@@ -29,20 +31,24 @@ def counts(sb, after: int, until: int, api: str, path: str | None = None) -> dic
 
 
 class Marks:
-    """(hook point, request sequence number) in the order the run reached them."""
+    """(hook point, request sequence number, thread) in the order the run reached them."""
 
     def __init__(self, sb):
         self.sb, self.events = sb, []
 
     def __call__(self, point: str) -> None:
-        self.events.append((point, self.sb.requests()["last_seq"]))
+        self.events.append((point, self.sb.requests()["last_seq"], threading.current_thread().name))
 
-    def at(self, point: str, nth: int = 0) -> int:
-        return [seq for p, seq in self.events if p == point][nth]
+    def _of(self, lane: str | None):
+        return [(p, s) for p, s, thread in self.events if lane is None or thread == f"lane-{lane}"]
 
-    def before(self, seq: int) -> int:
-        """The mark just before `seq` (the end of the previous step)."""
-        return max(s for _, s in self.events if s < seq) if any(s < seq for _, s in self.events) else 0
+    def at(self, point: str, nth: int = 0, lane: str | None = None) -> int:
+        return [seq for p, seq in self._of(lane) if p == point][nth]
+
+    def before(self, seq: int, lane: str | None = None) -> int:
+        """The mark just before `seq` (the end of the previous step; of that lane's thread when given)."""
+        earlier = [s for _, s in self._of(lane) if s < seq]
+        return max(earlier) if earlier else 0
 
 
 def test_given_a_small_portal_then_the_task_stages_make_the_minimum_calls_per_endpoint(make_sandbox, settings, store_of):
@@ -57,10 +63,10 @@ def test_given_a_small_portal_then_the_task_stages_make_the_minimum_calls_per_en
         created = dict(conn.exec_driver_sql("SELECT crm, COUNT(*) FROM episodes WHERE task_id IS NOT NULL GROUP BY crm").all())
     assert set(created) == {"salesforce", "hubspot"} and first.tasks_created == sum(created.values())
 
-    # lanes: Salesforce then HubSpot, each [write-back] [read-back] after_episodes_recorded [create] after_task_create
-    sf_recorded, hs_recorded = marks.at("after_episodes_recorded", 0), marks.at("after_episodes_recorded", 1)
-    sf_created, hs_created = marks.at("after_task_create", 0), marks.at("after_task_create", 1)
-    assert counts(sb, marks.before(sf_recorded), sf_recorded, "salesforce") == {"GET query": 1}  # the read-back
+    # each lane, in its thread: [write-back] [read-back] after_episodes_recorded [create] after_task_create
+    sf_recorded, hs_recorded = marks.at("after_episodes_recorded", lane="salesforce"), marks.at("after_episodes_recorded", lane="hubspot")
+    sf_created, hs_created = marks.at("after_task_create", lane="salesforce"), marks.at("after_task_create", lane="hubspot")
+    assert counts(sb, marks.before(sf_recorded, "salesforce"), sf_recorded, "salesforce") == {"GET query": 1}  # the read-back
     assert counts(sb, sf_recorded, sf_created, "salesforce") == {"PATCH composite/sobjects/{O}/{Field}": math.ceil(created["salesforce"] / 200)}
     assert counts(sb, hs_recorded, hs_created, "hubspot") == {"POST /crm/v3/objects/{type}/batch/{op}": math.ceil(created["hubspot"] / 100)}
     assert counts(sb, start, end, "hubspot", "/objects/tasks/search") == {"POST /crm/v3/objects/{type}/search": 2}

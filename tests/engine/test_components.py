@@ -343,3 +343,43 @@ def test_given_one_account_changing_band_when_renormalised_then_the_other_deals_
     assert after[1] < before[1]
     assert (after.drop(index=1) == before.drop(index=1)).all()
     assert abs(after.sum() / (0.4 * n) - 1) <= 0.02
+
+
+
+def _equal_book(n: int = 40):
+    """n equal open deals, one per account; a third of the accounts Yellow, the rest Green."""
+    opps = pd.DataFrame({"opportunity_id": [f"o{i}" for i in range(n)], "account_id": [f"a{i}" for i in range(n)],
+                         "amount": 1000.0, "probability": 0.4, "is_closed": False})
+    scores = np.where(np.arange(n) % 3 == 0, 50.0, 85.0)
+    scored = pd.DataFrame({"account_id": [f"a{i}" for i in range(n)], "score": scores, "delta_30d": 0.0,
+                           "band": np.where(scores > 70, "Green", "Yellow")})
+    return opps, scored
+
+
+def test_given_the_previous_scale_when_two_accounts_turn_red_then_only_their_deals_move_and_the_book_stays_within_2_percent():
+    # issue 14 (hysteresis): in a small book, two accounts turning Red move the freshly rounded scale by one 2% step,
+    # which rewrote all 40 open deals; with the previous run's scale kept, only their 2 deals move
+    from healthsync.engine.forecast import adjust_opportunities_scaled
+
+    forecast = load_settings().forecast
+    opps, scored = _equal_book(40)
+    before, scale = adjust_opportunities_scaled(opps, scored, forecast)
+    changed = scored.copy()
+    changed.loc[[0, 1], ["score", "band"]] = [20.0, "Red"]
+    fresh, fresh_scale = adjust_opportunities_scaled(opps, changed, forecast)
+    assert fresh_scale != scale and (fresh["adjusted_probability"] != before["adjusted_probability"]).all()
+    kept, kept_scale = adjust_opportunities_scaled(opps, changed, forecast, previous_scale=scale)
+    assert kept_scale == scale
+    moved = kept["adjusted_probability"] != before["adjusted_probability"]
+    assert moved.tolist() == [True, True] + [False] * 38
+    assert abs(kept["expected_arr"].sum() / (0.4 * 1000.0 * 40) - 1) <= 0.02
+
+
+def test_given_a_previous_scale_that_leaves_the_book_outside_2_percent_then_the_scale_is_recomputed():
+    from healthsync.engine.forecast import adjust_opportunities_scaled
+
+    opps, scored = _equal_book(40)
+    fresh, scale = adjust_opportunities_scaled(opps, scored, load_settings().forecast)
+    out, kept = adjust_opportunities_scaled(opps, scored, load_settings().forecast, previous_scale=scale * 1.06)
+    assert kept == scale  # 6% off: recomputed, to what a first run gives
+    assert abs(out["expected_arr"].sum() / (0.4 * 1000.0 * 40) - 1) <= 0.01
