@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import pandas as pd
+import pytest
 import yaml
 
 from healthsync.config.settings import Settings, load_settings
@@ -113,3 +114,19 @@ def scores_frame(accounts: pd.DataFrame, overrides: dict[str, dict] | None = Non
 
 
 RED = {"score": 30.0, "band": "Red", "raw_band": "Red", "delta_30d": -5.0, "momentum": "down"}
+
+
+# Fixtures for the modules that share this world: each module defines its own `world` (its options
+# differ) and imports these two (`from sandbox_world import accounts, store`).
+@pytest.fixture
+def store(world, tmp_path):
+    """A fresh state database per test (the sandbox is shared; each test uses its own accounts)."""
+    s = open_store(f"sqlite:///{tmp_path}/state.db")
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def accounts(world):
+    """The accounts of both sandbox CRMs, read once per module."""
+    return crm_accounts(world.sb)

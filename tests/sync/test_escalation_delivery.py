@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "playbooks"))
-from sandbox_world import RED, crm_accounts, open_store, scores_frame, start_world  # noqa: E402
+from sandbox_world import RED, open_store, scores_frame, start_world, accounts  # noqa: E402,F401 (accounts: a fixture)
 
 from healthsync.connectors.slack import METADATA_EVENT_TYPE, slack_from_ready  # noqa: E402
 from healthsync.sync.escalation import pending_markers, run_escalation  # noqa: E402
@@ -40,11 +40,6 @@ def store(world, tmp_path):
     s = open_store(f"sqlite:///{tmp_path}/state.db")
     yield s
     s.close()
-
-
-@pytest.fixture(scope="module")
-def accounts(world):
-    return crm_accounts(world.sb)
 
 
 def _escalate(world, store, scores, slack=None):

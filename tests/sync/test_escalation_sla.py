@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "playbooks"))
-from sandbox_world import RED, crm_accounts, open_store, scores_frame, start_world  # noqa: E402
+from sandbox_world import RED, scores_frame, start_world, accounts, store  # noqa: E402,F401 (accounts, store: fixtures)
 
 from healthsync.sync.escalation import pending_markers, run_escalation  # noqa: E402
 from healthsync.sync.status import status  # noqa: E402
@@ -22,18 +22,6 @@ def world(tmp_path_factory):
     w = start_world(tmp_path_factory.mktemp("world"), escalation={"fallback_channels": {"smb": "#cs-smb"}})
     yield w
     w.close()
-
-
-@pytest.fixture
-def store(world, tmp_path):
-    s = open_store(f"sqlite:///{tmp_path}/state.db")
-    yield s
-    s.close()
-
-
-@pytest.fixture(scope="module")
-def accounts(world):
-    return crm_accounts(world.sb)
 
 
 def pick(accounts, crm, i):

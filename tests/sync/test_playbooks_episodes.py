@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "playbooks"))
-from sandbox_world import RED, World, crm_accounts, open_store, scores_frame, start_world  # noqa: E402
+from sandbox_world import RED, World, scores_frame, start_world, accounts, store  # noqa: E402,F401 (accounts, store: fixtures)
 
 from healthsync.sync.playbooks_job import run_playbooks  # noqa: E402
 
@@ -19,19 +19,6 @@ def world(tmp_path_factory):
     w = start_world(tmp_path_factory.mktemp("world"))
     yield w
     w.close()
-
-
-@pytest.fixture
-def store(world, tmp_path):
-    """A fresh state database per test (the sandbox is shared; each test uses its own accounts)."""
-    s = open_store(f"sqlite:///{tmp_path}/state.db")
-    yield s
-    s.close()
-
-
-@pytest.fixture(scope="module")
-def accounts(world):
-    return crm_accounts(world.sb)
 
 
 def sf_tasks(world: World, key_prefix: str) -> list[dict]:

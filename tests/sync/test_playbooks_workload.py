@@ -15,7 +15,7 @@ import yaml
 from sqlalchemy import select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "playbooks"))
-from sandbox_world import RED, World, crm_accounts, open_store, scores_frame, settings_for, start_world  # noqa: E402
+from sandbox_world import RED, World, open_store, scores_frame, settings_for, start_world, accounts, store  # noqa: E402,F401 (accounts, store: fixtures)
 
 from healthsync.playbooks.definitions import PACKAGED_DEFINITIONS  # noqa: E402
 from healthsync.sync.escalation import run_escalation  # noqa: E402
@@ -31,18 +31,6 @@ def world(tmp_path_factory):
     w = start_world(tmp_path_factory.mktemp("world"))
     yield w
     w.close()
-
-
-@pytest.fixture
-def store(world, tmp_path):
-    s = open_store(f"sqlite:///{tmp_path}/state.db")
-    yield s
-    s.close()
-
-
-@pytest.fixture(scope="module")
-def accounts(world):
-    return crm_accounts(world.sb)
 
 
 def others(accounts: pd.DataFrame, crm: str, i: int) -> dict:

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "playbooks"))
-from sandbox_world import RED, World, crm_accounts, open_store, scores_frame, start_world  # noqa: E402
+from sandbox_world import RED, World, open_store, scores_frame, start_world, accounts, store  # noqa: E402,F401 (accounts, store: fixtures)
 
 from healthsync.connectors.retry import RetryPolicy  # noqa: E402
 from healthsync.sync.playbooks_job import run_playbooks  # noqa: E402
@@ -28,18 +28,6 @@ def world(tmp_path_factory):
     assert w.connectors["hubspot"].index_lag_s == LAG_S  # the ready file says how far search lags
     yield w
     w.close()
-
-
-@pytest.fixture
-def store(world, tmp_path):
-    s = open_store(f"sqlite:///{tmp_path}/state.db")
-    yield s
-    s.close()
-
-
-@pytest.fixture(scope="module")
-def accounts(world):
-    return crm_accounts(world.sb)
 
 
 def hubspot_accounts(accounts, start: int, n: int) -> list[str]:
