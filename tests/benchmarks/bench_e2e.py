@@ -183,8 +183,9 @@ def run_once(sb: SandboxProcess, workdir: Path, label: str, profile: str | None 
     done.set()
     sampler.join()
     marks.append((round(wall, 1), sb.last_seq()))
-    try:
-        summary = json.loads(out)
+    try:  # py-spy (--profile) writes its own "py-spy> ..." lines around the run's one JSON object
+        text = out.decode()
+        summary = json.JSONDecoder().raw_decode(text, text.index("{"))[0]
     except ValueError:
         raise SystemExit(f"run {label}: no JSON on stdout (exit {status >> 8}); see {workdir}/run-{label}.log")
     calls, timeline = sb.counts_since(seq, marks)
