@@ -154,6 +154,10 @@ class HistoryScan:
     pages: int = 0
 
 
+#: the channel cache's key prefix of a user's DM channel (channel names never hold '@')
+DM_CACHE_PREFIX = "@"
+
+
 def channel_name(channel: str) -> str:
     """The cache key of a channel name: without '#', lower case (Slack channel names are lower case)."""
     return channel.strip().lstrip("#").lower()
@@ -443,9 +447,18 @@ class SlackNotifier:
             raise
 
     def dm_channel(self, user_email: str) -> str:
-        """The DM channel id with the Slack user holding `user_email` (cached)."""
+        """The DM channel id with the Slack user holding `user_email`.
+
+        Cached in this notifier and in the channel cache under `@email` (the state store keeps it for
+        weeks: the DM between an app and a user keeps its id), so a daily digest to each of 2,500 owners
+        is one call each, not three (issue 14). A cached id Slack no longer knows is dropped by `post`.
+        """
         key = user_email.lower()
         if key not in self._dm_channels:
+            cached = self._channel_cache.get(DM_CACHE_PREFIX + key)
+            if cached:
+                self._dm_channels[key] = cached
+                return cached
             try:
                 user = self._call("users.lookupByEmail", email=user_email)["user"]["id"]
             except _SlackError as exc:
@@ -453,7 +466,13 @@ class SlackNotifier:
                     raise SlackUserNotFoundError(user_email) from None
                 raise
             self._dm_channels[key] = self._call("conversations.open", users=[user])["channel"]["id"]
+            self._channel_cache.put_many({DM_CACHE_PREFIX + key: self._dm_channels[key]})
         return self._dm_channels[key]
+
+    def forget_dm(self, user_email: str) -> None:
+        key = user_email.lower()
+        self._dm_channels.pop(key, None)
+        self._channel_cache.forget(DM_CACHE_PREFIX + key)
 
     def post(
         self,
@@ -482,7 +501,19 @@ class SlackNotifier:
             raise ConfigurationError("Slack: an idempotency_key cannot be used for a thread reply (thread_ts)")
         if not channel and not user_email:
             raise ConfigurationError("a Slack message needs a channel or a user email")
-        target = channel or self.dm_channel(user_email)  # type: ignore[arg-type]
+        if channel:
+            return self._post_to(channel, text, blocks, thread_ts, idempotency_key, items)
+        try:
+            return self._post_to(self.dm_channel(user_email), text, blocks, thread_ts, idempotency_key, items)  # type: ignore[arg-type]
+        except _SlackError as exc:
+            if exc.error not in ("channel_not_found", "is_archived"):
+                raise
+            # a cached DM id Slack no longer knows: resolve the user again, once (nothing was posted)
+            self.forget_dm(user_email)  # type: ignore[arg-type]
+            return self._post_to(self.dm_channel(user_email), text, blocks, thread_ts, idempotency_key, items)  # type: ignore[arg-type]
+
+    def _post_to(self, target: str, text: str, blocks: list[dict] | None, thread_ts: str | None,
+                 idempotency_key: str | None, items: list[str] | None) -> str:
         args: dict[str, Any] = {"channel": target, "text": _truncate(text or " ", MAX_TEXT)}
         fitted = fit_blocks(blocks)
         if fitted:

@@ -56,6 +56,7 @@ from healthsync.sync.connections import (
 from healthsync.sync.crm_directory import refresh_directory
 from healthsync.sync.lanes import Lane, LaneStop, alive, checkpoint, each_lane, make_lanes
 from healthsync.sync.pull import PULLED_OBJECTS, PullStats, pull_object
+from healthsync.sync import score_memo
 from healthsync.sync.score_job import ScoreResult, record_history, score_replica
 from healthsync.sync.state import HOST, StateStore, holder_alive, lock_holder, open_store
 from healthsync.sync.summary import RunSummary, render_diff
@@ -413,18 +414,24 @@ def _lanes_cycle(settings, conns: Connections, store: StateStore, summary: RunSu
     # out would move the other CRM's opportunities); only the live lanes write, task and record them.
     crms = [lane.crm for lane in lanes]
     with progress.task("score", None):
-        scored = score_replica(store, settings, crms, now, usage=usage)
+        # nothing the scores depend on changed since the last run wrote everything: its scores, not a rescoring
+        memo = score_memo.reuse(store, settings, crms, now) if usage is None and len(live) == len(lanes) else None
+        scored = memo[0] if memo else score_replica(store, settings, crms, now, usage=usage)
     summary.accounts_scored = len(scored.scores)
     summary.bands = scored.bands
     summary.opportunities_adjusted = len(scored.opportunities)
-    # data-quality KPIs of what was just pulled and scored: recorded and alerted before anything is written
-    _data_quality(store, settings, conns, summary, crms, scored, pulled, usage, now, record=not dry_run)
+    if memo:
+        summary.notes.append(f"scores of run {memo[1]} reused: nothing they depend on changed since (same day, same replica,"
+                             " same configuration); no rescoring, nothing to write")
+    else:  # data-quality KPIs of what was just pulled and scored: recorded and alerted before anything is written
+        _data_quality(store, settings, conns, summary, crms, scored, pulled, usage, now, record=not dry_run)
     _hook(hooks, "after_score")
 
     # write-back and tasks, per lane
-    plan = plan_writes(store, settings, desired_outputs(scored.scores, scored.opportunities, now), [lane.crm for lane in live])
+    plan = WritePlan() if memo else plan_writes(store, settings, desired_outputs(scored.scores, scored.opportunities, now),
+                                                [lane.crm for lane in live])
     summary.invalid = len(plan.invalid)
-    if not dry_run:  # the scale these writes use: kept by the next run while the book stays within 2% with it
+    if not dry_run and not memo:  # the scale these writes use: kept by the next run while the book stays within 2% with it
         store.set_forecast_scale(scored.forecast_scale, summary.run_id, now)
     if dry_run:
         summary.diff, summary.writes = _dry_writes(plan, [lane.crm for lane in live])
@@ -461,13 +468,28 @@ def _lanes_cycle(settings, conns: Connections, store: StateStore, summary: RunSu
 
     # record
     _hook(hooks, "before_record")
-    _drift(store, settings, scored, summary, record=not dry_run)
+    if not memo:
+        _drift(store, settings, scored, summary, record=not dry_run)
     if not dry_run:
         live_crms = [lane.crm for lane in alive(lanes)]
-        live_scores = pd.concat([_rows_of(scored.scores, crm) for crm in live_crms]) if live_crms else scored.scores.iloc[0:0]
-        record_history(store, settings, live_scores, summary.run_id, now, features=scored.features)
+        if not memo:
+            live_scores = pd.concat([_rows_of(scored.scores, crm) for crm in live_crms]) if live_crms else scored.scores.iloc[0:0]
+            record_history(store, settings, live_scores, summary.run_id, now, features=scored.features)
+            _keep_scores(store, settings, summary, crms, scored, usage, everything_written=len(live_crms) == len(lanes), now=now)
         _report(store, settings, summary, now)
     _end_warehouse_stage(summary, usage)
+
+
+def _keep_scores(store, settings, summary: RunSummary, crms, scored: ScoreResult, usage, *, everything_written: bool, now) -> None:
+    """The memo for the next run (sync/score_memo.py): kept only when this run wrote everything it planned."""
+    try:
+        if everything_written and usage is None and not summary.stopped:
+            score_memo.save(store, settings, crms, now, scored, summary.run_id)
+        else:
+            score_memo.forget(store, summary.run_id, now)
+    except Exception as exc:  # noqa: BLE001 - the memo is derived data; the next run scores afresh
+        log.warning("the scoring memo could not be kept", exc_info=True)
+        summary.warnings.append(f"scores not kept for the next run: {type(exc).__name__}")
 
 
 def _data_quality(store, settings, conns, summary: RunSummary, crms, scored, stats, usage, now, *, record: bool) -> None:

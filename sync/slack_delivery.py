@@ -41,6 +41,7 @@ from sqlalchemy import and_, delete, insert, select, update
 
 from healthsync.connectors.base import ConfigurationError, HealthsyncError, RetryableError
 from healthsync.connectors.slack import (
+    DM_CACHE_PREFIX,
     SlackChannelNotFoundError,
     SlackHistoryUnreadableError,
     SlackScopeError,
@@ -53,6 +54,9 @@ log = logging.getLogger(__name__)
 
 #: how long a resolved channel name is trusted before conversations.list is asked again
 CHANNEL_CACHE_TTL = timedelta(days=1)
+#: a user's DM channel (`@email` in slack_channels): the DM between an app and a user keeps its id, so it is
+#: kept for weeks; a post Slack refuses with channel_not_found resolves it again (connectors/slack.py)
+DM_CACHE_TTL = timedelta(days=30)
 #: read history from this long before a recorded time (clock skew between Slack and this host)
 CLOCK_MARGIN = timedelta(minutes=5)
 #: a maybe-sent marker without a start time (written before this revision) is looked up this far back
@@ -106,14 +110,15 @@ def episode_first_day(episode_id: str, opened_at: datetime | None) -> datetime:
 class StateChannelCache:
     """Channel name -> conversation ID in the `slack_channels` table (connectors.slack.ChannelCache)."""
 
-    def __init__(self, store: StateStore, now: datetime, ttl: timedelta = CHANNEL_CACHE_TTL):
-        self.store, self.now, self.ttl = store, utc_naive(now), ttl
+    def __init__(self, store: StateStore, now: datetime, ttl: timedelta = CHANNEL_CACHE_TTL, dm_ttl: timedelta = DM_CACHE_TTL):
+        self.store, self.now, self.ttl, self.dm_ttl = store, utc_naive(now), ttl, dm_ttl
         self.table = store.tables["slack_channels"]
 
     def get(self, name: str) -> str | None:
         with self.store.engine.connect() as conn:
             row = conn.execute(select(self.table).where(self.table.c.name == name)).first()
-        if row is None or row.resolved_at < self.now - self.ttl:
+        ttl = self.dm_ttl if name.startswith(DM_CACHE_PREFIX) else self.ttl
+        if row is None or row.resolved_at < self.now - ttl:
             return None
         return row.channel_id
 

@@ -25,6 +25,8 @@ with the playbooks/escalation/scheduler code (notes/sync_contract.md):
     crm_instances   what each CRM said about itself (instance URL, portal id): the report's record links
     usage_history   product usage per account per day, for the customer-facing report's trends
     forecast_state  named numbers of the forecast kept between runs (the renormalisation scale)
+    replica_versions  per (crm, object) a counter bumped whenever the replica's content changes
+    score_memo      the last fully written run's scores, reused while nothing they depend on changed (sync/score_memo.py)
 
 Schema changes are Alembic revisions (sync/migrations/versions/), never drop-and-rebuild: a
 user's state survives upgrades. The tables below are the current shape the code queries; a
@@ -47,6 +49,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import pandas as pd
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Date,
@@ -54,6 +57,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -344,6 +348,24 @@ forecast_state = Table(
     Column("value", Float, nullable=False),
     Column("run_id", String(64)),
     Column("updated_at", DateTime),
+)
+
+replica_versions = Table(
+    "replica_versions",
+    metadata,
+    Column("crm", String(16), primary_key=True),
+    Column("object", String(32), primary_key=True),
+    Column("version", BigInteger, nullable=False),
+)
+
+score_memo = Table(
+    "score_memo",
+    metadata,
+    Column("name", String(32), primary_key=True),  # "last"
+    Column("fingerprint", String(64), nullable=False),
+    Column("run_id", String(64)),
+    Column("created_at", DateTime),
+    Column("payload", LargeBinary, nullable=False),  # the scores and opportunities frames as Parquet (sync/score_memo.py)
 )
 
 #: the forecast_state row holding the renormalisation scale the last write-back used (engine/forecast.py)
@@ -639,20 +661,48 @@ class StateStore:
     # ------------------------------------------------------------------ replica
 
     @staticmethod
-    def upsert_replica(conn: Connection, crm: str, object: str, ids: list[str], data: list[str], modified_at: datetime) -> None:
-        """Store records (JSON text per id) replacing earlier versions, inside the caller's transaction."""
+    def upsert_replica(conn: Connection, crm: str, object: str, ids: list[str], data: list[str], modified_at: datetime) -> int:
+        """Store records (JSON text per id) replacing earlier versions, inside the caller's transaction.
+
+        A record whose stored text is already `data` is left alone: re-reading an unchanged record
+        (a cursor's boundary, a HubSpot record whose only change was our own write) changes nothing,
+        so the object's replica version stays and the scoring memo stays valid (sync/score_memo.py).
+        Returns how many records changed.
+        """
         if not ids:
-            return
+            return 0
         mod = utc_naive(modified_at)
+        changed = 0
         for id_chunk, data_chunk in zip(_chunks(ids), _chunks(data)):
-            conn.execute(delete(replica).where(replica.c.crm == crm, replica.c.object == object, replica.c.record_id.in_(id_chunk)))
+            stored = dict(conn.execute(
+                select(replica.c.record_id, replica.c.data_json).where(
+                    replica.c.crm == crm, replica.c.object == object, replica.c.record_id.in_(id_chunk),
+                    replica.c.deleted == False,  # noqa: E712
+                )
+            ).all())
+            new = [(i, d) for i, d in zip(id_chunk, data_chunk) if stored.get(i) != d]
+            if not new:
+                continue
+            new_ids = [i for i, _ in new]
+            conn.execute(delete(replica).where(replica.c.crm == crm, replica.c.object == object, replica.c.record_id.in_(new_ids)))
             conn.execute(
                 insert(replica),
-                [
-                    {"crm": crm, "object": object, "record_id": i, "data_json": d, "modified_at": mod, "deleted": False}
-                    for i, d in zip(id_chunk, data_chunk)
-                ],
+                [{"crm": crm, "object": object, "record_id": i, "data_json": d, "modified_at": mod, "deleted": False} for i, d in new],
             )
+            changed += len(new)
+        StateStore._bump_replica_version(conn, crm, object, changed)
+        return changed
+
+    @staticmethod
+    def _bump_replica_version(conn: Connection, crm: str, object: str, by: int) -> None:
+        if by <= 0:
+            return
+        done = conn.execute(
+            update(replica_versions).where(replica_versions.c.crm == crm, replica_versions.c.object == object)
+            .values(version=replica_versions.c.version + by)
+        )
+        if done.rowcount == 0:
+            conn.execute(insert(replica_versions).values(crm=crm, object=object, version=by))
 
     @staticmethod
     def mark_deleted(conn: Connection, crm: str, object: str, ids: Iterable[str], modified_at: datetime) -> int:
@@ -661,6 +711,7 @@ class StateStore:
         The `pushed` rows are cleared on purpose: if the record is restored in the CRM
         (Salesforce undelete, HubSpot restore) its fields hold whatever they held before,
         so the next run must compare against nothing and write every field again.
+        Returns how many live records were tombstoned (an id already tombstoned is not counted again).
         """
         ids = list(ids)
         n = 0
@@ -668,7 +719,8 @@ class StateStore:
         for chunk in _chunks(ids):
             n += conn.execute(
                 update(replica)
-                .where(replica.c.crm == crm, replica.c.object == object, replica.c.record_id.in_(chunk))
+                .where(replica.c.crm == crm, replica.c.object == object, replica.c.record_id.in_(chunk),
+                       replica.c.deleted == False)  # noqa: E712
                 .values(deleted=True, data_json=None, modified_at=mod)
             ).rowcount
             conn.execute(delete(pushed).where(pushed.c.crm == crm, pushed.c.object == object, pushed.c.record_id.in_(chunk)))
@@ -677,6 +729,7 @@ class StateStore:
                     failed_records.c.crm == crm, failed_records.c.object == object, failed_records.c.record_id.in_(chunk)
                 )
             )
+        StateStore._bump_replica_version(conn, crm, object, n)
         return n
 
     def load_replica(self, crm: str, object: str) -> list[dict]:
@@ -796,6 +849,40 @@ class StateStore:
             if value is not None:
                 conn.execute(insert(forecast_state).values(name=RENORMALISE_SCALE, value=float(value), run_id=run_id,
                                                            updated_at=utc_naive(at)))
+
+    # ------------------------------------------------------------------ the scoring memo (sync/score_memo.py)
+
+    def memo_inputs(self, objects: Iterable[str]) -> dict[str, Any]:
+        """What the last run's scores and writes depend on in this store, cheaply: the replica version of
+        each scored object, the forecast scale, and how many values are confirmed, queued for retry or in
+        running Bulk jobs (any change of those since the memo was saved means the run must plan again)."""
+        objects = list(objects)
+        with self.engine.connect() as conn:
+            versions = {f"{crm}/{obj}": int(v) for crm, obj, v in conn.execute(
+                select(replica_versions.c.crm, replica_versions.c.object, replica_versions.c.version)
+                .where(replica_versions.c.object.in_(objects)))}
+            counts = {
+                "pushed": conn.execute(select(func.count()).select_from(pushed)).scalar() or 0,
+                "failed": conn.execute(select(func.count()).select_from(failed_records)).scalar() or 0,
+                "bulk_jobs": conn.execute(select(func.count()).select_from(bulk_jobs)).scalar() or 0,
+            }
+            scale = conn.execute(select(forecast_state.c.value).where(forecast_state.c.name == RENORMALISE_SCALE)).scalar()
+        return {"replica": dict(sorted(versions.items())), **counts, "forecast_scale": None if scale is None else float(scale)}
+
+    def score_memo(self) -> tuple[str, str | None, bytes] | None:
+        """(fingerprint, run_id, payload) of the memo, if one was saved."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(score_memo.c.fingerprint, score_memo.c.run_id, score_memo.c.payload)
+                               .where(score_memo.c.name == "last")).first()
+        return None if row is None else (row[0], row[1], bytes(row[2]))
+
+    def set_score_memo(self, fingerprint: str | None, run_id: str, payload: bytes | None, at: datetime) -> None:
+        """Replace the memo (None forgets it)."""
+        with self.begin() as conn:
+            conn.execute(delete(score_memo).where(score_memo.c.name == "last"))
+            if fingerprint is not None and payload is not None:
+                conn.execute(insert(score_memo).values(name="last", fingerprint=fingerprint, run_id=run_id,
+                                                       created_at=utc_naive(at), payload=payload))
 
     # ------------------------------------------------------------------ pushed / failed
 

@@ -264,3 +264,37 @@ def test_history_through_the_official_client(sb):
     with pytest.raises(SlackApiError) as err:
         history(channel="C0NOPE00")
     assert err.value.response["error"] == "channel_not_found"
+
+
+def test_given_a_dm_resolved_in_an_earlier_run_then_the_next_run_posts_without_looking_the_user_up(sb, tmp_path):
+    """Issue 14: a daily digest per owner is one chat.postMessage, not lookupByEmail + conversations.open + post."""
+    from datetime import datetime, timezone
+
+    from healthsync.sync.slack_delivery import StateChannelCache
+    from healthsync.sync.state import open_store
+
+    store = open_store(f"sqlite:///{tmp_path}/state.db")
+    try:
+        email = sb.records("salesforce", "User")[-1]["Email"]
+        first = slack_from_ready(sb.ready, retry=FAST)
+        first.use_channel_cache(StateChannelCache(store, datetime.now(timezone.utc)))
+        first.post(user_email=email, text="digest day 1", idempotency_key="dm-cache-1")
+        seq = sb.requests()["last_seq"]
+
+        later = slack_from_ready(sb.ready, retry=FAST)  # the next run: a new notifier, the same state
+        later.use_channel_cache(StateChannelCache(store, datetime.now(timezone.utc)))
+        later.post(user_email=email, text="digest day 2", idempotency_key="dm-cache-2")
+        assert [e for e, _ in _endpoints(sb, seq)] == ["chat.postMessage"]
+        assert _landed(sb, "digest day 2")[0]["channel"] == _landed(sb, "digest day 1")[0]["channel"]
+
+        # a cached id Slack no longer knows: the user is resolved again and the message lands once
+        cache = StateChannelCache(store, datetime.now(timezone.utc))
+        cache.put_many({"@" + email.lower(): "D0GONE0000"})
+        stale = slack_from_ready(sb.ready, retry=FAST)
+        stale.use_channel_cache(cache)
+        stale.post(user_email=email, text="digest day 3", idempotency_key="dm-cache-3")
+        landed = _landed(sb, "digest day 3")
+        assert len(landed) == 1 and landed[0]["channel"] == _landed(sb, "digest day 1")[0]["channel"]
+        assert cache.get("@" + email.lower()) == landed[0]["channel"]
+    finally:
+        store.close()
