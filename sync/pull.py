@@ -150,15 +150,19 @@ def pull_all(
     return out
 
 
-def replica_frame(store: StateStore, crms: list[str], object: str) -> pd.DataFrame:
-    """The live replica of one object across CRMs, coerced to the canonical dtypes, with a `crm` column."""
+def replica_frame(store: StateStore, crms: list[str], object: str, *, cache: bool = True) -> pd.DataFrame:
+    """The live replica of one object across CRMs, coerced to the canonical dtypes, with a `crm` column.
+
+    `cache=False` reads every record's JSON afresh (what the frame cache must equal; tests compare them).
+    """
     from healthsync.config.canonical import coerce_dtypes, empty_frame
+    from healthsync.sync.replica_frames import live_frame
 
     frames = []
     for crm in crms:
-        rows = store.load_replica(crm, object)
-        if rows:
-            f = pd.DataFrame.from_records(rows)
+        f = live_frame(store, crm, object, cache=cache)  # typed, kept between runs (sync/replica_frames.py)
+        if len(f):
+            f = f.copy()
             f["crm"] = crm
             frames.append(f)
     spec = SPECS[object]

@@ -26,6 +26,7 @@ with the playbooks/escalation/scheduler code (notes/sync_contract.md):
     usage_history   product usage per account per day, for the customer-facing report's trends
     forecast_state  named numbers of the forecast kept between runs (the renormalisation scale)
     replica_versions  per (crm, object) a counter bumped whenever the replica's content changes
+    replica_frames  per (crm, object) the live replica as a typed frame at a version (sync/replica_frames.py)
     score_memo      the last fully written run's scores, reused while nothing they depend on changed (sync/score_memo.py)
 
 Schema changes are Alembic revisions (sync/migrations/versions/), never drop-and-rebuild: a
@@ -121,6 +122,9 @@ replica = Table(
     Column("data_json", Text),
     Column("modified_at", DateTime),
     Column("deleted", Boolean, nullable=False, default=False),
+    # the replica version (replica_versions) that last changed the row; NULL: before scale_2
+    Column("row_version", BigInteger),
+    Index("ix_replica_row_version", "crm", "object", "row_version"),
 )
 
 score_history = Table(
@@ -356,6 +360,15 @@ replica_versions = Table(
     Column("crm", String(16), primary_key=True),
     Column("object", String(32), primary_key=True),
     Column("version", BigInteger, nullable=False),
+)
+
+replica_frames = Table(
+    "replica_frames",
+    metadata,
+    Column("crm", String(16), primary_key=True),
+    Column("object", String(32), primary_key=True),
+    Column("version", BigInteger, nullable=False),
+    Column("payload", LargeBinary, nullable=False),  # the live replica as a typed Parquet frame (sync/replica_frames.py)
 )
 
 score_memo = Table(
@@ -666,13 +679,14 @@ class StateStore:
 
         A record whose stored text is already `data` is left alone: re-reading an unchanged record
         (a cursor's boundary, a HubSpot record whose only change was our own write) changes nothing,
-        so the object's replica version stays and the scoring memo stays valid (sync/score_memo.py).
-        Returns how many records changed.
+        so the object's replica version stays, and with it the scoring memo (sync/score_memo.py). The
+        rows that do change carry the new version (`row_version`), so the frame cache reads them alone
+        (sync/replica_frames.py). Returns how many records changed.
         """
         if not ids:
             return 0
         mod = utc_naive(modified_at)
-        changed = 0
+        new: list[tuple[str, str]] = []
         for id_chunk, data_chunk in zip(_chunks(ids), _chunks(data)):
             stored = dict(conn.execute(
                 select(replica.c.record_id, replica.c.data_json).where(
@@ -680,29 +694,34 @@ class StateStore:
                     replica.c.deleted == False,  # noqa: E712
                 )
             ).all())
-            new = [(i, d) for i, d in zip(id_chunk, data_chunk) if stored.get(i) != d]
-            if not new:
-                continue
-            new_ids = [i for i, _ in new]
-            conn.execute(delete(replica).where(replica.c.crm == crm, replica.c.object == object, replica.c.record_id.in_(new_ids)))
+            new.extend((i, d) for i, d in zip(id_chunk, data_chunk) if stored.get(i) != d)
+        if not new:
+            return 0
+        version = StateStore._next_replica_version(conn, crm, object)
+        for chunk in _chunks(new):
+            conn.execute(delete(replica).where(replica.c.crm == crm, replica.c.object == object,
+                                               replica.c.record_id.in_([i for i, _ in chunk])))
             conn.execute(
                 insert(replica),
-                [{"crm": crm, "object": object, "record_id": i, "data_json": d, "modified_at": mod, "deleted": False} for i, d in new],
+                [{"crm": crm, "object": object, "record_id": i, "data_json": d, "modified_at": mod, "deleted": False,
+                  "row_version": version} for i, d in chunk],
             )
-            changed += len(new)
-        StateStore._bump_replica_version(conn, crm, object, changed)
-        return changed
+        StateStore._set_replica_version(conn, crm, object, version)
+        return len(new)
 
     @staticmethod
-    def _bump_replica_version(conn: Connection, crm: str, object: str, by: int) -> None:
-        if by <= 0:
-            return
+    def _next_replica_version(conn: Connection, crm: str, object: str) -> int:
+        current = conn.execute(select(replica_versions.c.version).where(
+            replica_versions.c.crm == crm, replica_versions.c.object == object)).scalar()
+        return int(current or 0) + 1
+
+    @staticmethod
+    def _set_replica_version(conn: Connection, crm: str, object: str, version: int) -> None:
         done = conn.execute(
-            update(replica_versions).where(replica_versions.c.crm == crm, replica_versions.c.object == object)
-            .values(version=replica_versions.c.version + by)
+            update(replica_versions).where(replica_versions.c.crm == crm, replica_versions.c.object == object).values(version=version)
         )
         if done.rowcount == 0:
-            conn.execute(insert(replica_versions).values(crm=crm, object=object, version=by))
+            conn.execute(insert(replica_versions).values(crm=crm, object=object, version=version))
 
     @staticmethod
     def mark_deleted(conn: Connection, crm: str, object: str, ids: Iterable[str], modified_at: datetime) -> int:
@@ -711,17 +730,19 @@ class StateStore:
         The `pushed` rows are cleared on purpose: if the record is restored in the CRM
         (Salesforce undelete, HubSpot restore) its fields hold whatever they held before,
         so the next run must compare against nothing and write every field again.
-        Returns how many live records were tombstoned (an id already tombstoned is not counted again).
+        Returns how many live records were tombstoned (an id already tombstoned is not counted again,
+        and does not change the replica's version).
         """
         ids = list(ids)
         n = 0
         mod = utc_naive(modified_at)
+        version = StateStore._next_replica_version(conn, crm, object)
         for chunk in _chunks(ids):
             n += conn.execute(
                 update(replica)
                 .where(replica.c.crm == crm, replica.c.object == object, replica.c.record_id.in_(chunk),
                        replica.c.deleted == False)  # noqa: E712
-                .values(deleted=True, data_json=None, modified_at=mod)
+                .values(deleted=True, data_json=None, modified_at=mod, row_version=version)
             ).rowcount
             conn.execute(delete(pushed).where(pushed.c.crm == crm, pushed.c.object == object, pushed.c.record_id.in_(chunk)))
             conn.execute(
@@ -729,8 +750,42 @@ class StateStore:
                     failed_records.c.crm == crm, failed_records.c.object == object, failed_records.c.record_id.in_(chunk)
                 )
             )
-        StateStore._bump_replica_version(conn, crm, object, n)
+        if n:
+            StateStore._set_replica_version(conn, crm, object, version)
         return n
+
+    def replica_version(self, crm: str, object: str) -> int:
+        """The version of one object's replica: it moves whenever a record's content changes (0: never stored)."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(replica_versions.c.version).where(
+                replica_versions.c.crm == crm, replica_versions.c.object == object)).scalar() or 0)
+
+    def replica_changes(self, crm: str, object: str, after_version: int) -> tuple[list[str], list[str]]:
+        """(JSON texts of the live records, ids of the tombstoned ones) changed after `after_version`."""
+        live: list[str] = []
+        gone: list[str] = []
+        with self.engine.connect() as conn:
+            for rid, text, deleted in conn.execute(
+                select(replica.c.record_id, replica.c.data_json, replica.c.deleted).where(
+                    replica.c.crm == crm, replica.c.object == object, replica.c.row_version > after_version)
+            ):
+                if deleted or text is None:
+                    gone.append(rid)
+                else:
+                    live.append(text)
+        return live, gone
+
+    def replica_frame_cache(self, crm: str, object: str) -> tuple[int, bytes] | None:
+        """(version, Parquet payload) of the cached live frame of one object, if any."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(replica_frames.c.version, replica_frames.c.payload).where(
+                replica_frames.c.crm == crm, replica_frames.c.object == object)).first()
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    def set_replica_frame_cache(self, crm: str, object: str, version: int, payload: bytes) -> None:
+        with self.begin() as conn:
+            conn.execute(delete(replica_frames).where(replica_frames.c.crm == crm, replica_frames.c.object == object))
+            conn.execute(insert(replica_frames).values(crm=crm, object=object, version=version, payload=payload))
 
     def load_replica(self, crm: str, object: str) -> list[dict]:
         """The live (not deleted) records of one object as dicts."""

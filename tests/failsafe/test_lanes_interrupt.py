@@ -19,8 +19,11 @@ def test_given_a_run_interrupted_while_both_lanes_pull_then_it_exits_130_without
     sb, ready, env = world(accounts=30, seed=9)
     sb.set_faults({"salesforce": {"latency_ms": 300}})  # Salesforce's pull is still going while HubSpot pulls
     seq = sb.requests()["last_seq"]
+    # SIGINT as a terminal delivers it, also when this suite itself runs in the background of a shell
+    # (whose asynchronous commands ignore SIGINT, an ignore the child would inherit)
     proc = subprocess.Popen([str(BIN), "run", "--sandbox", str(ready), "--json"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     pulling = lambda: any(r["api"] == "hubspot" and r["endpoint"].startswith("GET /crm/v3/objects")  # noqa: E731
                           for r in sb.requests(since=seq)["requests"])
