@@ -162,7 +162,7 @@ def run_once(sb: SandboxProcess, workdir: Path, label: str, profile: str | None 
     before = load()
     cmd = [HEALTHSYNC, "run", "--sandbox", str(sb.ready_file), "--config", str(workdir / "config.yaml"), "--json"]
     if profile:
-        cmd = [str(BIN / "py-spy"), "record", "--nonblocking", "-r", "50", "-f", "speedscope",
+        cmd = [str(BIN / "py-spy"), "record", "--nonblocking", *(["--idle"] if os.environ.get("BENCH_IDLE") else []), "-r", "50", "-f", "speedscope",
                "-o", str(workdir / f"profile-{label}.json"), "--", *cmd]
     t0 = time.perf_counter()
     marks: list[tuple[float, int]] = []
@@ -370,7 +370,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="write every figure as JSON here")
     ap.add_argument("--workdir", type=Path, help="keep the state, logs and profiles here (default: a temporary folder)")
     ap.add_argument("--profile", default="", help="comma-separated run labels to record with py-spy (first, day1, ..., nochange, nochange2)")
+    ap.add_argument("--idle", action="store_true", help="with --profile: sample waiting threads too (where the wall time goes)")
     args = ap.parse_args()
+    if args.idle:
+        os.environ["BENCH_IDLE"] = "1"  # read by run_once's py-spy command
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     workdir.mkdir(parents=True, exist_ok=True)
