@@ -10,7 +10,7 @@ a minute of loading three million replica rows and scoring them. With the memo i
 The memo is used only when
 - the run that saved it wrote everything: every lane ok, nothing queued for retry, no Bulk job running,
   so a write-back plan over the same scores is empty;
-- its fingerprint matches this run's: the as-of day, the CRMs, the whole configuration, the replica
+- its fingerprint matches this run's: the healthsync version, the as-of day, the CRMs, the whole configuration, the replica
   version of each scored object (bumped only when content changes: StateStore.upsert_replica), the
   forecast scale and the number of confirmed values, queued retries and running Bulk jobs;
 - the run has no warehouse usage (the warehouse's pull is not versioned, so such runs always score).
@@ -48,6 +48,7 @@ def fingerprint(store: StateStore, settings: Settings, crms: list[str], now: dat
     """A digest of everything the scores and the write-back plan depend on (see the module docstring)."""
     parts = {
         "format": MEMO_FORMAT,
+        "healthsync": _version(),  # another release may score differently
         "as_of": pd.Timestamp(utc_naive(now)).normalize().isoformat(),
         "crms": sorted(crms),
         "settings": settings.model_dump(mode="json"),
@@ -55,6 +56,15 @@ def fingerprint(store: StateStore, settings: Settings, crms: list[str], now: dat
     }
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("healthsync")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _to_parquet(frame: pd.DataFrame) -> bytes:

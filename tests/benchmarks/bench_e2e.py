@@ -14,9 +14,9 @@ Not run by CI (issue 14 item 7). What it does, each step a real process talking 
    (`POST /state/{api}/{object}/{id}`, as a person's edit: half slip, half recover), the emulator clock
    advanced a day (`POST /clock`), one run. The first of them also re-reads, in HubSpot, every record
    the first sync wrote (HubSpot cannot leave our own writes out of a read; connectors/BEHAVIOR.md).
-4. Two runs with no change: right after the last day (HubSpot re-reads what that day wrote: it cannot leave
-   our own writes out of a search, and the run starts within its search lag), then the steady state: the next
-   run two minutes later (emulator clock). Both reuse the last scores (sync/score_memo.py).
+4. Two runs with no change, each ten minutes (emulator clock) after the one before, as scheduled runs are: the
+   first lists the day's own writes again in HubSpot (search cannot leave them out), the second is the steady
+   state. Both reuse the last scores (sync/score_memo.py).
 5. Day one's workload: tasks per owner (max, median) and expansion tasks, from the state database.
 
 Every figure is printed with the machine's load (`os.getloadavg`) before and after it. `--out` writes
@@ -412,11 +412,11 @@ def main() -> None:
             result["floor"] = print_floor(result, work_of(result, state_db, result["summary"]["run_id"]), owners, full=False)
             results["runs"].append(result)
 
-        # right after the last day (HubSpot search lists that day's own writes again: the run starts within its
-        # search lag, sources.hubspot.search_lag_s), then the next run two minutes later (emulator clock): steady
+        # scheduled runs ten minutes apart (emulator clock): the first lists the day's own writes again (HubSpot
+        # search cannot leave them out); the second is the steady state, once they are behind the cursor, its
+        # lookback (sources.hubspot.lookback_minutes, 5) and the search lag (search_lag_s, 60 s)
         for label in ("nochange", "nochange2"):
-            if label == "nochange2":
-                sb.advance(120)
+            sb.advance(600)
             result = run_once(sb, workdir, label, label if label in profile else None)
             print_run(result)
             reused = [n for n in result["summary"].get("notes", []) if "reused" in n]
