@@ -44,15 +44,18 @@ log = logging.getLogger(__name__)
 MEMO_FORMAT = 1
 
 
-def fingerprint(store: StateStore, settings: Settings, crms: list[str], now: datetime) -> str:
-    """A digest of everything the scores and the write-back plan depend on (see the module docstring)."""
+def fingerprint(store: StateStore, settings: Settings, crms: list[str], now: datetime, inputs: dict | None = None) -> str:
+    """A digest of everything the scores and the write-back plan depend on (see the module docstring).
+
+    `inputs`: the store's part (StateStore.memo_inputs), when the caller has just read it.
+    """
     parts = {
         "format": MEMO_FORMAT,
         "healthsync": _version(),  # another release may score differently
         "as_of": pd.Timestamp(utc_naive(now)).normalize().isoformat(),
         "crms": sorted(crms),
         "settings": settings.model_dump(mode="json"),
-        "store": store.memo_inputs(PULLED_OBJECTS),
+        "store": inputs if inputs is not None else store.memo_inputs(PULLED_OBJECTS),
     }
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -123,7 +126,7 @@ def save(store: StateStore, settings: Settings, crms: list[str], now: datetime, 
         log.warning("the scores could not be kept for the next run; it will score afresh", exc_info=True)
         store.set_score_memo(None, run_id, None, now)
         return False
-    store.set_score_memo(fingerprint(store, settings, crms, now), run_id, payload, now)
+    store.set_score_memo(fingerprint(store, settings, crms, now, inputs), run_id, payload, now)
     return True
 
 
