@@ -55,7 +55,7 @@ from healthsync.sync.playbooks_job import CLOSED_TASK_DONE
 from healthsync.sync.slack_delivery import DestinationChecks, StateChannelCache, item_key, message_key, resolve_maybe_sent
 from healthsync.sync.slack_messages import AccountFacts, EpisodeFacts, digest_message, episode_message, queued_note
 from healthsync.sync.task_mirror import apply_changes, effective_due, episode_changes, read_tasks  # noqa: F401 (effective_due re-exported)
-from healthsync.sync.state import StateStore, utc_aware, utc_naive
+from healthsync.sync.state import StateStore, chunks, utc_aware, utc_naive
 
 log = logging.getLogger(__name__)
 
@@ -426,7 +426,7 @@ class _Sender:
         items = [item_key(*m.key) for m in mine]
         key = message_key(route.dest, self.day, kind, level, items)
         with self.store.begin() as conn:
-            for chunk in _chunked(mine):
+            for chunk in chunks(mine):
                 conn.execute(update(self.table).where(self._where_all(chunk, level, kind)).values(message_key=key))
         text, blocks = self._render(mine, kind, level, route.note)
         try:
@@ -444,7 +444,7 @@ class _Sender:
         self.hook("after_slack_send")
         sent_at = utc_naive(datetime.now(timezone.utc))
         with self.store.begin() as conn:
-            for chunk in _chunked(mine):
+            for chunk in chunks(mine):
                 conn.execute(update(self.table).where(self._where_all(chunk, level, kind)).values(ts=ts, sent_at=sent_at))
         self._count(kind, len(mine))
 
@@ -515,10 +515,6 @@ class _Route:
 
 
 # ----------------------------------------------------------------------------- the stage
-
-
-def _chunked(msgs: list, size: int = 400) -> list[list]:
-    return [msgs[i:i + size] for i in range(0, len(msgs), size)]
 
 
 def run_escalation(

@@ -465,7 +465,8 @@ def dumps(value: Any) -> str:
     return json.dumps(_plain(value), sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
-def _chunks(items: list, size: int = CHUNK) -> Iterator[list]:
+def chunks(items: list, size: int = CHUNK) -> Iterator[list]:
+    """`items` in lists of at most `size` (an IN list or a batch kept within every database's limits)."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
@@ -633,7 +634,7 @@ class StateStore:
         with self.begin() as conn:
             rows = conn.execute(select(runs.c.run_id, runs.c.host, runs.c.pid).where(runs.c.status == "running")).all()
             dead = [r.run_id for r in rows if r.run_id != exclude and process_alive(r.host, r.pid) is False]
-            for chunk in _chunks(dead):
+            for chunk in chunks(dead):
                 conn.execute(
                     update(runs).where(runs.c.run_id.in_(chunk), runs.c.status == "running").values(status="abandoned")
                 )
@@ -687,7 +688,7 @@ class StateStore:
             return 0
         mod = utc_naive(modified_at)
         new: list[tuple[str, str]] = []
-        for id_chunk, data_chunk in zip(_chunks(ids), _chunks(data)):
+        for id_chunk, data_chunk in zip(chunks(ids), chunks(data)):
             stored = dict(conn.execute(
                 select(replica.c.record_id, replica.c.data_json).where(
                     replica.c.crm == crm, replica.c.object == object, replica.c.record_id.in_(id_chunk),
@@ -698,7 +699,7 @@ class StateStore:
         if not new:
             return 0
         version = StateStore._next_replica_version(conn, crm, object)
-        for chunk in _chunks(new):
+        for chunk in chunks(new):
             conn.execute(delete(replica).where(replica.c.crm == crm, replica.c.object == object,
                                                replica.c.record_id.in_([i for i, _ in chunk])))
             conn.execute(
@@ -737,7 +738,7 @@ class StateStore:
         n = 0
         mod = utc_naive(modified_at)
         version = StateStore._next_replica_version(conn, crm, object)
-        for chunk in _chunks(ids):
+        for chunk in chunks(ids):
             n += conn.execute(
                 update(replica)
                 .where(replica.c.crm == crm, replica.c.object == object, replica.c.record_id.in_(chunk),
@@ -803,7 +804,7 @@ class StateStore:
         """record_id -> stored data of the live records among `ids` (absent ids are left out)."""
         out: dict[str, dict] = {}
         with self.engine.connect() as conn:
-            for chunk in _chunks(ids):
+            for chunk in chunks(ids):
                 for rid, text in conn.execute(
                     select(replica.c.record_id, replica.c.data_json).where(
                         replica.c.crm == crm, replica.c.object == object, replica.c.record_id.in_(chunk),
@@ -821,7 +822,7 @@ class StateStore:
             return
         ids = list(stamps)
         with self.begin() as conn:
-            for chunk in _chunks(ids):
+            for chunk in chunks(ids):
                 conn.execute(delete(own_writes).where(own_writes.c.crm == crm, own_writes.c.object == object, own_writes.c.record_id.in_(chunk)))
                 conn.execute(
                     insert(own_writes),
@@ -862,7 +863,7 @@ class StateStore:
 
     def add_score_history(self, rows: list[dict]) -> None:
         with self.begin() as conn:
-            for chunk in _chunks(rows):
+            for chunk in chunks(rows):
                 conn.execute(insert(score_history), chunk)
 
     # ------------------------------------------------------------------ CRM instances and usage (the report)
@@ -884,7 +885,7 @@ class StateStore:
         if not rows:
             return
         with self.begin() as conn:
-            for chunk in _chunks(rows):
+            for chunk in chunks(rows):
                 conn.execute(delete(usage_history).where(
                     usage_history.c.day == day, usage_history.c.account_id.in_([r["account_id"] for r in chunk])))
                 conn.execute(insert(usage_history), [{**r, "day": day, "run_id": run_id} for r in chunk])
@@ -967,7 +968,7 @@ class StateStore:
         at_n = utc_naive(at)
         ids = list(confirmed)
         with self.begin() as conn:
-            for chunk in _chunks(ids):
+            for chunk in chunks(ids):
                 conn.execute(
                     delete(failed_records).where(
                         failed_records.c.crm == crm, failed_records.c.object == object, failed_records.c.record_id.in_(chunk)
@@ -984,7 +985,7 @@ class StateStore:
             for fields, group in by_fields.items():
                 if not fields:
                     continue
-                for chunk in _chunks(group):
+                for chunk in chunks(group):
                     conn.execute(
                         delete(pushed).where(
                             pushed.c.crm == crm,
@@ -997,7 +998,7 @@ class StateStore:
                 {"crm": crm, "object": object, "record_id": rid, "field": f, "value_json": confirmed[rid][f], "pushed_at": at_n, "run_id": run_id}
                 for rid, f in keys
             ]
-            for chunk in _chunks(rows):
+            for chunk in chunks(rows):
                 conn.execute(insert(pushed), chunk)
 
     def record_failed(self, crm: str, object: str, failures: list[dict], run_id: str, at: datetime) -> None:
@@ -1008,7 +1009,7 @@ class StateStore:
         ids = [f["record_id"] for f in failures]
         with self.begin() as conn:
             earlier: dict[str, tuple[int, datetime | None]] = {}
-            for chunk in _chunks(ids):
+            for chunk in chunks(ids):
                 for rid, attempts, first in conn.execute(
                     select(failed_records.c.record_id, failed_records.c.attempts, failed_records.c.first_failed_at).where(
                         failed_records.c.crm == crm, failed_records.c.object == object, failed_records.c.record_id.in_(chunk)
@@ -1038,7 +1039,7 @@ class StateStore:
                         "run_id": run_id,
                     }
                 )
-            for chunk in _chunks(rows):
+            for chunk in chunks(rows):
                 conn.execute(insert(failed_records), chunk)
 
     # ------------------------------------------------------------------ pending Bulk jobs
