@@ -161,8 +161,7 @@ def replica_frame(store: StateStore, crms: list[str], object: str, *, cache: boo
     frames = []
     for crm in crms:
         f = live_frame(store, crm, object, cache=cache)  # typed, kept between runs (sync/replica_frames.py)
-        if len(f):
-            f = f.copy()
+        if len(f):  # a frame of its own (read or built for this call): the column is added in place
             f["crm"] = crm
             frames.append(f)
     spec = SPECS[object]
