@@ -30,7 +30,9 @@ that failed and what to do (`system`, `call`, `action`), so the run summary's
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Mapping, Sequence
@@ -224,11 +226,49 @@ class CheckResult:
 
 @dataclass
 class CallStats:
-    """API calls made by a connector, for the run summary (`writes.<crm>.api_calls`)."""
+    """API calls made by a connector, for the run summary (`writes.<crm>.api_calls`).
+
+    A lane's write-back and its task creation run at once on the same connector (sync/lanes.py
+    `side_by_side`), so a stage does not read its calls off the shared totals: `tally()` counts the
+    calls made by the current thread only.
+    """
 
     calls: int = 0
     write_calls: int = 0
     retries: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _local: threading.local = field(default_factory=threading.local, repr=False, compare=False)
+
+    def count(self, *, write: bool = False) -> None:
+        """One request sent (and a write, for `write_calls`)."""
+        with self._lock:
+            self.calls += 1
+            if write:
+                self.write_calls += 1
+        tallies = getattr(self._local, "tallies", None)
+        if tallies:
+            for tally in tallies:
+                tally.calls += 1
+
+    @contextmanager
+    def tally(self) -> Iterator["Tally"]:
+        """Count the calls this thread makes inside the block (`.calls`)."""
+        tally = Tally()
+        tallies = getattr(self._local, "tallies", None)
+        if tallies is None:
+            tallies = self._local.tallies = []
+        tallies.append(tally)
+        try:
+            yield tally
+        finally:
+            tallies.remove(tally)
+
+
+@dataclass
+class Tally:
+    """Calls one thread made inside a `CallStats.tally()` block."""
+
+    calls: int = 0
 
 
 class CrmConnector(ABC):

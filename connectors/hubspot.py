@@ -294,9 +294,7 @@ class HubSpotConnector(CrmConnector):
         def attempt():
             search_slot = self._search_pacer.slot() if search else None
             burst_slot = self._burst.slot()
-            self.stats.calls += 1
-            if write:
-                self.stats.write_calls += 1
+            self.stats.count(write=write)
             try:
                 result = fn(_request_timeout=self.timeout)
             except urllib3.exceptions.HTTPError as exc:

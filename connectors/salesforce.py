@@ -124,9 +124,7 @@ class _SalesforceHttp(requests.Session):
         if headers and "Authorization" in headers and c._token:
             # SDK helpers (e.g. the Bulk 2.0 handler) keep the token they were built with; always send the current one
             kwargs["headers"] = {**headers, "Authorization": "Bearer " + c._token}
-        c.stats.calls += 1
-        if method.upper() in ("POST", "PATCH", "PUT", "DELETE") and "/query" not in url:
-            c.stats.write_calls += 1
+        c.stats.count(write=method.upper() in ("POST", "PATCH", "PUT", "DELETE") and "/query" not in url)
         try:
             response = super().request(method, url, *args, **kwargs)
         except (requests.ConnectionError, requests.Timeout) as exc:
@@ -137,7 +135,7 @@ class _SalesforceHttp(requests.Session):
             headers = dict(kwargs.get("headers") or {})
             headers["Authorization"] = "Bearer " + c._token
             kwargs["headers"] = headers
-            c.stats.calls += 1
+            c.stats.count()
             try:
                 response = super().request(method, url, *args, **kwargs)
             except (requests.ConnectionError, requests.Timeout) as exc:

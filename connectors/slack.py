@@ -257,7 +257,7 @@ class SlackNotifier:
         may have been applied are `_AmbiguousFailure`, a 429 is a plain `RetryableError`.
         """
         sdk_method = getattr(self._client, method.replace(".", "_"))
-        self.stats.calls += 1
+        self.stats.count()
         try:
             return sdk_method(**kwargs).data
         except SlackApiError as exc:

@@ -112,7 +112,11 @@ class Lane:
         return result
 
     def halt(self, stage: str, exc: BaseException) -> None:
-        """Stop this lane because of `exc` raised during `stage`."""
+        """Stop this lane because of `exc` raised during `stage` (the first stop is the one kept: the
+        lane's write-back and tasks run side by side, and both may meet the same outage)."""
+        if self.stop is not None:
+            log.info("%s also stopped during %s: %s", self.crm, stage, exc)
+            return
         kind = classify(exc).kind
         self.stop = LaneStop(
             system=self.crm,
@@ -183,6 +187,54 @@ def each_lane(lanes: Iterable[Lane], fn: Callable[[Lane], None], *, together: bo
             while thread.is_alive():
                 thread.join(0.2)  # short joins: Ctrl-C reaches the main thread while the lanes run
     except BaseException:  # Ctrl-C / SystemExit in the main thread: the lanes stop at their next checkpoint
+        stopping.set()
+        deadline = time.monotonic() + LANE_JOIN_S
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        raise
+    if failures:
+        interrupted = [exc for exc in failures if not isinstance(exc, LanesInterrupted)]
+        raise (interrupted or failures)[0]
+
+
+def side_by_side(*stages: Callable[[], None] | None) -> None:
+    """Run independent stages of one lane at once, a thread each (None: skipped), and return when all ended.
+
+    A CRM's write-back and its task creation need nothing from each other (the tasks come from the
+    scores, the fields too), and Salesforce spends most of both waiting for Bulk API 2.0 jobs whose
+    status polls back off: one after the other, a 100,000-account day waited ~16 s per job, three jobs in
+    a row. Each stage handles its own lane stop (`Lane.run`; the first stop is kept). Any other exception
+    interrupts the run as in `each_lane`: the other stages (and lanes) stop at their next checkpoint,
+    and the exception is raised here once they have ended.
+    """
+    todo = [stage for stage in stages if stage is not None]
+    if len(todo) < 2:
+        for stage in todo:
+            stage()
+        return
+    stopping = getattr(_lane_thread, "stopping", None) or threading.Event()
+    failures: list[BaseException] = []
+
+    def body(stage: Callable[[], None]) -> None:
+        _lane_thread.stopping = stopping
+        try:
+            stage()
+        except BaseException as exc:  # noqa: BLE001 - raised in the calling thread
+            failures.append(exc)
+            stopping.set()
+        finally:
+            _lane_thread.stopping = None
+
+    name = threading.current_thread().name
+    threads = [threading.Thread(target=contextvars.copy_context().run, args=(body, stage), name=f"{name}-{i}", daemon=True)
+               for i, stage in enumerate(todo)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.2)
+    except BaseException:
         stopping.set()
         deadline = time.monotonic() + LANE_JOIN_S
         for thread in threads:

@@ -33,6 +33,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import Counter
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Callable, Iterator
@@ -54,7 +55,7 @@ from healthsync.sync.connections import (
     state_location,
 )
 from healthsync.sync.crm_directory import refresh_directory
-from healthsync.sync.lanes import Lane, LaneStop, alive, checkpoint, each_lane, make_lanes
+from healthsync.sync.lanes import Lane, LaneStop, alive, checkpoint, each_lane, make_lanes, side_by_side
 from healthsync.sync.pull import PULLED_OBJECTS, PullStats, pull_object
 from healthsync.sync import score_memo
 from healthsync.sync.score_job import ScoreResult, record_history, score_replica
@@ -441,9 +442,19 @@ def _lanes_cycle(settings, conns: Connections, store: StateStore, summary: RunSu
 
     with progress.task("write-back", None if dry_run else len(plan.records)) as advance:
         def sync_lane(lane: Lane) -> None:
-            if not dry_run:
-                _write_back(store, settings, summary, lane, _lane_plan(plan, lane.crm), now=now, hooks=hooks, on_batch=advance)
-            if run_playbooks is not None and lane.alive:
+            lane_plan = _lane_plan(plan, lane.crm)
+            write_back = None if dry_run else lambda: _write_back(store, settings, summary, lane, lane_plan, now=now, hooks=hooks,
+                                                                   on_batch=advance)
+            make_tasks = None if run_playbooks is None else lambda: tasks(lane)
+            if _waits_on_jobs(lane, lane_plan):  # neither needs the other's outcome: the tasks go on while the jobs run
+                side_by_side(write_back, make_tasks)
+            else:
+                for stage in (write_back, make_tasks):
+                    if stage is not None:
+                        stage()
+
+        def tasks(lane: Lane) -> None:
+            if lane.alive:
                 # every CRM's scores, so the per-owner daily cap orders both CRMs' new tasks together;
                 # episodes and tasks of this lane's CRM only
                 result = lane.run("tasks", lambda: run_playbooks(store, settings, scored.scores, lane.connectors, now, summary.run_id,
@@ -522,6 +533,19 @@ def _rows_of(scores: pd.DataFrame, crm: str) -> pd.DataFrame:
         return scores[scores["crm"].astype("string") == crm]
     prefix = {"salesforce": "sf:", "hubspot": "hs:"}.get(crm, f"{crm}:")
     return scores[scores["account_id"].astype("string").str.startswith(prefix)]
+
+
+def _waits_on_jobs(lane: Lane, plan: WritePlan) -> bool:
+    """Whether this lane's write-back sends Bulk API 2.0 jobs (more records of an object than the
+    connector's `bulk_threshold`): a job is mostly waiting for its status to change, so the lane's
+    tasks are created meanwhile (sync/lanes.py `side_by_side`) rather than after it. Otherwise the
+    write-back is a few paced calls and the stages go one after the other, as before.
+    """
+    threshold = getattr(lane.connector, "bulk_threshold", None)
+    if not threshold:
+        return False
+    per_object = Counter(record.object for record in plan.records)
+    return any(n > threshold for n in per_object.values())
 
 
 def _write_back(store, settings, summary: RunSummary, lane: Lane, plan: WritePlan, *, now, hooks, on_batch) -> None:

@@ -48,6 +48,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -69,6 +70,7 @@ from healthsync.connectors.base import (
     RetryableError,
     StopRunError,
 )
+from healthsync.sync.lanes import side_by_side
 from healthsync.sync.state import StateStore, dumps, utc_naive
 
 log = logging.getLogger(__name__)
@@ -425,21 +427,50 @@ def execute_plan(
     for (crm, _), n in plan.unchanged.items():
         if crm in reports:
             reports[crm].unchanged += n
-    groups: dict[tuple[str, str], list[RecordPlan]] = {}
+    groups: dict[str, dict[str, list[RecordPlan]]] = {}
     for r in plan.records:
-        groups.setdefault((r.crm, r.object), []).append(r)
+        groups.setdefault(r.crm, {}).setdefault(r.object, []).append(r)
     try:
-        for (crm, obj), records in groups.items():
+        for crm, by_object in groups.items():
             connector = connectors.get(crm)
             if connector is None:
                 continue
-            report = reports[crm]
             with _guarded(store, connector, now):
-                _push_group(store, settings, connector, crm, obj, records, report, run_id, now, hooks, on_batch)
+                _push_objects(store, settings, connector, crm, by_object, reports[crm], run_id, now, hooks, on_batch)
     except StopRunError as exc:
         exc.reports = reports
         raise
     return reports
+
+
+def _push_objects(store, settings, connector, crm, by_object: dict[str, list[RecordPlan]], report: CrmWriteReport, run_id, now,
+                  hooks, on_batch) -> None:
+    """Push one CRM's objects: one after the other, or side by side when some go as Bulk API 2.0 jobs.
+
+    A Bulk job is mostly waiting (status polls back off from `bulk_poll_s`), so the accounts' and the
+    opportunities' jobs run at once (a thread each, sync/lanes.py `side_by_side`); each object keeps
+    its own batches, guard sweep and settling. A stop in one ends its own object; the first is raised
+    once the other has ended (its confirmed records are stored either way).
+    """
+    lock = threading.Lock()
+    threshold = getattr(connector, "bulk_threshold", None)
+    if len(by_object) < 2 or not threshold or all(len(records) <= threshold for records in by_object.values()):
+        for obj, records in by_object.items():
+            _push_group(store, settings, connector, crm, obj, records, report, run_id, now, hooks, on_batch, lock)
+        return
+    stops: list[StopRunError] = []
+
+    def pusher(obj: str, records: list[RecordPlan]) -> Callable[[], None]:
+        def push() -> None:
+            try:
+                _push_group(store, settings, connector, crm, obj, records, report, run_id, now, hooks, on_batch, lock)
+            except StopRunError as exc:
+                stops.append(exc)
+        return push
+
+    side_by_side(*[pusher(obj, records) for obj, records in by_object.items()])
+    if stops:
+        raise stops[0]
 
 
 @contextmanager
@@ -469,27 +500,33 @@ def _guarded(store: StateStore, connector: CrmConnector, now: datetime):
 
 
 def _push_group(store, settings, connector, crm, obj, records: list[RecordPlan], report: CrmWriteReport, run_id, now,
-                hooks, on_batch) -> None:
-    """Push one (crm, object) group batch by batch; after each batch store what was confirmed and queue what failed."""
+                hooks, on_batch, lock: threading.Lock) -> None:
+    """Push one (crm, object) group batch by batch; after each batch store what was confirmed and queue what failed.
+
+    `lock` guards `report` (another object's group may be settling into it at the same time); the
+    calls counted are this thread's own (`CallStats.tally`): the lane's tasks share the connector.
+    """
     size = BATCH_SIZES.get(crm, 100)
     threshold = getattr(connector, "bulk_threshold", None)
     if threshold and len(records) > threshold:
         size = len(records)  # one push call: the connector switches to Bulk API 2.0
     for start in range(0, len(records), size):
         batch = records[start : start + size]
-        calls_before = connector.stats.calls
-        try:
-            changes = [Change(r.record_id, dict(r.fields)) for r in batch]
-            results = _retry_locked(connector, obj, changes, _push_split(connector, obj, changes, settings, crm), settings, crm)
-        except StopRunError as exc:
-            results = getattr(exc, "results", None) or [
-                RecordResult(r.record_id, "failed", "NOT_SENT", str(exc), True) for r in batch
-            ]
+        with connector.stats.tally() as calls:
+            try:
+                changes = [Change(r.record_id, dict(r.fields)) for r in batch]
+                results = _retry_locked(connector, obj, changes, _push_split(connector, obj, changes, settings, crm), settings, crm)
+            except StopRunError as exc:
+                results = getattr(exc, "results", None) or [
+                    RecordResult(r.record_id, "failed", "NOT_SENT", str(exc), True) for r in batch
+                ]
+                with lock:
+                    _settle(store, report, crm, obj, batch, results, run_id, now)
+                    report.api_calls += calls.calls
+                raise
+        with lock:
+            report.api_calls += calls.calls
             _settle(store, report, crm, obj, batch, results, run_id, now)
-            report.api_calls += connector.stats.calls - calls_before
-            raise
-        report.api_calls += connector.stats.calls - calls_before
-        _settle(store, report, crm, obj, batch, results, run_id, now)
         if on_batch:
             on_batch(len(batch))
         if hooks:
