@@ -56,13 +56,14 @@ from healthsync.sync.connections import (
 )
 from healthsync.sync.crm_directory import refresh_directory
 from healthsync.sync.lanes import Lane, LaneStop, alive, checkpoint, each_lane, make_lanes, side_by_side
+from healthsync.sync.pending_writes import collect_pending_writes
 from healthsync.sync.pull import PULLED_OBJECTS, PullStats, pull_object
 from healthsync.sync import score_memo
 from healthsync.sync.score_job import ScoreResult, record_history, score_replica
 from healthsync.sync.state import HOST, StateStore, holder_alive, lock_holder, open_store
 from healthsync.sync.summary import RunSummary, render_diff
 from healthsync.sync.warehouse_job import warehouse_stage
-from healthsync.sync.writeback import CrmWriteReport, WritePlan, desired_outputs, execute_plan, plan_writes
+from healthsync.sync.writeback import ConfirmedPrefetch, CrmWriteReport, WritePlan, desired_outputs, execute_plan, plan_writes
 
 log = logging.getLogger(__name__)
 
@@ -377,8 +378,26 @@ def _lanes_cycle(settings, conns: Connections, store: StateStore, summary: RunSu
 
     # pull, per lane
     pulled: list[PullStats] = []
+    # the playbook tasks changed since the last run are read back during the pull, beside it (sync/task_mirror.py
+    # memoises the read for the run's tasks and escalation stages): in HubSpot it is a search at 5/s over every
+    # task created by the last run, ~12 s at 100,000 accounts per CRM that otherwise came after the pull
+    read_tasks = _optional("healthsync.sync.task_mirror", "read_tasks") if settings.playbooks.enabled else None
+    confirmed = ConfirmedPrefetch(store, settings)
     with progress.task("pull", None) as advance:
         def pull_lane(lane: Lane) -> None:
+            read_back = None if read_tasks is None else lambda: read_tasks(store, lane.connectors, now)
+            side_by_side(lambda: pull_objects(lane), read_back)
+
+        def pull_objects(lane: Lane) -> None:
+            # write-back Bulk jobs an earlier run left running: settled before anything is read or planned
+            collected = lane.run("collect of Bulk jobs", lambda: collect_pending_writes(store, lane.connector, now=now))
+            if collected is None:
+                return
+            if collected.collected or collected.running:
+                with _SUMMARY_LOCK:
+                    summary.notes.append(f"{lane.crm}: {len(collected.collected)} Bulk job(s) of an earlier run collected, "
+                                         f"{len(collected.running)} still running")
+            versions = {object: store.replica_version(lane.crm, object) for object in PULLED_OBJECTS}
             for object in PULLED_OBJECTS:
                 stats = lane.run(
                     f"pull of {object}",
@@ -387,6 +406,8 @@ def _lanes_cycle(settings, conns: Connections, store: StateStore, summary: RunSu
                 )
                 if stats is None:
                     return
+                if store.replica_version(lane.crm, object) != versions[object]:
+                    confirmed.start(lane.crm)  # the run will plan writes: read this CRM's confirmed values meanwhile
                 with _SUMMARY_LOCK:
                     pulled.append(stats)
                     summary.pulled.setdefault(stats.crm, {})[stats.object] = {"records": stats.records, "deleted": stats.deleted}
@@ -430,7 +451,7 @@ def _lanes_cycle(settings, conns: Connections, store: StateStore, summary: RunSu
 
     # write-back and tasks, per lane
     plan = WritePlan() if memo else plan_writes(store, settings, desired_outputs(scored.scores, scored.opportunities, now),
-                                                [lane.crm for lane in live])
+                                                [lane.crm for lane in live], prefetched=confirmed)
     summary.invalid = len(plan.invalid)
     if not dry_run and not memo:  # the scale these writes use: kept by the next run while the book stays within 2% with it
         store.set_forecast_scale(scored.forecast_scale, summary.run_id, now)
@@ -473,19 +494,28 @@ def _lanes_cycle(settings, conns: Connections, store: StateStore, summary: RunSu
     _hook(hooks, "after_writeback")
     _hook(hooks, "after_playbooks")
 
-    # escalation in Slack, for the CRMs still going
-    _escalate(settings, conns, store, summary, lanes, scored, now=now, dry_run=dry_run, hooks=hooks, progress=progress)
-    _hook(hooks, "after_escalation")
+    # escalation in Slack, for the CRMs still going; beside it, the score history of the CRMs that wrote and
+    # tasked (the playbooks are done: the next run's crossings compare against it); neither needs the other,
+    # and at 100,000 accounts per CRM each is several seconds (Slack's answers, 200,000 history rows)
+    written_crms = [lane.crm for lane in alive(lanes)]
 
-    # record
-    _hook(hooks, "before_record")
-    if not memo:
-        _drift(store, settings, scored, summary, record=not dry_run)
+    def escalate() -> None:
+        _escalate(settings, conns, store, summary, lanes, scored, now=now, dry_run=dry_run, hooks=hooks, progress=progress)
+        _hook(hooks, "after_escalation")
+
+    def record() -> None:
+        _hook(hooks, "before_record")
+        if not memo:
+            _drift(store, settings, scored, summary, record=not dry_run)
+        if not dry_run and not memo:
+            live_scores = (pd.concat([_rows_of(scored.scores, crm) for crm in written_crms]) if written_crms
+                           else scored.scores.iloc[0:0])
+            record_history(store, settings, live_scores, summary.run_id, now, features=scored.features)
+
+    side_by_side(escalate, record)
     if not dry_run:
         live_crms = [lane.crm for lane in alive(lanes)]
         if not memo:
-            live_scores = pd.concat([_rows_of(scored.scores, crm) for crm in live_crms]) if live_crms else scored.scores.iloc[0:0]
-            record_history(store, settings, live_scores, summary.run_id, now, features=scored.features)
             _keep_scores(store, settings, summary, crms, scored, usage, everything_written=len(live_crms) == len(lanes), now=now)
         _report(store, settings, summary, now)
     _end_warehouse_stage(summary, usage)
@@ -685,6 +715,8 @@ def pull_stage(settings: Settings, *, ready: dict | None = None) -> dict[str, An
         lanes = make_lanes(conns.connectors)
 
         def pull_lane(lane: Lane) -> None:
+            if lane.run("collect of Bulk jobs", lambda: collect_pending_writes(store, lane.connector, now=now)) is None:
+                return
             for object in PULLED_OBJECTS:
                 stats = lane.run(f"pull of {object}", lambda object=object: pull_object(store, lane.connector, object, now=now),
                                  fail_fast_on_config=True)

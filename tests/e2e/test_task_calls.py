@@ -2,12 +2,12 @@
 
 A whole run goes through `run_cycle`; its hooks mark the request log's sequence number at each
 point, with the thread that reached it (the CRM lanes run concurrently, each its write-back, then
-its tasks, in its own thread `lane-<crm>`), and the emulators'
+its tasks, in its own thread `lane-<crm>`; the read-back runs beside the pull), and the emulators'
 own log (`Sandbox.requests`, i.e. `GET /requests`) is counted per endpoint against what the work
 needs at least:
 
 - read back the tasks changed since the last run: one query (Salesforce) / one search (HubSpot)
-  per run, shared by the playbooks and escalation stages (the first run's HubSpot read is done
+  per run, during the pull, shared by the playbooks and escalation stages (the first run's HubSpot read is done
   twice: once, then again after the search lag, so no task made just before a lost state is missed);
 - create the new tasks: one upsert per 200 (Salesforce, on the unique external id) / one batch
   create per 100 (HubSpot), with no lookup before;
@@ -63,13 +63,19 @@ def test_given_a_small_portal_then_the_task_stages_make_the_minimum_calls_per_en
         created = dict(conn.exec_driver_sql("SELECT crm, COUNT(*) FROM episodes WHERE task_id IS NOT NULL GROUP BY crm").all())
     assert set(created) == {"salesforce", "hubspot"} and first.tasks_created == sum(created.values())
 
-    # each lane, in its thread: [write-back] [read-back] after_episodes_recorded [create] after_task_create
+    # the read-back happens during the pull, beside it (HubSpot: read, then again after the search lag on a first run)
+    pulled = marks.at("after_pull")
+    assert counts(sb, start, pulled, "hubspot", "/objects/tasks/search") == {"POST /crm/v3/objects/{type}/search": 2}
+    assert counts(sb, pulled, end, "hubspot", "/objects/tasks/search") == {}
+    # then each lane, in its thread: [write-back, a guard query before each write] after_episodes_recorded [create]
+    # after_task_create: Salesforce reads nothing more for its tasks
     sf_recorded, hs_recorded = marks.at("after_episodes_recorded", lane="salesforce"), marks.at("after_episodes_recorded", lane="hubspot")
     sf_created, hs_created = marks.at("after_task_create", lane="salesforce"), marks.at("after_task_create", lane="hubspot")
-    assert counts(sb, marks.before(sf_recorded, "salesforce"), sf_recorded, "salesforce") == {"GET query": 1}  # the read-back
+    sf_stages = counts(sb, marks.at("after_score"), marks.at("after_playbooks"), "salesforce")
+    writes = sf_stages.pop("PATCH composite/sobjects")
+    assert sf_stages == {"GET query": writes, "PATCH composite/sobjects/{O}/{Field}": math.ceil(created["salesforce"] / 200)}
     assert counts(sb, sf_recorded, sf_created, "salesforce") == {"PATCH composite/sobjects/{O}/{Field}": math.ceil(created["salesforce"] / 200)}
     assert counts(sb, hs_recorded, hs_created, "hubspot") == {"POST /crm/v3/objects/{type}/batch/{op}": math.ceil(created["hubspot"] / 100)}
-    assert counts(sb, start, end, "hubspot", "/objects/tasks/search") == {"POST /crm/v3/objects/{type}/search": 2}
     assert counts(sb, start, end, "hubspot", "/associations/tasks") == {}  # the account is in the key
     # the escalation stage reads nothing again: the read-back and the owners are shared
     escalation = (marks.at("after_playbooks"), marks.at("after_escalation"))

@@ -16,6 +16,7 @@ from healthsync.connectors.sandbox import Sandbox
 from healthsync.sync.pull import pull_object
 from healthsync.sync.state import open_store
 from healthsync.sync.writeback import (
+    ConfirmedPrefetch,
     WriteNotAllowedError,
     _push_split,
     assert_allowed,
@@ -183,3 +184,18 @@ def test_given_records_deleted_in_the_crm_then_they_fail_alone_and_leave_the_que
     stats = pull_object(store, connectors["salesforce"], "accounts", now=NOW)
     assert stats.deleted == 2
     assert store.failed_queue() == {} and not (set(victims) & store.live_ids("salesforce", "accounts"))
+
+
+def test_given_confirmed_values_read_ahead_then_the_plan_is_the_one_read_in_place(sb, settings, store, connectors):
+    ids = {"hubspot": _hs_ids(sb, 3)}
+    execute_plan(store, settings, plan_writes(store, settings, desired_outputs(_scores(ids), _no_opps(), NOW), ["hubspot"]),
+                 connectors, run_id="r1", now=NOW)
+    scores = _scores(ids)
+    scores.loc[1, "band"] = "Red"
+    ahead = ConfirmedPrefetch(store, settings)
+    ahead.start("hubspot")  # read beside the pull (sync/run.py), taken by the plan
+    with_prefetch = plan_writes(store, settings, desired_outputs(scores, _no_opps(), NOW), ["hubspot"], prefetched=ahead)
+    in_place = plan_writes(store, settings, desired_outputs(scores, _no_opps(), NOW), ["hubspot"])
+    assert [(r.record_id, r.fields, r.before) for r in with_prefetch.records] == [(r.record_id, r.fields, r.before) for r in in_place.records]
+    assert [r.record_id for r in in_place.records] == [ids["hubspot"][1]] and with_prefetch.unchanged == in_place.unchanged
+    assert ahead.take("hubspot", "accounts") is None  # taken once: a later plan reads the store again
