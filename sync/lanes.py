@@ -164,37 +164,7 @@ def each_lane(lanes: Iterable[Lane], fn: Callable[[Lane], None], *, together: bo
         for lane in live:
             fn(lane)
         return
-    failures: list[BaseException] = []
-    stopping = threading.Event()
-
-    def body(lane: Lane) -> None:
-        _lane_thread.stopping = stopping
-        try:
-            fn(lane)
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, raised there
-            failures.append(exc)
-            stopping.set()
-        finally:
-            _lane_thread.stopping = None
-
-    # each thread runs in a copy of the caller's context (context variables set by the run stay visible)
-    threads = [threading.Thread(target=contextvars.copy_context().run, args=(body, lane), name=f"lane-{lane.crm}", daemon=True)
-               for lane in live]
-    try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(0.2)  # short joins: Ctrl-C reaches the main thread while the lanes run
-    except BaseException:  # Ctrl-C / SystemExit in the main thread: the lanes stop at their next checkpoint
-        stopping.set()
-        deadline = time.monotonic() + LANE_JOIN_S
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        raise
-    if failures:
-        interrupted = [exc for exc in failures if not isinstance(exc, LanesInterrupted)]
-        raise (interrupted or failures)[0]
+    _in_threads([(f"lane-{lane.crm}", lambda lane=lane: fn(lane)) for lane in live], threading.Event())
 
 
 def side_by_side(*stages: Callable[[], None] | None) -> None:
@@ -212,29 +182,39 @@ def side_by_side(*stages: Callable[[], None] | None) -> None:
         for stage in todo:
             stage()
         return
+    name = threading.current_thread().name
     stopping = getattr(_lane_thread, "stopping", None) or threading.Event()
+    _in_threads([(f"{name}-{i}", stage) for i, stage in enumerate(todo)], stopping)
+
+
+def _in_threads(work: list[tuple[str, Callable[[], None]]], stopping: threading.Event) -> None:
+    """Run each (thread name, function) in a thread of its own and wait for all of them.
+
+    The first exception of a thread sets `stopping` (the others end at their next checkpoint) and is
+    raised here once every thread has ended, a real failure before an interruption it caused.
+    """
     failures: list[BaseException] = []
 
-    def body(stage: Callable[[], None]) -> None:
+    def body(fn: Callable[[], None]) -> None:
         _lane_thread.stopping = stopping
         try:
-            stage()
-        except BaseException as exc:  # noqa: BLE001 - raised in the calling thread
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread, raised there
             failures.append(exc)
             stopping.set()
         finally:
             _lane_thread.stopping = None
 
-    name = threading.current_thread().name
-    threads = [threading.Thread(target=contextvars.copy_context().run, args=(body, stage), name=f"{name}-{i}", daemon=True)
-               for i, stage in enumerate(todo)]
+    # each thread runs in a copy of the caller's context (context variables set by the run stay visible)
+    threads = [threading.Thread(target=contextvars.copy_context().run, args=(body, fn), name=name, daemon=True)
+               for name, fn in work]
     try:
         for thread in threads:
             thread.start()
         for thread in threads:
             while thread.is_alive():
-                thread.join(0.2)
-    except BaseException:
+                thread.join(0.2)  # short joins: Ctrl-C reaches the main thread while the threads run
+    except BaseException:  # Ctrl-C / SystemExit in the calling thread: the others stop at their next checkpoint
         stopping.set()
         deadline = time.monotonic() + LANE_JOIN_S
         for thread in threads:
