@@ -112,16 +112,19 @@ def task_key(playbook: str, account_id: str, opened: datetime | str, taken: set[
 
 
 def _episodes(store: StateStore) -> pd.DataFrame:
+    # plain tuples, not mappings: each lane reads every episode under the planning lock (~100,000 at 100,000 accounts)
     t = store.tables["episodes"]
     with store.engine.connect() as conn:
-        rows = conn.execute(select(t)).mappings().all()
-    return pd.DataFrame([dict(r) for r in rows], columns=[c.name for c in t.columns])
+        rows = conn.execute(select(t)).all()
+    return pd.DataFrame([tuple(r) for r in rows], columns=[c.name for c in t.columns])
 
 
 def _conditions(store: StateStore) -> dict[tuple[str, str, str], bool]:
+    # tuple unpacking, not attribute access per row: 600,000 rows at 100,000 accounts per CRM, read by each lane
     t = store.tables["playbook_conditions"]
     with store.engine.connect() as conn:
-        return {(r.crm, r.account_id, r.playbook): bool(r.holds) for r in conn.execute(select(t.c.crm, t.c.account_id, t.c.playbook, t.c.holds))}
+        rows = conn.execute(select(t.c.crm, t.c.account_id, t.c.playbook, t.c.holds)).all()
+    return {(crm, account_id, playbook): bool(holds) for crm, account_id, playbook, holds in rows}
 
 
 def _column(frame: pd.DataFrame, name: str) -> list:

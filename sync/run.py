@@ -494,28 +494,19 @@ def _lanes_cycle(settings, conns: Connections, store: StateStore, summary: RunSu
     _hook(hooks, "after_writeback")
     _hook(hooks, "after_playbooks")
 
-    # escalation in Slack, for the CRMs still going; beside it, the score history of the CRMs that wrote and
-    # tasked (the playbooks are done: the next run's crossings compare against it); neither needs the other,
-    # and at 100,000 accounts per CRM each is several seconds (Slack's answers, 200,000 history rows)
-    written_crms = [lane.crm for lane in alive(lanes)]
+    # escalation in Slack, for the CRMs still going
+    _escalate(settings, conns, store, summary, lanes, scored, now=now, dry_run=dry_run, hooks=hooks, progress=progress)
+    _hook(hooks, "after_escalation")
 
-    def escalate() -> None:
-        _escalate(settings, conns, store, summary, lanes, scored, now=now, dry_run=dry_run, hooks=hooks, progress=progress)
-        _hook(hooks, "after_escalation")
-
-    def record() -> None:
-        _hook(hooks, "before_record")
-        if not memo:
-            _drift(store, settings, scored, summary, record=not dry_run)
-        if not dry_run and not memo:
-            live_scores = (pd.concat([_rows_of(scored.scores, crm) for crm in written_crms]) if written_crms
-                           else scored.scores.iloc[0:0])
-            record_history(store, settings, live_scores, summary.run_id, now, features=scored.features)
-
-    side_by_side(escalate, record)
+    # record
+    _hook(hooks, "before_record")
+    if not memo:
+        _drift(store, settings, scored, summary, record=not dry_run)
     if not dry_run:
         live_crms = [lane.crm for lane in alive(lanes)]
         if not memo:
+            live_scores = pd.concat([_rows_of(scored.scores, crm) for crm in live_crms]) if live_crms else scored.scores.iloc[0:0]
+            record_history(store, settings, live_scores, summary.run_id, now, features=scored.features)
             _keep_scores(store, settings, summary, crms, scored, usage, everything_written=len(live_crms) == len(lanes), now=now)
         _report(store, settings, summary, now)
     _end_warehouse_stage(summary, usage)
