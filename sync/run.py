@@ -63,7 +63,15 @@ from healthsync.sync.score_job import ScoreResult, record_history, score_replica
 from healthsync.sync.state import HOST, StateStore, holder_alive, lock_holder, open_store
 from healthsync.sync.summary import RunSummary, render_diff
 from healthsync.sync.warehouse_job import warehouse_stage
-from healthsync.sync.writeback import ConfirmedPrefetch, CrmWriteReport, WritePlan, desired_outputs, execute_plan, plan_writes
+from healthsync.sync.writeback import (
+    ConfirmedPrefetch,
+    CrmWriteReport,
+    WritePlan,
+    desired_outputs,
+    execute_plan,
+    plan_writes,
+    sends_bulk_jobs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -562,11 +570,7 @@ def _waits_on_jobs(lane: Lane, plan: WritePlan) -> bool:
     tasks are created meanwhile (sync/lanes.py `side_by_side`) rather than after it. Otherwise the
     write-back is a few paced calls and the stages go one after the other, as before.
     """
-    threshold = getattr(lane.connector, "bulk_threshold", None)
-    if not threshold:
-        return False
-    per_object = Counter(record.object for record in plan.records)
-    return any(n > threshold for n in per_object.values())
+    return sends_bulk_jobs(lane.connector, Counter(record.object for record in plan.records).values())
 
 
 def _write_back(store, settings, summary: RunSummary, lane: Lane, plan: WritePlan, *, now, hooks, on_batch) -> None:

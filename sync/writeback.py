@@ -53,7 +53,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from contextlib import contextmanager
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -494,6 +494,13 @@ def execute_plan(
     return reports
 
 
+def sends_bulk_jobs(connector: CrmConnector, records_per_object: Iterable[int]) -> bool:
+    """Whether a write-back of so many records per object goes (in part) as Bulk API 2.0 jobs: more records of
+    an object than the connector's `bulk_threshold` (Salesforce; a connector without one never does)."""
+    threshold = getattr(connector, "bulk_threshold", None)
+    return bool(threshold) and any(n > threshold for n in records_per_object)
+
+
 def _push_objects(store, settings, connector, crm, by_object: dict[str, list[RecordPlan]], report: CrmWriteReport, run_id, now,
                   hooks, on_batch) -> None:
     """Push one CRM's objects: one after the other, or side by side when some go as Bulk API 2.0 jobs.
@@ -504,8 +511,7 @@ def _push_objects(store, settings, connector, crm, by_object: dict[str, list[Rec
     once the other has ended (its confirmed records are stored either way).
     """
     lock = threading.Lock()
-    threshold = getattr(connector, "bulk_threshold", None)
-    if len(by_object) < 2 or not threshold or all(len(records) <= threshold for records in by_object.values()):
+    if len(by_object) < 2 or not sends_bulk_jobs(connector, [len(records) for records in by_object.values()]):
         for obj, records in by_object.items():
             _push_group(store, settings, connector, crm, obj, records, report, run_id, now, hooks, on_batch, lock)
         return
