@@ -64,13 +64,9 @@ JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout.")
 def _print_version(value: bool) -> None:
     if not value:
         return
-    from importlib.metadata import PackageNotFoundError, version
+    from healthsync.sync.version import installed_version
 
-    try:
-        installed = version("healthsync")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        installed = "(not installed)"
-    sys.stdout.write(f"healthsync {installed}\n")
+    sys.stdout.write(f"healthsync {installed_version('(not installed)')}\n")
     raise typer.Exit(0)
 
 

@@ -37,6 +37,7 @@ from healthsync.config.settings import Settings
 from healthsync.sync.pull import PULLED_OBJECTS
 from healthsync.sync.score_job import ScoreResult
 from healthsync.sync.state import StateStore, utc_naive
+from healthsync.sync.version import installed_version
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def fingerprint(store: StateStore, settings: Settings, crms: list[str], now: dat
     """
     parts = {
         "format": MEMO_FORMAT,
-        "healthsync": _version(),  # another release may score differently
+        "healthsync": installed_version("unknown"),  # another release may score differently
         "as_of": pd.Timestamp(utc_naive(now)).normalize().isoformat(),
         "crms": sorted(crms),
         "settings": settings.model_dump(mode="json"),
@@ -59,15 +60,6 @@ def fingerprint(store: StateStore, settings: Settings, crms: list[str], now: dat
     }
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("healthsync")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def _to_parquet(frame: pd.DataFrame) -> bytes:

@@ -35,6 +35,7 @@ from healthsync.sync.report import charts
 from healthsync.sync.report.data import ReportData, backtest_metrics, load_report_data
 from healthsync.sync.report.payload import CRM_LABELS, build_payload, encode
 from healthsync.sync.state import StateStore
+from healthsync.sync.version import installed_version
 
 HERE = Path(__file__).parent
 TEMPLATE_DIR = HERE / "templates"
@@ -140,12 +141,7 @@ def asset(name: str) -> str:
 
 
 def version() -> str:
-    try:
-        from importlib.metadata import version as dist_version
-
-        return dist_version("healthsync")
-    except Exception:  # noqa: BLE001 - running from a source tree without metadata
-        return "dev"
+    return installed_version("dev")  # "dev": running from a source tree without metadata
 
 
 def redact_url(url: str) -> str:
