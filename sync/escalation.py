@@ -477,14 +477,12 @@ class _Sender:
     def _where_all(self, msgs: list[Message], level: str, kind: str):
         return and_(self.table.c.episode_id.in_([m.key[0] for m in msgs]), self.table.c.level == level, self.table.c.kind == kind)
 
-    def _where(self, m: Message, level: str, kind: str):
-        return and_(self.table.c.episode_id == m.key[0], self.table.c.level == level, self.table.c.kind == kind)
-
     def _forget(self, msgs: list[Message], level: str, kind: str) -> None:
         with self.store.begin() as conn:
-            for m in msgs:
-                conn.execute(delete(self.table).where(self._where(m, level, kind)))
-                self.existing.discard(m.key)
+            for chunk in chunks(msgs):
+                conn.execute(delete(self.table).where(self._where_all(chunk, level, kind)))
+        for m in msgs:
+            self.existing.discard(m.key)
 
     def _render(self, msgs: list[Message], kind: str, level: str, note: str | None) -> tuple[str, list[dict]]:
         queued = self.queued.get((msgs[0].email or "").lower(), 0) if kind == "alert" and msgs[0].email else 0
