@@ -21,9 +21,10 @@ wait for Salesforce's, and one CRM's write-back and tasks go on while the other'
 are still sending. Every stage uses only its own connector and commits its own
 transactions (a connection per thread from the state store's pool; SQLite waits
 for the other writer, `timeout` 30 s, WAL). Where lanes share a decision (the
-per-owner daily task cap), that planning is serialized by its own lock
-(sync/playbooks_job.py). The shared steps (fields check, score, alerts, record)
-run on the main thread between the concurrent stages.
+per-owner daily task cap), it is made once for both on a thread of its own
+(`SharedStep`: the playbook plan), and the lane stages that need it wait for
+it. The other shared steps (fields check, score, alerts, record) run on the
+main thread between the concurrent stages.
 
 Interruption: an exception other than a lane stop (a crash, Ctrl-C in the main
 thread) asks the other lanes to stop at their next checkpoint (`checkpoint()`,
@@ -38,7 +39,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Generic, Iterable, TypeVar
 
 from healthsync.connectors.base import ConfigurationError, CrmConnector, RetryableError, StopRunError
 from healthsync.connectors.errors import DISPLAY, classify
@@ -223,6 +224,51 @@ def _in_threads(work: list[tuple[str, Callable[[], None]]], stopping: threading.
     if failures:
         interrupted = [exc for exc in failures if not isinstance(exc, LanesInterrupted)]
         raise (interrupted or failures)[0]
+
+
+class SharedStep(Generic[T]):
+    """A step the lanes share, computed once on a thread of its own while they go on; their stages that
+    need it wait for it (`result`).
+
+    The run's playbook plan is one: both CRMs' episodes are planned in one pass (the per-owner cap spans
+    them) while the write-backs send, and each lane's task creation waits for it. A failure of the step
+    is raised on the thread that started it (`join`); a lane waiting for it is interrupted
+    (`LanesInterrupted`), as by any failure of another thread of the run.
+    """
+
+    def __init__(self, name: str, fn: Callable[[], T]):
+        self._done = threading.Event()
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._body, fn), name=name, daemon=True)
+        self._thread.start()
+
+    def _body(self, fn: Callable[[], T]) -> None:
+        try:
+            self._value = fn()
+        except BaseException as exc:  # noqa: BLE001 - raised by `join` on the starting thread
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def result(self) -> T:
+        """The step's value, once computed (a lane thread waits here, checking for an interruption)."""
+        while not self._done.wait(0.2):
+            checkpoint()
+        if self._error is not None:
+            raise LanesInterrupted(f"{self._thread.name} failed: {type(self._error).__name__}")
+        return self._value  # type: ignore[return-value]
+
+    def join(self) -> T:
+        """Wait for the step (short joins: Ctrl-C still reaches the calling thread) and return or raise its outcome."""
+        self.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+    def wait(self) -> None:
+        while self._thread.is_alive():
+            self._thread.join(0.2)
 
 
 def alive(lanes: Iterable[Lane]) -> list[Lane]:

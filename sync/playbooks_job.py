@@ -58,7 +58,7 @@ from healthsync.playbooks.definitions import Playbook, PlaybookSet, load_playboo
 from healthsync.playbooks.render import TemplateProblem, plain, task_context
 from healthsync.playbooks.triggers import evaluate, prepare_frame
 from healthsync.sync.state import StateStore, utc_aware, utc_naive
-from healthsync.sync.task_mirror import apply_changes, episode_changes, open_tasks, raw_id, read_tasks
+from healthsync.sync.task_mirror import TaskRead, apply_changes, episode_changes, open_tasks, raw_id, read_tasks
 
 CLOSED_TASK_DONE = "task_completed"
 CLOSED_CLEARED = "condition_cleared"
@@ -137,7 +137,7 @@ def _owner_key(email) -> str:
     return str(email).strip().lower() if email else ""
 
 
-#: one lane at a time plans and records episodes (the per-owner daily cap spans both CRMs)
+#: one caller at a time plans and records episodes (the per-owner daily cap spans both CRMs)
 _PLANNING = threading.Lock()
 
 
@@ -155,9 +155,52 @@ def run_playbooks(
 ) -> PlaybookResult:
     """Open, close, queue and create tasks for episodes; see the module docstring. Raises ConfigError for bad playbooks.
 
-    `crms`: act on these CRMs' episodes and tasks only (a run's per-CRM lane), while planning on
-    every account of `scores`, so the per-owner daily cap orders all CRMs' new tasks the same way
-    in every lane (a lane releases its share of the owner's room, the next lane the rest).
+    `crms`: act on these CRMs' episodes and tasks only, while planning on every account of `scores`,
+    so the per-owner daily cap orders all CRMs' new tasks the same way whichever CRMs are acted on.
+    """
+    planned = plan_playbooks(store, settings, scores, connectors, now, run_id, dry_run=dry_run, hooks=hooks,
+                             playbooks=playbooks, crms=crms)
+    if dry_run:
+        return planned.result
+    made = create_planned_tasks(store, planned, connectors, now, hooks=hooks)
+    result = planned.result
+    result.tasks_created += made.tasks_created
+    result.episodes_closed += made.episodes_closed
+    result.errors += made.errors
+    result.notices += made.notices
+    return result
+
+
+@dataclass
+class PlannedPlaybooks:
+    """The episodes a run planned and recorded (`plan_playbooks`), ready for each CRM's task creation."""
+
+    result: PlaybookResult  # episodes opened, closed, adopted and queued; the read-back's errors
+    pset: PlaybookSet
+    frame: pd.DataFrame  # the scored accounts, as the task templates read them
+    read: TaskRead  # the run's task read-back
+    known: dict[str, dict[str, dict]]  # crm -> task key -> the task as the CRM last showed it
+    only: set[str] | None  # the CRMs acted on (None: every CRM)
+
+
+def plan_playbooks(
+    store: StateStore,
+    settings,
+    scores: pd.DataFrame,
+    connectors: dict[str, CrmConnector],
+    now: datetime,
+    run_id: str,
+    dry_run: bool = False,
+    hooks: Callable[[str], None] | None = None,
+    playbooks: PlaybookSet | None = None,
+    crms: Iterable[str] | None = None,
+) -> PlannedPlaybooks:
+    """Steps 1 and 2 of the module docstring: the read-back applied, the episodes planned and recorded.
+
+    A run plans once for all its live CRMs (sync/run.py), on a thread of its own while the write-backs
+    send, and each CRM's lane then creates its tasks (`create_planned_tasks`). Planned once, the per-owner
+    daily cap orders both CRMs' new tasks in one pass; planned per lane, every episode and every
+    remembered condition (600,000 at 100,000 accounts per CRM) were read twice, one lane after the other.
     """
     only = set(crms) if crms is not None else None
     pset = playbooks or load_playbooks(settings)
@@ -171,7 +214,7 @@ def run_playbooks(
     read = read_tasks(store, connectors, now)
     for crm, why in read.unreadable.items():
         if crm not in connectors:
-            continue  # another lane's, reported there
+            continue  # another caller's, reported there
         result.errors.append(f"{crm}: could not read playbook tasks back ({why}); no task created there this run")
     changes = episode_changes(store, read, now, CLOSED_TASK_DONE)
     done = sum(1 for c in changes.values() if c.get("status") == "closed")
@@ -179,8 +222,8 @@ def run_playbooks(
         apply_changes(store, changes)
     result.episodes_closed += done
 
-    # planning and recording are serialized between the run's lanes (threads, sync/lanes.py): the lane that plans
-    # second sees the first one's episodes, so an owner's daily cap holds across both CRMs
+    # planning and recording are serialized between concurrent callers: the one that plans second sees the
+    # first one's episodes, so an owner's daily cap holds across both CRMs
     with _PLANNING:
         existing = _episodes(store)
         if dry_run:  # the read-back changes are not stored in a dry run; plan on them anyway
@@ -188,7 +231,7 @@ def run_playbooks(
                 for col, value in change.items():
                     if not col.startswith("_"):
                         existing.loc[existing["episode_id"] == episode_id, col] = value
-        # open tasks as last read, for every CRM planned on (another lane's CRM: as its last read left them)
+        # open tasks as last read, for every CRM planned on (a CRM not acted on: as its last read left them)
         planned_crms = set(frame["crm"].dropna().astype(str)) | set(connectors)
         mirror = {crm: open_tasks(store, crm) for crm in planned_crms if crm not in read.unreadable}
         previous = _conditions(store)
@@ -209,19 +252,33 @@ def run_playbooks(
                  "adopted_task_id": r.get("task_id")}
                 for r in plan.new_rows
             ]
-            return result
+        else:
+            # 2. record first (one transaction): closings, re-arms, conditions, new / adopted / released episodes
+            _record(store, plan, now, run_id)
+    if not dry_run:
+        hook("after_episodes_recorded")
 
-        # 2. record first (one transaction): closings, re-arms, conditions, new / adopted / released episodes
-        _record(store, plan, now, run_id)
-    hook("after_episodes_recorded")
-
-    # 3. a task for every open episode without one (this run's, and any a crash left behind)
     known = {crm: {str(r["key"]): r for r in rows} for crm, rows in mirror.items()}
     for crm, rows in read.rows.items():
         for r in rows:
             if r.get("key"):
                 known.setdefault(crm, {})[str(r["key"])] = r
-    _create_pending_tasks(store, pset, frame, connectors, read, known, now, result, hook, only)
+    return PlannedPlaybooks(result=result, pset=pset, frame=frame, read=read, known=known, only=only)
+
+
+def create_planned_tasks(store: StateStore, planned: PlannedPlaybooks, connectors: dict[str, CrmConnector], now: datetime,
+                         hooks: Callable[[str], None] | None = None, crms: Iterable[str] | None = None) -> PlaybookResult:
+    """Step 3: a task for every open episode without one (this run's, and any a crash left behind).
+
+    `crms`: only these CRMs' episodes (a run's lane creates its own CRM's tasks), within those planned on.
+    Only `tasks_created`, `episodes_closed` (tasks found already completed), `errors` and `notices` are set.
+    """
+    result = PlaybookResult()
+    only = planned.only
+    if crms is not None:
+        only = set(crms) if only is None else only & set(crms)
+    _create_pending_tasks(store, planned.pset, planned.frame, connectors, planned.read, planned.known, now, result,
+                          hooks or (lambda point: None), only)
     return result
 
 

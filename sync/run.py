@@ -55,7 +55,7 @@ from healthsync.sync.connections import (
     state_location,
 )
 from healthsync.sync.crm_directory import refresh_directory
-from healthsync.sync.lanes import Lane, LaneStop, alive, checkpoint, each_lane, make_lanes, side_by_side
+from healthsync.sync.lanes import Lane, LaneStop, SharedStep, alive, checkpoint, each_lane, make_lanes, side_by_side
 from healthsync.sync.pending_writes import collect_pending_writes
 from healthsync.sync.pull import PULLED_OBJECTS, PullStats, pull_object
 from healthsync.sync import score_memo
@@ -457,48 +457,28 @@ def _lanes_cycle(settings, conns: Connections, store: StateStore, summary: RunSu
         _data_quality(store, settings, conns, summary, crms, scored, pulled, usage, now, record=not dry_run)
     _hook(hooks, "after_score")
 
-    # write-back and tasks, per lane
-    plan = WritePlan() if memo else plan_writes(store, settings, desired_outputs(scored.scores, scored.opportunities, now),
-                                                [lane.crm for lane in live], prefetched=confirmed)
-    summary.invalid = len(plan.invalid)
-    if not dry_run and not memo:  # the scale these writes use: kept by the next run while the book stays within 2% with it
-        store.set_forecast_scale(scored.forecast_scale, summary.run_id, now)
-    if dry_run:
-        summary.diff, summary.writes = _dry_writes(plan, [lane.crm for lane in live])
-    run_playbooks = _optional("healthsync.sync.playbooks_job", "run_playbooks")
-    if run_playbooks is None:
+    # the playbook plan: both CRMs' episodes planned and recorded once (the per-owner daily cap spans them), on a
+    # thread of its own while the writes are planned and sent; each lane's task creation waits for it
+    plan_tasks = _optional("healthsync.sync.playbooks_job", "plan_playbooks")
+    if plan_tasks is None:
         summary.stages_skipped.append("playbooks (not in this build)")
-
-    with progress.task("write-back", None if dry_run else len(plan.records)) as advance:
-        def sync_lane(lane: Lane) -> None:
-            lane_plan = _lane_plan(plan, lane.crm)
-            write_back = None if dry_run else lambda: _write_back(store, settings, summary, lane, lane_plan, now=now, hooks=hooks,
-                                                                   on_batch=advance)
-            make_tasks = None if run_playbooks is None else lambda: tasks(lane)
-            if _waits_on_jobs(lane, lane_plan):  # neither needs the other's outcome: the tasks go on while the jobs run
-                side_by_side(write_back, make_tasks)
-            else:
-                for stage in (write_back, make_tasks):
-                    if stage is not None:
-                        stage()
-
-        def tasks(lane: Lane) -> None:
-            if lane.alive:
-                # every CRM's scores, so the per-owner daily cap orders both CRMs' new tasks together;
-                # episodes and tasks of this lane's CRM only
-                result = lane.run("tasks", lambda: run_playbooks(store, settings, scored.scores, lane.connectors, now, summary.run_id,
-                                                                 dry_run=dry_run, hooks=hooks, crms=[lane.crm]))
-                if result is None:
-                    return
-                with _SUMMARY_LOCK:
-                    summary.tasks_created += result.tasks_created
-                    summary.tasks_adopted += result.tasks_adopted
-                    summary.tasks_queued += result.tasks_queued
-                    summary.episodes_opened += result.episodes_opened
-                    summary.episodes_closed += result.episodes_closed
-                    summary.add_errors(list(result.errors))
-
-        each_lane(live, sync_lane)  # concurrently: one CRM's write-back and tasks never wait for the other's
+    planning = None if plan_tasks is None else SharedStep("playbook plan", lambda: plan_tasks(
+        store, settings, scored.scores, {lane.crm: lane.connector for lane in live}, now, summary.run_id,
+        dry_run=dry_run, hooks=hooks, crms=[lane.crm for lane in live]))
+    try:
+        _write_and_task(store, settings, summary, scored, live, planning, memo=memo, confirmed=confirmed, now=now,
+                        dry_run=dry_run, hooks=hooks, progress=progress)
+    finally:
+        if planning is not None:
+            planning.wait()  # never left recording episodes behind a failing run
+    if planning is not None:
+        planned = planning.join()
+        with _SUMMARY_LOCK:
+            summary.tasks_adopted += planned.result.tasks_adopted
+            summary.tasks_queued += planned.result.tasks_queued
+            summary.episodes_opened += planned.result.episodes_opened
+            summary.episodes_closed += planned.result.episodes_closed
+            summary.add_errors(list(planned.result.errors))
     _hook(hooks, "after_writeback")
     _hook(hooks, "after_playbooks")
 
@@ -518,6 +498,46 @@ def _lanes_cycle(settings, conns: Connections, store: StateStore, summary: RunSu
             _keep_scores(store, settings, summary, crms, scored, usage, everything_written=len(live_crms) == len(lanes), now=now)
         _report(store, settings, summary, now)
     _end_warehouse_stage(summary, usage)
+
+
+def _write_and_task(store, settings, summary: RunSummary, scored: ScoreResult, live: list[Lane], planning: SharedStep | None, *,
+                    memo, confirmed: ConfirmedPrefetch, now, dry_run, hooks, progress) -> None:
+    """Each live lane's write-back, then (or, while Bulk jobs run, beside it) the tasks of the run's playbook plan."""
+    plan = WritePlan() if memo else plan_writes(store, settings, desired_outputs(scored.scores, scored.opportunities, now),
+                                                [lane.crm for lane in live], prefetched=confirmed)
+    summary.invalid = len(plan.invalid)
+    if not dry_run and not memo:  # the scale these writes use: kept by the next run while the book stays within 2% with it
+        store.set_forecast_scale(scored.forecast_scale, summary.run_id, now)
+    if dry_run:
+        summary.diff, summary.writes = _dry_writes(plan, [lane.crm for lane in live])
+
+    with progress.task("write-back", None if dry_run else len(plan.records)) as advance:
+        def sync_lane(lane: Lane) -> None:
+            lane_plan = _lane_plan(plan, lane.crm)
+            write_back = None if dry_run else lambda: _write_back(store, settings, summary, lane, lane_plan, now=now, hooks=hooks,
+                                                                   on_batch=advance)
+            make_tasks = None if planning is None or dry_run else lambda: tasks(lane)
+            if _waits_on_jobs(lane, lane_plan):  # neither needs the other's outcome: the tasks go on while the jobs run
+                side_by_side(write_back, make_tasks)
+            else:
+                for stage in (write_back, make_tasks):
+                    if stage is not None:
+                        stage()
+
+        def tasks(lane: Lane) -> None:
+            if not lane.alive:
+                return
+            planned = planning.result()  # type: ignore[union-attr]
+            create_planned_tasks = _optional("healthsync.sync.playbooks_job", "create_planned_tasks")
+            result = lane.run("tasks", lambda: create_planned_tasks(store, planned, lane.connectors, now, hooks=hooks, crms=[lane.crm]))
+            if result is None:
+                return
+            with _SUMMARY_LOCK:
+                summary.tasks_created += result.tasks_created
+                summary.episodes_closed += result.episodes_closed
+                summary.add_errors(list(result.errors))
+
+        each_lane(live, sync_lane)  # concurrently: one CRM's write-back and tasks never wait for the other's
 
 
 def _keep_scores(store, settings, summary: RunSummary, crms, scored: ScoreResult, usage, *, everything_written: bool, now) -> None:

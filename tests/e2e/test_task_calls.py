@@ -2,7 +2,8 @@
 
 A whole run goes through `run_cycle`; its hooks mark the request log's sequence number at each
 point, with the thread that reached it (the CRM lanes run concurrently, each its write-back, then
-its tasks, in its own thread `lane-<crm>`; the read-back runs beside the pull), and the emulators'
+its tasks, in its own thread `lane-<crm>`; the read-back runs beside the pull; the playbook plan, once
+for both CRMs, on a thread `playbook plan` beside the write-backs), and the emulators'
 own log (`Sandbox.requests`, i.e. `GET /requests`) is counted per endpoint against what the work
 needs at least:
 
@@ -67,15 +68,19 @@ def test_given_a_small_portal_then_the_task_stages_make_the_minimum_calls_per_en
     pulled = marks.at("after_pull")
     assert counts(sb, start, pulled, "hubspot", "/objects/tasks/search") == {"POST /crm/v3/objects/{type}/search": 2}
     assert counts(sb, pulled, end, "hubspot", "/objects/tasks/search") == {}
-    # then each lane, in its thread: [write-back, a guard query before each write] after_episodes_recorded [create]
-    # after_task_create: Salesforce reads nothing more for its tasks
-    sf_recorded, hs_recorded = marks.at("after_episodes_recorded", lane="salesforce"), marks.at("after_episodes_recorded", lane="hubspot")
+    # the playbook plan is made once, on its own thread, while the lanes write back; then each lane, in its thread,
+    # creates its CRM's tasks (after_task_create), with no lookup before: nothing task-related is sent before the plan
+    # is recorded, and Salesforce reads nothing more for its tasks
+    recorded = marks.at("after_episodes_recorded")
+    assert [thread for p, _, thread in marks.events if p == "after_episodes_recorded"] == ["playbook plan"]
     sf_created, hs_created = marks.at("after_task_create", lane="salesforce"), marks.at("after_task_create", lane="hubspot")
     sf_stages = counts(sb, marks.at("after_score"), marks.at("after_playbooks"), "salesforce")
     writes = sf_stages.pop("PATCH composite/sobjects")
     assert sf_stages == {"GET query": writes, "PATCH composite/sobjects/{O}/{Field}": math.ceil(created["salesforce"] / 200)}
-    assert counts(sb, sf_recorded, sf_created, "salesforce") == {"PATCH composite/sobjects/{O}/{Field}": math.ceil(created["salesforce"] / 200)}
-    assert counts(sb, hs_recorded, hs_created, "hubspot") == {"POST /crm/v3/objects/{type}/batch/{op}": math.ceil(created["hubspot"] / 100)}
+    assert counts(sb, marks.at("after_score"), recorded, "salesforce", "/Task") == {}
+    assert counts(sb, marks.at("after_score"), recorded, "hubspot", "/objects/tasks") == {}
+    assert counts(sb, recorded, sf_created, "salesforce", "/Task") == {"PATCH composite/sobjects/{O}/{Field}": math.ceil(created["salesforce"] / 200)}
+    assert counts(sb, recorded, hs_created, "hubspot", "/objects/tasks") == {"POST /crm/v3/objects/{type}/batch/{op}": math.ceil(created["hubspot"] / 100)}
     assert counts(sb, start, end, "hubspot", "/associations/tasks") == {}  # the account is in the key
     # the escalation stage reads nothing again: the read-back and the owners are shared
     escalation = (marks.at("after_playbooks"), marks.at("after_escalation"))
