@@ -885,9 +885,12 @@ class StateStore:
         if not rows:
             return
         with self.begin() as conn:
+            # the day's first run (every scheduled day's) has nothing to replace: no delete per chunk
+            again = conn.execute(select(usage_history.c.day).where(usage_history.c.day == day).limit(1)).first() is not None
             for chunk in chunks(rows):
-                conn.execute(delete(usage_history).where(
-                    usage_history.c.day == day, usage_history.c.account_id.in_([r["account_id"] for r in chunk])))
+                if again:
+                    conn.execute(delete(usage_history).where(
+                        usage_history.c.day == day, usage_history.c.account_id.in_([r["account_id"] for r in chunk])))
                 conn.execute(insert(usage_history), [{**r, "day": day, "run_id": run_id} for r in chunk])
 
     # ------------------------------------------------------------------ forecast
