@@ -241,14 +241,23 @@ class CallStats:
 
     def count(self, *, write: bool = False) -> None:
         """One request sent (and a write, for `write_calls`)."""
-        with self._lock:
+        tallies = getattr(self._local, "tallies", None)
+        with self._lock:  # a tally may be shared with a thread fetching ahead (share_tallies)
             self.calls += 1
             if write:
                 self.write_calls += 1
-        tallies = getattr(self._local, "tallies", None)
-        if tallies:
-            for tally in tallies:
+            for tally in tallies or ():
                 tally.calls += 1
+
+    def share_tallies(self) -> Callable[[], None]:
+        """A function that makes the thread running it count toward this thread's open tallies
+        (a page fetched ahead on another thread is still this stage's call: connectors/read_ahead.py)."""
+        tallies = list(getattr(self._local, "tallies", None) or [])
+
+        def adopt() -> None:
+            self._local.tallies = list(tallies)
+
+        return adopt
 
     @contextmanager
     def tally(self) -> Iterator["Tally"]:

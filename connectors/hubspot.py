@@ -53,6 +53,7 @@ from healthsync.connectors.base import (
     TaskSpec,
 )
 from healthsync.connectors.mapping import SECTIONS, finish, section, strip_prefix, translate_values
+from healthsync.connectors.read_ahead import read_ahead
 from healthsync.connectors.redact import Redactor, reveal
 from healthsync.connectors.retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
 
@@ -536,6 +537,12 @@ class HubSpotConnector(CrmConnector):
         yield page_of(pending, final)
 
     def _list_pages(self, object_type: str, props: list[str], assoc: str | None) -> Iterator[list[dict]]:
+        """Every record of `object_type`, a list page at a time, the next pages requested while the caller
+        maps and checks the last ones (connectors/read_ahead.py): the chain of `after` tokens keeps the pace."""
+        return read_ahead(self._list_chain(object_type, props, assoc), name=f"hubspot-list-{object_type}",
+                          on_thread=self.stats.share_tallies())
+
+    def _list_chain(self, object_type: str, props: list[str], assoc: str | None) -> Iterator[list[dict]]:
         after = None
         seen_after = set()
         while True:
