@@ -116,7 +116,9 @@ def test_given_a_lost_state_and_another_working_directory_then_no_slack_message_
     """Issue 13.1 (Slack): 8 -> 16 -> 24 DMs once. Same day: nothing new; next day: only what is new."""
     # 3 owners' DMs are read back after each loss: as an internal app (Tier 3) that takes no waiting; the
     # non-Marketplace budget (1 read a minute) is exercised by the kill test below and tests/sync/test_escalation_delivery.py
-    with Sandbox(accounts=40, seed=11, slack_message_interval_s=0, slack_app_type="internal") as sb:
+    # the emulator's day starts in its morning: "an hour later, the same day" must not cross midnight (UTC)
+    morning = datetime.now(timezone.utc).replace(hour=9, minute=0, second=0, microsecond=0)
+    with Sandbox(accounts=40, seed=11, slack_message_interval_s=0, slack_app_type="internal", now=morning) as sb:
         ready = sb.write_ready_file(tmp_path / "ready.json")
         day1 = _day(sb)
         code, first = _run(tmp_path / "a", ready)
