@@ -44,7 +44,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 import pandas as pd
-from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from healthsync.connectors.base import ConfigurationError, CrmConnector, HealthsyncError, RetryableError
@@ -543,7 +543,11 @@ def run_escalation(
     table = store.tables["episodes"]
     esc = store.tables["escalations"]
     with store.engine.connect() as conn:
-        episodes = [dict(r) for r in conn.execute(select(table).where(table.c.task_id.is_not(None))).mappings()]
+        # the open episodes, and the closed ones that were escalated (they may owe a recovery note): closed episodes
+        # pile up day after day (thousands a day at 100,000 accounts per CRM) and nothing else of them is needed here
+        escalated_ids = select(esc.c.episode_id).where(esc.c.kind == "escalation")
+        episodes = [dict(r) for r in conn.execute(select(table).where(
+            table.c.task_id.is_not(None), or_(table.c.status == "open", table.c.episode_id.in_(escalated_ids)))).mappings()]
         escalated = [dict(r) for r in conn.execute(select(esc).where(esc.c.kind == "escalation")).mappings()]
     for ep in episodes:  # in a dry run the read-back changes were not stored
         ep.update({k: v for k, v in changes.get(ep["episode_id"], {}).items()})
