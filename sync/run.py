@@ -585,12 +585,15 @@ def _rows_of(scores: pd.DataFrame, crm: str) -> pd.DataFrame:
 
 
 def _waits_on_jobs(lane: Lane, plan: WritePlan) -> bool:
-    """Whether this lane's write-back sends Bulk API 2.0 jobs (more records of an object than the
-    connector's `bulk_threshold`): a job is mostly waiting for its status to change, so the lane's
-    tasks are created meanwhile (sync/lanes.py `side_by_side`) rather than after it. Otherwise the
-    write-back is a few paced calls and the stages go one after the other, as before.
+    """Whether this lane's write-back or its tasks may go as Bulk API 2.0 jobs (a connector with a
+    `bulk_threshold`: Salesforce, no per-second limit): a job is mostly waiting for its status to change,
+    so the lane's write-back and task creation run side by side (sync/lanes.py `side_by_side`). The
+    tasks' number is known only once the run's playbook plan is made (the day's releases from the queue
+    are thousands at scale: 10 per owner), so the lane does not wait to know it. Otherwise (HubSpot: one
+    allowance for both) the write-back goes first and the tasks after it.
     """
-    return sends_bulk_jobs(lane.connector, Counter(record.object for record in plan.records).values())
+    return bool(getattr(lane.connector, "bulk_threshold", None)) or \
+        sends_bulk_jobs(lane.connector, Counter(record.object for record in plan.records).values())
 
 
 def _write_back(store, settings, summary: RunSummary, lane: Lane, plan: WritePlan, *, now, hooks, on_batch) -> None:

@@ -41,7 +41,9 @@ class Marks:
         self.events.append((point, self.sb.requests()["last_seq"], threading.current_thread().name))
 
     def _of(self, lane: str | None):
-        return [(p, s) for p, s, thread in self.events if lane is None or thread == f"lane-{lane}"]
+        # a lane's thread, or one of its stages side by side (`lane-salesforce-1`: its tasks beside its write-back)
+        return [(p, s) for p, s, thread in self.events
+                if lane is None or thread == f"lane-{lane}" or thread.startswith(f"lane-{lane}-")]
 
     def at(self, point: str, nth: int = 0, lane: str | None = None) -> int:
         return [seq for p, seq in self._of(lane) if p == point][nth]
