@@ -112,7 +112,7 @@ def task_key(playbook: str, account_id: str, opened: datetime | str, taken: set[
 
 
 def _episodes(store: StateStore) -> pd.DataFrame:
-    # plain tuples, not mappings: each lane reads every episode under the planning lock (~100,000 at 100,000 accounts)
+    # plain tuples, not mappings: every episode is read when a run plans (~100,000 at 100,000 accounts per CRM)
     t = store.tables["episodes"]
     with store.engine.connect() as conn:
         rows = conn.execute(select(t)).all()
