@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
@@ -322,7 +322,7 @@ class _Sender:
                 continue
             routed += self._route(msgs, kind, level)
         self._settle(routed)
-        for route in routed:
+        for route in _spread(routed):
             if self.stopped:
                 self._drop(route.msgs)
                 continue
@@ -510,6 +510,26 @@ class _Route:
     kind: str
     level: str
     note: str | None = None
+
+
+def _spread(routes: list[_Route]) -> list[_Route]:
+    """The routes in an order that puts other conversations between two posts to the same one.
+
+    Slack accepts about one message per second per conversation ("chat.postMessage generally allows
+    posting one message per second per channel", crm-api-notes.md 3.6): one person's alert, escalation
+    and recovery digests sent back to back wait out a 429's Retry-After each. Round robin over the
+    conversations, each keeping its own order (its alert before its escalation).
+    """
+    by_dest: dict[str, deque[_Route]] = {}
+    for route in routes:
+        by_dest.setdefault(route.dest, deque()).append(route)
+    ordered: list[_Route] = []
+    waiting = list(by_dest.values())
+    while waiting:
+        for queue in waiting:
+            ordered.append(queue.popleft())
+        waiting = [queue for queue in waiting if queue]
+    return ordered
 
 
 # ----------------------------------------------------------------------------- the stage
