@@ -5,7 +5,8 @@
 Not run by CI (issue 14 item 7). What it does, each step a real process talking real HTTP:
 
 1. `healthsync sandbox serve --accounts N` (professional HubSpot tier; N accounts per CRM, each with
-   ~5 opportunities and ~10 tickets; the seeding spreads modification stamps over the past year).
+   ~5 opportunities and ~10 tickets; the seeding spreads modification stamps over the past year). Its
+   clock is then moved on to the next 07:00 UTC, so that no day's runs cross midnight whenever the bench starts.
 2. The first sync: `healthsync run --sandbox READY --config CONFIG --json` in a fresh state. Printed:
    wall time, the client's CPU time (rusage of the child), the calls per endpoint from the emulators'
    request log (`GET /requests`), and the **floor**: the calls the same work needs at the documented
@@ -41,6 +42,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +141,20 @@ class SandboxProcess:
 
     def advance(self, seconds: float) -> None:
         http_json(f"{self.inspect}/clock", {"advance_seconds": seconds})
+
+    def to_morning(self, hour: int = 7) -> datetime:
+        """Move the emulator clock on to the next `hour`:00 UTC, so the runs after it stay on one day.
+
+        A day's runs (the day, then two no-change runs ten and twenty minutes on) that cross UTC
+        midnight are rightly not "no change": the new day moves every score (decay, days in band)
+        and releases the next day's queued tasks. A bench started in the evening measured that.
+        """
+        now = datetime.fromisoformat(http_json(f"{self.inspect}/clock")["now"])
+        morning = now.replace(hour=hour, minute=0, second=0, microsecond=0)
+        if morning <= now:
+            morning += timedelta(days=1)
+        self.advance((morning - now).total_seconds())
+        return morning
 
     def modify(self, api: str, obj: str, record_id: str, fields: dict) -> None:
         http_json(f"{self.inspect}/state/{api}/{obj}/{record_id}", fields)
@@ -388,7 +404,8 @@ def main() -> None:
 
     sb = SandboxProcess(args.accounts, args.seed, workdir, [])
     try:
-        print(f"sandbox started in {sb.start_s:.1f} s; load {load()}", flush=True)
+        morning = sb.to_morning()
+        print(f"sandbox started in {sb.start_s:.1f} s, emulator clock moved on to {morning:%Y-%m-%d %H:%M} UTC; load {load()}", flush=True)
         first = run_once(sb, workdir, "first", "first" if "first" in profile else None)
         print_run(first)
         run_id = first["summary"]["run_id"]
