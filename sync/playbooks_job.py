@@ -35,6 +35,7 @@ and leaves the remembered condition as it was.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -58,7 +59,15 @@ from healthsync.playbooks.definitions import Playbook, PlaybookSet, load_playboo
 from healthsync.playbooks.render import TemplateProblem, plain, task_context
 from healthsync.playbooks.triggers import evaluate, prepare_frame
 from healthsync.sync.state import StateStore, utc_aware, utc_naive
-from healthsync.sync.task_mirror import TaskRead, apply_changes, episode_changes, open_tasks, raw_id, read_tasks
+from healthsync.sync.task_mirror import (
+    EpisodeRows,
+    TaskRead,
+    apply_changes,
+    episode_changes,
+    open_tasks,
+    raw_id,
+    read_tasks,
+)
 
 CLOSED_TASK_DONE = "task_completed"
 CLOSED_CLEARED = "condition_cleared"
@@ -111,20 +120,57 @@ def task_key(playbook: str, account_id: str, opened: datetime | str, taken: set[
     return key
 
 
-def _episodes(store: StateStore) -> pd.DataFrame:
+def _episode_rows(store: StateStore) -> EpisodeRows:
     # plain tuples, not mappings: every episode is read when a run plans (~100,000 at 100,000 accounts per CRM)
     t = store.tables["episodes"]
     with store.engine.connect() as conn:
-        rows = conn.execute(select(t)).all()
-    return pd.DataFrame([tuple(r) for r in rows], columns=[c.name for c in t.columns])
+        rows = [tuple(r) for r in conn.execute(select(t)).all()]
+    return EpisodeRows([c.name for c in t.columns], rows)
+
+
+def _episodes(store: StateStore) -> pd.DataFrame:
+    return _episode_rows(store).frame()
 
 
 def _conditions(store: StateStore) -> dict[tuple[str, str, str], bool]:
-    # tuple unpacking, not attribute access per row: 600,000 rows at 100,000 accounts per CRM, read by each lane
+    # tuple unpacking, not attribute access per row: 600,000 rows at 100,000 accounts per CRM
     t = store.tables["playbook_conditions"]
     with store.engine.connect() as conn:
         rows = conn.execute(select(t.c.crm, t.c.account_id, t.c.playbook, t.c.holds)).all()
     return {(crm, account_id, playbook): bool(holds) for crm, account_id, playbook, holds in rows}
+
+
+class PlanningReads:
+    """The planner's two big state reads (every episode, every remembered condition), made beside the pull.
+
+    At 100,000 accounts per CRM they are ~100,000 episodes and 600,000 conditions, seconds of reading
+    between the scoring and the first task. Nothing a run does before it plans changes them: only the
+    plan itself records episodes and conditions (`_record`), and the read-back's changes to episodes
+    (`task_mirror.apply_changes`) are applied to what was read here as they are to the state. So a run
+    starts this read when its pull starts (sync/run.py) and `plan_playbooks` takes it. Read-only; a read
+    that failed is a read not made: the plan reads the state itself.
+    """
+
+    def __init__(self, store: StateStore):
+        self.store = store
+        self._read: tuple[EpisodeRows, dict[tuple[str, str, str], bool]] | None = None
+        self._thread = threading.Thread(target=self._run, name="planning reads", daemon=True)
+
+    def start(self) -> "PlanningReads":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            self._read = (_episode_rows(self.store), _conditions(self.store))
+        except Exception:  # noqa: BLE001 - the plan reads the state itself
+            log.warning("episodes and playbook conditions not read ahead", exc_info=True)
+
+    def take(self) -> tuple[EpisodeRows, dict[tuple[str, str, str], bool]] | None:
+        """What was read (once: a second plan of the run must read the state its first plan recorded)."""
+        self._thread.join()
+        read, self._read = self._read, None
+        return read
 
 
 def _column(frame: pd.DataFrame, name: str) -> list:
@@ -139,6 +185,8 @@ def _owner_key(email) -> str:
 
 #: one caller at a time plans and records episodes (the per-owner daily cap spans both CRMs)
 _PLANNING = threading.Lock()
+
+log = logging.getLogger(__name__)
 
 
 def run_playbooks(
@@ -194,6 +242,7 @@ def plan_playbooks(
     hooks: Callable[[str], None] | None = None,
     playbooks: PlaybookSet | None = None,
     crms: Iterable[str] | None = None,
+    prefetched: PlanningReads | None = None,
 ) -> PlannedPlaybooks:
     """Steps 1 and 2 of the module docstring: the read-back applied, the episodes planned and recorded.
 
@@ -201,6 +250,7 @@ def plan_playbooks(
     send, and each CRM's lane then creates its tasks (`create_planned_tasks`). Planned once, the per-owner
     daily cap orders both CRMs' new tasks in one pass; planned per lane, every episode and every
     remembered condition (600,000 at 100,000 accounts per CRM) were read twice, one lane after the other.
+    `prefetched`: those two reads, made beside the run's pull (`PlanningReads`).
     """
     only = set(crms) if crms is not None else None
     pset = playbooks or load_playbooks(settings)
@@ -216,7 +266,8 @@ def plan_playbooks(
         if crm not in connectors:
             continue  # another caller's, reported there
         result.errors.append(f"{crm}: could not read playbook tasks back ({why}); no task created there this run")
-    changes = episode_changes(store, read, now, CLOSED_TASK_DONE)
+    ahead = None if prefetched is None else prefetched.take()
+    changes = episode_changes(store, read, now, CLOSED_TASK_DONE, episodes=None if ahead is None else ahead[0])
     done = sum(1 for c in changes.values() if c.get("status") == "closed")
     if not dry_run:
         apply_changes(store, changes)
@@ -225,16 +276,17 @@ def plan_playbooks(
     # planning and recording are serialized between concurrent callers: the one that plans second sees the
     # first one's episodes, so an owner's daily cap holds across both CRMs
     with _PLANNING:
-        existing = _episodes(store)
-        if dry_run:  # the read-back changes are not stored in a dry run; plan on them anyway
-            for episode_id, change in changes.items():
-                for col, value in change.items():
-                    if not col.startswith("_"):
-                        existing.loc[existing["episode_id"] == episode_id, col] = value
+        if ahead is None:
+            rows = _episode_rows(store)
+            if dry_run:  # the read-back changes are not stored in a dry run; plan on them anyway
+                rows = rows.changed(changes)
+        else:  # read before apply_changes: the changes applied here as there (stored or, in a dry run, not)
+            rows = ahead[0].changed(changes)
+        existing = rows.frame()
         # open tasks as last read, for every CRM planned on (a CRM not acted on: as its last read left them)
         planned_crms = set(frame["crm"].dropna().astype(str)) | set(connectors)
         mirror = {crm: open_tasks(store, crm) for crm in planned_crms if crm not in read.unreadable}
-        previous = _conditions(store)
+        previous = _conditions(store) if ahead is None else ahead[1]
         cap = int(getattr(settings.playbooks, "max_new_tasks_per_owner_per_day", 10))
 
         plan = _plan(pset, frame, existing, previous, mirror, now, run_id, cap)

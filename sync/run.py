@@ -391,6 +391,9 @@ def _lanes_cycle(settings, conns: Connections, store: StateStore, summary: RunSu
     # task created by the last run, ~12 s at 100,000 accounts per CRM that otherwise came after the pull
     read_tasks = _optional("healthsync.sync.task_mirror", "read_tasks") if settings.playbooks.enabled else None
     confirmed = ConfirmedPrefetch(store, settings)
+    # the planner's reads of every episode and playbook condition, beside the pull too (only the plan changes them)
+    planning_reads = _optional("healthsync.sync.playbooks_job", "PlanningReads") if settings.playbooks.enabled else None
+    planning_reads = None if planning_reads is None else planning_reads(store).start()
     with progress.task("pull", None) as advance:
         def pull_lane(lane: Lane) -> None:
             read_back = None if read_tasks is None else lambda: read_tasks(store, lane.connectors, now)
@@ -431,6 +434,8 @@ def _lanes_cycle(settings, conns: Connections, store: StateStore, summary: RunSu
     live = alive(lanes)
     if not live:
         summary.stages_skipped.append("score, write-back, playbooks, escalation (no CRM could go on)")
+        if planning_reads is not None:
+            planning_reads.take()  # not left reading the state behind the run
         return
 
     # product usage aggregated in the warehouse (sync/warehouse_job.py): a configuration problem
@@ -464,7 +469,7 @@ def _lanes_cycle(settings, conns: Connections, store: StateStore, summary: RunSu
         summary.stages_skipped.append("playbooks (not in this build)")
     planning = None if plan_tasks is None else SharedStep("playbook plan", lambda: plan_tasks(
         store, settings, scored.scores, {lane.crm: lane.connector for lane in live}, now, summary.run_id,
-        dry_run=dry_run, hooks=hooks, crms=[lane.crm for lane in live]))
+        dry_run=dry_run, hooks=hooks, crms=[lane.crm for lane in live], prefetched=planning_reads))
     try:
         _write_and_task(store, settings, summary, scored, live, planning, memo=memo, confirmed=confirmed, now=now,
                         dry_run=dry_run, hooks=hooks, progress=progress)

@@ -183,18 +183,64 @@ def effective_due(stored: datetime | None, crm_due: datetime | None) -> datetime
     return crm_due + timedelta(days=1) if date_only else crm_due
 
 
-def episode_changes(store: StateStore, read: TaskRead, now: datetime, closed_reason: str) -> dict[str, dict]:
+@dataclass
+class EpisodeRows:
+    """Every row of the `episodes` table as the database returned them (plain tuples, in `columns` order)."""
+
+    columns: list[str]
+    rows: list[tuple]
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=self.columns)
+
+    def changed(self, changes: dict[str, dict]) -> "EpisodeRows":
+        """These rows with `episode_changes` applied as `apply_changes` stores them (open episodes only).
+
+        The values are the ones the database would return after the update (naive UTC datetimes,
+        strings), so a frame built from them is the frame a fresh read would give.
+        """
+        real = _real_changes(changes)
+        if not real:
+            return self
+        at = {c: i for i, c in enumerate(self.columns)}
+        out = []
+        for row in self.rows:
+            change = real.get(row[at["episode_id"]])
+            if change and row[at["status"]] == "open":
+                row = list(row)
+                for column, value in change.items():
+                    row[at[column]] = value
+                row = tuple(row)
+            out.append(row)
+        return EpisodeRows(self.columns, out)
+
+
+def _real_changes(changes: dict[str, dict]) -> dict[str, dict]:
+    """The column changes (markers starting with `_` are not columns), for the episodes that have any."""
+    real = {k: {c: v for c, v in ch.items() if not c.startswith("_")} for k, ch in changes.items()}
+    return {k: v for k, v in real.items() if v}
+
+
+def episode_changes(store: StateStore, read: TaskRead, now: datetime, closed_reason: str,
+                    episodes: EpisodeRows | None = None) -> dict[str, dict]:
     """episode_id -> column changes for the open episodes whose task was read this run.
 
     A completed task closes its episode with `closed_reason`; a status or due date
     changed in the CRM is copied. Episodes of an unreadable CRM get `_unreadable`.
+    `episodes`: every episode as read earlier in the run (none changed since); else they are read here.
     """
     table = store.tables["episodes"]
     columns = ("episode_id", "crm", "task_key", "task_id", "task_due_at", "task_status")
-    with store.engine.connect() as conn:  # the columns compared, as tuples: tens of thousands of open episodes at scale
-        open_eps = [dict(zip(columns, r)) for r in conn.execute(
-            select(*(table.c[c] for c in columns)).where(and_(table.c.status == "open", table.c.task_id.is_not(None)))
-        )]
+    if episodes is None:
+        with store.engine.connect() as conn:  # the columns compared, as tuples: tens of thousands of open episodes at scale
+            open_eps = [dict(zip(columns, r)) for r in conn.execute(
+                select(*(table.c[c] for c in columns)).where(and_(table.c.status == "open", table.c.task_id.is_not(None)))
+            )]
+    else:
+        at = [episodes.columns.index(c) for c in columns]
+        status, task_id = episodes.columns.index("status"), episodes.columns.index("task_id")
+        open_eps = [dict(zip(columns, (r[i] for i in at))) for r in episodes.rows
+                    if r[status] == "open" and r[task_id] is not None]
     changes: dict[str, dict] = {}
     by_key: dict[str, dict[str, dict]] = {}
     by_id: dict[str, dict[str, dict]] = {}
@@ -230,8 +276,7 @@ def episode_changes(store: StateStore, read: TaskRead, now: datetime, closed_rea
 def apply_changes(store: StateStore, changes: dict[str, dict]) -> None:
     """Store `episode_changes` (markers starting with `_` are not columns)."""
     table = store.tables["episodes"]
-    real = {k: {c: v for c, v in ch.items() if not c.startswith("_")} for k, ch in changes.items()}
-    real = {k: v for k, v in real.items() if v}
+    real = _real_changes(changes)
     if not real:
         return
     with store.begin() as conn:

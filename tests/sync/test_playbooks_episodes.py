@@ -11,7 +11,8 @@ from sqlalchemy import select
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "playbooks"))
 from sandbox_world import RED, World, scores_frame, start_world, accounts, store  # noqa: E402,F401 (accounts, store: fixtures)
 
-from healthsync.sync.playbooks_job import run_playbooks  # noqa: E402
+from healthsync.sync.playbooks_job import PlanningReads, _conditions, _episodes, plan_playbooks, run_playbooks  # noqa: E402
+from healthsync.sync.task_mirror import apply_changes, episode_changes, read_tasks  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +177,34 @@ def test_missing_connector_is_reported_and_the_episode_waits(world, store, accou
     assert result.tasks_created == 0 and result.errors == ["hubspot: 1 playbook task(s) not created: no hubspot connector in this run"]
     later = run_playbooks(store, world.settings, scores, world.connectors, world.now(), "r2")
     assert (later.tasks_created, later.episodes_opened) == (1, 0)
+
+
+def test_given_episodes_read_before_the_read_back_then_the_plan_sees_what_a_read_in_place_sees(world, store, accounts):
+    """A run reads every episode and condition beside its pull (PlanningReads), before the task read-back
+    changes episodes: those rows, with the read-back's changes applied, are the rows the state then holds."""
+    done_acc, moved_acc, kept_acc = (pick(accounts, "salesforce", i) for i in (6, 7, 8))
+    red = scores_frame(accounts, {a["account_id"]: RED for a in (done_acc, moved_acc, kept_acc)})
+    assert run_playbooks(store, world.settings, red, world.connectors, world.now(), "r1").tasks_created == 3
+    [done] = sf_tasks(world, f"at_risk_intervention:{done_acc['account_id']}:")
+    [moved] = sf_tasks(world, f"at_risk_intervention:{moved_acc['account_id']}:")
+    world.sb.modify("salesforce", "Task", done["Id"], {"Status": "Completed"})
+    world.sb.modify("salesforce", "Task", moved["Id"], {"ActivityDate": "2031-01-15"})
+
+    ahead = PlanningReads(store).start()  # as sync/run.py: before anything of the run reads tasks back
+    rows, conditions = ahead.take()
+    assert ahead.take() is None  # taken once: a second plan of the run reads what the first one recorded
+    now = world.now()
+    read = read_tasks(store, world.connectors, now)
+    changes = episode_changes(store, read, now, "task_completed", episodes=rows)
+    assert changes == episode_changes(store, read, now, "task_completed")
+    assert sorted(c.get("status", "open") for c in changes.values()) == ["closed", "open"]  # one completed, one moved
+    apply_changes(store, changes)
+    pd.testing.assert_frame_equal(rows.changed(changes).frame(), _episodes(store))
+    assert conditions == _conditions(store) and len(conditions) >= 3
+
+    ahead = PlanningReads(store).start()
+    planned = plan_playbooks(store, world.settings, red, world.connectors, world.now(), "r2", prefetched=ahead)
+    assert (planned.result.episodes_closed, planned.result.episodes_opened) == (0, 0)  # the read-back was stored above
+    assert ahead.take() is None
+    frame = episodes(store).set_index("task_key")
+    assert (frame["status"] == "closed").sum() == 1 and frame["task_due_at"].dt.year.eq(2031).sum() == 1
