@@ -203,10 +203,11 @@ class EpisodeRows:
         if not real:
             return self
         at = {c: i for i, c in enumerate(self.columns)}
+        episode_id, status = at["episode_id"], at["status"]
         out = []
         for row in self.rows:
-            change = real.get(row[at["episode_id"]])
-            if change and row[at["status"]] == "open":
+            change = real.get(row[episode_id])
+            if change and row[status] == "open":
                 row = list(row)
                 for column, value in change.items():
                     row[at[column]] = value
@@ -229,9 +230,9 @@ def episode_changes(store: StateStore, read: TaskRead, now: datetime, closed_rea
     changed in the CRM is copied. Episodes of an unreadable CRM get `_unreadable`.
     `episodes`: every episode as read earlier in the run (none changed since); else they are read here.
     """
-    table = store.tables["episodes"]
     columns = ("episode_id", "crm", "task_key", "task_id", "task_due_at", "task_status")
     if episodes is None:
+        table = store.tables["episodes"]
         with store.engine.connect() as conn:  # the columns compared, as tuples: tens of thousands of open episodes at scale
             open_eps = [dict(zip(columns, r)) for r in conn.execute(
                 select(*(table.c[c] for c in columns)).where(and_(table.c.status == "open", table.c.task_id.is_not(None)))
